@@ -1,0 +1,3 @@
+"""The Convergio server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The gRPC surface: servicers (thin translation to and from the domain) and interceptors."""

@@ -1,0 +1,365 @@
+"""ConversationService: proto <-> the conversation domain. Also wires the conversation
+components (event log, turn runner, leases) of this process."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from convergio.conversation.v1 import conversation_pb2 as pb
+from convergio.conversation.v1 import conversation_pb2_grpc
+
+from convergio_server.api.context import current_principal
+from convergio_server.api.conversation_convert import (
+    CONVERSATION_STATUS_FROM_PB,
+    DISCONNECT_FROM_PB,
+    TURN_STATUS_FROM_PB,
+    agent_pb,
+    conversation_pb,
+    event_to_pb,
+    heartbeat_pb,
+    message_pb,
+    preset_pb,
+    selection_from_pb,
+    team_from_pb,
+    turn_pb,
+)
+from convergio_server.api.idempotency import once
+from convergio_server.api.services import FACTORIES, ServiceContext
+from convergio_server.domain.agents.roster import Roster, split_dirs
+from convergio_server.domain.auth import Principal, Role
+from convergio_server.domain.conversations.model import CANCEL, CONTINUE
+from convergio_server.domain.conversations.runner import RunnerConfig, TurnRunner
+from convergio_server.domain.conversations.service import ConversationService, ServiceConfig
+from convergio_server.domain.conversations.team import AutogenTeamBuilder, selection_from_json
+from convergio_server.domain.errors import InvalidArgument
+from convergio_server.domain.events.log import EventLog
+from convergio_server.domain.events.model import TurnCompleted
+from convergio_server.domain.features import AllOn, FeatureGate
+from convergio_server.domain.guards import Guards, NoGuards
+from convergio_server.domain.knowledge import KnowledgeBase
+from convergio_server.domain.models.factory import check_selection
+from convergio_server.domain.models.selection import ModelSelection
+from convergio_server.domain.pagination import decode_token, encode_token, page_size
+from convergio_server.domain.tools.registry import ToolRegistry
+from convergio_server.storage.conversations import PgConversationStore
+from convergio_server.storage.events import PgDurableEvents, RedisLiveEvents
+from convergio_server.storage.knowledge import PgKnowledgeStore
+from convergio_server.storage.redis import create_redis
+from convergio_server.storage.turn_leases import CancelChannel, RedisLeases
+
+_SERVICE = "/convergio.conversation.v1.ConversationService/"
+
+
+class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
+    def __init__(self, ctx: ServiceContext, service: ConversationService, cancels: CancelChannel):
+        self.ctx = ctx
+        self.service = service
+        self.roster = service.roster
+        self.cancels = cancels
+        self._listening = False
+
+    def _principal(self) -> Principal:
+        if not self._listening:
+            self._listening = True
+            runner = self.service.runner
+            self.cancels.listen(
+                lambda turn, reason, detail: runner.cancel_local(turn, reason, detail)
+            )
+        return current_principal()
+
+    # ------------------------------------------------------------- conversations
+
+    async def CreateConversation(
+        self, request: pb.CreateConversationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateConversationResponse:
+        principal = self._principal()
+
+        async def act() -> pb.CreateConversationResponse:
+            conversation = await self.service.create(
+                principal,
+                title=request.title,
+                labels=dict(request.labels),
+                team=team_from_pb(request.team) if request.HasField("team") else None,
+                model=selection_from_pb(request.model),
+                agent_models={k: selection_from_pb(v) for k, v in request.agent_models.items()},
+                max_turns_per_message=request.max_turns_per_message,
+                speaker_policy=request.speaker_policy,
+                turn_timeout_seconds=(
+                    request.turn_timeout.ToNanoseconds() / 1e9
+                    if request.HasField("turn_timeout")
+                    else None
+                ),
+            )
+            return pb.CreateConversationResponse(conversation=conversation_pb(conversation))
+
+        return await once(
+            self.ctx.idempotency,
+            principal.tenant_id,
+            _SERVICE + "CreateConversation",
+            request,
+            pb.CreateConversationResponse,
+            act,
+        )
+
+    async def GetConversation(
+        self, request: pb.GetConversationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetConversationResponse:
+        conversation = await self.service.get(self._principal(), request.conversation_id)
+        return pb.GetConversationResponse(conversation=conversation_pb(conversation))
+
+    async def ListConversations(
+        self, request: pb.ListConversationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListConversationsResponse:
+        rows, token = await self.service.list_conversations(
+            self._principal(),
+            status=CONVERSATION_STATUS_FROM_PB.get(request.status, ""),
+            labels=dict(request.labels),
+            size=request.page_size,
+            token=request.page_token,
+        )
+        return pb.ListConversationsResponse(
+            conversations=[conversation_pb(c) for c in rows], next_page_token=token
+        )
+
+    async def DeleteConversation(
+        self, request: pb.DeleteConversationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteConversationResponse:
+        await self.service.delete(self._principal(), request.conversation_id, request.force)
+        return pb.DeleteConversationResponse()
+
+    # ----------------------------------------------------------------- roster
+
+    async def ListAgents(
+        self, request: pb.ListAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAgentsResponse:
+        self._principal()
+        agents = self.roster.agents()
+        if request.preset:
+            try:
+                members = set(self.roster.preset(request.preset).agents)
+            except Exception as exc:
+                raise InvalidArgument.for_field("preset", str(exc)) from None
+            agents = [a for a in agents if a.name in members]
+        filters = {"preset": request.preset}
+        cursor = decode_token(request.page_token, filters)
+        start = int(cursor.after[0]) if cursor is not None else 0
+        size = page_size(request.page_size)
+        page = agents[start : start + size]
+        token = encode_token([start + size], filters) if start + size < len(agents) else ""
+        return pb.ListAgentsResponse(
+            agents=[agent_pb(a, self.roster.presets_of(a.name)) for a in page],
+            next_page_token=token,
+        )
+
+    async def GetAgent(
+        self, request: pb.GetAgentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetAgentResponse:
+        self._principal()
+        agent = self.roster.get(request.name)
+        return pb.GetAgentResponse(agent=agent_pb(agent, self.roster.presets_of(agent.name)))
+
+    async def ListTeamPresets(
+        self, request: pb.ListTeamPresetsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListTeamPresetsResponse:
+        self._principal()
+        presets = sorted(self.roster.presets(), key=lambda p: p.name)
+        cursor = decode_token(request.page_token, {})
+        start = int(cursor.after[0]) if cursor is not None else 0
+        size = page_size(request.page_size)
+        token = encode_token([start + size], {}) if start + size < len(presets) else ""
+        return pb.ListTeamPresetsResponse(
+            presets=[preset_pb(p) for p in presets[start : start + size]], next_page_token=token
+        )
+
+    # ------------------------------------------------------------------ turns
+
+    async def ListMessages(
+        self, request: pb.ListMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMessagesResponse:
+        rows, token = await self.service.list_messages(
+            self._principal(),
+            request.conversation_id,
+            turn_id=request.turn_id,
+            size=request.page_size,
+            token=request.page_token,
+        )
+        return pb.ListMessagesResponse(
+            messages=[message_pb(m) for m in rows], next_page_token=token
+        )
+
+    async def SendMessage(
+        self, request: pb.SendMessageRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SendMessageResponse]:
+        principal = self._principal()
+        on_disconnect = DISCONNECT_FROM_PB.get(request.on_disconnect, CONTINUE)
+        started = await self.service.send(
+            principal,
+            request.conversation_id,
+            content=request.content,
+            request_id=request.request_id,
+            documents=[
+                {
+                    "document_id": d.document_id,
+                    "title": d.title,
+                    "content": d.content,
+                    "source": d.source,
+                }
+                for d in request.documents
+            ],
+            on_disconnect=on_disconnect,
+            enqueue=request.if_busy == pb.BUSY_POLICY_ENQUEUE,
+            max_turns=request.max_turns,
+        )
+        finished = False
+        try:
+            async for event in self.service.follow(
+                principal,
+                started.conversation_id,
+                after=started.after_sequence,
+                turn_id=started.turn_id,
+                known=True,
+            ):
+                if event is None:
+                    yield pb.SendMessageResponse(event=heartbeat_pb())
+                    continue
+                if isinstance(event.body, TurnCompleted):
+                    finished = True
+                yield pb.SendMessageResponse(event=event_to_pb(event))
+        finally:
+            if not finished and on_disconnect == CANCEL:
+                self.service.cancel_on_disconnect(
+                    principal, started.conversation_id, started.turn_id
+                )
+
+    async def StreamEvents(
+        self, request: pb.StreamEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamEventsResponse]:
+        principal = self._principal()
+        async for event in self.service.follow(
+            principal,
+            request.conversation_id,
+            after=request.after_sequence,
+            turn_id=request.turn_id,
+            follow=request.mode != pb.STREAM_EVENTS_MODE_REPLAY,
+        ):
+            if event is None:
+                yield pb.StreamEventsResponse(event=heartbeat_pb())
+            else:
+                yield pb.StreamEventsResponse(event=event_to_pb(event))
+
+    async def CancelTurn(
+        self, request: pb.CancelTurnRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelTurnResponse:
+        if len(request.reason) > 500:
+            raise InvalidArgument.for_field("reason", "at most 500 characters")
+        turn = await self.service.cancel(
+            self._principal(), request.conversation_id, request.turn_id, request.reason
+        )
+        return pb.CancelTurnResponse(turn=turn_pb(turn))
+
+    async def GetTurn(
+        self, request: pb.GetTurnRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetTurnResponse:
+        turn = await self.service.get_turn(
+            self._principal(), request.conversation_id, request.turn_id
+        )
+        return pb.GetTurnResponse(turn=turn_pb(turn))
+
+    async def ListTurns(
+        self, request: pb.ListTurnsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListTurnsResponse:
+        rows, token = await self.service.list_turns(
+            self._principal(),
+            request.conversation_id,
+            status=TURN_STATUS_FROM_PB.get(request.status, ""),
+            size=request.page_size,
+            token=request.page_token,
+        )
+        return pb.ListTurnsResponse(turns=[turn_pb(t) for t in rows], next_page_token=token)
+
+
+def build(ctx: ServiceContext) -> ConversationServicer:
+    settings = ctx.settings
+    pool: Any = ctx.infra.pool
+    keys = ctx.redis_keys
+    # Blocking reads (XREAD BLOCK, pub/sub) get a client of their own without socket timeout.
+    blocking = create_redis(ctx.infra.redis_url, socket_timeout=None)
+    live = RedisLiveEvents(
+        ctx.infra.redis, blocking, keys, window_seconds=settings.event_window_seconds
+    )
+    events = EventLog(live, PgDurableEvents(pool))
+    store = PgConversationStore(pool)
+    leases = RedisLeases(ctx.infra.redis, keys, seconds=settings.turn_lease_seconds)
+    cancels = CancelChannel(ctx.infra.redis, blocking, keys)
+    tools = ctx.components.get("tools")
+    if tools is None:
+        tools = ctx.components["tools"] = ToolRegistry.builtin(knowledge_store=PgKnowledgeStore)
+    roster = ctx.components.get("roster")
+    if roster is None:
+        roster = ctx.components["roster"] = Roster.load(
+            split_dirs(settings.agents_dir), known_tools=tools.names()
+        )
+
+    def guards() -> Guards:
+        found: Guards | None = ctx.components.get("guards")
+        return found if found is not None else NoGuards()
+
+    def flags() -> FeatureGate:
+        found: FeatureGate | None = ctx.components.get("flags")
+        return found if found is not None else AllOn()
+
+    builder = AutogenTeamBuilder(
+        roster=roster,
+        tools=tools,
+        settings=settings,
+        flags=flags,
+        guards=guards,
+        components=ctx.components,
+        pool=pool,
+        knowledge=ctx.components.setdefault("knowledge", KnowledgeBase(PgKnowledgeStore(pool))),
+    )
+    runner = TurnRunner(
+        store=store,
+        events=events,
+        leases=leases,
+        builder=builder,
+        guards=guards,
+        config=RunnerConfig(
+            coalesce_seconds=settings.token_coalesce_ms / 1000,
+            lease_seconds=settings.turn_lease_seconds,
+        ),
+        principal_of=lambda tenant, name: Principal(tenant, name, frozenset({Role.MEMBER}), ""),
+    )
+    service = ConversationService(
+        store=store,
+        events=events,
+        runner=runner,
+        leases=leases,
+        roster=roster,
+        guards=guards,
+        publish_cancel=cancels.publish,
+        config=ServiceConfig(
+            heartbeat_seconds=settings.stream_heartbeat_seconds,
+            lease_seconds=settings.turn_lease_seconds,
+        ),
+        check_model=lambda data, field: check_selection(
+            selection_from_json(data) or ModelSelection(), settings, field=field
+        ),
+    )
+    ctx.components["conversations"] = service
+
+    async def close() -> None:
+        await runner.close()
+        await events.close()
+        await cancels.close()
+        with contextlib.suppress(Exception):
+            await blocking.aclose()
+
+    ctx.closers.append(close)
+    return ConversationServicer(ctx, service, cancels)
+
+
+FACTORIES["convergio.conversation.v1.ConversationService"] = build

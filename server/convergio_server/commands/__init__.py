@@ -1,0 +1,46 @@
+"""Subcommands of `convergio` that talk to a running server through the SDK.
+
+Each module here defines `register(subparsers)` and is listed in MODULES; the
+handlers they set are coroutines taking the parsed arguments and returning an
+exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from convergio import AsyncClient
+
+# Modules of this package that add subcommands (missing ones are skipped).
+MODULES = ("chat", "flags", "cost", "kb")
+
+
+def add_client_args(parser: argparse.ArgumentParser) -> None:
+    """--target and --api-key, shared by every command that calls the server."""
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("CONVERGIO_TARGET", "127.0.0.1:50051"),
+        help="server host:port (CONVERGIO_TARGET; default 127.0.0.1:50051)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="API key (CONVERGIO_API_KEY; default: the dev key in .convergio/dev-api-key)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key:
+        return str(args.api_key)
+    if os.environ.get("CONVERGIO_API_KEY"):
+        return os.environ["CONVERGIO_API_KEY"]
+    data_dir = Path(os.environ.get("CONVERGIO_DATA_DIR", ".convergio"))
+    dev_key = data_dir / "dev-api-key"
+    return dev_key.read_text().strip() if dev_key.exists() else None
+
+
+def client_from_args(args: argparse.Namespace) -> AsyncClient:
+    return AsyncClient(args.target, api_key=api_key(args))

@@ -1,0 +1,241 @@
+"""One settings object for the whole server.
+
+Sources, highest precedence first: command-line flags (passed in as overrides),
+environment variables (`CONVERGIO_*`, plus the conventional `DATABASE_URL` and
+`REDIS_URL`), an optional TOML file (`CONVERGIO_CONFIG_FILE` or `--config`),
+then the defaults below. README.md has a table of every setting; a test keeps
+that table and this class in step.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of the server. Field descriptions feed `convergio serve --help`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONVERGIO_", extra="forbid", frozen=True, populate_by_name=True
+    )
+
+    listen: str = Field("127.0.0.1:50051", description="host:port the gRPC server listens on")
+    data_dir: Path = Field(
+        Path(".convergio"),
+        description="directory for the embedded PostgreSQL and Redis and the dev API key",
+    )
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DATABASE_URL", "CONVERGIO_DATABASE_URL"),
+        description="PostgreSQL DSN; unset = start the embedded PostgreSQL under data_dir",
+    )
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("REDIS_URL", "CONVERGIO_REDIS_URL"),
+        description="Redis URL; unset = start the embedded Redis under data_dir",
+    )
+    redis_prefix: str = Field("cvg", description="prefix of every Redis key the server writes")
+    db_pool_min: int = Field(1, ge=0, description="minimum PostgreSQL connections per process")
+    db_pool_max: int = Field(10, ge=1, description="maximum PostgreSQL connections per process")
+    connect_timeout_seconds: float = Field(
+        5.0, gt=0, description="timeout for reaching PostgreSQL or Redis at start-up"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    log_format: Literal["json", "text"] = Field(
+        "text", description="`json` for one JSON object per line, `text` for humans"
+    )
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="largest gRPC message accepted or sent"
+    )
+    grace_period_seconds: float = Field(
+        10.0, ge=0, description="on SIGTERM, how long open streams may run before they are closed"
+    )
+    keepalive_time_seconds: float = Field(
+        30.0, gt=0, description="interval of HTTP/2 keepalive pings to idle clients"
+    )
+    keepalive_timeout_seconds: float = Field(
+        10.0, gt=0, description="how long to wait for a keepalive ack before closing"
+    )
+    health_interval_seconds: float = Field(
+        1.0, gt=0, description="how often PostgreSQL and Redis are probed for the health service"
+    )
+    auth_cache_seconds: float = Field(
+        5.0, ge=0, description="how long a verified API key is cached in a process"
+    )
+    bootstrap_dev_key: bool = Field(
+        True,
+        description="on first start create the `dev` tenant with an admin key and print it",
+    )
+    dev_tenant: str = Field("dev", description="id of the development tenant created at start")
+    flags_file: Path | None = Field(
+        None, description="seed file of flags imported at start (unchanged flags are left alone)"
+    )
+    flags_file_tenant: str = Field(
+        "", description="tenant that flags_file is imported into; empty = dev_tenant"
+    )
+    flags_reload_seconds: float = Field(
+        30.0, gt=0, description="how often each process reloads every flag besides notifications"
+    )
+    flagd_tenant: str | None = Field(
+        None,
+        description="tenant read by flagd.evaluation.v1 calls without an API key; unset = "
+        "dev_tenant when bootstrap_dev_key is on, empty = such calls are refused",
+    )
+    metrics_listen: str = Field(
+        "", description="host:port for Prometheus /metrics; empty = no metrics endpoint"
+    )
+    cost_prices_file: Path | None = Field(
+        None, description="TOML price table that overrides and extends the shipped prices"
+    )
+    cost_fallback_input_usd: str = Field(
+        "1.00", description="USD per million input tokens for models missing from the table"
+    )
+    cost_fallback_output_usd: str = Field(
+        "2.00", description="USD per million output tokens for models missing from the table"
+    )
+    cost_default_tenant_daily_usd: str = Field(
+        "50.00", description="daily limit of a new tenant's budget; empty = none"
+    )
+    cost_default_tenant_per_turn_usd: str = Field(
+        "0.50", description="per-turn cap of a new tenant's budget; empty = none"
+    )
+    cost_default_conversation_total_usd: str = Field(
+        "5.00", description="default total limit of every conversation of a new tenant"
+    )
+    cost_default_max_output_tokens: int = Field(
+        4096, ge=1, description="output tokens reserved per model call when the call sets none"
+    )
+    ledger_flush_interval_seconds: float = Field(
+        0.5, gt=0, description="how often batched cost ledger rows are written"
+    )
+    ledger_batch_size: int = Field(500, ge=1, description="most ledger rows written at once")
+    breaker_failure_threshold: int = Field(
+        5, ge=1, description="consecutive failed calls that open a circuit breaker"
+    )
+    breaker_cost_spike_threshold: int = Field(
+        5, ge=1, description="cost spikes among the last 10 turns that open the tenant breaker"
+    )
+    breaker_cost_spike_factor: float = Field(
+        3.0, gt=1, description="a turn is a cost spike above this times the moving average"
+    )
+    breaker_cool_down_seconds: float = Field(
+        60.0, gt=0, description="time a breaker stays open before it lets one probe through"
+    )
+    breaker_success_threshold: int = Field(
+        3, ge=1, description="successful probes that close a half-open breaker"
+    )
+    rate_limit_turns_per_minute: int = Field(
+        10, ge=1, description="turns a user may start in a sliding minute"
+    )
+    rate_limit_conversations_per_hour: int = Field(
+        20, ge=1, description="conversations a user may create in a sliding hour"
+    )
+    screening_action: Literal["block", "flag"] = Field(
+        "block", description="what input screening does with a match: `block` or `flag`"
+    )
+    screening_rules_file: Path | None = Field(
+        None, description="TOML screening rules used instead of the shipped ones"
+    )
+
+    agents_dir: str = Field(
+        "",
+        description="directories of agent and preset TOML files that extend or override the "
+        "built-in roster, separated by the OS path separator (`:` on Linux)",
+    )
+    openai_base_url: str = Field(
+        "",
+        description="default OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or "
+        "http://localhost:11434/v1; with this, the key or the model set, agents use it",
+    )
+    openai_api_key: SecretStr | None = Field(
+        None, description="API key of the default endpoint (never logged or returned)"
+    )
+    openai_model: str = Field("", description="model name at the default endpoint")
+    model_timeout_seconds: float = Field(
+        60.0, gt=0, description="timeout of one model call, retries included"
+    )
+    model_max_retries: int = Field(
+        3, ge=0, description="retries of a model call after a timeout, 429 or 5xx (with backoff)"
+    )
+    offline_tokens_per_second: float = Field(
+        0.0, ge=0, description="pace of the offline model; 0 = as fast as possible"
+    )
+    token_coalesce_ms: float = Field(
+        5.0, ge=0, description="window over which token chunks are coalesced into one delta"
+    )
+    event_window_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="how long an idle conversation's live event log (token "
+        "deltas included) stays in Redis; older events replay from PostgreSQL",
+    )
+    stream_heartbeat_seconds: float = Field(
+        15.0, gt=0, description="interval of Heartbeat events on an idle event stream"
+    )
+    turn_lease_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="lease of a running turn; another process ends the turn of a "
+        "process that stopped renewing it for this long",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("listen must be host:port, for example 127.0.0.1:50051")
+        return value
+
+    @property
+    def anonymous_flagd_tenant(self) -> str:
+        """The tenant of flagd calls that carry no API key, or "" to refuse them."""
+        if self.flagd_tenant is not None:
+            return self.flagd_tenant
+        return self.dev_tenant if self.bootstrap_dev_key else ""
+
+    @property
+    def embedded_postgres(self) -> bool:
+        return not self.database_url
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None, config_file: Path | None = None
+) -> Settings:
+    """Build the settings: overrides (CLI flags) > environment > TOML file > defaults."""
+    file_values: dict[str, Any] = {}
+    path = config_file or (
+        Path(os.environ["CONVERGIO_CONFIG_FILE"])
+        if os.environ.get("CONVERGIO_CONFIG_FILE")
+        else None
+    )
+    if path is not None:
+        with path.open("rb") as handle:
+            file_values = tomllib.load(handle)
+    # Environment beats the file: drop file keys that the environment sets.
+    env_names = {name for name in os.environ}
+    merged: dict[str, Any] = {}
+    for key, value in file_values.items():
+        field = Settings.model_fields.get(key)
+        if field is None:
+            raise ValueError(f"unknown setting {key!r} in {path}")
+        names = {f"CONVERGIO_{key.upper()}"}
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names |= {str(choice) for choice in alias.choices}
+        if not names & env_names:
+            merged[key] = value
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            merged[key] = value
+    return Settings(**merged)

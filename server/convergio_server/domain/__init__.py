@@ -1,0 +1,1 @@
+"""Domain code: the platform's rules, free of gRPC and generated code."""

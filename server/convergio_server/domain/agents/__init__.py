@@ -1,0 +1,1 @@
+"""The agent roster: specialists and team presets, loaded from editable TOML files."""

@@ -1,0 +1,213 @@
+"""Tenants, principals, roles and API keys.
+
+A key looks like `cvg_<key_id>_<secret>`. Only a SHA-256 of the secret is
+stored; the secret is shown once, when the key is created. The secret has 256
+bits of entropy, so a fast hash is enough (no password stretching needed).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from convergio_server.domain.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+
+KEY_PREFIX = "cvg"
+_KEY_RE = re.compile(r"^cvg_([a-z0-9]{16})_([A-Za-z0-9_-]{43})$")
+_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class Role(enum.StrEnum):
+    """What a principal may do. `admin` implies every other role."""
+
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    APPROVER = "approver"
+    MEMBER = "member"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant, the principal's name and the roles of its key."""
+
+    tenant_id: str
+    name: str
+    roles: frozenset[Role]
+    key_id: str
+
+    def has_any(self, allowed: frozenset[Role]) -> bool:
+        return Role.ADMIN in self.roles or bool(self.roles & allowed)
+
+    def require(self, allowed: frozenset[Role], action: str) -> None:
+        if not self.has_any(allowed):
+            needed = " or ".join(sorted(r.value for r in allowed | {Role.ADMIN}))
+            raise PermissionDenied(
+                f"{action} needs the role {needed}; this key has "
+                f"{', '.join(sorted(r.value for r in self.roles)) or 'no roles'}"
+            )
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key, without its secret."""
+
+    key_id: str
+    tenant_id: str
+    name: str
+    principal: str
+    roles: tuple[Role, ...]
+    create_time: datetime
+    revoke_time: datetime | None
+    last_used_time: datetime | None
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    key_id: str
+    tenant_id: str
+    principal: str
+    roles: tuple[Role, ...]
+    secret_hash: bytes
+    revoked: bool
+
+
+class KeyStore(Protocol):
+    """Where tenants and keys live (PostgreSQL in production)."""
+
+    async def ensure_tenant(self, tenant_id: str, name: str) -> None: ...
+
+    async def tenant_exists(self, tenant_id: str) -> bool: ...
+
+    async def insert_key(
+        self,
+        key_id: str,
+        tenant_id: str,
+        name: str,
+        principal: str,
+        roles: Sequence[Role],
+        secret_hash: bytes,
+    ) -> ApiKey: ...
+
+    async def find_key(self, key_id: str) -> StoredKey | None: ...
+
+    async def list_keys(self, tenant_id: str | None) -> list[ApiKey]: ...
+
+    async def revoke_key(self, key_id: str) -> ApiKey | None: ...
+
+    async def insert_first_key(
+        self,
+        key_id: str,
+        tenant_id: str,
+        name: str,
+        principal: str,
+        roles: Sequence[Role],
+        secret_hash: bytes,
+    ) -> ApiKey | None:
+        """Insert the key only if the tenant has no key yet (atomic across processes)."""
+        ...
+
+
+def hash_secret(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def parse_roles(values: Sequence[str]) -> tuple[Role, ...]:
+    roles: list[Role] = []
+    for value in values:
+        try:
+            roles.append(Role(value.strip().lower()))
+        except ValueError:
+            valid = ", ".join(r.value for r in Role)
+            raise InvalidArgument.for_field(
+                "roles", f"unknown role {value!r}; use {valid}"
+            ) from None
+    if not roles:
+        raise InvalidArgument.for_field("roles", "at least one role is required")
+    return tuple(dict.fromkeys(roles))
+
+
+def validate_tenant_id(tenant_id: str) -> str:
+    if not _TENANT_RE.match(tenant_id):
+        raise InvalidArgument.for_field(
+            "tenant", "use 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit"
+        )
+    return tenant_id
+
+
+class KeyManager:
+    """Creates, verifies and revokes API keys; verified keys are cached briefly."""
+
+    def __init__(self, store: KeyStore, cache_seconds: float = 5.0) -> None:
+        self._store = store
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, str, Principal]] = {}
+
+    async def create(
+        self, tenant_id: str, name: str, roles: Sequence[str], principal: str | None = None
+    ) -> tuple[ApiKey, str]:
+        """Returns the stored key and the full token, which is never shown again."""
+        validate_tenant_id(tenant_id)
+        parsed = parse_roles(roles)
+        if not name.strip():
+            raise InvalidArgument.for_field("name", "a key needs a name that says who uses it")
+        await self._store.ensure_tenant(tenant_id, tenant_id)
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        stored = await self._store.insert_key(
+            key_id, tenant_id, name.strip(), principal or name.strip(), parsed, hash_secret(secret)
+        )
+        return stored, f"{KEY_PREFIX}_{key_id}_{secret}"
+
+    async def authenticate(self, token: str) -> Principal:
+        match = _KEY_RE.match(token)
+        if match is None:
+            raise Unauthenticated(
+                "malformed API key: send `authorization: Bearer cvg_<id>_<secret>`"
+            )
+        key_id, secret = match.groups()
+        now = time.monotonic()
+        cached = self._cache.get(key_id)
+        if cached is not None and cached[0] > now and hmac.compare_digest(cached[1], token):
+            return cached[2]
+        stored = await self._store.find_key(key_id)
+        if stored is None or not hmac.compare_digest(stored.secret_hash, hash_secret(secret)):
+            raise Unauthenticated("unknown API key")
+        if stored.revoked:
+            raise Unauthenticated("this API key has been revoked")
+        principal = Principal(stored.tenant_id, stored.principal, frozenset(stored.roles), key_id)
+        if self._cache_seconds > 0:
+            self._cache[key_id] = (now + self._cache_seconds, token, principal)
+        return principal
+
+    async def list(self, tenant_id: str | None = None) -> list[ApiKey]:
+        return await self._store.list_keys(tenant_id)
+
+    async def revoke(self, key_id: str) -> ApiKey:
+        revoked = await self._store.revoke_key(key_id)
+        if revoked is None:
+            raise NotFound(f"no API key with id {key_id!r}")
+        self._cache.pop(key_id, None)
+        return revoked
+
+    async def bootstrap(self, tenant_id: str) -> str | None:
+        """Create the development tenant's first admin key if it has none; return its token."""
+        validate_tenant_id(tenant_id)
+        await self._store.ensure_tenant(tenant_id, tenant_id)
+        key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        created = await self._store.insert_first_key(
+            key_id, tenant_id, "bootstrap admin", "admin", (Role.ADMIN,), hash_secret(secret)
+        )
+        return None if created is None else f"{KEY_PREFIX}_{key_id}_{secret}"

@@ -1,0 +1,1 @@
+"""Conversations: the service, the turn runner, speaker policies and the storage contract."""

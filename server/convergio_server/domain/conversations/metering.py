@@ -1,0 +1,125 @@
+"""A model-client wrapper that counts the calls and tokens of one turn, cancelled calls
+included (their partial usage, as the model client reports it)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, Literal
+
+from autogen_core import CancellationToken
+from autogen_core.models import (
+    ChatCompletionClient,
+    CreateResult,
+    LLMMessage,
+    RequestUsage,
+)
+from autogen_core.tools import Tool, ToolSchema
+from pydantic import BaseModel
+
+from convergio_server.domain.events.model import Usage
+from convergio_server.domain.models.delegating import DelegatingChatCompletionClient
+
+Pricing = Callable[[int, int], Decimal]  # (prompt, completion tokens) -> USD
+
+
+def free(prompt_tokens: int, completion_tokens: int) -> Decimal:
+    return Decimal(0)
+
+
+class Meter:
+    """Usage and cost of every metered client of a turn, and the first call failure (an
+    agent's exception reaches the turn through AutoGen only as text)."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.calls = 0
+        self.cost = Decimal(0)
+        self.failure: BaseException | None = None
+
+    def add(self, usage: RequestUsage | None, pricing: Pricing = free) -> None:
+        if usage is not None:
+            self.prompt_tokens += usage.prompt_tokens
+            self.completion_tokens += usage.completion_tokens
+            self.cost += pricing(usage.prompt_tokens, usage.completion_tokens)
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens, self.completion_tokens, 0, self.calls)
+
+
+class MeteredClient(DelegatingChatCompletionClient):
+    def __init__(self, inner: ChatCompletionClient, meter: Meter, pricing: Pricing = free) -> None:
+        self._inner = inner
+        self.meter = meter
+        self.pricing = pricing
+
+    async def create(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> CreateResult:
+        self.meter.calls += 1
+        before = self.inner.total_usage()
+        try:
+            return await self.inner.create(
+                messages,
+                tools=tools,
+                tool_choice=tool_choice,
+                json_output=json_output,
+                extra_create_args=extra_create_args,
+                cancellation_token=cancellation_token,
+            )
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        finally:
+            self._settle(before)
+
+    async def create_stream(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> AsyncGenerator[str | CreateResult, None]:
+        self.meter.calls += 1
+        before = self.inner.total_usage()
+        try:
+            async for item in self.inner.create_stream(
+                messages,
+                tools=tools,
+                tool_choice=tool_choice,
+                json_output=json_output,
+                extra_create_args=extra_create_args,
+                cancellation_token=cancellation_token,
+            ):
+                yield item
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        finally:
+            self._settle(before)
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.meter.failure is None:
+            self.meter.failure = exc
+
+    def _settle(self, before: RequestUsage) -> None:
+        after = self.inner.total_usage()
+        self.meter.add(
+            RequestUsage(
+                prompt_tokens=max(0, after.prompt_tokens - before.prompt_tokens),
+                completion_tokens=max(0, after.completion_tokens - before.completion_tokens),
+            ),
+            self.pricing,
+        )

@@ -1,0 +1,760 @@
+"""The turn runner: runs one turn of a conversation in a task the server owns and turns
+every AutoGen event into a domain event on the conversation's event log.
+
+One `TurnExecution` per running turn. It builds the team (see `team.py`), restores the
+saved state, runs `run_stream`, coalesces token chunks into deltas, stores each completed
+message in the transcript, and always ends with a TurnCompleted event, whatever happened:
+completion, the turn limit, a cancel, a timeout, a model failure. A lease in Redis says
+which process runs the turn; it is renewed while the turn runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from autogen_agentchat.base import TaskResult
+from autogen_agentchat.messages import (
+    ModelClientStreamingChunkEvent,
+    TextMessage,
+    ToolCallExecutionEvent,
+    ToolCallRequestEvent,
+    ToolCallSummaryMessage,
+)
+from autogen_core import CancellationToken
+from autogen_core.models import RequestUsage
+
+from convergio_server.domain.auth import Principal
+from convergio_server.domain.conversations.metering import Meter, Pricing
+from convergio_server.domain.conversations.metering import free as _free
+from convergio_server.domain.conversations.model import (
+    BUDGET_EXHAUSTED,
+    COMPLETED,
+    ERROR,
+    MAX_TURNS,
+    TIMEOUT,
+    Conversation,
+    Message,
+    Turn,
+    TurnOutcome,
+    money,
+)
+from convergio_server.domain.conversations.selection import Plan
+from convergio_server.domain.conversations.store import ConversationStore
+from convergio_server.domain.errors import DomainError
+from convergio_server.domain.events.log import EventLog
+from convergio_server.domain.events.model import (
+    BudgetAlert,
+    ContextDocument,
+    ContextInjected,
+    CostUpdate,
+    ErrorOccurred,
+    EventBody,
+    InputFlagged,
+    MessageCompleted,
+    ScreeningFinding,
+    SpeakerSelected,
+    TokenDelta,
+    ToolCall,
+    ToolResult,
+    TurnCompleted,
+    TurnStarted,
+    Usage,
+)
+from convergio_server.domain.guards import Admission, AlertSink, BudgetAlertInfo, Guards, TurnScope
+from convergio_server.domain.models.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+_END = object()
+_CANCEL = object()
+
+UNAVAILABLE_CODE = 14
+INTERNAL_CODE = 13
+
+
+@dataclass
+class BuiltTeam:
+    """A team ready to run one turn."""
+
+    runnable: Any  # a Team or a single AssistantAgent: run_stream / save_state / load_state
+    participants: list[str]
+    policy: str
+    plan: Plan | None  # None for a single agent
+    meter: Meter
+    models: dict[str, str]  # agent -> "provider/model"
+    risk: dict[str, str] = field(default_factory=dict)  # tool -> risk level
+    streaming: bool = True
+    features: list[str] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    pricing: dict[str, Pricing] = field(default_factory=dict)  # agent -> cost of a call
+    context: list[ContextDocument] = field(default_factory=list)  # documents injected
+    tool_attempts: dict[str, int] = field(default_factory=dict)  # call id -> attempts
+
+
+class TeamBuilder(Protocol):
+    async def build(
+        self,
+        principal: Principal,
+        conversation: Conversation,
+        turn: Turn,
+        policy: str,
+        features: list[str],
+        alerts: AlertSink | None = None,
+    ) -> BuiltTeam: ...
+
+    def resolve(self, principal: Principal, conversation: Conversation) -> tuple[str, list[str]]:
+        """The speaker policy and the features (flags) on for this caller's turn."""
+        ...
+
+
+class Leases(Protocol):
+    async def acquire(self, tenant_id: str, conversation_id: str, holder: str) -> bool: ...
+
+    async def acquire_if_free(self, tenant_id: str, conversation_id: str, holder: str) -> bool:
+        """Take the lease unless someone holds it."""
+        ...
+
+    async def renew(self, tenant_id: str, conversation_id: str, holder: str) -> bool: ...
+
+    async def release(self, tenant_id: str, conversation_id: str, holder: str) -> None: ...
+
+    async def holder(self, tenant_id: str, conversation_id: str) -> str | None: ...
+
+
+@dataclass
+class RunnerConfig:
+    coalesce_seconds: float
+    lease_seconds: float
+
+
+class _Deltas:
+    """Token chunks of one message, coalesced: a chunk goes out at once when no delta went
+    out within the window, else with the others of the window when it closes. Sparse
+    tokens wait for nothing; a burst becomes one delta per window."""
+
+    def __init__(self) -> None:
+        self.message_id = ""
+        self.agent = ""
+        self.parts: list[str] = []
+        self.flushed = 0.0  # when the last delta went out (monotonic)
+        self.generated: datetime | None = None
+
+    def add(self, message_id: str, agent: str, text: str, generated: datetime | None) -> None:
+        if not self.parts:
+            self.message_id, self.agent = message_id, agent
+            self.generated = generated
+        self.parts.append(text)
+
+    def take(self) -> tuple[TokenDelta, datetime | None] | None:
+        """The coalesced delta and when its first token was generated."""
+        if not self.parts:
+            return None
+        delta = TokenDelta(self.message_id, self.agent, "".join(self.parts))
+        self.parts = []
+        self.flushed = time.monotonic()
+        return delta, self.generated
+
+
+def _usage(u: RequestUsage | None) -> Usage:
+    if u is None:
+        return Usage()
+    return Usage(u.prompt_tokens, u.completion_tokens, 0, 1)
+
+
+class TurnExecution:
+    def __init__(
+        self,
+        runner: TurnRunner,
+        principal: Principal,
+        conversation: Conversation,
+        turn: Turn,
+        policy: str,
+        features: list[str],
+    ) -> None:
+        self.runner = runner
+        self.policy = policy
+        self.features = features
+        self.principal = principal
+        self.conversation = conversation
+        self.turn = turn
+        self.token = CancellationToken()
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.stop: tuple[str, str] | None = None
+        self.done = asyncio.Event()
+        self.started = time.monotonic()
+        self.message_count = 0
+        self.last_message_id = ""
+        self.usage_by_agent: dict[str, Usage] = {}
+        self.meter = Meter()
+        self.task: asyncio.Task[None] | None = None
+        self.preparing: asyncio.Future[BuiltTeam] | None = None
+        self.holder = f"{runner.owner}|{turn.id}"
+
+    @property
+    def tenant_id(self) -> str:
+        return self.conversation.tenant_id
+
+    def cancel(self, reason: str, detail: str) -> None:
+        if self.stop is None:
+            self.stop = (reason, detail)
+            self.token.cancel()
+            self.queue.put_nowait(_CANCEL)
+
+    async def _alert(self, alert: BudgetAlertInfo) -> None:
+        # Called from inside a model call: the event loop of the turn emits it in order.
+        self.queue.put_nowait(
+            BudgetAlert(
+                scope=alert.scope,
+                subject=alert.subject,
+                period=alert.period,
+                threshold_percent=alert.threshold_percent,
+                spent_usd=money(alert.spent_usd),
+                limit_usd=money(alert.limit_usd),
+            )
+        )
+
+    async def emit(self, body: EventBody, event_time: datetime | None = None) -> None:
+        await self.runner.events.append(
+            self.tenant_id, self.conversation.id, self.turn.id, body, event_time
+        )
+
+    async def run(self) -> None:
+        with self.runner.events.writing(self.tenant_id, self.conversation.id):
+            await self._run()
+
+    async def _run(self) -> None:
+        renew = asyncio.create_task(self._renew_lease())
+        team: BuiltTeam | None = None
+        outcome = TurnOutcome(stop_reason=ERROR)
+        error: ErrorOccurred | None = None
+        try:
+            try:
+                async with asyncio.timeout(self.conversation.turn_timeout_seconds):
+                    assert self.preparing is not None
+                    team = await self.preparing
+                    self.meter = team.meter
+                    outcome, error = await self._drive(team)
+            except TimeoutError:
+                outcome = TurnOutcome(
+                    stop_reason=TIMEOUT,
+                    stop_detail=f"the turn ran longer than "
+                    f"{self.conversation.turn_timeout_seconds:g} s",
+                )
+            except Exception as exc:  # building the team failed (bad model settings...)
+                log.warning("turn %s failed: %s", self.turn.id, exc)
+                error = _error_event(exc)
+                outcome = TurnOutcome(stop_reason=_stop_reason(error), stop_detail=error.message)
+            await self._finish(outcome, error)
+        except Exception:
+            log.exception("turn %s could not be finished", self.turn.id)
+        finally:
+            renew.cancel()
+            if team is not None:
+                for closer in team.closers:
+                    with contextlib.suppress(Exception):
+                        await closer()
+            self.done.set()
+            self.runner.local.pop(self.turn.id, None)
+
+    def prepare(self) -> None:
+        """Build the team and restore its state, while TurnStarted is being logged."""
+        self.preparing = asyncio.ensure_future(self._prepare())
+
+    async def _prepare(self) -> BuiltTeam:
+        team = await self.runner.builder.build(
+            self.principal, self.conversation, self.turn, self.policy, self.features, self._alert
+        )
+        if self.conversation.message_count or self.conversation.turn_count > 1:
+            state = await self.runner.store.load_state(self.tenant_id, self.conversation.id)
+            if state:
+                await team.runnable.load_state(state)
+        return team
+
+    async def _drive(self, team: BuiltTeam) -> tuple[TurnOutcome, ErrorOccurred | None]:
+        if team.plan is None and team.participants:
+            await self.emit(
+                SpeakerSelected(
+                    agent=team.participants[0],
+                    round=1,
+                    policy="single",
+                    reason="single-agent conversation",
+                )
+            )
+        if team.context:
+            first = team.participants[0] if team.plan is None else (team.plan.speakers or [""])[0]
+            await self.emit(
+                ContextInjected(
+                    agent=first,
+                    query=self.turn.content[:500],
+                    documents=team.context,
+                    threshold=0.0,
+                )
+            )
+        emitted_selections = 0
+        deltas = _Deltas()
+        window = self.runner.config.coalesce_seconds
+        pending_usage: dict[str, Usage] = {}
+        tools_started = time.monotonic()
+        result: TaskResult | None = None
+        failure: BaseException | None = None
+
+        async def pump() -> None:
+            try:
+                # Closed here, in this task, however the turn ends (a cancel included): left
+                # to the garbage collector, AutoGen's telemetry span would be closed in
+                # another context, which logs a traceback.
+                async with contextlib.aclosing(
+                    team.runnable.run_stream(task=self._task_text(), cancellation_token=self.token)
+                ) as stream:
+                    async for item in stream:
+                        self.queue.put_nowait(item)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                self.queue.put_nowait(exc)
+                return
+            self.queue.put_nowait(_END)
+
+        pumping = asyncio.create_task(pump(), name=f"turn:{self.turn.id}")
+        try:
+            while True:
+                if deltas.parts:
+                    left = deltas.flushed + window - time.monotonic()
+                    if left <= 0:
+                        await self._emit_delta(deltas, team)
+                        continue
+                    try:
+                        async with asyncio.timeout(left):
+                            item = await self.queue.get()
+                    except TimeoutError:
+                        await self._emit_delta(deltas, team)
+                        continue
+                else:
+                    item = await self.queue.get()
+                if item is _END or item is _CANCEL:
+                    break
+                if isinstance(item, BaseException):
+                    failure = item
+                    break
+                if isinstance(item, TaskResult):
+                    result = item
+                    continue
+                if isinstance(item, BudgetAlert):
+                    await self._emit_delta(deltas, team)
+                    await self.emit(item)
+                    continue
+                source = getattr(item, "source", "user")
+                selections = team.plan.selections if team.plan is not None else []
+                speaking = selections[emitted_selections - 1].agent if emitted_selections else ""
+                if source not in ("user", speaking):
+                    # The selector may already have chosen the speaker after this one (it runs
+                    # ahead of this queue): announce selections only up to this item's speaker,
+                    # so a SpeakerSelected never precedes the previous speaker's message.
+                    while emitted_selections < len(selections):
+                        selection = selections[emitted_selections]
+                        await self._emit_delta(deltas, team)
+                        await self.emit(selection)
+                        emitted_selections += 1
+                        if selection.agent == source:
+                            break
+                if isinstance(item, ModelClientStreamingChunkEvent):
+                    if not team.streaming:
+                        continue
+                    if deltas.parts and deltas.message_id != item.full_message_id:
+                        await self._emit_delta(deltas, team)
+                    deltas.add(
+                        item.full_message_id or item.id, source, item.content, item.created_at
+                    )
+                    if time.monotonic() - deltas.flushed >= window:
+                        await self._emit_delta(deltas, team)
+                    continue
+                await self._emit_delta(deltas, team)
+                if isinstance(item, ToolCallRequestEvent):
+                    tools_started = time.monotonic()
+                    pending_usage[source] = pending_usage.get(source, Usage()) + _usage(
+                        item.models_usage
+                    )
+                    for call in item.content:
+                        await self.emit(
+                            ToolCall(
+                                call_id=call.id,
+                                agent=source,
+                                tool=call.name,
+                                arguments_json=call.arguments,
+                                risk_level=team.risk.get(call.name, "LOW"),
+                            )
+                        )
+                elif isinstance(item, ToolCallExecutionEvent):
+                    took = time.monotonic() - tools_started
+                    for res in item.content:
+                        attempts = team.tool_attempts.get(res.call_id, 1)
+                        await self.emit(_tool_result(source, res, attempts, took))
+                elif isinstance(item, TextMessage | ToolCallSummaryMessage) and source != "user":
+                    usage = pending_usage.pop(source, Usage()) + _usage(item.models_usage)
+                    role = "TOOL" if isinstance(item, ToolCallSummaryMessage) else "AGENT"
+                    await self._complete_message(team, item.id, source, role, item.content, usage)
+        finally:
+            if not pumping.done():
+                pumping.cancel()
+            with contextlib.suppress(BaseException):
+                await pumping
+        await self._emit_delta(deltas, team)
+        if self.stop is not None:
+            return TurnOutcome(stop_reason=self.stop[0], stop_detail=self.stop[1]), None
+        if failure is not None:
+            # AutoGen passes an agent's exception on as text: prefer the call's own error.
+            cause = team.meter.failure or failure
+            log.warning("turn %s: the team failed: %s", self.turn.id, cause)
+            error = _error_event(cause)
+            return TurnOutcome(stop_reason=_stop_reason(error), stop_detail=error.message), error
+        stop_reason, detail = COMPLETED, ""
+        if (
+            result is not None
+            and result.stop_reason
+            and "Maximum number of turns" in (result.stop_reason)
+        ):
+            stop_reason, detail = MAX_TURNS, result.stop_reason
+        saved = await team.runnable.save_state()
+        state = json.loads(json.dumps(saved, default=str))
+        return TurnOutcome(stop_reason=stop_reason, stop_detail=detail, team_state=state), None
+
+    def _task_text(self) -> str:
+        return self.turn.content
+
+    async def _emit_delta(self, deltas: _Deltas, team: BuiltTeam) -> None:
+        taken = deltas.take()
+        if taken is not None:
+            # A delta's time is when the model generated its first token, so that a client
+            # can tell how long the text took to reach it.
+            await self.emit(*taken)
+
+    async def _complete_message(
+        self, team: BuiltTeam, message_id: str, agent: str, role: str, content: str, usage: Usage
+    ) -> None:
+        model = team.models.get(agent, "")
+        cost = team.pricing.get(agent, _free)(usage.prompt_tokens, usage.completion_tokens)
+        await self.runner.store.add_message(
+            Message(
+                tenant_id=self.tenant_id,
+                conversation_id=self.conversation.id,
+                id=message_id,
+                turn_id=self.turn.id,
+                role=role,
+                source=agent,
+                content=content,
+                model=model,
+                usage=usage,
+                cost_usd=cost,
+            )
+        )
+        self.message_count += 1
+        self.last_message_id = message_id
+        await self.emit(
+            MessageCompleted(
+                message_id=message_id,
+                agent=agent,
+                role=role,
+                content=content,
+                model=model,
+                usage=usage,
+                cost_usd=money(cost),
+            )
+        )
+        await self.emit(
+            CostUpdate(
+                turn_usage=self.meter.usage,
+                turn_cost_usd=money(self.meter.cost),
+                conversation_cost_usd=money(self.conversation.cost_usd + self.meter.cost),
+            )
+        )
+
+    async def _finish(self, outcome: TurnOutcome, error: ErrorOccurred | None) -> None:
+        outcome.usage = self.meter.usage
+        outcome.cost_usd = self.meter.cost
+        if error is not None:
+            outcome.error = {
+                "code": error.code,
+                "reason": error.reason,
+                "message": error.message,
+                "retryable": error.retryable,
+            }
+            await self.emit(error)
+        runner = self.runner
+        ended, next_turn = await runner.store.finish_turn(
+            self.tenant_id, self.conversation.id, self.turn.id, outcome
+        )
+        if ended:
+            await self.emit(
+                TurnCompleted(
+                    stop_reason=outcome.stop_reason,
+                    stop_detail=outcome.stop_detail,
+                    usage=outcome.usage,
+                    cost_usd=money(outcome.cost_usd),
+                    message_count=self.message_count,
+                    last_message_id=self.last_message_id,
+                    duration=time.monotonic() - self.started,
+                )
+            )
+        if next_turn is not None:
+            # Hand the lease straight to the promoted turn: no moment without an owner.
+            await runner.leases.acquire(
+                self.tenant_id, self.conversation.id, f"{runner.owner}|{next_turn.id}"
+            )
+        await runner.leases.release(self.tenant_id, self.conversation.id, self.holder)
+        with contextlib.suppress(Exception):
+            await runner.guards_for().turn_finished(
+                TurnScope(self.principal, self.conversation.id, self.turn.id),
+                outcome.cost_usd,
+                outcome.stop_reason == ERROR,
+            )
+        if next_turn is not None:
+            await runner.start_promoted(next_turn)
+
+    async def _renew_lease(self) -> None:
+        interval = self.runner.config.lease_seconds / 3
+        leases = self.runner.leases
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                kept = await leases.renew(self.tenant_id, self.conversation.id, self.holder)
+            except Exception as exc:
+                log.warning("lease renewal of turn %s failed: %s", self.turn.id, exc)
+                continue
+            if not kept:
+                self.cancel(ERROR, "this server lost the turn's lease")
+                return
+
+
+_TOOL_ERROR = re.compile(r"error \((?P<kind>[A-Z_]+)\)")
+_TOOL_ERROR_KINDS = frozenset(
+    {"INVALID_ARGUMENTS", "TIMEOUT", "TRANSIENT", "PERMANENT", "DENIED", "UNKNOWN_TOOL", "BLOCKED"}
+)
+
+
+def _tool_result(agent: str, res: Any, attempts: int, seconds: float) -> ToolResult:
+    """A ToolResult event from AutoGen's FunctionExecutionResult. The tool adapter words
+    failures as "error (KIND): ..."; AutoGen's own failures (an unknown tool) are plain text."""
+    content = str(res.content)
+    kind = "UNSPECIFIED"
+    if res.is_error:
+        match = _TOOL_ERROR.search(content)
+        if match and match["kind"] in _TOOL_ERROR_KINDS:
+            kind = match["kind"]
+        elif "not found" in content.lower() or "unknown tool" in content.lower():
+            kind = "UNKNOWN_TOOL"
+        else:
+            kind = "PERMANENT"
+    return ToolResult(
+        call_id=res.call_id,
+        agent=agent,
+        tool=res.name,
+        content=content,
+        is_error=bool(res.is_error),
+        error_kind=kind,
+        attempts=attempts,
+        duration=seconds,
+    )
+
+
+_MODEL_ERROR_CODES = {
+    "timeout": (4, "DEADLINE_EXCEEDED"),
+    "rate_limited": (14, "UNAVAILABLE"),
+    "unavailable": (14, "UNAVAILABLE"),
+    "server_error": (14, "UNAVAILABLE"),
+    "invalid_response": (14, "UNAVAILABLE"),
+    "authentication": (9, "FAILED_PRECONDITION"),
+    "permission_denied": (9, "FAILED_PRECONDITION"),
+    "not_found": (9, "FAILED_PRECONDITION"),
+    "bad_request": (9, "FAILED_PRECONDITION"),
+    "context_length": (3, "INVALID_ARGUMENT"),
+    "configuration": (9, "FAILED_PRECONDITION"),
+}
+_DOMAIN_CODES = {
+    "INVALID_ARGUMENT": 3,
+    "PAYLOAD_TOO_LARGE": 3,
+    "INPUT_BLOCKED": 3,
+    "NOT_FOUND": 5,
+    "FAILED_PRECONDITION": 9,
+    "QUOTA_EXCEEDED": 8,
+    "BUDGET_EXHAUSTED": 8,
+    "RATE_LIMITED": 8,
+    "UNAVAILABLE": 14,
+    "CIRCUIT_OPEN": 14,
+}
+
+
+def _error_event(exc: BaseException) -> ErrorOccurred:
+    """The Error event of a failure that ended a turn."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, DomainError):
+        cause = cause.__cause__
+    if isinstance(cause, ModelError):
+        code, reason = _MODEL_ERROR_CODES.get(cause.kind, (14, "UNAVAILABLE"))
+        return ErrorOccurred(
+            code=code,
+            reason=reason,
+            message=f"the model call failed: {cause.message[:500]}",
+            retryable=cause.retryable,
+            retry_delay=1.0 if cause.retryable else 0.0,
+            metadata=dict(cause.metadata),
+        )
+    if isinstance(cause, DomainError):
+        retry = getattr(cause, "retry_after_seconds", None)
+        code = _DOMAIN_CODES.get(cause.reason, 13)
+        return ErrorOccurred(
+            code=code,
+            reason=cause.reason if cause.reason in _DOMAIN_CODES else "INTERNAL",
+            message=cause.message[:500],
+            retryable=code == 14 or cause.reason == "RATE_LIMITED",
+            retry_delay=float(retry or 0.0),
+            metadata=dict(cause.metadata),
+        )
+    text = str(exc) or type(exc).__name__
+    return ErrorOccurred(
+        code=14,
+        reason="UNAVAILABLE",
+        message=f"the model call failed: {text[:500]}",
+        retryable=True,
+        retry_delay=1.0,
+    )
+
+
+def _stop_reason(error: ErrorOccurred) -> str:
+    return BUDGET_EXHAUSTED if error.reason == "BUDGET_EXHAUSTED" else ERROR
+
+
+def _admission_events(admission: Admission | None, turn: Turn) -> list[EventBody]:
+    if admission is None:
+        return []
+    out: list[EventBody] = [
+        BudgetAlert(
+            scope=a.scope,
+            subject=a.subject,
+            period=a.period,
+            threshold_percent=a.threshold_percent,
+            spent_usd=money(a.spent_usd),
+            limit_usd=money(a.limit_usd),
+        )
+        for a in admission.alerts
+    ]
+    if admission.flagged_input:
+        findings = [
+            ScreeningFinding(category=_category(rule), rule=rule, detail="flagged, let through")
+            for rule in admission.flagged_input
+        ]
+        out.append(InputFlagged(message_id=turn.user_message_id, call_id="", findings=findings))
+    return out
+
+
+def _category(rule: str) -> str:
+    head = rule.split(".", 1)[0].lower()
+    if "secret" in head:
+        return "SECRET"
+    if "jailbreak" in head:
+        return "JAILBREAK"
+    return "PROMPT_INJECTION"
+
+
+class TurnRunner:
+    """The turns this process runs."""
+
+    def __init__(
+        self,
+        *,
+        store: ConversationStore,
+        events: EventLog,
+        leases: Leases,
+        builder: TeamBuilder,
+        guards: Callable[[], Guards],
+        config: RunnerConfig,
+        principal_of: Callable[[str, str], Principal],
+    ) -> None:
+        self.store = store
+        self.events = events
+        self.leases = leases
+        self.builder = builder
+        self.guards_for = guards
+        self.config = config
+        self.principal_of = principal_of
+        self.owner = uuid.uuid4().hex[:12]
+        self.local: dict[str, TurnExecution] = {}
+
+    async def start(
+        self,
+        principal: Principal,
+        conversation: Conversation,
+        turn: Turn,
+        admission: Admission | None = None,
+        *,
+        lease_held: bool = False,
+    ) -> int:
+        """Start a turn that the store has just made RUNNING; returns its first sequence.
+        The guards' warnings about it (`admission`) follow TurnStarted."""
+        if not lease_held:
+            holder = f"{self.owner}|{turn.id}"
+            await self.leases.acquire(conversation.tenant_id, conversation.id, holder)
+        policy, features = self.builder.resolve(principal, conversation)
+        if len(conversation.participants) == 1 and conversation.team.single_agent:
+            policy = "single"
+        execution = TurnExecution(self, principal, conversation, turn, policy, features)
+        execution.prepare()
+        try:
+            started = await self.events.append(
+                conversation.tenant_id,
+                conversation.id,
+                turn.id,
+                TurnStarted(
+                    request_id=turn.request_id,
+                    user_message_id=turn.user_message_id,
+                    content=turn.content,
+                    participants=conversation.participants,
+                    speaker_policy=policy,
+                    max_turns=turn.options.max_turns,
+                    enabled_features=features,
+                    created_by=turn.created_by,
+                ),
+            )
+            for body in _admission_events(admission, turn):
+                await self.events.append(conversation.tenant_id, conversation.id, turn.id, body)
+        except BaseException:
+            assert execution.preparing is not None
+            execution.preparing.cancel()
+            raise
+        self.local[turn.id] = execution
+        execution.task = asyncio.create_task(execution.run(), name=f"turn-run:{turn.id}")
+        return started.sequence
+
+    async def start_promoted(self, turn: Turn) -> None:
+        """Start a queued turn that the end of the previous one promoted to RUNNING."""
+        conversation = await self.store.get(turn.tenant_id, turn.conversation_id)
+        if conversation is None:
+            return
+        principal = self.principal_of(turn.tenant_id, turn.created_by)
+        await self.start(principal, conversation, turn)
+
+    def cancel_local(self, turn_id: str, reason: str, detail: str) -> bool:
+        execution = self.local.get(turn_id)
+        if execution is None:
+            return False
+        execution.cancel(reason, detail)
+        return True
+
+    async def close(self) -> None:
+        """Stop every local turn (the server is shutting down): they end with ERROR."""
+        executions = list(self.local.values())
+        for execution in executions:
+            execution.cancel(ERROR, "the server running the turn stopped")
+        for execution in executions:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await execution.done.wait()

@@ -1,0 +1,53 @@
+"""Tool results pass the input screening (`Guards.screen_tool_result`) before a model sees
+them: a result that carries instructions is withheld or marked, secrets are redacted."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from autogen_core import CancellationToken
+from autogen_core.tools import BaseTool, ToolSchema
+from pydantic import BaseModel
+
+from convergio_server.domain.tools.registry import cached_schema
+
+Screen = Callable[[str], Awaitable[str]]
+
+
+class ScreenedTool(BaseTool[BaseModel, Any]):
+    """`inner`, with its results screened."""
+
+    def __init__(
+        self, inner: BaseTool[Any, Any], screen: Screen, attempts: dict[str, int] | None = None
+    ) -> None:
+        super().__init__(inner.args_type(), inner.return_type(), inner.name, inner.description)
+        self.inner = inner
+        self.screen = screen
+        # Attempts per call id (retries of transient failures), for the ToolResult event.
+        self.attempts = attempts if attempts is not None else {}
+
+    @property
+    def schema(self) -> ToolSchema:
+        return cached_schema(self)
+
+    async def run_json(
+        self,
+        args: Mapping[str, Any],
+        cancellation_token: CancellationToken,
+        call_id: str | None = None,
+    ) -> Any:
+        try:
+            result = await self.inner.run_json(args, cancellation_token, call_id=call_id)
+        finally:
+            outcomes = getattr(self.inner, "outcomes", None)
+            if call_id and outcomes:
+                self.attempts[call_id] = int(getattr(outcomes[-1], "attempts", 1))
+        return await self.screen(self.inner.return_value_as_string(result))
+
+    async def run(self, args: BaseModel, cancellation_token: CancellationToken) -> Any:
+        result = await self.inner.run(args, cancellation_token)
+        return await self.screen(self.inner.return_value_as_string(result))
+
+    def return_value_as_string(self, value: Any) -> str:
+        return value if isinstance(value, str) else self.inner.return_value_as_string(value)

@@ -1,0 +1,641 @@
+"""Conversations: create, read, list, delete; send a message (start or queue a turn);
+follow a turn's or a conversation's events; cancel; turns and transcript."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from convergio_server.domain.agents.roster import Roster
+from convergio_server.domain.auth import Principal
+from convergio_server.domain.conversations.model import (
+    CANCELLED,
+    CONTINUE,
+    DEFAULT_MAX_TURNS,
+    DEFAULT_TURN_TIMEOUT_SECONDS,
+    DISCONNECTED,
+    ENDED,
+    ERROR,
+    MAX_QUEUED_TURNS,
+    QUEUED,
+    Conversation,
+    Message,
+    TeamSpec,
+    Turn,
+    TurnOptions,
+    TurnOutcome,
+    money,
+)
+from convergio_server.domain.conversations.runner import Leases, TurnRunner
+from convergio_server.domain.conversations.selection import policy_names
+from convergio_server.domain.conversations.store import Admitted, ConversationStore
+from convergio_server.domain.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+from convergio_server.domain.events.log import EventLog
+from convergio_server.domain.events.model import (
+    ErrorOccurred,
+    Event,
+    TurnCompleted,
+    TurnQueued,
+    Usage,
+)
+from convergio_server.domain.guards import Guards, TurnScope
+from convergio_server.domain.pagination import decode_token, encode_token, page_size
+
+MAX_CONTENT_BYTES = 32_768
+MAX_DOCUMENTS = 16
+MAX_DOCUMENT_BYTES = 256 * 1024
+MAX_DOCUMENTS_TOTAL = 1024 * 1024
+MAX_TITLE = 500
+MAX_LABELS = 64
+MAX_TEAM = 20
+MAX_TURNS_LIMIT = 50
+MAX_TURN_TIMEOUT_SECONDS = 3600.0
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
+
+
+def _too_large(field: str, description: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{field}: {description}",
+        reason="PAYLOAD_TOO_LARGE",
+        violations=[FieldViolation(field, description)],
+    )
+
+
+def check_labels(labels: dict[str, str], field: str = "labels") -> None:
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument.for_field(field, f"at most {MAX_LABELS} labels, got {len(labels)}")
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key):
+            raise InvalidArgument.for_field(
+                f"{field}[{key[:64]}]",
+                "keys are 1-63 characters of a-z, 0-9, '_', '.', '-' starting with a letter",
+            )
+        if len(value) > 256:
+            raise InvalidArgument.for_field(f"{field}[{key}]", "values are at most 256 characters")
+
+
+@dataclass
+class ServiceConfig:
+    heartbeat_seconds: float
+    lease_seconds: float
+
+
+@dataclass
+class SendResult:
+    """Where the caller's stream of a SendMessage starts."""
+
+    conversation_id: str
+    turn_id: str
+    after_sequence: int
+
+
+class ConversationService:
+    def __init__(
+        self,
+        *,
+        store: ConversationStore,
+        events: EventLog,
+        runner: TurnRunner,
+        leases: Leases,
+        roster: Roster,
+        guards: Callable[[], Guards],
+        publish_cancel: Callable[[str, str, str, str, str], Any],
+        config: ServiceConfig,
+        check_model: Callable[[dict[str, Any], str], None] = lambda selection, field: None,
+    ) -> None:
+        self.check_model = check_model
+        self.store = store
+        self.events = events
+        self.runner = runner
+        self.leases = leases
+        self.roster = roster
+        self.guards = guards
+        self.publish_cancel = publish_cancel
+        self.config = config
+
+    # ---------------------------------------------------------------- conversations
+
+    def resolve_team(self, team: TeamSpec) -> tuple[TeamSpec, list[str]]:
+        if team.single_agent:
+            return team, [self.roster.get(team.single_agent).name]
+        if team.agents:
+            names = list(team.agents)
+            if len(names) > MAX_TEAM:
+                raise InvalidArgument.for_field(
+                    "team.agents.names", f"at most {MAX_TEAM} agents, got {len(names)}"
+                )
+            if len(set(names)) != len(names):
+                raise InvalidArgument.for_field("team.agents.names", "names must be distinct")
+            return team, [a.name for a in self.roster.ordered(names)]
+        preset_name = team.preset or "core"
+        try:
+            preset = self.roster.preset(preset_name)
+        except NotFound as exc:
+            raise InvalidArgument.for_field("team.preset", exc.message) from None
+        return TeamSpec(preset=preset_name), [a.name for a in self.roster.ordered(preset.agents)]
+
+    async def create(
+        self,
+        principal: Principal,
+        *,
+        title: str = "",
+        labels: dict[str, str] | None = None,
+        team: TeamSpec | None = None,
+        model: dict[str, Any] | None = None,
+        agent_models: dict[str, dict[str, Any]] | None = None,
+        max_turns_per_message: int = 0,
+        speaker_policy: str = "",
+        turn_timeout_seconds: float | None = None,
+    ) -> Conversation:
+        labels = labels or {}
+        agent_models = agent_models or {}
+        if len(title) > MAX_TITLE:
+            raise InvalidArgument.for_field("title", f"at most {MAX_TITLE} characters")
+        check_labels(labels)
+        if not 0 <= max_turns_per_message <= MAX_TURNS_LIMIT:
+            raise InvalidArgument.for_field(
+                "max_turns_per_message", f"must be 1 to {MAX_TURNS_LIMIT} (0 = default 6)"
+            )
+        if speaker_policy and speaker_policy not in policy_names():
+            raise InvalidArgument.for_field(
+                "speaker_policy", f"unknown policy; valid: {', '.join(policy_names())}"
+            )
+        timeout = DEFAULT_TURN_TIMEOUT_SECONDS if not turn_timeout_seconds else turn_timeout_seconds
+        if not 0 < timeout <= MAX_TURN_TIMEOUT_SECONDS:
+            raise InvalidArgument.for_field("turn_timeout", "must be positive and at most 1 hour")
+        self.check_model(model or {}, "model")
+        for name, selection in agent_models.items():
+            self.check_model(selection, f"agent_models[{name}]")
+        spec, participants = self.resolve_team(team or TeamSpec(preset="core"))
+        for name in agent_models:
+            if name not in participants:
+                raise InvalidArgument.for_field(
+                    f"agent_models[{name}]", "is not a participant of the team"
+                )
+        await self.guards().conversation_created(principal)
+        conversation = Conversation(
+            tenant_id=principal.tenant_id,
+            id=str(uuid.uuid4()),
+            title=title,
+            team=spec,
+            participants=participants,
+            model=model or {},
+            agent_models=agent_models,
+            max_turns_per_message=max_turns_per_message or DEFAULT_MAX_TURNS,
+            speaker_policy=speaker_policy,
+            labels=labels,
+            turn_timeout_seconds=timeout,
+            created_by=principal.name,
+        )
+        return await self.store.create(conversation)
+
+    async def _find(self, principal: Principal, conversation_id: str) -> Conversation:
+        conversation = await self.store.get(principal.tenant_id, conversation_id)
+        if conversation is None:
+            raise NotFound(
+                f"conversation {conversation_id} does not exist",
+                metadata={"conversation_id": conversation_id},
+            )
+        return conversation
+
+    async def get(self, principal: Principal, conversation_id: str) -> Conversation:
+        conversation = await self._find(principal, conversation_id)
+        conversation.last_sequence = await self.events.last_sequence(
+            principal.tenant_id, conversation_id
+        )
+        return conversation
+
+    async def list_conversations(
+        self,
+        principal: Principal,
+        *,
+        status: str,
+        labels: dict[str, str],
+        size: int,
+        token: str,
+    ) -> tuple[list[Conversation], str]:
+        check_labels(labels)
+        filters = {"status": status, "labels": labels}
+        cursor = decode_token(token, filters)
+        limit = page_size(size)
+        after = None
+        if cursor is not None:
+            after = (datetime.fromisoformat(cursor.after[0]), cursor.after[1])
+        rows = await self.store.list_conversations(
+            principal.tenant_id, status=status, labels=labels, after=after, limit=limit + 1
+        )
+        next_token = ""
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            assert last.update_time is not None
+            next_token = encode_token([last.update_time.isoformat(), last.id], filters)
+        for row in rows:
+            row.last_sequence = await self.events.last_sequence(principal.tenant_id, row.id)
+        return rows, next_token
+
+    async def delete(self, principal: Principal, conversation_id: str, force: bool) -> None:
+        conversation = await self.get(principal, conversation_id)
+        if conversation.active_turn_id or conversation.queued_turn_count:
+            if not force:
+                raise FailedPrecondition(
+                    "a turn is running or queued; cancel it first or delete with force",
+                    metadata={"conversation_id": conversation_id},
+                )
+            for turn in await self.store.list_turns(
+                principal.tenant_id, conversation_id, status=QUEUED, after=None, limit=100
+            ):
+                await self._end_queued(principal, turn, CANCELLED, "conversation deleted")
+            if conversation.active_turn_id:
+                await self.cancel(
+                    principal, conversation_id, conversation.active_turn_id, "conversation deleted"
+                )
+        if not await self.store.delete(principal.tenant_id, conversation_id):
+            raise NotFound(
+                f"conversation {conversation_id} does not exist",
+                metadata={"conversation_id": conversation_id},
+            )
+        await self.events.live.delete(principal.tenant_id, conversation_id)
+
+    # ------------------------------------------------------------------------ turns
+
+    async def send(
+        self,
+        principal: Principal,
+        conversation_id: str,
+        *,
+        content: str,
+        request_id: str = "",
+        documents: list[dict[str, str]] | None = None,
+        on_disconnect: str = CONTINUE,
+        enqueue: bool = False,
+        max_turns: int = 0,
+    ) -> SendResult:
+        content = content.strip()
+        if not content:
+            raise InvalidArgument.for_field("content", "is required (1 to 32,768 bytes)")
+        if len(content.encode()) > MAX_CONTENT_BYTES:
+            raise _too_large("content", f"at most {MAX_CONTENT_BYTES} bytes of UTF-8")
+        documents = documents or []
+        if len(documents) > MAX_DOCUMENTS:
+            raise _too_large("documents", f"at most {MAX_DOCUMENTS} documents")
+        total = 0
+        for index, doc in enumerate(documents):
+            size = len(doc.get("content", "").encode())
+            total += size
+            if size > MAX_DOCUMENT_BYTES:
+                raise _too_large(f"documents[{index}].content", "at most 256 KiB")
+            if len(doc.get("title", "")) > 500:
+                raise InvalidArgument.for_field(f"documents[{index}].title", "at most 500 chars")
+        if total > MAX_DOCUMENTS_TOTAL:
+            raise _too_large("documents", "at most 1 MiB in total")
+        if not 0 <= max_turns <= MAX_TURNS_LIMIT:
+            raise InvalidArgument.for_field("max_turns", f"must be 1 to {MAX_TURNS_LIMIT}")
+        if len(request_id) > 128:
+            raise InvalidArgument.for_field("request_id", "at most 128 characters")
+        request_id = request_id or uuid.uuid4().hex
+        # Both reads at once: the conversation, and a turn of the same request_id.
+        conversation, earlier = await asyncio.gather(
+            self._find(principal, conversation_id),
+            self.store.turn_by_request(principal.tenant_id, conversation_id, request_id),
+        )
+        turn = Turn(
+            tenant_id=principal.tenant_id,
+            conversation_id=conversation_id,
+            id=str(uuid.uuid4()),
+            request_id=request_id,
+            status=QUEUED,
+            content=content,
+            options=TurnOptions(
+                max_turns=max_turns or conversation.max_turns_per_message,
+                on_disconnect=on_disconnect,
+                documents=documents,
+            ),
+            user_message_id=str(uuid.uuid4()),
+            created_by=principal.name,
+        )
+        if earlier is not None:
+            return await self._attach(principal, earlier)
+        admission = await self.guards().admit_turn(
+            TurnScope(principal, conversation_id, turn.id), content
+        )
+        admitted = await self._admit(turn, enqueue)
+        if (
+            admitted.busy
+            and not admitted.queue_full
+            and await self._reap_orphans(principal, conversation)
+        ):
+            admitted = await self._admit(turn, enqueue)
+        if admitted.existing:
+            return await self._attach(principal, admitted.turn)
+        if admitted.busy:
+            detail = (
+                f"{MAX_QUEUED_TURNS} turns are already queued"
+                if admitted.queue_full
+                else "a turn is running; wait for its TurnCompleted, cancel it, "
+                "or send with if_busy ENQUEUE"
+            )
+            raise FailedPrecondition(
+                detail,
+                metadata={
+                    "conversation_id": conversation_id,
+                    "active_turn_id": conversation.active_turn_id,
+                },
+            )
+        turn = admitted.turn
+        if admitted.position:
+            queued = await self.events.append(
+                principal.tenant_id,
+                conversation_id,
+                turn.id,
+                TurnQueued(request_id=request_id, position=admitted.position),
+            )
+            return SendResult(conversation_id, turn.id, queued.sequence - 1)
+        first = await self.runner.start(
+            principal, conversation, turn, admission, lease_held=admitted.lease_held
+        )
+        return SendResult(conversation_id, turn.id, first - 1)
+
+    async def _admit(self, turn: Turn, enqueue: bool) -> Admitted:
+        """Admit the turn, holding its lease first in case it runs at once, so that a running
+        turn never lacks an owner in Redis (the reaper relies on that)."""
+        holder = f"{self.runner.owner}|{turn.id}"
+        held = await self.leases.acquire_if_free(turn.tenant_id, turn.conversation_id, holder)
+        try:
+            admitted = await self.store.admit_turn(
+                turn, enqueue=enqueue, max_queued=MAX_QUEUED_TURNS
+            )
+        except BaseException:
+            if held:
+                await self.leases.release(turn.tenant_id, turn.conversation_id, holder)
+            raise
+        if held and (admitted.existing or admitted.busy or admitted.position):
+            await self.leases.release(turn.tenant_id, turn.conversation_id, holder)
+        else:
+            admitted.lease_held = held
+        return admitted
+
+    async def _attach(self, principal: Principal, turn: Turn) -> SendResult:
+        """Re-attach to a turn from its first event (waiting a moment for a turn that the
+        first call has admitted but not yet logged)."""
+        deadline = time.monotonic() + 5.0
+        while not turn.first_sequence and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            found = await self.store.get_turn(principal.tenant_id, turn.conversation_id, turn.id)
+            if found is None:
+                break
+            turn = found
+        return SendResult(turn.conversation_id, turn.id, max(0, turn.first_sequence - 1))
+
+    async def follow(
+        self,
+        principal: Principal,
+        conversation_id: str,
+        *,
+        after: int,
+        turn_id: str = "",
+        follow: bool = True,
+        known: bool = False,
+    ) -> AsyncIterator[Event | None]:
+        """Events after `after` (only `turn_id`'s when set; then ending after its
+        TurnCompleted). Yields None as a heartbeat on an idle stream. `known`: the caller
+        has just started or found the turn, no need to look it up."""
+        if known:
+            pass
+        elif turn_id:
+            turn = await self.get_turn(principal, conversation_id, turn_id)
+            if (
+                follow
+                and turn.status == ENDED
+                and turn.last_sequence
+                and after >= turn.last_sequence
+            ):
+                return
+        else:
+            await self.get(principal, conversation_id)
+        # Wake up at least once per lease period to notice a turn whose process died.
+        heartbeat = self.config.heartbeat_seconds
+        tick = min(heartbeat, self.config.lease_seconds)
+        quiet_since = time.monotonic()
+        async for event in self.events.read(
+            principal.tenant_id,
+            conversation_id,
+            after,
+            follow=follow,
+            heartbeat_seconds=tick if follow else None,
+        ):
+            if event is None:
+                conversation = await self.store.get(principal.tenant_id, conversation_id)
+                if conversation is not None:
+                    await self._reap_orphans(principal, conversation)
+                if time.monotonic() - quiet_since >= heartbeat:
+                    quiet_since = time.monotonic()
+                    yield None
+                continue
+            quiet_since = time.monotonic()
+            if turn_id and event.turn_id != turn_id:
+                continue
+            yield event
+            if turn_id and follow and isinstance(event.body, TurnCompleted):
+                return
+
+    async def cancel(
+        self,
+        principal: Principal,
+        conversation_id: str,
+        turn_id: str,
+        reason: str,
+        *,
+        stop_reason: str = CANCELLED,
+        wait_seconds: float = 2.0,
+    ) -> Turn:
+        conversation = await self._find(principal, conversation_id)
+        if not turn_id:
+            turn_id = conversation.active_turn_id
+            if not turn_id:
+                raise FailedPrecondition(
+                    "no turn is running or queued; pass the turn_id to cancel a given turn",
+                    metadata={"conversation_id": conversation_id},
+                )
+        turn = await self.get_turn(principal, conversation_id, turn_id)
+        if turn.status == ENDED:
+            return turn
+        detail = reason or ("the client disconnected" if stop_reason == DISCONNECTED else "")
+        if turn.status == QUEUED:
+            await self._end_queued(principal, turn, stop_reason, detail)
+            return await self.get_turn(principal, conversation_id, turn_id)
+        if not self.runner.cancel_local(turn_id, stop_reason, detail):
+            holder = await self.leases.holder(principal.tenant_id, conversation_id)
+            if holder is None or not holder.endswith(turn_id):
+                await self._reap_orphans(principal, conversation)
+            else:
+                await self.publish_cancel(
+                    principal.tenant_id, conversation_id, turn_id, stop_reason, detail
+                )
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            turn = await self.get_turn(principal, conversation_id, turn_id)
+            if turn.status == ENDED:
+                break
+            await asyncio.sleep(0.02)
+        return turn
+
+    async def _end_queued(self, principal: Principal, turn: Turn, stop: str, detail: str) -> None:
+        ended, _ = await self.store.finish_turn(
+            principal.tenant_id,
+            turn.conversation_id,
+            turn.id,
+            TurnOutcome(stop_reason=stop, stop_detail=detail),
+        )
+        if ended:
+            await self.events.append(
+                principal.tenant_id,
+                turn.conversation_id,
+                turn.id,
+                TurnCompleted(
+                    stop_reason=stop,
+                    stop_detail=detail,
+                    usage=Usage(),
+                    cost_usd=money(turn.cost_usd),
+                    message_count=0,
+                    last_message_id="",
+                    duration=0.0,
+                ),
+            )
+
+    async def _reap_orphans(self, principal: Principal, conversation: Conversation) -> bool:
+        """End the running turn of a process that died (its lease expired) with an Error
+        and a TurnCompleted; returns whether one was ended."""
+        if not conversation.active_turn_id or conversation.active_turn_id in self.runner.local:
+            return False
+        holder = await self.leases.holder(conversation.tenant_id, conversation.id)
+        if holder is not None:
+            return False
+        turn = await self.store.get_turn(
+            conversation.tenant_id, conversation.id, conversation.active_turn_id
+        )
+        if turn is None or turn.status == ENDED:
+            return False
+        message = "the server running the turn stopped before it ended"
+        error = ErrorOccurred(code=14, reason="UNAVAILABLE", message=message, retryable=True)
+        ended, next_turn = await self.store.finish_turn(
+            conversation.tenant_id,
+            conversation.id,
+            turn.id,
+            TurnOutcome(
+                stop_reason=ERROR,
+                stop_detail=message,
+                error={"code": 14, "reason": "UNAVAILABLE", "message": message, "retryable": True},
+            ),
+        )
+        if not ended:
+            return False
+        await self.events.append(conversation.tenant_id, conversation.id, turn.id, error)
+        await self.events.append(
+            conversation.tenant_id,
+            conversation.id,
+            turn.id,
+            TurnCompleted(
+                stop_reason=ERROR,
+                stop_detail=message,
+                usage=turn.usage,
+                cost_usd=money(turn.cost_usd),
+                message_count=turn.message_count,
+                last_message_id="",
+                duration=0.0,
+            ),
+        )
+        if next_turn is not None:
+            await self.runner.start_promoted(next_turn)
+        return True
+
+    async def get_turn(self, principal: Principal, conversation_id: str, turn_id: str) -> Turn:
+        turn = await self.store.get_turn(principal.tenant_id, conversation_id, turn_id)
+        if turn is None:
+            await self.get(principal, conversation_id)  # NOT_FOUND names the conversation first
+            raise NotFound(
+                f"turn {turn_id} does not exist in conversation {conversation_id}",
+                metadata={"turn_id": turn_id},
+            )
+        await self._latest(turn)
+        return turn
+
+    async def _latest(self, turn: Turn) -> None:
+        """The turn's latest sequence: the live log knows it before PostgreSQL does."""
+        live = await self.events.live.turn_last_sequence(
+            turn.tenant_id, turn.conversation_id, turn.id
+        )
+        if live is not None and live > turn.last_sequence:
+            turn.last_sequence = live
+
+    async def list_turns(
+        self, principal: Principal, conversation_id: str, *, status: str, size: int, token: str
+    ) -> tuple[list[Turn], str]:
+        await self.get(principal, conversation_id)
+        filters = {"conversation": conversation_id, "status": status}
+        cursor = decode_token(token, filters)
+        limit = page_size(size)
+        after = None
+        if cursor is not None:
+            after = (datetime.fromisoformat(cursor.after[0]), cursor.after[1])
+        rows = await self.store.list_turns(
+            principal.tenant_id, conversation_id, status=status, after=after, limit=limit + 1
+        )
+        next_token = ""
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            assert last.create_time is not None
+            next_token = encode_token([last.create_time.isoformat(), last.id], filters)
+        for row in rows:
+            await self._latest(row)
+        return rows, next_token
+
+    async def list_messages(
+        self, principal: Principal, conversation_id: str, *, turn_id: str, size: int, token: str
+    ) -> tuple[list[Message], str]:
+        if turn_id:
+            await self.get_turn(principal, conversation_id, turn_id)
+        else:
+            await self.get(principal, conversation_id)
+        filters = {"conversation": conversation_id, "turn": turn_id}
+        cursor = decode_token(token, filters)
+        limit = page_size(size)
+        after = int(cursor.after[0]) if cursor is not None else None
+        rows = await self.store.list_messages(
+            principal.tenant_id, conversation_id, turn_id=turn_id, after=after, limit=limit + 1
+        )
+        next_token = ""
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_token = encode_token([rows[-1][0]], filters)
+        return [m for _, m in rows], next_token
+
+    def cancel_on_disconnect(
+        self, principal: Principal, conversation_id: str, turn_id: str
+    ) -> None:
+        """The SendMessage stream of a turn started with on_disconnect CANCEL broke."""
+
+        async def run() -> None:
+            try:
+                await self.cancel(principal, conversation_id, turn_id, "", stop_reason=DISCONNECTED)
+            except Exception:  # the turn may already be gone; nothing to report to
+                pass
+
+        task = asyncio.create_task(run())
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()

@@ -1,0 +1,90 @@
+"""What the conversation domain needs from storage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from convergio_server.domain.conversations.model import (
+    Conversation,
+    Message,
+    Turn,
+    TurnOutcome,
+)
+
+
+@dataclass
+class Admitted:
+    """The result of `ConversationStore.admit_turn`."""
+
+    turn: Turn
+    existing: bool  # the request_id was seen before: this is the first call's turn
+    busy: bool = False  # a turn is active and the request did not ask to queue
+    queue_full: bool = False
+    position: int = 0  # 0 = runs now, else its place in the queue
+    lease_held: bool = False  # the caller already holds the run lease for it
+
+
+class ConversationStore(Protocol):
+    async def create(self, conversation: Conversation) -> Conversation: ...
+
+    async def get(self, tenant_id: str, conversation_id: str) -> Conversation | None: ...
+
+    async def list_conversations(
+        self,
+        tenant_id: str,
+        *,
+        status: str,
+        labels: dict[str, str],
+        after: Sequence[Any] | None,
+        limit: int,
+    ) -> list[Conversation]: ...
+
+    async def delete(self, tenant_id: str, conversation_id: str) -> bool: ...
+
+    async def admit_turn(self, turn: Turn, *, enqueue: bool, max_queued: int) -> Admitted:
+        """Insert the turn RUNNING (conversation idle; its message enters the transcript) or
+        QUEUED (busy and `enqueue`), or return the existing turn of its request_id; atomic
+        per conversation."""
+        ...
+
+    async def turn_by_request(
+        self, tenant_id: str, conversation_id: str, request_id: str
+    ) -> Turn | None: ...
+
+    async def add_message(self, message: Message) -> None: ...
+
+    async def finish_turn(
+        self, tenant_id: str, conversation_id: str, turn_id: str, outcome: TurnOutcome
+    ) -> tuple[bool, Turn | None]:
+        """End the turn (if not ended yet: returns whether this call ended it), save the team
+        state, add usage to the conversation, and promote the next queued turn (returned,
+        already RUNNING) or leave the conversation idle."""
+        ...
+
+    async def get_turn(self, tenant_id: str, conversation_id: str, turn_id: str) -> Turn | None: ...
+
+    async def list_turns(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        status: str,
+        after: Sequence[Any] | None,
+        limit: int,
+    ) -> list[Turn]: ...
+
+    async def list_messages(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        turn_id: str,
+        after: int | None,
+        limit: int,
+    ) -> list[tuple[int, Message]]: ...
+
+    async def load_state(self, tenant_id: str, conversation_id: str) -> dict[str, Any] | None: ...
+
+    async def running_turns(self, tenant_id: str, conversation_id: str) -> list[Turn]: ...

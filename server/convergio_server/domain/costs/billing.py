@@ -1,0 +1,173 @@
+"""A ChatCompletionClient decorator that bills every model call: provider breaker check and
+budget reservation before, settlement, breaker feedback and a ledger entry after, whether the
+call completed, failed, was cancelled or its consumer went away (try/finally)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from autogen_core import CancellationToken
+from autogen_core.models import (
+    ChatCompletionClient,
+    CreateResult,
+    LLMMessage,
+)
+from autogen_core.tools import Tool, ToolSchema
+from pydantic import BaseModel
+
+from convergio_server.domain.guards import CallInfo
+from convergio_server.domain.models.delegating import DelegatingChatCompletionClient
+from convergio_server.domain.models.text import count_text_tokens, tokenize
+
+if TYPE_CHECKING:
+    from convergio_server.domain.costs.enforcement import CallTicket, CostGuards
+
+log = logging.getLogger(__name__)
+CLIENT_GONE = "client_gone"
+
+
+def _outcome_of_cancel(exc: BaseException) -> str:
+    return "CLIENT_GONE" if CLIENT_GONE in (str(a) for a in exc.args) else "CANCELLED"
+
+
+def _cached_tokens(result: CreateResult) -> int:
+    # AutoGen's RequestUsage has no cached count; OpenAI-compatible clients may attach one.
+    details = getattr(result.usage, "prompt_tokens_details", None)
+    return int(getattr(details, "cached_tokens", 0) or 0)
+
+
+class BilledModelClient(DelegatingChatCompletionClient):
+    def __init__(self, inner: ChatCompletionClient, call: CallInfo, guards: CostGuards) -> None:
+        self._inner = inner
+        self._call = call
+        self._guards = guards
+
+    def _max_output(self, extra: Mapping[str, Any]) -> int:
+        for key in ("max_tokens", "max_completion_tokens"):
+            value = extra.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+        return self._call.max_output_tokens or self._guards.default_max_output_tokens
+
+    def _prompt_tokens(
+        self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema]
+    ) -> int:
+        try:
+            return int(self._inner.count_tokens(messages, tools=tools))
+        except Exception:  # e.g. a tokenizer that is not available offline: estimate
+            return sum(len(tokenize(str(getattr(m, "content", "")))) + 3 for m in messages)
+
+    def _kind(self, result: CreateResult | None) -> str:
+        if result is not None and isinstance(result.content, list):
+            return "TOOL_CHOICE"
+        return {
+            "speaker_selection": "SPEAKER_SELECTION",
+            "tool_choice": "TOOL_CHOICE",
+        }.get(self._call.kind, "AGENT_REPLY")
+
+    async def _finish(
+        self,
+        ticket: CallTicket,
+        result: CreateResult | None,
+        streamed_tokens: int,
+        outcome: str,
+        error: BaseException | None,
+    ) -> None:
+        if result is not None:
+            prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
+            cached = _cached_tokens(result)
+        else:
+            prompt, completion, cached = ticket.prompt_estimate, streamed_tokens, 0
+        # A second cancellation must not skip the bill: settle in a task of its own.
+        finish = asyncio.ensure_future(
+            self._guards.end_call(
+                ticket, self._kind(result), prompt, completion, cached, outcome, error
+            )
+        )
+        try:
+            await asyncio.shield(finish)
+        except asyncio.CancelledError:
+            finish.add_done_callback(lambda f: f.exception())
+            raise
+
+    async def create(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> CreateResult:
+        ticket = await self._guards.begin_call(
+            self._call, self._prompt_tokens(messages, tools), self._max_output(extra_create_args)
+        )
+        result: CreateResult | None = None
+        outcome, error = "OK", None
+        try:
+            result = await self._inner.create(
+                messages,
+                tools=tools,
+                tool_choice=tool_choice,
+                json_output=json_output,
+                extra_create_args=extra_create_args,
+                cancellation_token=cancellation_token,
+            )
+            return result
+        except asyncio.CancelledError as exc:
+            outcome = _outcome_of_cancel(exc)
+            raise
+        except BaseException as exc:
+            outcome, error = "ERROR", exc
+            raise
+        finally:
+            await self._finish(ticket, result, 0, outcome, error)
+
+    async def create_stream(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> AsyncGenerator[str | CreateResult, None]:
+        ticket = await self._guards.begin_call(
+            self._call, self._prompt_tokens(messages, tools), self._max_output(extra_create_args)
+        )
+        result: CreateResult | None = None
+        streamed = 0
+        outcome, error = "OK", None
+        stream = self._inner.create_stream(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            json_output=json_output,
+            extra_create_args=extra_create_args,
+            cancellation_token=cancellation_token,
+        )
+        try:
+            async with contextlib.aclosing(stream):
+                async for item in stream:
+                    if isinstance(item, CreateResult):
+                        result = item
+                    else:
+                        streamed += count_text_tokens(item)
+                    yield item
+        except asyncio.CancelledError as exc:
+            outcome = _outcome_of_cancel(exc)
+            raise
+        except GeneratorExit:  # the consumer stopped reading: bill what was generated
+            outcome = "CANCELLED" if result is None else "OK"
+            raise
+        except BaseException as exc:
+            outcome, error = "ERROR", exc
+            raise
+        finally:
+            await self._finish(ticket, result, streamed, outcome, error)

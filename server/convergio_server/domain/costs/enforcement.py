@@ -1,0 +1,270 @@
+"""The cost and safety guards of a turn (the `Guards` contract of domain/guards.py):
+screening, rate limits, circuit breakers and budgets before a turn, and per model call
+reservation, settlement and the ledger.
+
+Redis holds every counter. When it cannot be reached the guards fail closed: the turn or call
+is refused with UNAVAILABLE, because running it would mean spending without a budget check.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from convergio_server.domain.auth import Principal
+from convergio_server.domain.costs.billing import BilledModelClient
+from convergio_server.domain.costs.breaker import TENANT, Breakers, provider_name
+from convergio_server.domain.costs.budgets import (
+    Budgets,
+    Reservation,
+    no_room,
+    settle_changes,
+    spent_up,
+)
+from convergio_server.domain.costs.ledger import LedgerEntry, LedgerWriter
+from convergio_server.domain.costs.money import to_nanos
+from convergio_server.domain.costs.prices import PriceQuote, PriceTable, call_cost
+from convergio_server.domain.costs.ratelimits import RateLimits
+from convergio_server.domain.costs.screening import Screener
+from convergio_server.domain.errors import DomainError, Unavailable
+from convergio_server.domain.features import COST_SAFETY, FeatureGate
+from convergio_server.domain.guards import Admission, CallInfo, TurnScope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CallTicket:
+    """A model call in flight: what was reserved for it and when it started."""
+
+    call: CallInfo
+    quote: PriceQuote
+    prompt_estimate: int
+    reservation: Reservation | None
+    started: float
+    guarded: bool
+
+
+class CostGuards:
+    def __init__(
+        self,
+        *,
+        prices: PriceTable,
+        budgets: Budgets,
+        breakers: Breakers,
+        limits: RateLimits,
+        screener: Screener,
+        ledger: LedgerWriter,
+        default_max_output_tokens: int,
+        gate: Callable[[], FeatureGate | None] = lambda: None,
+    ) -> None:
+        self.prices = prices
+        self.budgets = budgets
+        self.breakers = breakers
+        self.limits = limits
+        self.screener = screener
+        self.ledger = ledger
+        self.default_max_output_tokens = default_max_output_tokens
+        self._gate = gate
+
+    def active(self, principal: Principal) -> bool:
+        """The `cost_safety` flag, once flags exist; on until then. Billing (the ledger)
+        happens either way."""
+        gate = self._gate()
+        if gate is None:
+            return True
+        # Fail safe: a flag that cannot be evaluated (missing, not loaded) leaves the guards on;
+        # only an explicit "off" turns them off.
+        evaluate = getattr(gate, "evaluate", None)
+        if evaluate is not None:
+            result: Any = evaluate(principal, COST_SAFETY)
+            if str(getattr(result, "reason", "")) == "ERROR":
+                return True
+            return bool(result.value)
+        return gate.enabled(principal, COST_SAFETY)
+
+    # The Guards contract.
+    async def conversation_created(self, principal: Principal) -> None:
+        if not self.active(principal):
+            return
+        await self.limits.take(principal.tenant_id, principal.name, self.limits.conversations)
+
+    async def admit_turn(self, scope: TurnScope, content: str) -> Admission:
+        principal = scope.principal
+        if not self.active(principal):
+            return Admission()
+        findings = self.screener.check_user_message(content)
+        tenant, user = principal.tenant_id, principal.name
+        budgets, limit = self.budgets, self.limits.turns
+        # One round trip: budgets spent?, the rate limit, the tenant breaker, in that
+        # order; nothing is counted unless all of them let the turn through.
+        for attempt in range(3):
+            version, resolved = await budgets.resolved(scope, reload=attempt > 0)
+            applied = [
+                a
+                for a in budgets.applied(tenant, resolved, "", datetime.now(UTC))
+                if a.counter.limit_nanos is not None
+            ]
+            result = await budgets.counters.admit(
+                tenant, version, [a.counter for a in applied],
+                budgets.counters.rate_key(tenant, limit.kind.lower(), user), limit.limit,
+                limit.window_seconds * 1000, TENANT, self.breakers.thresholds,
+                self.breakers.probe_ms,
+            )  # fmt: skip
+            if result.stale_version is None:
+                break
+        if result.budget_index is not None:
+            raise spent_up(applied[result.budget_index], result.budget_current)
+        if result.rate is not None:
+            raise self.limits.refusal(user, limit, result.rate)
+        if result.breaker is not None:
+            raise self.breakers.refusal(TENANT, result.breaker)
+        if not result.ok:
+            raise Unavailable("budgets are being changed; retry", retry_after_seconds=1.0)
+        return Admission(flagged_input=[f.rule for f in findings])
+
+    def wrap_model_client(self, client: Any, call: CallInfo) -> Any:
+        return BilledModelClient(client, call, self)
+
+    async def screen_tool_result(self, scope: TurnScope, content: str) -> str:
+        if not self.active(scope.principal):
+            return content
+        cleaned, _ = self.screener.clean_tool_result(content)
+        return cleaned
+
+    async def turn_finished(self, scope: TurnScope, cost_usd: Decimal, failed: bool) -> None:
+        principal = scope.principal
+        if not self.active(principal):
+            return
+        tenant = principal.tenant_id
+        try:
+            if failed:
+                await self.breakers.failure(tenant, TENANT, f"turn {scope.turn_id} failed")
+            else:
+                await self.breakers.success(tenant, TENANT)
+                await self.breakers.cost(tenant, cost_usd)
+        except Unavailable:
+            log.warning("could not update the tenant circuit breaker", exc_info=True)
+
+    # Per model call (used by BilledModelClient).
+    async def begin_call(self, call: CallInfo, prompt_tokens: int, max_output: int) -> CallTicket:
+        quote = self.prices.quote(call.provider, call.model)
+        guarded = self.active(call.scope.principal)
+        reservation = None
+        if guarded:
+            reservation = await self._reserve(
+                call, call_cost(quote.price, prompt_tokens, max_output)
+            )
+        return CallTicket(call, quote, prompt_tokens, reservation, time.monotonic(), guarded)
+
+    async def _reserve(self, call: CallInfo, amount: Decimal) -> Reservation:
+        """One round trip: room in every budget, the provider breaker, then the reservation."""
+        scope, budgets = call.scope, self.budgets
+        tenant = scope.principal.tenant_id
+        name = provider_name(call.provider or "offline")
+        nanos = to_nanos(amount)
+        reload = False
+        for _ in range(12):  # each seeds at most one counter: at most 9 are seeded
+            version, resolved = await budgets.resolved(scope, reload=reload)
+            applied = budgets.applied(tenant, resolved, scope.turn_id, datetime.now(UTC))
+            reserved = budgets.reserved_counters(tenant, resolved)
+            result = await budgets.counters.call_begin(
+                tenant, version, nanos, [a.counter for a in applied] + reserved, name,
+                self.breakers.thresholds, self.breakers.probe_ms,
+            )  # fmt: skip
+            reload = result.stale_version is not None
+            if result.missing_index is not None:
+                await budgets.seed(tenant, applied[result.missing_index])
+            elif not reload:
+                break
+        if result.budget_index is not None:
+            raise no_room(applied[result.budget_index], result.budget_current, amount)
+        if result.breaker is not None:
+            raise self.breakers.refusal(name, result.breaker)
+        if not result.ok:
+            raise Unavailable("budgets are being changed; retry", retry_after_seconds=1.0)
+        return Reservation(tenant, nanos, applied, reserved, scope)
+
+    async def end_call(
+        self,
+        ticket: CallTicket,
+        kind: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int,
+        outcome: str,
+        error: BaseException | None,
+    ) -> None:
+        call = ticket.call
+        scope = call.scope
+        cost = call_cost(ticket.quote.price, prompt_tokens, completion_tokens, cached_tokens)
+        reason = ""
+        if error is not None:
+            reason = error.reason if isinstance(error, DomainError) else "UNAVAILABLE"
+        self.ledger.add(
+            LedgerEntry(
+                entry_id=str(uuid.uuid4()),
+                tenant_id=scope.principal.tenant_id,
+                time=datetime.now(UTC),
+                principal=scope.principal.name,
+                conversation_id=scope.conversation_id,
+                turn_id=scope.turn_id,
+                execution_id=scope.execution_id,
+                step_id=scope.step_id,
+                # The speaker selector is no agent (the API reports it as "").
+                agent="" if kind == "SPEAKER_SELECTION" else call.agent,
+                provider=call.provider or "offline",
+                model=call.model or "offline",
+                call_kind=kind,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cached_tokens=cached_tokens,
+                cost_usd=cost,
+                price_source=ticket.quote.source.upper(),
+                price=ticket.quote.price,
+                latency_ms=int((time.monotonic() - ticket.started) * 1000),
+                outcome=outcome,
+                error_reason=reason,
+            )
+        )
+        if not ticket.guarded:
+            return
+        tenant = scope.principal.tenant_id
+        name = provider_name(call.provider or "offline")
+        if outcome == "OK":
+            op, detail = "success", ""
+        elif outcome == "ERROR" and not isinstance(error, DomainError):
+            op, detail = "failure", f"{type(error).__name__}: {error}"[:200]
+        else:  # cancelled, or refused by the platform itself: not the provider's fault
+            op, detail = "release", ""
+        reservation = ticket.reservation
+        try:
+            changes = settle_changes(reservation, cost) if reservation is not None else []
+            values = await self.budgets.counters.call_end(
+                tenant, name, op, detail, self.breakers.thresholds, changes
+            )
+            if reservation is None:
+                return
+            alerts, breached = await self.budgets.after_settle(reservation, values)
+            if breached:
+                await self.breakers.trip(
+                    tenant,
+                    TENANT,
+                    "BUDGET_BREACH",
+                    f"{breached[0].quota_subject} went past its limit",
+                )
+            if scope.alerts is not None:
+                for alert in alerts:
+                    try:
+                        await scope.alerts(alert)
+                    except Exception:
+                        log.exception("the turn's alert sink failed")
+        except Unavailable:
+            # The reservation stays counted (the safe side); the ledger has the real cost.
+            log.warning("could not settle a model call's reservation", exc_info=True)

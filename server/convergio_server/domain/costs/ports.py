@@ -1,0 +1,219 @@
+"""What the cost guards need from storage: Redis counters (atomic scripts) and PostgreSQL
+(budgets, ledger, alerts). Implemented in storage/cost_counters.py and storage/costs.py."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from convergio_server.domain.errors import Unavailable
+
+
+def counters_unavailable() -> Unavailable:
+    """What the guards raise when Redis, which holds every counter, cannot be reached: they
+    fail closed rather than let anything run without a spending limit."""
+    return Unavailable(
+        "the cost guards cannot reach Redis, so budgets and limits cannot be checked; the "
+        "request is refused rather than run without a spending limit. Retry when Redis is back",
+        metadata={"dependency": "redis", "guard": "budgets"},
+    )
+
+
+@dataclass(frozen=True)
+class Counter:
+    """One budget counter in Redis and the limit it must stay under (None = no limit)."""
+
+    key: str
+    limit_nanos: int | None
+    ttl_seconds: int
+    # A missing counter is first seeded from the ledger (Redis lost its data, or a new period).
+    seed: bool = False
+
+
+@dataclass(frozen=True)
+class ReserveResult:
+    ok: bool
+    stale_version: str | None = None
+    refused_index: int | None = None
+    refused_current: int = 0
+    missing_index: int | None = None
+
+
+@dataclass(frozen=True)
+class RateResult:
+    allowed: bool
+    used: int
+    oldest_ms: int | None
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class BreakerThresholds:
+    failure_threshold: int
+    success_threshold: int
+    cool_down_ms: int
+    spike_threshold: int
+    spike_factor: float
+
+
+@dataclass(frozen=True)
+class BreakerResult:
+    decision: int
+    retry_ms: int
+    now_ms: int
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True)
+class AdmitResult:
+    """The outcome of a combined admission or call-start script: ok, or what refused."""
+
+    ok: bool
+    probe: bool = False
+    stale_version: str | None = None
+    missing_index: int | None = None
+    budget_index: int | None = None
+    budget_current: int = 0
+    rate: RateResult | None = None
+    breaker: BreakerResult | None = None
+
+
+class CounterStore(Protocol):
+    async def budget_version(self, tenant: str) -> str: ...
+
+    async def bump_budget_version(self, tenant: str) -> None: ...
+
+    def counter_key(self, tenant: str, *parts: str) -> str: ...
+
+    async def reserve(
+        self, tenant: str, version: str, amount: int, counters: Sequence[Counter]
+    ) -> ReserveResult: ...
+
+    async def settle(self, changes: Sequence[tuple[Counter, int]]) -> list[int]: ...
+
+    async def read(self, keys: Sequence[str]) -> list[int]: ...
+
+    async def read_with_version(
+        self, tenant: str, keys: Sequence[str]
+    ) -> tuple[str, list[int]]: ...
+
+    async def first_alert(self, key: str, ttl_seconds: int) -> bool: ...
+
+    async def seed(self, counter: Counter, value: int) -> None: ...
+
+    async def rate(self, key: str, limit: int, window_ms: int, take: bool) -> RateResult: ...
+
+    def rate_key(self, tenant: str, kind: str, user: str) -> str: ...
+
+    async def breaker(
+        self, tenant: str, name: str, op: str, thresholds: BreakerThresholds, *extra: str | int
+    ) -> BreakerResult: ...
+
+    async def breaker_names(self, tenant: str) -> list[str]: ...
+
+    async def admit(
+        self,
+        tenant: str,
+        version: str,
+        counters: Sequence[Counter],
+        rate_key: str,
+        rate_limit: int,
+        window_ms: int,
+        breaker: str,
+        thresholds: BreakerThresholds,
+        probe_ms: int,
+    ) -> AdmitResult: ...
+
+    async def call_begin(
+        self,
+        tenant: str,
+        version: str,
+        amount: int,
+        counters: Sequence[Counter],
+        breaker: str,
+        thresholds: BreakerThresholds,
+        probe_ms: int,
+    ) -> AdmitResult: ...
+
+    async def call_end(
+        self,
+        tenant: str,
+        breaker: str,
+        op: str,
+        detail: str,
+        thresholds: BreakerThresholds,
+        changes: Sequence[tuple[Counter, int]],
+    ) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class BudgetLimits:
+    """A budget as stored: limits in USD (None = no limit for that period)."""
+
+    scope: str  # TENANT | USER | CONVERSATION
+    subject: str
+    daily: Decimal | None
+    monthly: Decimal | None
+    total: Decimal | None
+    per_turn: Decimal | None
+    thresholds: tuple[int, ...] = (70, 85)
+    update_time: datetime | None = None
+    updated_by: str = ""
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    tenant_id: str
+    scope: str
+    subject: str
+    period: str
+    period_id: str
+    threshold_percent: int
+    spent_usd: Decimal
+    limit_usd: Decimal
+    conversation_id: str
+    turn_id: str
+
+
+class BudgetStore(Protocol):
+    async def seed(self, tenant: str, defaults: Sequence[BudgetLimits]) -> None:
+        """Insert the default budgets the first time a tenant is seen (never again)."""
+        ...
+
+    async def applicable(
+        self, tenant: str, user: str, conversation_id: str
+    ) -> list[BudgetLimits]: ...
+
+    async def get(self, tenant: str, scope: str, subject: str) -> BudgetLimits | None: ...
+
+    async def upsert(self, tenant: str, budget: BudgetLimits, by: str) -> BudgetLimits: ...
+
+    async def delete(self, tenant: str, scope: str, subject: str) -> bool: ...
+
+    async def list_budgets(
+        self, tenant: str, scope: str | None, after: tuple[str, str] | None, limit: int
+    ) -> list[BudgetLimits]: ...
+
+    async def record_alert(self, alert: AlertRecord) -> None: ...
+
+    async def ledger_spent(
+        self, tenant: str, scope: str, subject: str, since: datetime | None
+    ) -> Decimal:
+        """What the ledger says the subject spent since `since` (None = ever)."""
+        ...
+
+    async def conversation_exists(self, tenant: str, conversation_id: str) -> bool: ...
+
+    async def record_breaker_event(
+        self,
+        tenant: str,
+        scope: str,
+        provider: str,
+        event: str,
+        cause: str,
+        reason: str,
+        actor: str,
+    ) -> None: ...

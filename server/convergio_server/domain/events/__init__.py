@@ -1,0 +1,1 @@
+"""Conversation events: the event model and the event log."""

@@ -1,0 +1,384 @@
+"""A conversation's event log: Redis streams for the live window (fan-out across server
+processes, fast resume), PostgreSQL for what must last (every event but token deltas).
+
+Sequence numbers come from Redis, allocated and appended in one atomic step, so the live
+stream is always in sequence order whoever appends (the turn runner, a queued turn's
+SendMessage, a reaper). When the counter is missing (Redis lost it, or the conversation was
+idle longer than its expiry) it is seeded from the highest sequence PostgreSQL holds.
+
+Readers replay from PostgreSQL what the live window no longer holds, then from Redis, then
+follow live events. One reader task per conversation per process fans live events out to
+that process's subscribers; a subscriber fills any gap it sees from the log, and skips what
+it already delivered, so a reader gets no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from convergio_server.domain.events.model import Event, EventBody, decode, encode
+
+log = logging.getLogger(__name__)
+
+_PAGE = 1000
+_LOCAL_POLL_SECONDS = 1.0
+
+
+class LiveEvents(Protocol):
+    """The live window of event logs (Redis streams)."""
+
+    async def append(
+        self, tenant_id: str, conversation_id: str, turn_id: str, payload: bytes, seed: int | None
+    ) -> int | None:
+        """Allocate the next sequence and append; None when the counter is missing and no
+        seed was given (the caller then seeds it from the durable log)."""
+        ...
+
+    async def range(
+        self, tenant_id: str, conversation_id: str, after: int, upto: int | None, count: int
+    ) -> list[tuple[int, bytes]]:
+        """Entries with after < sequence <= upto (None = no upper bound), oldest first."""
+        ...
+
+    async def last_sequence(self, tenant_id: str, conversation_id: str) -> int | None:
+        """The latest allocated sequence, or None when the counter is missing."""
+        ...
+
+    async def turn_last_sequence(
+        self, tenant_id: str, conversation_id: str, turn_id: str
+    ) -> int | None:
+        """The latest sequence of a turn's events, while the live window remembers it."""
+        ...
+
+    async def wait_after(
+        self, tenant_id: str, conversation_id: str, after: int, block_ms: int
+    ) -> list[tuple[int, bytes]]:
+        """Entries after `after`, blocking up to `block_ms` for the first one."""
+        ...
+
+    async def delete(self, tenant_id: str, conversation_id: str) -> None: ...
+
+
+class DurableEvents(Protocol):
+    """The durable part of event logs (PostgreSQL)."""
+
+    async def insert(self, tenant_id: str, event: Event) -> None: ...
+
+    async def insert_many(self, rows: list[tuple[str, Event]]) -> None: ...
+
+    async def range(
+        self, tenant_id: str, conversation_id: str, after: int, before: int | None, limit: int
+    ) -> list[Event]:
+        """Events with after < sequence < before (None = no bound), oldest first."""
+        ...
+
+    async def max_sequence(self, tenant_id: str, conversation_id: str) -> int: ...
+
+
+HEARTBEAT = None  # what `EventLog.read` yields on an idle stream when asked for heartbeats
+
+
+@dataclass
+class _Channel:
+    """Live events of one conversation for this process's subscribers."""
+
+    subscribers: set[asyncio.Queue[list[Event]]] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+    # Set once the reader knows where it starts: a subscriber replays only after that, so
+    # the replay and the live events overlap instead of leaving a hole between them.
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # The highest sequence handed to subscribers straight from a local append.
+    published: int = 0
+
+
+class _DurableWriter:
+    """Writes durable events to PostgreSQL in the background, in order, in batches, so that
+    an append costs one Redis round trip. A TurnCompleted append waits for its write (and so
+    for every event before it)."""
+
+    def __init__(self, durable: DurableEvents, batch: int = 500) -> None:
+        self.durable = durable
+        self.batch = batch
+        self.queue: asyncio.Queue[tuple[str, Event, asyncio.Future[None]]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    def put(self, tenant_id: str, event: Event) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((tenant_id, event, done))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="durable-events")
+        return done
+
+    async def _run(self) -> None:
+        while not self.queue.empty():
+            items = [self.queue.get_nowait()]
+            while len(items) < self.batch and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            try:
+                await self.durable.insert_many([(tenant, event) for tenant, event, _ in items])
+            except Exception:
+                # One bad row (e.g. its conversation was just deleted) must not lose the
+                # others of the batch: write them one by one.
+                for item in items:
+                    await self._write_one(*item)
+                continue
+            for _, _, done in items:
+                if not done.done():
+                    done.set_result(None)
+
+    async def _write_one(self, tenant_id: str, event: Event, done: asyncio.Future[None]) -> None:
+        try:
+            await self.durable.insert_many([(tenant_id, event)])
+        except Exception as exc:
+            log.warning(
+                "could not store event %d of %s: %s", event.sequence, event.conversation_id, exc
+            )
+            if not done.done():
+                done.set_exception(exc)
+                done.exception()  # retrieved: the waiter, if any, re-raises
+            return
+        if not done.done():
+            done.set_result(None)
+
+    async def close(self) -> None:
+        while self.task is not None and not self.task.done():
+            await asyncio.wait({self.task})
+            if not self.queue.empty():
+                self.task = asyncio.create_task(self._run(), name="durable-events")
+
+
+class EventLog:
+    def __init__(self, live: LiveEvents, durable: DurableEvents, *, block_ms: int = 5000) -> None:
+        self.live = live
+        self.durable = durable
+        self.block_ms = block_ms
+        self._channels: dict[tuple[str, str], _Channel] = {}
+        self._closed = False
+        self._writer = _DurableWriter(durable)
+        # Conversations with a turn running in this process, and the events that wake
+        # their readers when it ends.
+        self._writers: dict[tuple[str, str], int] = {}
+        self._writer_done: dict[tuple[str, str], asyncio.Event] = {}
+
+    @contextlib.contextmanager
+    def writing(self, tenant_id: str, conversation_id: str) -> Iterator[None]:
+        """While a turn of the conversation runs in this process, its events go straight
+        to this process's subscribers, and the live reader only polls for events appended
+        elsewhere (about once a second) instead of waking up for every event."""
+        key = (tenant_id, conversation_id)
+        self._writers[key] = self._writers.get(key, 0) + 1
+        done = self._writer_done.setdefault(key, asyncio.Event())
+        done.clear()
+        try:
+            yield
+        finally:
+            self._writers[key] -= 1
+            if not self._writers[key]:
+                del self._writers[key]
+                self._writer_done.pop(key, None)
+                done.set()
+
+    async def append(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        turn_id: str,
+        body: EventBody,
+        event_time: datetime | None = None,
+    ) -> Event:
+        now = event_time or datetime.now(UTC)
+        payload = encode(conversation_id, turn_id, 0, now, body)
+        sequence = await self.live.append(tenant_id, conversation_id, turn_id, payload, None)
+        if sequence is None:
+            seed = await self.durable.max_sequence(tenant_id, conversation_id)
+            sequence = await self.live.append(tenant_id, conversation_id, turn_id, payload, seed)
+            assert sequence is not None
+        event = Event(conversation_id, turn_id, sequence, now, body)
+        channel = self._channels.get((tenant_id, conversation_id))
+        if channel is not None and not channel.ready.is_set():
+            channel = None
+        if channel is not None:
+            # Delivered below, not by the channel's reader from Redis.
+            channel.published = max(channel.published, sequence)
+        try:
+            if body.DURABLE:
+                written = self._writer.put(tenant_id, event)
+                if event.terminal:
+                    # Before this process's subscribers see the turn end, so that a client
+                    # holding its TurnCompleted can replay the whole turn from PostgreSQL.
+                    await written
+        finally:
+            if channel is not None:
+                for queue in channel.subscribers:
+                    queue.put_nowait([event])
+        return event
+
+    async def last_sequence(self, tenant_id: str, conversation_id: str) -> int:
+        found = await self.live.last_sequence(tenant_id, conversation_id)
+        if found is not None:
+            return found
+        return await self.durable.max_sequence(tenant_id, conversation_id)
+
+    async def replay(
+        self, tenant_id: str, conversation_id: str, after: int, upto: int | None = None
+    ) -> AsyncIterator[Event]:
+        """The logged events with after < sequence <= upto, oldest first: from PostgreSQL
+        what the live window no longer holds, then from Redis."""
+        cursor = after
+        page = await self.live.range(tenant_id, conversation_id, cursor, upto, _PAGE)
+        first_live = page[0][0] if page else None
+        if first_live is None or first_live > cursor + 1:
+            before = first_live if first_live is not None else (None if upto is None else upto + 1)
+            while True:
+                rows = await self.durable.range(tenant_id, conversation_id, cursor, before, _PAGE)
+                for event in rows:
+                    cursor = event.sequence
+                    yield event
+                if len(rows) < _PAGE:
+                    break
+        while page:
+            for sequence, raw in page:
+                if sequence <= cursor:
+                    continue
+                cursor = sequence
+                yield _with_sequence(raw, sequence)
+            if len(page) < _PAGE or (upto is not None and cursor >= upto):
+                break
+            page = await self.live.range(tenant_id, conversation_id, cursor, upto, _PAGE)
+
+    async def read(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        after: int,
+        *,
+        follow: bool = True,
+        heartbeat_seconds: float | None = None,
+    ) -> AsyncIterator[Event | None]:
+        """Events after `after`: replay, then (with `follow`) live ones, with no gap and no
+        duplicate. Yields None after `heartbeat_seconds` without an event."""
+        if not follow:
+            async for event in self.replay(tenant_id, conversation_id, after):
+                yield event
+            return
+        queue, channel = self._subscribe(tenant_id, conversation_id)
+        try:
+            await channel.ready.wait()
+            cursor = after
+            async for event in self.replay(tenant_id, conversation_id, cursor):
+                cursor = event.sequence
+                yield event
+            while True:
+                try:
+                    async with asyncio.timeout(heartbeat_seconds):
+                        batch = await queue.get()
+                except TimeoutError:
+                    yield HEARTBEAT
+                    continue
+                for event in batch:
+                    if event.sequence <= cursor:
+                        continue
+                    if event.sequence > cursor + 1:
+                        # Published before this subscriber's replay caught up: fill the gap.
+                        async for missed in self.replay(
+                            tenant_id, conversation_id, cursor, event.sequence - 1
+                        ):
+                            cursor = missed.sequence
+                            yield missed
+                    cursor = event.sequence
+                    yield event
+        finally:
+            self._unsubscribe(tenant_id, conversation_id, queue)
+
+    def _subscribe(
+        self, tenant_id: str, conversation_id: str
+    ) -> tuple[asyncio.Queue[list[Event]], _Channel]:
+        key = (tenant_id, conversation_id)
+        channel = self._channels.get(key)
+        if channel is None:
+            channel = self._channels[key] = _Channel()
+        queue: asyncio.Queue[list[Event]] = asyncio.Queue()
+        channel.subscribers.add(queue)
+        if channel.task is None or channel.task.done():
+            channel.ready.clear()
+            channel.task = asyncio.create_task(
+                self._pump(key, channel), name=f"events:{conversation_id}"
+            )
+        return queue, channel
+
+    def _unsubscribe(
+        self, tenant_id: str, conversation_id: str, queue: asyncio.Queue[list[Event]]
+    ) -> None:
+        key = (tenant_id, conversation_id)
+        channel = self._channels.get(key)
+        if channel is None:
+            return
+        channel.subscribers.discard(queue)
+        if not channel.subscribers:
+            self._channels.pop(key, None)
+            if channel.task is not None:
+                channel.task.cancel()
+
+    async def _pump(self, key: tuple[str, str], channel: _Channel) -> None:
+        tenant_id, conversation_id = key
+        last: int | None = None
+        failures = 0
+        while channel.subscribers and not self._closed:
+            try:
+                if last is None:
+                    last = await self.last_sequence(tenant_id, conversation_id)
+                    channel.ready.set()
+                done = self._writer_done.get(key)
+                if done is not None:
+                    # A local turn publishes its events directly: catch up on events
+                    # appended by other processes now and then, or when the turn ends.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_LOCAL_POLL_SECONDS):
+                            await done.wait()
+                    entries = await self.live.range(tenant_id, conversation_id, last, None, _PAGE)
+                else:
+                    entries = await self.live.wait_after(
+                        tenant_id, conversation_id, last, self.block_ms
+                    )
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down: retry; subscribers fill gaps later
+                failures += 1
+                log.warning("event follower of %s: %s", conversation_id, exc)
+                await asyncio.sleep(min(2.0, 0.05 * 2**failures))
+                continue
+            if not entries:
+                continue
+            last = entries[-1][0]
+            # Events already published locally are not decoded again.
+            batch = [
+                _with_sequence(raw, sequence)
+                for sequence, raw in entries
+                if sequence > channel.published
+            ]
+            if batch:
+                for queue in channel.subscribers:
+                    queue.put_nowait(batch)
+
+    async def close(self) -> None:
+        await self._writer.close()
+        self._closed = True
+        tasks = [c.task for c in self._channels.values() if c.task is not None]
+        self._channels.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def _with_sequence(raw: bytes, sequence: int) -> Event:
+    event = decode(raw)
+    return Event(event.conversation_id, event.turn_id, sequence, event.event_time, event.body)

@@ -1,0 +1,285 @@
+"""Flag operations for the API, the CLI and the platform: validated changes that reach the
+local cache at once and every other process through the change bus, the synchronisation
+loop (notifications, a full reload on every (re)connect and periodically), default flags for
+new tenants, and seed import/export."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from convergio_server.domain.errors import InvalidArgument, NotFound
+from convergio_server.domain.flags.cache import FlagCache
+from convergio_server.domain.flags.codec import parse_seed, to_seed
+from convergio_server.domain.flags.defaults import default_flags
+from convergio_server.domain.flags.model import (
+    EvalContext,
+    Evaluation,
+    Flag,
+    FlagChange,
+    FlagSpec,
+    HistoryEntry,
+)
+from convergio_server.domain.flags.ports import ChangeBus, FlagStore, UpsertResult
+from convergio_server.domain.flags.validation import check_key, normalize
+
+log = logging.getLogger("convergio.flags")
+
+SYSTEM_ACTOR = "convergio"
+MAX_COMMENT = 500
+SEED_RETRY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    created: list[str]
+    updated: list[str]
+    unchanged: list[str]
+
+
+def _comment(comment: str, field: str = "comment") -> str:
+    if len(comment) > MAX_COMMENT:
+        raise InvalidArgument.for_field(field, f"at most {MAX_COMMENT} characters")
+    return comment
+
+
+class FlagManager:
+    def __init__(
+        self,
+        store: FlagStore,
+        bus: ChangeBus,
+        *,
+        reload_seconds: float = 30.0,
+        cache: FlagCache | None = None,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.cache = cache or FlagCache()
+        self._reload_seconds = reload_seconds
+        self._tasks: list[asyncio.Task[None]] = []
+        self._seeding: dict[str, asyncio.Task[None]] = {}
+        self._seed_attempts: dict[str, float] = {}
+        self._connected = asyncio.Event()
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Seed new tenants, load every flag, then follow changes in the background."""
+        await self.reload()
+        self._tasks = [
+            asyncio.create_task(self.bus.run(self._on_connect, self._on_change, self._on_lost)),
+            asyncio.create_task(self._reload_periodically()),
+        ]
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *self._seeding.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        self._seeding.clear()
+
+    async def wait_connected(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """True once change notifications are being received (for tests and benchmarks)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    async def reload(self) -> None:
+        """Give new tenants their defaults, then replace the cache with the store's flags."""
+        for tenant_id in await self.store.unseeded_tenants():
+            await self._seed(tenant_id)
+        self.cache.replace(await self.store.snapshot())
+
+    async def _on_connect(self) -> None:
+        # A notification may have been missed while disconnected: reload everything.
+        await self.reload()
+        self.cache.stale = False
+        self._connected.set()
+
+    def _on_change(self, change: FlagChange) -> None:
+        self.cache.apply(change)
+
+    def _on_lost(self, exc: BaseException) -> None:
+        if not self.cache.stale:
+            log.warning("flag change notifications lost: %s; answering from last known flags", exc)
+        self.cache.stale = True
+        self._connected.clear()
+
+    async def _reload_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._reload_seconds)
+            try:
+                await self.reload()
+            except Exception as exc:  # the store is down: keep the last known flags
+                log.warning("periodic flag reload failed: %s", exc)
+
+    async def _publish(self, changes: Sequence[FlagChange]) -> None:
+        for change in changes:
+            self.cache.apply(change)
+        try:
+            for change in changes:
+                await self.bus.publish(change)
+        except Exception as exc:  # committed anyway; others catch up on their next reload
+            log.warning("could not publish a flag change: %s", exc)
+
+    # ---- default flags of new tenants ------------------------------------------------
+
+    async def _seed(self, tenant_id: str) -> None:
+        changes = await self.store.seed(
+            tenant_id, default_flags(), SYSTEM_ACTOR, "default flags of a new tenant"
+        )
+        if changes:
+            await self._publish(changes)
+        if not self.cache.has_tenant(tenant_id):
+            self.cache.replace(await self.store.snapshot(tenant_id), tenant_id)
+
+    def _may_try(self, tenant_id: str) -> bool:
+        # At most one attempt per tenant every few seconds: a tenant that does not exist
+        # (an anonymous flagd call naming one) must not cost queries on every call.
+        now = asyncio.get_running_loop().time()
+        if now - self._seed_attempts.get(tenant_id, -SEED_RETRY_SECONDS) < SEED_RETRY_SECONDS:
+            return False
+        self._seed_attempts[tenant_id] = now
+        return True
+
+    async def ensure_tenant(self, tenant_id: str) -> None:
+        """Make sure the tenant has had its default flags (once per tenant and process)."""
+        if self.cache.has_tenant(tenant_id) or not self._may_try(tenant_id):
+            return
+        await self._seed(tenant_id)
+
+    def seed_in_background(self, tenant_id: str) -> None:
+        if tenant_id in self._seeding or self.cache.has_tenant(tenant_id):
+            return
+        if not self._may_try(tenant_id):
+            return
+        task = asyncio.get_running_loop().create_task(self._seed(tenant_id))
+        self._seeding[tenant_id] = task
+        task.add_done_callback(lambda _: self._seeding.pop(tenant_id, None))
+
+    # ---- reads -----------------------------------------------------------------------
+
+    async def list_flags(self, tenant_id: str, after_key: str | None, limit: int) -> list[Flag]:
+        await self.ensure_tenant(tenant_id)
+        return await self.store.list_flags(tenant_id, after_key, limit)
+
+    async def get_flag(self, tenant_id: str, key: str) -> Flag:
+        check_key(key)
+        await self.ensure_tenant(tenant_id)
+        flag = await self.store.get_flag(tenant_id, key)
+        if flag is None:
+            raise NotFound(f"no flag {key!r}", metadata={"key": key})
+        return flag
+
+    async def history(
+        self, tenant_id: str, key: str, before_id: int | None, limit: int
+    ) -> list[HistoryEntry]:
+        check_key(key)
+        await self.ensure_tenant(tenant_id)
+        entries = await self.store.history(tenant_id, key, before_id, limit)
+        if not entries and before_id is None:
+            raise NotFound(f"no flag {key!r} ever existed", metadata={"key": key})
+        return entries
+
+    def evaluate(self, tenant_id: str, key: str, ctx: EvalContext) -> Evaluation:
+        if not self.cache.has_tenant(tenant_id) and self.cache.loaded:
+            self.seed_in_background(tenant_id)
+        return self.cache.evaluate(tenant_id, key, ctx)
+
+    def evaluate_all(self, tenant_id: str, ctx: EvalContext) -> list[Evaluation]:
+        if not self.cache.has_tenant(tenant_id) and self.cache.loaded:
+            self.seed_in_background(tenant_id)
+        return self.cache.evaluate_all(tenant_id, ctx)
+
+    # ---- changes ---------------------------------------------------------------------
+
+    async def upsert(
+        self,
+        tenant_id: str,
+        spec: FlagSpec,
+        expected_version: int,
+        actor: str,
+        comment: str = "",
+        request_id: str = "",
+    ) -> UpsertResult:
+        spec = normalize(spec)
+        if expected_version < 0:
+            raise InvalidArgument.for_field("expected_version", "must not be negative")
+        _comment(comment)
+        await self.ensure_tenant(tenant_id)
+        result = await self.store.upsert(
+            tenant_id, spec, expected_version, actor, comment, request_id
+        )
+        if result.change is not None:
+            await self._publish([result.change])
+        return result
+
+    async def delete(
+        self,
+        tenant_id: str,
+        key: str,
+        expected_version: int,
+        actor: str,
+        comment: str = "",
+        request_id: str = "",
+    ) -> FlagChange:
+        check_key(key)
+        if expected_version < 0:
+            raise InvalidArgument.for_field("expected_version", "must not be negative")
+        _comment(comment)
+        await self.ensure_tenant(tenant_id)
+        change = await self.store.delete(
+            tenant_id, key, expected_version, actor, comment, request_id
+        )
+        await self._publish([change])
+        return change
+
+    async def disable_all(
+        self, tenant_id: str, reason: str, actor: str, request_id: str = ""
+    ) -> list[FlagChange]:
+        if not reason.strip():
+            raise InvalidArgument.for_field("reason", "say why every flag is being turned off")
+        _comment(reason, "reason")
+        await self.ensure_tenant(tenant_id)
+        changes = await self.store.disable_all(
+            tenant_id, f"disable all: {reason.strip()}", actor, request_id
+        )
+        await self._publish(changes)
+        return changes
+
+    # ---- seed files ------------------------------------------------------------------
+
+    async def import_seed(
+        self, tenant_id: str, document: object, actor: str, comment: str = "import"
+    ) -> ImportResult:
+        """Create or replace the document's flags; flags that already match are left alone
+        (importing the same file twice changes nothing). Other flags are kept."""
+        specs = parse_seed(document)
+        await self.ensure_tenant(tenant_id)
+        created: list[str] = []
+        updated: list[str] = []
+        unchanged: list[str] = []
+        for spec in specs:
+            current = await self.store.get_flag(tenant_id, spec.key)
+            if current is not None and current.spec == spec:
+                unchanged.append(spec.key)
+                continue
+            result = await self.upsert(
+                tenant_id, spec, 0 if current is None else current.version, actor, comment
+            )
+            (created if result.created else updated).append(spec.key)
+        return ImportResult(created, updated, unchanged)
+
+    async def export_seed(self, tenant_id: str) -> dict[str, object]:
+        await self.ensure_tenant(tenant_id)
+        snapshot = await self.store.snapshot(tenant_id)
+        return to_seed([flag.spec for flag, _ in snapshot.flags.get(tenant_id, [])])

@@ -1,0 +1,134 @@
+"""The knowledge base: each tenant's documents, searched with PostgreSQL full-text ranking.
+
+The domain owns the rules (sizes, ids, tenant scoping) and the `KnowledgeStore` interface;
+`storage/knowledge.py` implements it on PostgreSQL (a tsvector column with a GIN index).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from convergio_server.domain.errors import InvalidArgument, NotFound
+
+MAX_CONTENT_BYTES = 512 * 1024  # PostgreSQL's tsvector limit is 1 MiB of lexemes
+MAX_TITLE_CHARS = 500
+MAX_QUERY_CHARS = 1000
+MAX_RESULTS = 50
+_DOCUMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Document:
+    document_id: str
+    title: str
+    content: str
+    source: str = ""
+    importance: float = 0.5
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    document_id: str
+    title: str
+    source: str
+    score: float  # ts_rank_cd, normalised to [0, 1)
+    snippet: str  # the best-matching passages, matches marked with ** **
+    importance: float
+
+
+class KnowledgeStore(Protocol):
+    async def upsert(self, tenant_id: str, document: Document) -> Document: ...
+
+    async def get(self, tenant_id: str, document_id: str) -> Document | None: ...
+
+    async def list_documents(self, tenant_id: str, limit: int, after_id: str) -> list[Document]: ...
+
+    async def search(self, tenant_id: str, query: str, limit: int) -> list[SearchHit]: ...
+
+    async def delete(self, tenant_id: str, document_id: str) -> bool: ...
+
+
+def new_document_id() -> str:
+    return "doc_" + secrets.token_hex(8)
+
+
+class KnowledgeBase:
+    """Add, list, search and delete a tenant's documents."""
+
+    def __init__(self, store: KnowledgeStore) -> None:
+        self._store = store
+
+    async def add(
+        self,
+        tenant_id: str,
+        *,
+        content: str,
+        title: str = "",
+        source: str = "",
+        document_id: str = "",
+        importance: float = 0.5,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Document:
+        """Store a document (replacing one with the same id)."""
+        if not content.strip():
+            raise InvalidArgument.for_field("content", "must not be empty")
+        if len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
+            raise InvalidArgument.for_field(
+                "content", f"must be at most {MAX_CONTENT_BYTES // 1024} KiB; split the document"
+            )
+        if len(title) > MAX_TITLE_CHARS:
+            raise InvalidArgument.for_field(
+                "title", f"must be at most {MAX_TITLE_CHARS} characters"
+            )
+        if document_id and not _DOCUMENT_ID.match(document_id):
+            raise InvalidArgument.for_field(
+                "document_id", "must be 1-128 of letters, digits, '.', '_', ':' and '-'"
+            )
+        if not 0 <= importance <= 1:
+            raise InvalidArgument.for_field("importance", "must be between 0 and 1")
+        document = Document(
+            document_id=document_id or new_document_id(),
+            title=title.strip(),
+            content=content.replace("\x00", ""),  # PostgreSQL text cannot hold NUL
+            source=source,
+            importance=importance,
+            metadata=dict(metadata or {}),
+        )
+        return await self._store.upsert(tenant_id, document)
+
+    async def get(self, tenant_id: str, document_id: str) -> Document:
+        document = await self._store.get(tenant_id, document_id)
+        if document is None:
+            raise NotFound(f"document {document_id!r} is not in the knowledge base")
+        return document
+
+    async def list_documents(
+        self, tenant_id: str, *, limit: int = 100, after_id: str = ""
+    ) -> list[Document]:
+        """Documents in id order, `limit` at a time after `after_id`."""
+        return await self._store.list_documents(tenant_id, max(1, min(limit, 1000)), after_id)
+
+    async def search(self, tenant_id: str, query: str, *, limit: int = 5) -> list[SearchHit]:
+        """Documents matching any of the query's words, best first (words found together
+        and in titles rank higher)."""
+        if not query.strip():
+            raise InvalidArgument.for_field("query", "must not be empty")
+        if len(query) > MAX_QUERY_CHARS:
+            raise InvalidArgument.for_field(
+                "query", f"must be at most {MAX_QUERY_CHARS} characters"
+            )
+        if not 1 <= limit <= MAX_RESULTS:
+            raise InvalidArgument.for_field("limit", f"must be from 1 to {MAX_RESULTS}")
+        return await self._store.search(tenant_id, query, limit)
+
+    async def delete(self, tenant_id: str, document_id: str) -> None:
+        if not await self._store.delete(tenant_id, document_id):
+            raise NotFound(f"document {document_id!r} is not in the knowledge base")

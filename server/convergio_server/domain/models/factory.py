@@ -1,0 +1,177 @@
+"""Build the AutoGen model client for a model selection.
+
+Precedence of a selection's empty fields: the agent's default model (from the roster), then
+the server settings. With nothing configured the provider is `offline`; with any of
+`CONVERGIO_OPENAI_BASE_URL`, `CONVERGIO_OPENAI_API_KEY` or `CONVERGIO_OPENAI_MODEL` set,
+the default provider is `openai` at that endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, Protocol
+
+from autogen_core.models import ChatCompletionClient, ModelInfo
+
+from convergio_server.domain.agents.roster import AgentSpec
+from convergio_server.domain.errors import InvalidArgument
+from convergio_server.domain.models.errors import ModelError
+from convergio_server.domain.models.offline import OFFLINE_MODEL_NAME, OfflineChatCompletionClient
+from convergio_server.domain.models.openai_compat import OpenAICompatChatCompletionClient
+from convergio_server.domain.models.selection import PROVIDERS, ModelSelection
+
+DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
+_SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+class ModelSettings(Protocol):
+    """The settings the factory reads (a subset of `config.Settings`)."""
+
+    @property
+    def openai_base_url(self) -> str: ...
+
+    @property
+    def openai_model(self) -> str: ...
+
+    @property
+    def model_timeout_seconds(self) -> float: ...
+
+    @property
+    def model_max_retries(self) -> int: ...
+
+    @property
+    def offline_tokens_per_second(self) -> float: ...
+
+    # `openai_api_key` is a pydantic SecretStr or None; read through `_default_key`.
+
+
+def _default_key(settings: ModelSettings) -> str:
+    secret = getattr(settings, "openai_api_key", None)
+    if secret is None:
+        return ""
+    value = secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret)
+    return str(value)
+
+
+def default_selection(settings: ModelSettings) -> ModelSelection:
+    """The server's default model: offline unless an OpenAI-compatible endpoint is set."""
+    if settings.openai_base_url or settings.openai_model or _default_key(settings):
+        return ModelSelection(
+            provider="openai",
+            model=settings.openai_model or DEFAULT_OPENAI_MODEL,
+            base_url=settings.openai_base_url,
+        )
+    return ModelSelection(provider="offline", model=OFFLINE_MODEL_NAME)
+
+
+def resolve_selection(
+    selection: ModelSelection | None, settings: ModelSettings, agent: AgentSpec | None = None
+) -> ModelSelection:
+    """The complete selection: `selection`, then the agent's default, then the server's."""
+    resolved = selection or ModelSelection()
+    if agent is not None and agent.default_model is not None:
+        resolved = resolved.over(agent.default_model)
+    resolved = resolved.over(default_selection(settings))
+    if resolved.provider == "offline" and not resolved.model:
+        resolved = replace(resolved, model=OFFLINE_MODEL_NAME)
+    if resolved.provider == "openai" and not resolved.model:
+        resolved = replace(resolved, model=settings.openai_model or DEFAULT_OPENAI_MODEL)
+    return resolved
+
+
+def resolve_api_key(
+    selection: ModelSelection,
+    settings: ModelSettings,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """The API key for `selection`: the secret named by `api_key_ref` (an environment
+    variable), else the server's default key, but only for the server's default endpoint:
+    a caller-chosen base URL never receives the deployment's key. Never logged, never
+    returned to clients."""
+    env = os.environ if environ is None else environ
+    if selection.api_key_ref:
+        if not _SECRET_NAME.match(selection.api_key_ref) or selection.api_key_ref not in env:
+            raise ModelError(
+                f"no secret named {selection.api_key_ref!r} is configured on the server",
+                kind="configuration",
+            )
+        return env[selection.api_key_ref]
+    if selection.base_url and selection.base_url != settings.openai_base_url:
+        return ""
+    return _default_key(settings)
+
+
+def check_selection(
+    selection: ModelSelection,
+    settings: ModelSettings,
+    *,
+    field: str = "model",
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Validate a caller's selection before it is stored: InvalidArgument naming the field
+    (`model.endpoint.api_key_ref`, `model.temperature`, ...) for what cannot be served."""
+    env = os.environ if environ is None else environ
+    if selection.provider not in ("", *PROVIDERS):
+        raise InvalidArgument.for_field(f"{field}.provider", "must be offline or openai")
+    if selection.base_url and not selection.base_url.startswith(("http://", "https://")):
+        raise InvalidArgument.for_field(
+            f"{field}.endpoint.base_url", "must be an http:// or https:// URL"
+        )
+    if selection.api_key_ref and (
+        not _SECRET_NAME.match(selection.api_key_ref) or selection.api_key_ref not in env
+    ):
+        raise InvalidArgument.for_field(
+            f"{field}.endpoint.api_key_ref",
+            f"no secret named {selection.api_key_ref!r} is configured on the server",
+        )
+    if selection.temperature is not None and not 0 <= selection.temperature <= 2:
+        raise InvalidArgument.for_field(f"{field}.temperature", "must be from 0 to 2")
+    if not 0 <= selection.max_output_tokens <= 1_000_000:
+        raise InvalidArgument.for_field(
+            f"{field}.max_output_tokens", "must be from 1 to 1,000,000 (0 = default)"
+        )
+    if selection.timeout_seconds is not None and selection.timeout_seconds <= 0:
+        raise InvalidArgument.for_field(f"{field}.endpoint.timeout", "must be positive")
+
+
+def create_model_client(
+    selection: ModelSelection | None,
+    settings: ModelSettings,
+    *,
+    agent: AgentSpec | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ChatCompletionClient:
+    """A new AutoGen model client for `selection` (None = defaults). Build one per
+    conversation and agent: clients keep per-instance usage counters."""
+    resolved = resolve_selection(selection, settings, agent)
+    if resolved.provider == "offline":
+        return OfflineChatCompletionClient(
+            resolved.model,
+            tokens_per_second=resolved.tokens_per_second or settings.offline_tokens_per_second,
+            max_completion_tokens=resolved.max_output_tokens or 4096,
+        )
+    if resolved.provider == "openai":
+        base_url = resolved.base_url or settings.openai_base_url
+        if base_url and not base_url.startswith(("http://", "https://")):
+            raise ModelError(
+                f"base_url {base_url!r} must start with http:// or https://",
+                kind="configuration",
+            )
+        info: ModelInfo | None = None
+        if resolved.model_info is not None:
+            raw: dict[str, Any] = resolved.model_info.as_autogen()
+            info = ModelInfo(**raw)  # type: ignore[typeddict-item]
+        return OpenAICompatChatCompletionClient(
+            model=resolved.model,
+            base_url=base_url,
+            api_key=resolve_api_key(resolved, settings, environ),
+            model_info=info,
+            timeout_seconds=resolved.timeout_seconds or settings.model_timeout_seconds,
+            max_retries=settings.model_max_retries,
+            temperature=resolved.temperature,
+            max_output_tokens=resolved.max_output_tokens,
+        )
+    raise ModelError(f"unknown model provider {resolved.provider!r}", kind="configuration")

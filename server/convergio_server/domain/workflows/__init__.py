@@ -1,0 +1,1 @@
+"""Workflows: the catalog of multi-step plans run by the roster's agents."""

@@ -1,0 +1,547 @@
+"""Conversations, turns, transcript and saved team state in PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from convergio_server.domain.conversations.model import (
+    IDLE,
+    QUEUED,
+    RUNNING,
+    WAITING_FOR_APPROVAL,
+    Conversation,
+    Message,
+    TeamSpec,
+    Turn,
+    TurnOptions,
+    TurnOutcome,
+)
+from convergio_server.domain.conversations.store import Admitted
+from convergio_server.domain.errors import NotFound
+from convergio_server.domain.events.model import Usage
+
+_CONVERSATION_COLUMNS = """
+    c.tenant_id, c.id, c.title, c.team, c.participants, c.model, c.agent_models,
+    c.max_turns_per_message, c.speaker_policy, c.labels, c.turn_timeout_seconds, c.created_by,
+    c.create_time, c.update_time, c.turn_count, c.message_count, c.prompt_tokens,
+    c.completion_tokens, c.cached_tokens, c.model_calls, c.cost_usd, c.active_turn_id,
+    (SELECT t.status FROM turns t WHERE t.tenant_id = c.tenant_id
+        AND t.conversation_id = c.id AND t.id = c.active_turn_id) AS active_status,
+    (SELECT count(*) FROM turns q WHERE q.tenant_id = c.tenant_id
+        AND q.conversation_id = c.id AND q.status = 'QUEUED') AS queued
+"""
+
+# A turn's first and last sequence come from its durable events (the first and the last
+# event of a turn are always durable); the event writer never locks turn rows.
+_TURN_COLUMNS = """
+    tenant_id, conversation_id, id, request_id, status, stop_reason, stop_detail, error, content,
+    options, user_message_id, message_count, prompt_tokens, completion_tokens, cached_tokens,
+    model_calls, cost_usd, created_by, create_time, start_time, end_time,
+    COALESCE((SELECT min(e.sequence) FROM conversation_events e
+              WHERE e.tenant_id = turns.tenant_id AND e.conversation_id = turns.conversation_id
+                AND e.turn_id = turns.id), 0) AS first_sequence,
+    COALESCE((SELECT max(e.sequence) FROM conversation_events e
+              WHERE e.tenant_id = turns.tenant_id AND e.conversation_id = turns.conversation_id
+                AND e.turn_id = turns.id), 0) AS last_sequence
+"""
+
+
+def _usage(row: Any) -> Usage:
+    return Usage(
+        row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"], row["model_calls"]
+    )
+
+
+def _conversation(row: Any) -> Conversation:
+    return Conversation(
+        tenant_id=row["tenant_id"],
+        id=str(row["id"]),
+        title=row["title"],
+        team=TeamSpec.from_json(json.loads(row["team"])),
+        participants=list(row["participants"]),
+        model=json.loads(row["model"]),
+        agent_models=json.loads(row["agent_models"]),
+        max_turns_per_message=row["max_turns_per_message"],
+        speaker_policy=row["speaker_policy"],
+        labels=json.loads(row["labels"]),
+        turn_timeout_seconds=row["turn_timeout_seconds"],
+        created_by=row["created_by"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        turn_count=row["turn_count"],
+        message_count=row["message_count"],
+        usage=_usage(row),
+        cost_usd=row["cost_usd"],
+        active_turn_id=str(row["active_turn_id"]) if row["active_turn_id"] else "",
+        active_turn_status=row["active_status"] or "",
+        queued_turn_count=row["queued"],
+    )
+
+
+def _turn(row: Any) -> Turn:
+    return Turn(
+        tenant_id=row["tenant_id"],
+        conversation_id=str(row["conversation_id"]),
+        id=str(row["id"]),
+        request_id=row["request_id"],
+        status=row["status"],
+        stop_reason=row["stop_reason"],
+        stop_detail=row["stop_detail"],
+        error=json.loads(row["error"]) if row["error"] else None,
+        content=row["content"],
+        options=TurnOptions.from_json(json.loads(row["options"])),
+        user_message_id=str(row["user_message_id"]),
+        message_count=row["message_count"],
+        usage=_usage(row),
+        cost_usd=row["cost_usd"],
+        created_by=row["created_by"],
+        create_time=row["create_time"],
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+        first_sequence=row["first_sequence"],
+        last_sequence=row["last_sequence"],
+    )
+
+
+def _message(row: Any) -> Message:
+    usage = _usage(row) if row["role"] != "USER" else None
+    return Message(
+        tenant_id=row["tenant_id"],
+        conversation_id=str(row["conversation_id"]),
+        id=row["id"],
+        turn_id=str(row["turn_id"]),
+        role=row["role"],
+        source=row["source"],
+        content=row["content"],
+        model=row["model"],
+        usage=usage,
+        cost_usd=row["cost_usd"],
+        create_time=row["create_time"],
+    )
+
+
+async def _add_user_message(conn: Any, turn: Turn) -> None:
+    """The message that starts a turn enters the transcript when the turn starts running."""
+    inserted = await conn.execute(
+        """
+        INSERT INTO messages (tenant_id, conversation_id, id, turn_id, role, source, content)
+        VALUES ($1, $2, $3, $4, 'USER', 'user', $5) ON CONFLICT DO NOTHING
+        """,
+        turn.tenant_id,
+        turn.conversation_id,
+        turn.user_message_id,
+        turn.id,
+        turn.content,
+    )
+    if inserted.endswith(" 1"):
+        await conn.execute(
+            "UPDATE conversations SET message_count = message_count + 1 "
+            "WHERE tenant_id = $1 AND id = $2",
+            turn.tenant_id,
+            turn.conversation_id,
+        )
+
+
+class PgConversationStore:
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self.pool = pool
+
+    async def create(self, conversation: Conversation) -> Conversation:
+        c = conversation
+        await self.pool.execute(
+            """
+            INSERT INTO conversations (tenant_id, id, title, team, participants, model,
+                agent_models, max_turns_per_message, speaker_policy, labels,
+                turn_timeout_seconds, created_by)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            """,
+            c.tenant_id,
+            c.id,
+            c.title,
+            json.dumps(c.team.to_json()),
+            c.participants,
+            json.dumps(c.model),
+            json.dumps(c.agent_models),
+            c.max_turns_per_message,
+            c.speaker_policy,
+            json.dumps(c.labels),
+            c.turn_timeout_seconds,
+            c.created_by,
+        )
+        found = await self.get(c.tenant_id, c.id)
+        assert found is not None
+        return found
+
+    async def get(self, tenant_id: str, conversation_id: str) -> Conversation | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c "
+            "WHERE c.tenant_id = $1 AND c.id = $2",
+            tenant_id,
+            conversation_id,
+        )
+        return _conversation(row) if row else None
+
+    async def list_conversations(
+        self,
+        tenant_id: str,
+        *,
+        status: str,
+        labels: dict[str, str],
+        after: Sequence[Any] | None,
+        limit: int,
+    ) -> list[Conversation]:
+        status_sql = {
+            "": "TRUE",
+            IDLE: "c.active_turn_id IS NULL",
+            RUNNING: "c.active_turn_id IS NOT NULL AND EXISTS (SELECT 1 FROM turns t WHERE "
+            "t.tenant_id = c.tenant_id AND t.conversation_id = c.id AND t.id = c.active_turn_id "
+            "AND t.status = 'RUNNING')",
+            WAITING_FOR_APPROVAL: "EXISTS (SELECT 1 FROM turns t WHERE t.tenant_id = c.tenant_id "
+            "AND t.conversation_id = c.id AND t.id = c.active_turn_id "
+            "AND t.status = 'WAITING_FOR_APPROVAL')",
+        }[status]
+        rows = await self.pool.fetch(
+            f"""
+            SELECT {_CONVERSATION_COLUMNS} FROM conversations c
+            WHERE c.tenant_id = $1 AND c.labels @> $2::jsonb AND {status_sql}
+              AND ($3::timestamptz IS NULL OR (c.update_time, c.id) < ($3, $4::uuid))
+            ORDER BY c.update_time DESC, c.id DESC LIMIT $5
+            """,
+            tenant_id,
+            json.dumps(labels),
+            after[0] if after else None,
+            after[1] if after else None,
+            limit,
+        )
+        return [_conversation(row) for row in rows]
+
+    async def delete(self, tenant_id: str, conversation_id: str) -> bool:
+        result = await self.pool.execute(
+            "DELETE FROM conversations WHERE tenant_id = $1 AND id = $2",
+            tenant_id,
+            conversation_id,
+        )
+        return bool(result.endswith(" 1"))
+
+    async def admit_turn(self, turn: Turn, *, enqueue: bool, max_queued: int) -> Admitted:
+        # Few round trips: this is on the way to every turn's first token.
+        async with self.pool.acquire() as conn, conn.transaction():
+            state: Any = await conn.fetchrow(
+                """
+                SELECT c.active_turn_id,
+                    (SELECT t.id FROM turns t WHERE t.tenant_id = c.tenant_id
+                        AND t.conversation_id = c.id AND t.request_id = $3) AS existing,
+                    (SELECT count(*) FROM turns q WHERE q.tenant_id = c.tenant_id
+                        AND q.conversation_id = c.id AND q.status = 'QUEUED') AS queued
+                FROM conversations c WHERE c.tenant_id = $1 AND c.id = $2
+                FOR NO KEY UPDATE OF c
+                """,
+                turn.tenant_id,
+                turn.conversation_id,
+                turn.request_id,
+            )
+            if state is None:
+                raise NotFound(
+                    f"conversation {turn.conversation_id} does not exist",
+                    metadata={"conversation_id": turn.conversation_id},
+                )
+            if state["existing"] is not None:
+                existing = await conn.fetchrow(
+                    f"SELECT {_TURN_COLUMNS} FROM turns "
+                    "WHERE tenant_id = $1 AND conversation_id = $2 AND id = $3",
+                    turn.tenant_id,
+                    turn.conversation_id,
+                    state["existing"],
+                )
+                return Admitted(_turn(existing), existing=True)
+            position = 0
+            if state["active_turn_id"] is not None:
+                if not enqueue:
+                    return Admitted(turn, existing=False, busy=True)
+                if state["queued"] >= max_queued:
+                    return Admitted(turn, existing=False, busy=True, queue_full=True)
+                position = state["queued"] + 1
+            status = QUEUED if position else RUNNING
+            times: Any = await conn.fetchrow(
+                """
+                INSERT INTO turns (tenant_id, conversation_id, id, request_id, status, content,
+                    options, user_message_id, created_by, start_time)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                        CASE WHEN $5 = 'RUNNING' THEN now() END)
+                RETURNING create_time, start_time
+                """,
+                turn.tenant_id,
+                turn.conversation_id,
+                turn.id,
+                turn.request_id,
+                status,
+                turn.content,
+                json.dumps(turn.options.to_json()),
+                turn.user_message_id,
+                turn.created_by,
+            )
+            running = status == RUNNING
+            if running:
+                await conn.execute(
+                    """
+                    INSERT INTO messages (tenant_id, conversation_id, id, turn_id, role, source,
+                        content)
+                    VALUES ($1, $2, $3, $4, 'USER', 'user', $5)
+                    """,
+                    turn.tenant_id,
+                    turn.conversation_id,
+                    turn.user_message_id,
+                    turn.id,
+                    turn.content,
+                )
+            await conn.execute(
+                """
+                UPDATE conversations SET turn_count = turn_count + 1, update_time = now(),
+                    message_count = message_count + $4,
+                    active_turn_id = COALESCE(active_turn_id, $3)
+                WHERE tenant_id = $1 AND id = $2
+                """,
+                turn.tenant_id,
+                turn.conversation_id,
+                turn.id,
+                1 if running else 0,
+            )
+            admitted = dataclasses.replace(
+                turn,
+                status=status,
+                create_time=times["create_time"],
+                start_time=times["start_time"],
+            )
+            return Admitted(admitted, existing=False, position=position)
+
+    async def turn_by_request(
+        self, tenant_id: str, conversation_id: str, request_id: str
+    ) -> Turn | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_TURN_COLUMNS} FROM turns "
+            "WHERE tenant_id = $1 AND conversation_id = $2 AND request_id = $3",
+            tenant_id,
+            conversation_id,
+            request_id,
+        )
+        return _turn(row) if row else None
+
+    async def add_message(self, message: Message) -> None:
+        m = message
+        usage = m.usage or Usage()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """
+                INSERT INTO messages (tenant_id, conversation_id, id, turn_id, role, source,
+                    content, model, prompt_tokens, completion_tokens, cached_tokens,
+                    model_calls, cost_usd)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                """,
+                m.tenant_id,
+                m.conversation_id,
+                m.id,
+                m.turn_id,
+                m.role,
+                m.source,
+                m.content,
+                m.model,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cached_tokens,
+                usage.model_calls,
+                m.cost_usd,
+            )
+            await conn.execute(
+                "UPDATE turns SET message_count = message_count + 1 "
+                "WHERE tenant_id = $1 AND conversation_id = $2 AND id = $3",
+                m.tenant_id,
+                m.conversation_id,
+                m.turn_id,
+            )
+            await conn.execute(
+                "UPDATE conversations SET message_count = message_count + 1, "
+                "update_time = now() WHERE tenant_id = $1 AND id = $2",
+                m.tenant_id,
+                m.conversation_id,
+            )
+
+    async def finish_turn(
+        self, tenant_id: str, conversation_id: str, turn_id: str, outcome: TurnOutcome
+    ) -> tuple[bool, Turn | None]:
+        u = outcome.usage
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT 1 FROM conversations WHERE tenant_id = $1 AND id = $2 FOR NO KEY UPDATE",
+                tenant_id,
+                conversation_id,
+            )
+            ended = await conn.fetchval(
+                """
+                UPDATE turns SET status = 'ENDED', stop_reason = $4, stop_detail = $5,
+                    error = $6, prompt_tokens = $7, completion_tokens = $8, cached_tokens = $9,
+                    model_calls = $10, cost_usd = $11, end_time = now()
+                WHERE tenant_id = $1 AND conversation_id = $2 AND id = $3 AND status <> 'ENDED'
+                RETURNING id
+                """,
+                tenant_id,
+                conversation_id,
+                turn_id,
+                outcome.stop_reason,
+                outcome.stop_detail,
+                json.dumps(outcome.error) if outcome.error else None,
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens,
+                u.model_calls,
+                outcome.cost_usd,
+            )
+            if ended is None:
+                return False, None
+            if outcome.team_state is not None:
+                await conn.execute(
+                    """
+                    INSERT INTO team_states (tenant_id, conversation_id, state, turn_id)
+                    VALUES ($1, $2, $3, $4)
+                    ON CONFLICT (tenant_id, conversation_id) DO UPDATE
+                    SET state = EXCLUDED.state, turn_id = EXCLUDED.turn_id, update_time = now()
+                    """,
+                    tenant_id,
+                    conversation_id,
+                    json.dumps(outcome.team_state),
+                    turn_id,
+                )
+            await conn.execute(
+                """
+                UPDATE conversations SET prompt_tokens = prompt_tokens + $4,
+                    completion_tokens = completion_tokens + $5,
+                    cached_tokens = cached_tokens + $6, model_calls = model_calls + $7,
+                    cost_usd = cost_usd + $8, update_time = now(),
+                    active_turn_id = CASE WHEN active_turn_id = $3 THEN NULL
+                                          ELSE active_turn_id END
+                WHERE tenant_id = $1 AND id = $2
+                """,
+                tenant_id,
+                conversation_id,
+                turn_id,
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens,
+                u.model_calls,
+                outcome.cost_usd,
+            )
+            active = await conn.fetchval(
+                "SELECT active_turn_id FROM conversations WHERE tenant_id = $1 AND id = $2",
+                tenant_id,
+                conversation_id,
+            )
+            if active is not None:
+                return True, None
+            row = await conn.fetchrow(
+                f"""
+                UPDATE turns SET status = 'RUNNING', start_time = now()
+                WHERE (tenant_id, conversation_id, id) = (
+                    SELECT tenant_id, conversation_id, id FROM turns
+                    WHERE tenant_id = $1 AND conversation_id = $2 AND status = 'QUEUED'
+                    ORDER BY create_time, id LIMIT 1)
+                RETURNING {_TURN_COLUMNS}
+                """,
+                tenant_id,
+                conversation_id,
+            )
+            if row is None:
+                return True, None
+            await conn.execute(
+                "UPDATE conversations SET active_turn_id = $3 WHERE tenant_id = $1 AND id = $2",
+                tenant_id,
+                conversation_id,
+                row["id"],
+            )
+            promoted = _turn(row)
+            await _add_user_message(conn, promoted)
+            return True, promoted
+
+    async def get_turn(self, tenant_id: str, conversation_id: str, turn_id: str) -> Turn | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_TURN_COLUMNS} FROM turns "
+            "WHERE tenant_id = $1 AND conversation_id = $2 AND id = $3",
+            tenant_id,
+            conversation_id,
+            turn_id,
+        )
+        return _turn(row) if row else None
+
+    async def list_turns(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        status: str,
+        after: Sequence[Any] | None,
+        limit: int,
+    ) -> list[Turn]:
+        rows = await self.pool.fetch(
+            f"""
+            SELECT {_TURN_COLUMNS} FROM turns
+            WHERE tenant_id = $1 AND conversation_id = $2 AND ($3 = '' OR status = $3)
+              AND ($4::timestamptz IS NULL OR (create_time, id) < ($4, $5::uuid))
+            ORDER BY create_time DESC, id DESC LIMIT $6
+            """,
+            tenant_id,
+            conversation_id,
+            status,
+            after[0] if after else None,
+            after[1] if after else None,
+            limit,
+        )
+        return [_turn(row) for row in rows]
+
+    async def list_messages(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        turn_id: str,
+        after: int | None,
+        limit: int,
+    ) -> list[tuple[int, Message]]:
+        rows = await self.pool.fetch(
+            """
+            SELECT * FROM messages
+            WHERE tenant_id = $1 AND conversation_id = $2
+              AND ($3 = '' OR turn_id = $3::text::uuid) AND position > $4
+            ORDER BY position LIMIT $5
+            """,
+            tenant_id,
+            conversation_id,
+            turn_id,
+            after or 0,
+            limit,
+        )
+        return [(row["position"], _message(row)) for row in rows]
+
+    async def load_state(self, tenant_id: str, conversation_id: str) -> dict[str, Any] | None:
+        raw = await self.pool.fetchval(
+            "SELECT state FROM team_states WHERE tenant_id = $1 AND conversation_id = $2",
+            tenant_id,
+            conversation_id,
+        )
+        return json.loads(raw) if raw else None
+
+    async def running_turns(self, tenant_id: str, conversation_id: str) -> list[Turn]:
+        rows = await self.pool.fetch(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE tenant_id = $1 AND conversation_id = $2 "
+            "AND status IN ('RUNNING', 'WAITING_FOR_APPROVAL') ORDER BY create_time",
+            tenant_id,
+            conversation_id,
+        )
+        return [_turn(row) for row in rows]
+
+
+def as_decimal(value: Any) -> Decimal:
+    return value if isinstance(value, Decimal) else Decimal(str(value))

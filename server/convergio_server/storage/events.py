@@ -1,0 +1,235 @@
+"""Both halves of conversation event logs: `RedisLiveEvents` (the live window, one Redis
+stream per conversation whose entry ids are `<sequence>-0`) and `PgDurableEvents`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from convergio_server.domain.events.model import Event, body_dict, body_from_dict
+from convergio_server.storage.redis import Keys
+
+# Allocate the next sequence and append in one step, so the stream is in sequence order
+# whoever appends; also note it as the latest sequence of its turn. KEYS: counter, stream,
+# turns hash. ARGV: payload, maxlen, window ms, counter ttl ms, seed ('' = fail with -1 when
+# the counter is missing), turn id.
+_APPEND = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[5] == '' then return -1 end
+  local seed = tonumber(ARGV[5])
+  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  if top[1] then
+    local tail = tonumber(string.match(top[1][1], '^(%d+)'))
+    if tail > seed then seed = tail end
+  end
+  redis.call('SET', KEYS[1], seed)
+end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[6], seq)
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+return seq
+"""
+
+
+def _entries(raw: Any) -> list[tuple[int, bytes]]:
+    return [(int(entry_id.split(b"-", 1)[0]), fields[b"e"]) for entry_id, fields in raw]
+
+
+class RedisLiveEvents:
+    """`blocking` is a client without socket timeout, used only for XREAD BLOCK."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        blocking: aioredis.Redis,
+        keys: Keys,
+        *,
+        window_seconds: float,
+        max_entries: int = 20_000,
+    ) -> None:
+        self.redis = redis
+        self.blocking = blocking
+        self.keys = keys
+        self.window_ms = int(window_seconds * 1000)
+        self.max_entries = max_entries
+        # The counter outlives the window so that sequences stay cheap for active conversations.
+        self.counter_ttl_ms = max(self.window_ms, 24 * 3600 * 1000)
+        self._append = redis.register_script(_APPEND)
+        self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Future[None]] = set()
+
+    def _stream(self, tenant_id: str, conversation_id: str) -> str:
+        return self.keys.k("conv", tenant_id, conversation_id, "events")
+
+    def _counter(self, tenant_id: str, conversation_id: str) -> str:
+        return self.keys.k("conv", tenant_id, conversation_id, "seq")
+
+    def _turns(self, tenant_id: str, conversation_id: str) -> str:
+        return self.keys.k("conv", tenant_id, conversation_id, "turns")
+
+    async def append(
+        self, tenant_id: str, conversation_id: str, turn_id: str, payload: bytes, seed: int | None
+    ) -> int | None:
+        # Appends made in the same turn of the event loop (many conversations streaming at
+        # once) go to Redis together in one pipeline: one round trip instead of one each.
+        keys = [
+            self._counter(tenant_id, conversation_id),
+            self._stream(tenant_id, conversation_id),
+            self._turns(tenant_id, conversation_id),
+        ]
+        args: list[Any] = [
+            payload,
+            self.max_entries,
+            self.window_ms,
+            self.counter_ttl_ms,
+            "" if seed is None else str(seed),
+            turn_id,
+        ]
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((keys, args, done))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        sequence = int(await done)
+        return None if sequence < 0 else sequence
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            if len(batch) == 1:
+                keys, args, done = batch[0]
+                results = [await self._append(keys=keys, args=args)]
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for keys, args, _ in batch:
+                    await self._append(keys=keys, args=args, client=pipe)
+                results = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, done), result in zip(batch, results, strict=True):
+            if done.done():
+                continue
+            if isinstance(result, BaseException):
+                done.set_exception(result)
+            else:
+                done.set_result(result)
+
+    async def range(
+        self, tenant_id: str, conversation_id: str, after: int, upto: int | None, count: int
+    ) -> list[tuple[int, bytes]]:
+        raw = await self.redis.xrange(
+            self._stream(tenant_id, conversation_id),
+            min=f"({after}-0" if after > 0 else "-",
+            max="+" if upto is None else f"{upto}-0",
+            count=count,
+        )
+        return _entries(raw)
+
+    async def last_sequence(self, tenant_id: str, conversation_id: str) -> int | None:
+        value = await self.redis.get(self._counter(tenant_id, conversation_id))
+        return None if value is None else int(value)
+
+    async def turn_last_sequence(
+        self, tenant_id: str, conversation_id: str, turn_id: str
+    ) -> int | None:
+        value = await self.redis.hget(self._turns(tenant_id, conversation_id), turn_id)
+        return None if value is None else int(value)
+
+    async def wait_after(
+        self, tenant_id: str, conversation_id: str, after: int, block_ms: int
+    ) -> list[tuple[int, bytes]]:
+        stream = self._stream(tenant_id, conversation_id)
+        raw: Any = await self.blocking.xread({stream: f"{after}-0"}, block=block_ms, count=1000)
+        if not raw:
+            return []
+        return _entries(raw[0][1])
+
+    async def delete(self, tenant_id: str, conversation_id: str) -> None:
+        await self.redis.delete(
+            self._stream(tenant_id, conversation_id),
+            self._counter(tenant_id, conversation_id),
+            self._turns(tenant_id, conversation_id),
+        )
+
+
+class PgDurableEvents:
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self.pool = pool
+
+    async def insert(self, tenant_id: str, event: Event) -> None:
+        await self.insert_many([(tenant_id, event)])
+
+    async def insert_many(self, rows: list[tuple[str, Event]]) -> None:
+        await self.pool.executemany(
+            """
+            INSERT INTO conversation_events
+                (tenant_id, conversation_id, sequence, turn_id, kind, payload, event_time)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT DO NOTHING
+            """,
+            [
+                (
+                    tenant_id,
+                    e.conversation_id,
+                    e.sequence,
+                    e.turn_id,
+                    e.kind,
+                    json.dumps(body_dict(e.body)),
+                    e.event_time,
+                )
+                for tenant_id, e in rows
+            ],
+        )
+
+    async def range(
+        self, tenant_id: str, conversation_id: str, after: int, before: int | None, limit: int
+    ) -> list[Event]:
+        rows = await self.pool.fetch(
+            """
+            SELECT sequence, turn_id, kind, payload, event_time FROM conversation_events
+            WHERE tenant_id = $1 AND conversation_id = $2 AND sequence > $3
+              AND ($4::bigint IS NULL OR sequence < $4)
+            ORDER BY sequence LIMIT $5
+            """,
+            tenant_id,
+            conversation_id,
+            after,
+            before,
+            limit,
+        )
+        return [
+            Event(
+                conversation_id,
+                str(row["turn_id"]),
+                row["sequence"],
+                row["event_time"],
+                body_from_dict(row["kind"], json.loads(row["payload"])),
+            )
+            for row in rows
+        ]
+
+    async def max_sequence(self, tenant_id: str, conversation_id: str) -> int:
+        value = await self.pool.fetchval(
+            "SELECT COALESCE(MAX(sequence), 0) FROM conversation_events "
+            "WHERE tenant_id = $1 AND conversation_id = $2",
+            tenant_id,
+            conversation_id,
+        )
+        return int(value)

@@ -1,0 +1,121 @@
+"""Run leases of turns (which process runs a conversation's turn) and the cross-process
+cancel channel, in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from convergio_server.storage.redis import Keys
+
+log = logging.getLogger(__name__)
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisLeases:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, *, seconds: float) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.ttl_ms = int(seconds * 1000)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    def _key(self, tenant_id: str, conversation_id: str) -> str:
+        return self.keys.k("conv", tenant_id, conversation_id, "lease")
+
+    async def acquire(self, tenant_id: str, conversation_id: str, holder: str) -> bool:
+        # The store's active-turn lock already decided who runs: take over any stale value.
+        await self.redis.set(self._key(tenant_id, conversation_id), holder, px=self.ttl_ms)
+        return True
+
+    async def acquire_if_free(self, tenant_id: str, conversation_id: str, holder: str) -> bool:
+        key = self._key(tenant_id, conversation_id)
+        return bool(await self.redis.set(key, holder, px=self.ttl_ms, nx=True))
+
+    async def renew(self, tenant_id: str, conversation_id: str, holder: str) -> bool:
+        kept = await self._renew(
+            keys=[self._key(tenant_id, conversation_id)], args=[holder, self.ttl_ms]
+        )
+        return bool(kept)
+
+    async def release(self, tenant_id: str, conversation_id: str, holder: str) -> None:
+        await self._release(keys=[self._key(tenant_id, conversation_id)], args=[holder])
+
+    async def holder(self, tenant_id: str, conversation_id: str) -> str | None:
+        value = await self.redis.get(self._key(tenant_id, conversation_id))
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class CancelChannel:
+    """Asks the process that runs a turn to cancel it (Redis pub/sub)."""
+
+    def __init__(self, redis: aioredis.Redis, blocking: aioredis.Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.blocking = blocking
+        self.channel = keys.k("turn-cancel")
+        self._task: asyncio.Task[None] | None = None
+
+    async def publish(
+        self, tenant_id: str, conversation_id: str, turn_id: str, reason: str, detail: str
+    ) -> None:
+        message = json.dumps(
+            {
+                "tenant": tenant_id,
+                "conversation": conversation_id,
+                "turn": turn_id,
+                "reason": reason,
+                "detail": detail,
+            }
+        )
+        await self.redis.publish(self.channel, message)
+
+    def listen(self, on_cancel: Callable[[str, str, str], Any]) -> None:
+        """Call `on_cancel(turn_id, reason, detail)` for every request, until `close`."""
+
+        async def run() -> None:
+            while True:
+                try:
+                    pubsub = self.blocking.pubsub(ignore_subscribe_messages=True)
+                    await pubsub.subscribe(self.channel)
+                    try:
+                        async for message in pubsub.listen():
+                            if message.get("type") != "message":
+                                continue
+                            data = json.loads(message["data"])
+                            on_cancel(data["turn"], data["reason"], data["detail"])
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await pubsub.aclose()  # type: ignore[no-untyped-call]
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("turn cancel listener: %s", exc)
+                    await asyncio.sleep(0.5)
+
+        self._task = asyncio.create_task(run(), name="turn-cancel-listener")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task

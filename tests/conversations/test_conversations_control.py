@@ -1,0 +1,218 @@
+"""Cancel, busy conversations (reject or queue), and broken connections: re-attach with no
+gap and no duplicate, or cancel on disconnect. Runs on the paced server so that turns last
+long enough to act on them mid-way."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from convergio import AsyncClient, errors
+from convergio.conversation.v1 import conversation_pb2 as pb
+from convergio.conversation.v1 import events_pb2
+
+from tests.conversations.conftest import (
+    FINANCE_QUESTION,
+    collect,
+    kinds,
+    member_key,
+    new_conversation,
+    wait_streaming,
+)
+from tests.conversations.proxy import Proxy
+from tests.support.server import RunningServer
+
+LONG = "Explain the strategy for next year in detail"
+
+
+async def first_delta(stream: object) -> list[events_pb2.ConversationEvent]:
+    """Read events until the first token delta."""
+    seen: list[events_pb2.ConversationEvent] = []
+    async for event in stream:  # type: ignore[attr-defined]
+        seen.append(event)
+        if event.HasField("token_delta"):
+            return seen
+    raise AssertionError(f"the turn ended before any token: {kinds(seen)}")
+
+
+async def test_cancel_stops_the_turn_and_keeps_the_usage(paced_client: AsyncClient) -> None:
+    cid = await new_conversation(paced_client)
+    stream = paced_client.conversations.send(conversation_id=cid, content=LONG)
+    seen = await first_delta(stream)
+    turn_id = seen[0].turn_id
+    cancelled = await paced_client.conversations.cancel_turn(
+        conversation_id=cid, turn_id=turn_id, reason="changed my mind"
+    )
+    assert cancelled.turn.status == pb.TURN_STATUS_ENDED
+    assert cancelled.turn.stop_reason == events_pb2.STOP_REASON_CANCELLED
+    assert cancelled.turn.stop_detail == "changed my mind"
+    rest = [event async for event in stream]
+    last = rest[-1]
+    assert last.HasField("turn_completed")
+    assert last.turn_completed.stop_reason == events_pb2.STOP_REASON_CANCELLED
+    # The partial answer was generated, so it is counted and billed.
+    assert last.turn_completed.usage.completion_tokens > 0
+    assert last.turn_completed.usage.model_calls == 1
+    assert "message_completed" not in kinds(rest)
+    again = await paced_client.conversations.cancel_turn(conversation_id=cid, turn_id=turn_id)
+    assert again.turn.stop_reason == events_pb2.STOP_REASON_CANCELLED  # unchanged
+    with pytest.raises(errors.FailedPrecondition):
+        await paced_client.conversations.cancel_turn(conversation_id=cid)
+    # The conversation goes on after a cancel.
+    after = await collect(paced_client.conversations.send(conversation_id=cid, content="Hello"))
+    assert after[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+
+
+async def test_busy_conversation_rejects_or_queues(paced_client: AsyncClient) -> None:
+    cid = await new_conversation(paced_client)
+    running = paced_client.conversations.send(conversation_id=cid, content=LONG)
+    seen = await first_delta(running)
+    with pytest.raises(errors.FailedPrecondition):
+        await collect(paced_client.conversations.send(conversation_id=cid, content="Me too"))
+    queued = await collect(
+        paced_client.conversations.send(
+            conversation_id=cid, content="Hello after that", if_busy=pb.BUSY_POLICY_ENQUEUE
+        )
+    )
+    first = seen + [event async for event in running]
+    assert kinds(queued)[0] == "turn_queued" and queued[0].turn_queued.position == 1
+    assert kinds(queued)[1] == "turn_started" and kinds(queued)[-1] == "turn_completed"
+    # The queued turn started once the first one had ended.
+    assert queued[1].sequence > first[-1].sequence
+    assert first[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+    transcript = await paced_client.conversations.list_messages(conversation_id=cid)
+    assert [m.source for m in transcript.messages] == ["user", "amy", "user", "amy"]
+
+
+async def test_cancel_a_queued_turn(paced_client: AsyncClient) -> None:
+    cid = await new_conversation(paced_client)
+    running = paced_client.conversations.send(conversation_id=cid, content=LONG)
+    await first_delta(running)
+    queued = paced_client.conversations.send(
+        conversation_id=cid, content="later", if_busy=pb.BUSY_POLICY_ENQUEUE
+    )
+    head = await queued.__anext__()
+    assert head.HasField("turn_queued")
+    cancelled = await paced_client.conversations.cancel_turn(
+        conversation_id=cid, turn_id=head.turn_id
+    )
+    assert cancelled.turn.stop_reason == events_pb2.STOP_REASON_CANCELLED
+    tail = [event async for event in queued]
+    assert kinds(tail) == ["turn_completed"]
+    await paced_client.conversations.cancel_turn(conversation_id=cid)
+    rest = [event async for event in running]
+    assert rest[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_CANCELLED
+
+
+async def test_broken_connection_resumes_without_gap_or_duplicate(
+    paced: RunningServer, streaming: None
+) -> None:
+    proxy = await Proxy(paced.target).start()
+    try:
+        async with AsyncClient(proxy.target, api_key=await member_key(paced)) as client:
+            cid = await new_conversation(client)
+            stream = client.conversations.send(conversation_id=cid, content=FINANCE_QUESTION)
+            seen = await first_delta(stream)
+            proxy.cut()  # the client sees UNAVAILABLE and re-attaches through a new connection
+            seen += [event async for event in stream]
+            assert proxy.connections >= 2
+            sequences = [e.sequence for e in seen]
+            assert sequences == list(range(sequences[0], sequences[0] + len(seen)))
+            assert kinds(seen)[-1] == "turn_completed"
+            completed = next(e.message_completed for e in seen if e.HasField("message_completed"))
+            text = "".join(e.token_delta.text for e in seen if e.HasField("token_delta"))
+            assert text == completed.content
+    finally:
+        await proxy.close()
+
+
+async def test_disconnect_continues_by_default_and_cancels_when_asked(
+    paced_client: AsyncClient,
+) -> None:
+    cid = await new_conversation(paced_client)
+    stream = paced_client.conversations.send_message(conversation_id=cid, content=LONG)
+    first = await stream.__anext__()
+    stream.cancel()  # the client goes away; the turn goes on
+    rest = [
+        r.event
+        async for r in paced_client.conversations.stream_events(
+            conversation_id=cid, after_sequence=first.event.sequence, turn_id=first.event.turn_id
+        )
+    ]
+    assert rest[0].sequence == first.event.sequence + 1
+    assert rest[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+
+    stream = paced_client.conversations.send_message(
+        conversation_id=cid, content=LONG, on_disconnect=pb.DISCONNECT_POLICY_CANCEL
+    )
+    first = await stream.__anext__()
+    stream.cancel()
+    rest = [
+        r.event
+        async for r in paced_client.conversations.stream_events(
+            conversation_id=cid, after_sequence=first.event.sequence, turn_id=first.event.turn_id
+        )
+    ]
+    assert rest[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_DISCONNECTED
+    turn = await paced_client.conversations.get_turn(
+        conversation_id=cid, turn_id=first.event.turn_id
+    )
+    assert turn.turn.on_disconnect == pb.DISCONNECT_POLICY_CANCEL
+
+
+async def test_follow_from_beyond_the_end_waits_for_new_events(
+    paced_client: AsyncClient,
+) -> None:
+    cid = await new_conversation(paced_client)
+    await collect(paced_client.conversations.send(conversation_id=cid, content="Hello"))
+    last = (await paced_client.conversations.get_conversation(conversation_id=cid)).conversation
+    follower = paced_client.conversations.stream_events(
+        conversation_id=cid, after_sequence=last.last_sequence + 3
+    )
+    reader = asyncio.ensure_future(follower.__anext__())
+    sent = await collect(paced_client.conversations.send(conversation_id=cid, content="Again"))
+    got = await asyncio.wait_for(reader, 30)
+    assert got.event.sequence == last.last_sequence + 4
+    assert got.event.sequence in [e.sequence for e in sent]
+    follower.cancel()
+
+
+async def test_delete_refuses_a_busy_conversation_unless_forced(
+    paced_client: AsyncClient,
+) -> None:
+    cid = await new_conversation(paced_client)
+    stream = paced_client.conversations.send(conversation_id=cid, content=LONG)
+    await first_delta(stream)
+    with pytest.raises(errors.FailedPrecondition):
+        await paced_client.conversations.delete_conversation(conversation_id=cid)
+    await paced_client.conversations.delete_conversation(conversation_id=cid, force=True)
+    rest = [event async for event in stream]
+    assert rest[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_CANCELLED
+    with pytest.raises(errors.NotFound):
+        await paced_client.conversations.get_conversation(conversation_id=cid)
+
+
+async def test_a_broken_follow_stream_resumes_too(paced: RunningServer, streaming: None) -> None:
+    proxy = await Proxy(paced.target).start()
+    try:
+        async with AsyncClient(proxy.target, api_key=await member_key(paced)) as client:
+            await wait_streaming(client)
+            cid = await new_conversation(client)
+            sender = asyncio.ensure_future(
+                collect(client.conversations.send(conversation_id=cid, content=LONG))
+            )
+            follower = client.conversations.stream_events(conversation_id=cid)
+            seen = []
+            async for response in follower:
+                if response.event.sequence:
+                    seen.append(response.event)
+                if len(seen) == 5:
+                    proxy.cut()  # both streams break; both re-attach
+                if response.event.HasField("turn_completed"):
+                    break
+            follower.cancel()
+            sent = await sender
+            assert [e.sequence for e in seen] == [e.sequence for e in sent]
+            assert proxy.connections >= 2
+    finally:
+        await proxy.close()

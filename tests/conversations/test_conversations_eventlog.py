@@ -1,0 +1,73 @@
+"""The event log's two halves: once the live window in Redis is gone, a replay comes from
+PostgreSQL (every event but token deltas) and new sequences continue where they stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from convergio import AsyncClient
+from convergio.conversation.v1 import conversation_pb2 as pb
+from convergio_server.storage.redis import Keys
+
+from tests.conversations.conftest import (
+    FINANCE_QUESTION,
+    TENANT,
+    collect,
+    kinds,
+    member_key,
+    new_conversation,
+)
+from tests.support.server import RunningServer, running_server, server_settings
+
+
+async def test_replay_after_the_live_window_expired(
+    conv: AsyncClient, server: RunningServer
+) -> None:
+    cid = await new_conversation(conv)
+    sent = await collect(conv.conversations.send(conversation_id=cid, content=FINANCE_QUESTION))
+    keys = Keys(server.settings.redis_prefix)
+    # What the window's expiry does: the stream and the sequence counter are gone.
+    await server.infra.redis.delete(
+        keys.k("conv", TENANT, cid, "events"),
+        keys.k("conv", TENANT, cid, "seq"),
+        keys.k("conv", TENANT, cid, "turns"),
+    )
+    replay = [
+        r.event
+        async for r in conv.conversations.stream_events(
+            conversation_id=cid, mode=pb.STREAM_EVENTS_MODE_REPLAY
+        )
+    ]
+    durable = [e for e in sent if not e.HasField("token_delta")]
+    assert [e.SerializeToString() for e in replay] == [e.SerializeToString() for e in durable]
+    assert "message_completed" in kinds(replay) and kinds(replay)[-1] == "turn_completed"
+    # The next turn's sequences continue after the last one PostgreSQL has.
+    more = await collect(conv.conversations.send(conversation_id=cid, content="Hello again"))
+    assert more[0].sequence == sent[-1].sequence + 1
+    follow = [
+        r.event
+        async for r in conv.conversations.stream_events(
+            conversation_id=cid, after_sequence=sent[2].sequence, turn_id=more[0].turn_id
+        )
+    ]
+    assert [e.sequence for e in follow] == [e.sequence for e in more]
+
+
+async def test_an_idle_follower_gets_heartbeats(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
+) -> None:
+    settings = server_settings(
+        tmp_path, pg_dsn, redis_url, redis_prefix, stream_heartbeat_seconds=0.2
+    )
+    async with running_server(settings) as quick:
+        async with AsyncClient(quick.target, api_key=await member_key(quick)) as client:
+            cid = await new_conversation(client)
+            follower = client.conversations.stream_events(conversation_id=cid)
+            beats = 0
+            async for response in follower:
+                assert response.event.HasField("heartbeat")
+                assert response.event.sequence == 0
+                beats += 1
+                if beats == 2:
+                    break
+            follower.cancel()

@@ -1,0 +1,134 @@
+"""Failures during a turn: a model endpoint that is down or answers garbage ends the turn
+with an Error event and TurnCompleted(ERROR), and the conversation stays usable; a bad
+model selection is refused at creation. Also: grpcurl can drive a turn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from convergio import AsyncClient, errors
+from convergio.common.v1 import common_pb2
+from convergio.conversation.v1 import conversation_pb2 as pb
+from convergio.conversation.v1 import events_pb2
+
+from tests.conversations.conftest import collect, kinds, member_key, new_conversation
+from tests.platform.procs import free_port
+from tests.support.server import RunningServer
+
+GRPCURL = str(Path(sys.executable).parent / "grpcurl")
+
+
+@pytest.fixture
+async def garbage_endpoint() -> AsyncIterator[str]:
+    """An HTTP server that answers every request with something that is not the OpenAI
+    protocol."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await reader.readuntil(b"\r\n\r\n")
+            body = b"<html>not an API</html>"
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
+            )
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.close()
+
+
+def openai_at(base_url: str) -> common_pb2.ModelSelection:
+    return common_pb2.ModelSelection(
+        provider=common_pb2.MODEL_PROVIDER_OPENAI,
+        model="gpt-4o-mini",
+        endpoint=common_pb2.ModelEndpoint(base_url=base_url),
+    )
+
+
+@pytest.mark.parametrize("endpoint", ["down", "garbage"])
+async def test_a_failing_model_ends_the_turn_with_an_error(
+    conv: AsyncClient, garbage_endpoint: str, endpoint: str
+) -> None:
+    base_url = f"http://127.0.0.1:{free_port()}/v1" if endpoint == "down" else garbage_endpoint
+    cid = await new_conversation(conv, model=openai_at(base_url))
+    events = await collect(conv.conversations.send(conversation_id=cid, content="Hello"))
+    assert kinds(events)[-2:] == ["error", "turn_completed"]
+    error = events[-2].error
+    assert error.code in (14, 4) and "model" in error.message
+    assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_ERROR
+    conversation = (await conv.conversations.get_conversation(conversation_id=cid)).conversation
+    assert conversation.status == pb.CONVERSATION_STATUS_IDLE
+    # Still usable: the next message is accepted and ends the same clean way.
+    again = await collect(conv.conversations.send(conversation_id=cid, content="Hello again"))
+    assert again[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_ERROR
+    turn = await conv.conversations.get_turn(conversation_id=cid, turn_id=again[0].turn_id)
+    assert turn.turn.error.code == error.code and turn.turn.stop_detail
+
+
+async def test_a_bad_model_selection_is_refused(conv: AsyncClient) -> None:
+    with pytest.raises(errors.InvalidArgument) as bad_url:
+        await conv.conversations.create_conversation(model=openai_at("ftp://example"))
+    assert bad_url.value.field_violations[0].field == "model.endpoint.base_url"
+    with pytest.raises(errors.InvalidArgument) as bad_override:
+        await conv.conversations.create_conversation(
+            team=pb.Team(single_agent="amy"), agent_models={"luca": common_pb2.ModelSelection()}
+        )
+    assert bad_override.value.field_violations[0].field == "agent_models[luca]"
+
+
+async def test_grpcurl_sends_a_message(server: RunningServer, streaming: None) -> None:
+    key = await member_key(server)
+    async with AsyncClient(server.target, api_key=key) as client:
+        cid = await new_conversation(client)
+    process = await asyncio.create_subprocess_exec(
+        GRPCURL,
+        "-plaintext",
+        "-H",
+        f"authorization: Bearer {key}",
+        "-d",
+        json.dumps({"conversation_id": cid, "content": "Hello from grpcurl"}),
+        server.target,
+        "convergio.conversation.v1.ConversationService/SendMessage",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    decoder = json.JSONDecoder()
+    text, events = out.decode().strip(), []
+    while text:
+        event, end = decoder.raw_decode(text)
+        events.append(event["event"])
+        text = text[end:].strip()
+    assert "turnStarted" in events[0] and "turnCompleted" in events[-1]
+    assert events[-1]["turnCompleted"]["stopReason"] == "STOP_REASON_COMPLETED"
+    assert any("tokenDelta" in e for e in events)
+
+
+async def test_a_failing_tool_is_reported_and_the_turn_goes_on(conv: AsyncClient) -> None:
+    cid = await new_conversation(conv)
+    events = await collect(
+        conv.conversations.send(
+            conversation_id=cid, content="What is the ROI of a 0 investment that returns 100?"
+        )
+    )
+    result = next(e.tool_result for e in events if e.HasField("tool_result"))
+    assert result.is_error
+    assert result.error_kind == events_pb2.TOOL_ERROR_KIND_INVALID_ARGUMENTS
+    assert result.attempts == 1
+    assert kinds(events).count("message_completed") == 1  # the agent answered without it
+    assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED

@@ -1,0 +1,126 @@
+"""More than one server process on one database and Redis: a turn followed from another
+process, the turn of a process that died ended by another one, and a conversation that
+goes on after a restart with its team state restored."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from convergio import AsyncClient
+from convergio.conversation.v1 import events_pb2
+
+from tests.conversations.conftest import (
+    FINANCE_QUESTION,
+    collect,
+    kinds,
+    member_key,
+    new_conversation,
+    wait_streaming,
+)
+from tests.platform.procs import serve_process
+from tests.support.server import RunningServer, running_server, server_settings
+
+LONG = "Explain the strategy for next year in detail"
+
+
+@pytest.fixture
+async def other_process(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, server: RunningServer
+) -> AsyncIterator[tuple[subprocess.Popen[str], str]]:
+    """`convergio serve` as a separate OS process on the session's database and Redis, with a
+    paced offline model and a one-second turn lease."""
+    async with serve_process(
+        tmp_path,
+        pg_dsn,
+        redis_url,
+        redis_prefix,
+        CONVERGIO_OFFLINE_TOKENS_PER_SECOND="40",
+        CONVERGIO_TURN_LEASE_SECONDS="1",
+    ) as running:
+        yield running
+
+
+async def test_a_turn_on_one_process_is_followed_on_another(
+    other_process: tuple[subprocess.Popen[str], str], server: RunningServer, streaming: None
+) -> None:
+    _, target = other_process
+    key = await member_key(server)
+    async with (
+        AsyncClient(target, api_key=key) as there,
+        AsyncClient(server.target, api_key=key) as here,
+    ):
+        await wait_streaming(there)
+        cid = await new_conversation(there)
+        stream = there.conversations.send(conversation_id=cid, content=FINANCE_QUESTION)
+        first = await stream.__anext__()
+        follower = [
+            r.event
+            async for r in here.conversations.stream_events(
+                conversation_id=cid, turn_id=first.turn_id
+            )
+        ]
+        direct = [first] + [event async for event in stream]
+        assert [e.SerializeToString() for e in follower] == [e.SerializeToString() for e in direct]
+        assert kinds(follower)[-1] == "turn_completed"
+        assert "token_delta" in kinds(follower)
+
+
+async def test_the_turn_of_a_dead_process_is_ended_by_another(
+    other_process: tuple[subprocess.Popen[str], str], server: RunningServer, streaming: None
+) -> None:
+    process, target = other_process
+    key = await member_key(server)
+    async with (
+        AsyncClient(target, api_key=key) as there,
+        AsyncClient(server.target, api_key=key) as here,
+    ):
+        await wait_streaming(there)
+        cid = await new_conversation(there)
+        stream = there.conversations.send_message(conversation_id=cid, content=LONG)
+        first = (await stream.__anext__()).event
+        follower = here.conversations.stream_events(conversation_id=cid, turn_id=first.turn_id)
+        process.kill()  # no chance to end its turn
+        process.wait()
+        stream.cancel()
+        await asyncio.sleep(1.5)  # the one-second lease expires
+        # The next message finds the dead owner's turn and ends it before starting its own.
+        after = await collect(here.conversations.send(conversation_id=cid, content="Hello"))
+        assert after[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+        ended = [r.event async for r in follower]
+        assert kinds(ended)[-2:] == ["error", "turn_completed"]
+        assert ended[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_ERROR
+        assert ended[-2].error.retryable
+        sequences = [e.sequence for e in ended]
+        assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+
+
+async def test_a_conversation_goes_on_after_a_restart(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
+) -> None:
+    settings = server_settings(tmp_path / "a", pg_dsn, redis_url, redis_prefix)
+    async with running_server(settings) as first:
+        async with AsyncClient(first.target, api_key=await member_key(first)) as client:
+            cid = await new_conversation(client)
+            one = await collect(
+                client.conversations.send(conversation_id=cid, content=FINANCE_QUESTION)
+            )
+            key = await member_key(first)
+    settings = server_settings(tmp_path / "b", pg_dsn, redis_url, redis_prefix)
+    async with running_server(settings) as second:
+        async with AsyncClient(second.target, api_key=key) as client:
+            await wait_streaming(client)
+            two = await collect(
+                client.conversations.send(
+                    conversation_id=cid, content="Summarize what the ROI was."
+                )
+            )
+            answer = next(e.message_completed for e in two if e.HasField("message_completed"))
+            # The new process knows the earlier turn only from the saved team state.
+            assert "20" in answer.content
+            assert two[0].sequence == one[-1].sequence + 1
+            transcript = await client.conversations.list_messages(conversation_id=cid)
+            assert [m.source for m in transcript.messages] == ["user", "amy", "user", "amy"]

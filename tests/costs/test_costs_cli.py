@@ -1,0 +1,73 @@
+"""`convergio cost` against a running server: budgets set and shown, breaker reset, ledger,
+summary and limits as tables and JSON; bad input explained."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from autogen_core.models import UserMessage
+from convergio_server.domain.costs.breaker import TENANT
+from convergio_server.domain.costs.enforcement import CostGuards
+from convergio_server.domain.guards import CallInfo
+from convergio_server.domain.models.offline import OfflineChatCompletionClient
+
+from tests.costs.costs_support import new_scope
+from tests.support.server import RunningServer
+
+CONVERGIO = str(Path(sys.executable).with_name("convergio"))
+
+
+async def test_cost_commands(
+    server: RunningServer,
+    tenant: str,
+    key_for: Callable[..., Awaitable[str]],
+    guards: CostGuards,
+    tmp_path: Path,
+) -> None:
+    key = await key_for("operator", "ops")
+    env = {**os.environ, "CONVERGIO_TARGET": server.target, "CONVERGIO_API_KEY": key}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CONVERGIO, "cost", *args], env=env, cwd=tmp_path, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+
+    async def cli(*args: str, ok: bool = True) -> str:
+        done = await asyncio.to_thread(run, *args)
+        assert (done.returncode == 0) == ok, (args, done.stdout, done.stderr)
+        return done.stdout if ok else done.stderr
+
+    model = guards.wrap_model_client(
+        OfflineChatCompletionClient(),
+        CallInfo(new_scope(tenant, "ops"), "amy", "openai", "gpt-4o-mini", "agent_reply"),
+    )
+    await model.create([UserMessage(content="Price the Q3 campaign.", source="ops")])
+    await guards.ledger.flush()
+
+    table = await cli("budget", "set", "tenant", "--daily", "25", "--per-turn", "0.75")
+    assert "25.000000" in table and "0.750000" in table and "70%,85%" in table
+    listed = json.loads(await cli("budget", "list", "--json"))
+    assert [b["scope"] for b in listed][:1] == ["BUDGET_SCOPE_TENANT"]
+    shown = await cli("budget", "get", "user", "ops")
+    assert "yes" in shown  # inherited: no budget of its own
+    refused = await cli("budget", "set", "tenant", "--daily", "-5", ok=False)
+    assert "budget.daily_limit_usd" in refused
+
+    ledger = await cli("ledger")
+    assert "gpt-4o-mini" in ledger and "agent_reply" in ledger and "table" in ledger
+    summary = json.loads(await cli("summary", "--by", "model", "--json"))
+    assert summary["groups"][0]["key"] == "openai/gpt-4o-mini"
+    assert "TOTAL" in await cli("summary")
+
+    await guards.breakers.trip(tenant, TENANT, "FAILURES", "provider timeouts")
+    assert "open" in await cli("breaker", "get")
+    assert "closed" in await cli("breaker", "reset", "--reason", "fixed upstream")
+    limits = await cli("limits")
+    assert "turns_per_minute" in limits and "conversations_per_hour" in limits

@@ -1,0 +1,98 @@
+"""Budgets acting on real conversation turns: alerts on the stream at 70% and 85%, new
+turns refused at 100% with a QuotaFailure naming the budget, the ledger never over the
+limit. The offline model is priced here (it is free by default) so turns cost money."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from convergio import AsyncClient, errors
+from convergio.common.v1 import common_pb2
+from convergio.conversation.v1 import conversation_pb2, events_pb2
+from convergio.cost.v1 import cost_pb2
+
+from tests.support.server import RunningServer, running_server, server_settings
+
+# $10 per million tokens either way: a turn of about a thousand tokens costs about a cent.
+PRICES = '[models."offline"]\ninput = "10"\noutput = "10"\ncached_input = "10"\n'
+LIMIT = Decimal("0.05")
+
+
+@pytest.fixture
+async def priced(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
+) -> AsyncIterator[RunningServer]:
+    prices = tmp_path / "prices.toml"
+    prices.write_text(PRICES)
+    settings = server_settings(
+        tmp_path / "data",
+        pg_dsn,
+        redis_url,
+        redis_prefix,
+        cost_prices_file=prices,
+        cost_default_max_output_tokens=120,
+    )
+    async with running_server(settings) as running:
+        yield running
+
+
+async def test_budget_alerts_then_refusal_and_never_overspent(priced: RunningServer) -> None:
+    tenant = f"budget-{uuid.uuid4().hex[:8]}"
+    _, key = await priced.server.keys.create(tenant, "budget test", ["member", "operator"])
+    async with AsyncClient(priced.target, api_key=key) as client:
+        created = await client.conversations.create_conversation(
+            team=conversation_pb2.Team(single_agent="amy")
+        )
+        conversation_id = created.conversation.conversation_id
+        await client.costs.set_budget(
+            budget=cost_pb2.Budget(
+                scope=common_pb2.BUDGET_SCOPE_CONVERSATION,
+                subject=conversation_id,
+                total_limit_usd=str(LIMIT),
+            )
+        )
+        thresholds: list[int] = []
+        refused: errors.QuotaExceeded | None = None
+        stopped: list[events_pb2.ConversationEvent] = []
+        for turn in range(40):
+            try:
+                events = [
+                    event
+                    async for event in client.conversations.send(
+                        conversation_id, f"Turn {turn}: summarise our cash position."
+                    )
+                ]
+            except errors.QuotaExceeded as exc:  # refused before the turn started
+                refused = exc
+                break
+            thresholds += [
+                e.budget_alert.threshold_percent
+                for e in events
+                if e.WhichOneof("kind") == "budget_alert"
+            ]
+            last = events[-1]
+            assert last.WhichOneof("kind") == "turn_completed"
+            if last.turn_completed.stop_reason == events_pb2.STOP_REASON_BUDGET_EXHAUSTED:
+                stopped = events
+                break
+        # Either the next turn was refused, or it stopped cleanly at its model call
+        # because what remained could not cover the call's worst case.
+        if refused is not None:
+            assert any("budget" in v.subject for v in refused.quota_violations)
+        else:
+            assert stopped, "the budget never stopped a turn"
+            errors_seen = [e.error for e in stopped if e.WhichOneof("kind") == "error"]
+            assert errors_seen
+            assert errors_seen[0].reason == common_pb2.ERROR_REASON_BUDGET_EXHAUSTED
+            assert "budget:conversation:" in errors_seen[0].metadata["budget"]
+        # Each warning reached the stream once, in order.
+        assert [t for t in thresholds if t < 100] == [70, 85]
+        budget = await client.costs.get_budget(
+            scope=common_pb2.BUDGET_SCOPE_CONVERSATION, subject=conversation_id
+        )
+    spent = Decimal(budget.budget.spent_total_usd)
+    assert Decimal(0) < spent <= LIMIT

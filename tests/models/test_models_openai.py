@@ -1,0 +1,292 @@
+"""OpenAI-compatible endpoints, against a local server speaking the protocol with
+server-sent events: streaming, usage, tool calls, retries, errors, timeouts; and the
+factory that picks the provider from the selection, the agent and the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from autogen_agentchat.agents import AssistantAgent
+from autogen_agentchat.messages import (
+    ModelClientStreamingChunkEvent,
+    TextMessage,
+    ToolCallExecutionEvent,
+    ToolCallRequestEvent,
+)
+from autogen_core import CancellationToken, FunctionCall
+from autogen_core.models import CreateResult, LLMMessage, SystemMessage, UserMessage
+from convergio_server.config import Settings
+from convergio_server.domain.agents.roster import Roster
+from convergio_server.domain.errors import InvalidArgument
+from convergio_server.domain.models.errors import ModelError
+from convergio_server.domain.models.factory import (
+    check_selection,
+    create_model_client,
+    resolve_api_key,
+    resolve_selection,
+)
+from convergio_server.domain.models.offline import OfflineChatCompletionClient
+from convergio_server.domain.models.openai_compat import OpenAICompatChatCompletionClient
+from convergio_server.domain.models.selection import ModelInfoOverride, ModelSelection
+from convergio_server.domain.tools.base import ToolContext
+from convergio_server.domain.tools.registry import ToolRegistry
+from pydantic import SecretStr
+
+from tests.models.openai_stub import Action, openai_stub
+
+MESSAGES: list[LLMMessage] = [
+    SystemMessage(content="You are Amy, Chief Financial Officer."),
+    UserMessage(content="Say hello", source="user"),
+]
+
+
+def settings(tmp_path: Path, **values: object) -> Settings:
+    return Settings(data_dir=tmp_path, **values)  # type: ignore[arg-type]
+
+
+def client(base_url: str, **kwargs: object) -> OpenAICompatChatCompletionClient:
+    options: dict[str, object] = {"timeout_seconds": 5.0, "max_retries": 2, **kwargs}
+    return OpenAICompatChatCompletionClient(
+        model="llama3.1:8b",
+        base_url=base_url,
+        api_key="sk-test-123",
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def test_streams_content_and_reports_usage() -> None:
+    async with openai_stub() as stub:
+        model = client(stub.base_url)
+        items = [item async for item in model.create_stream(MESSAGES)]
+        await model.close()
+    chunks, final = items[:-1], items[-1]
+    assert chunks == ["Hello", " from", " the", " stub"]
+    assert isinstance(final, CreateResult) and final.content == "Hello from the stub"
+    assert final.usage.prompt_tokens == 11 and final.usage.completion_tokens == 7
+    request = stub.requests[0]
+    assert request.path == "/v1/chat/completions"
+    assert request.body["stream_options"] == {"include_usage": True}
+    assert request.body["model"] == "llama3.1:8b"
+    assert request.headers["authorization"] == "Bearer sk-test-123"
+    # Unknown model name: function calling only.
+    assert model.model_info["function_calling"] is True and model.model_info["vision"] is False
+
+
+async def test_non_streamed_call_does_not_send_stream_options() -> None:
+    async with openai_stub() as stub:
+        result = await client(stub.base_url, temperature=0.2, max_output_tokens=50).create(MESSAGES)
+    assert result.content == "Hello from the stub" and result.usage.completion_tokens == 7
+    body = stub.requests[0].body
+    assert "stream_options" not in body and body["temperature"] == 0.2
+    assert body["max_tokens"] == 50
+
+
+async def test_streamed_tool_call_becomes_function_calls() -> None:
+    async with openai_stub() as stub:
+        stub.then(Action("tool"))
+        items = [item async for item in client(stub.base_url).create_stream(MESSAGES)]
+    final = items[-1]
+    assert isinstance(final, CreateResult) and final.finish_reason == "function_calls"
+    assert isinstance(final.content, list)
+    call = final.content[0]
+    assert isinstance(call, FunctionCall) and call.name == "financial_calculator"
+    assert json.loads(call.arguments) == {
+        "operation": "npv",
+        "rate": 0.08,
+        "values": [-100, 60, 70],
+    }
+
+
+async def test_rate_limit_and_server_errors_are_retried() -> None:
+    async with openai_stub() as stub:
+        stub.then(Action("status", status=429), Action("status", status=503), Action("text"))
+        items = [item async for item in client(stub.base_url).create_stream(MESSAGES)]
+    assert isinstance(items[-1], CreateResult) and items[-1].content == "Hello from the stub"
+    assert len(stub.requests) == 3
+
+
+# AutoGen warns about the empty result a garbage stream gives before it becomes an error.
+@pytest.mark.filterwarnings("ignore:No text content or tool calls:UserWarning")
+@pytest.mark.parametrize(
+    ("action", "kind", "retryable", "requests"),
+    [
+        (Action("status", status=500), "server_error", True, 3),
+        (Action("status", status=429), "rate_limited", True, 3),
+        (Action("status", status=401), "authentication", False, 1),
+        (Action("status", status=404), "not_found", False, 1),
+        (Action("status", status=400), "bad_request", False, 1),
+        (Action("garbage"), "invalid_response", False, 1),
+        (Action("truncated"), "invalid_response", False, 1),
+    ],
+)
+async def test_failures_become_model_errors(
+    action: Action, kind: str, retryable: bool, requests: int
+) -> None:
+    async with openai_stub() as stub:
+        stub.then(action, action, action)
+        with pytest.raises(ModelError) as info:
+            async for _ in client(stub.base_url).create_stream(MESSAGES):
+                pass
+    error = info.value
+    assert error.kind == kind and error.retryable is retryable
+    assert "sk-test-123" not in str(error)
+    assert len(stub.requests) == requests
+
+
+async def test_garbage_on_a_plain_call_is_a_model_error() -> None:
+    async with openai_stub() as stub:
+        stub.then(Action("garbage"))
+        with pytest.raises(ModelError) as info:
+            await client(stub.base_url).create(MESSAGES)
+    assert info.value.kind == "invalid_response"
+
+
+async def test_a_hanging_endpoint_times_out() -> None:
+    async with openai_stub() as stub:
+        stub.then(Action("hang"), Action("hang"))
+        model = client(stub.base_url, timeout_seconds=0.3, max_retries=0)
+        with pytest.raises(ModelError) as info:
+            async for _ in model.create_stream(MESSAGES):
+                pass
+        assert info.value.kind == "timeout" and info.value.retryable
+        with pytest.raises(ModelError) as plain:
+            await model.create(MESSAGES)
+        assert plain.value.kind == "timeout"
+
+
+async def test_endpoint_down_is_unavailable() -> None:
+    async with openai_stub() as stub:
+        url = stub.base_url
+    with pytest.raises(ModelError) as info:
+        await client(url, max_retries=0).create(MESSAGES)
+    assert info.value.kind == "unavailable"
+
+
+async def test_cancellation_aborts_the_call() -> None:
+    async with openai_stub() as stub:
+        stub.then(Action("hang"))
+        token = CancellationToken()
+        task = asyncio.ensure_future(
+            client(stub.base_url).create(MESSAGES, cancellation_token=token)
+        )
+        await asyncio.wait_for(stub.received.wait(), 30)
+        token.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_counts_tokens_offline() -> None:
+    model = client("http://127.0.0.1:9/v1")
+    assert model.count_tokens(MESSAGES) == OfflineChatCompletionClient().count_tokens(MESSAGES)
+    assert model.remaining_tokens(MESSAGES) == 128_000 - model.count_tokens(MESSAGES)
+
+
+async def test_assistant_agent_over_the_endpoint_streams_and_calls_tools() -> None:
+    async with openai_stub() as stub:
+        stub.then(Action("tool"), Action("text", text="The NPV is 15.57"))
+        agent = AssistantAgent(
+            "amy",
+            model_client=client(stub.base_url),
+            tools=ToolRegistry.builtin().autogen_tools(
+                ["financial_calculator"], ToolContext(tenant_id="t")
+            ),
+            model_client_stream=True,
+            reflect_on_tool_use=True,
+        )
+        events = [e async for e in agent.run_stream(task="NPV of -100, 60, 70 at 8%?")]
+    execution = next(e for e in events if isinstance(e, ToolCallExecutionEvent))
+    assert "NPV = 15.57" in execution.content[0].content
+    assert any(isinstance(e, ToolCallRequestEvent) for e in events)
+    assert any(isinstance(e, ModelClientStreamingChunkEvent) for e in events)
+    text = next(e for e in events if isinstance(e, TextMessage) and e.source == "amy")
+    assert text.content == "The NPV is 15.57"
+    assert text.models_usage is not None and text.models_usage.completion_tokens == 7
+    # The tool result went back to the endpoint.
+    last = stub.requests[-1].body["messages"]
+    assert last[-1]["role"] == "tool" and "NPV = 15.57" in last[-1]["content"]
+
+
+def test_offline_is_the_default(tmp_path: Path) -> None:
+    made = create_model_client(None, settings(tmp_path))
+    assert isinstance(made, OfflineChatCompletionClient) and made.model == "offline"
+    paced = create_model_client(None, settings(tmp_path, offline_tokens_per_second=50.0))
+    assert isinstance(paced, OfflineChatCompletionClient)
+    assert paced.dump_component().config["tokens_per_second"] == 50.0
+
+
+def test_openai_settings_make_it_the_default(tmp_path: Path) -> None:
+    configured = settings(
+        tmp_path,
+        openai_base_url="http://127.0.0.1:9/v1",
+        openai_api_key=SecretStr("sk-default"),
+        openai_model="qwen2.5",
+    )
+    made = create_model_client(None, configured)
+    assert isinstance(made, OpenAICompatChatCompletionClient) and made.model == "qwen2.5"
+    # A conversation can still choose the offline model.
+    offline = create_model_client(ModelSelection(provider="offline"), configured)
+    assert isinstance(offline, OfflineChatCompletionClient)
+
+
+def test_selection_precedence_over_agent_and_settings(tmp_path: Path) -> None:
+    amy = Roster.load().get("amy")  # temperature 0.2 in the roster
+    resolved = resolve_selection(ModelSelection(provider="offline"), settings(tmp_path), amy)
+    assert resolved.provider == "offline" and resolved.temperature == 0.2
+    hot = resolve_selection(ModelSelection(temperature=1.0), settings(tmp_path), amy)
+    assert hot.temperature == 1.0 and hot.provider == "offline"
+    custom = resolve_selection(
+        ModelSelection(
+            provider="openai",
+            base_url="http://10.0.0.5:8000/v1",
+            model="mistral",
+            model_info=ModelInfoOverride(vision=True, family="mistral"),
+        ),
+        settings(tmp_path),
+        amy,
+    )
+    assert custom.model == "mistral" and custom.base_url == "http://10.0.0.5:8000/v1"
+    made = create_model_client(custom, settings(tmp_path))
+    assert made.model_info["vision"] is True and made.model_info["family"] == "mistral"
+
+
+def test_api_keys_come_from_named_secrets_only(tmp_path: Path) -> None:
+    configured = settings(
+        tmp_path, openai_base_url="https://api.example/v1", openai_api_key=SecretStr("sk-default")
+    )
+    env = {"TEAM_KEY": "sk-team"}
+    default = resolve_selection(ModelSelection(provider="openai"), configured)
+    assert resolve_api_key(default, configured, env) == "sk-default"
+    named = ModelSelection(provider="openai", api_key_ref="TEAM_KEY")
+    assert resolve_api_key(named, configured, env) == "sk-team"
+    # The deployment's key never goes to an endpoint the caller picked.
+    elsewhere = ModelSelection(provider="openai", base_url="https://evil.example/v1")
+    assert resolve_api_key(elsewhere, configured, env) == ""
+    with pytest.raises(ModelError) as info:
+        resolve_api_key(ModelSelection(api_key_ref="MISSING_KEY"), configured, env)
+    assert info.value.kind == "configuration" and "MISSING_KEY" in str(info.value)
+    with pytest.raises(ModelError, match="http:// or https://"):
+        create_model_client(ModelSelection(provider="openai", base_url="ftp://x"), configured)
+
+
+@pytest.mark.parametrize(
+    ("selection", "field"),
+    [
+        (ModelSelection(api_key_ref="NOT_SET_ANYWHERE"), "model.endpoint.api_key_ref"),
+        (ModelSelection(base_url="localhost:11434"), "model.endpoint.base_url"),
+        (ModelSelection(temperature=2.5), "model.temperature"),
+        (ModelSelection(max_output_tokens=-1), "model.max_output_tokens"),
+        (ModelSelection(timeout_seconds=0), "model.endpoint.timeout"),
+    ],
+)
+def test_check_selection_names_the_field(
+    tmp_path: Path, selection: ModelSelection, field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        check_selection(selection, settings(tmp_path), environ={})
+    assert info.value.violations[0].field == field
+    check_selection(
+        ModelSelection(provider="openai", api_key_ref="K"), settings(tmp_path), environ={"K": "v"}
+    )

@@ -1,0 +1,192 @@
+"""The API surface every capability shares: health, reflection, auth, validation,
+error details, request ids and message limits, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from convergio import AsyncClient, errors
+from convergio.cost.v1 import cost_pb2
+from convergio.workflow.v1 import workflow_pb2, workflow_pb2_grpc
+
+from tests.support.server import RunningServer
+
+GRPCURL = str(Path(sys.executable).parent / "grpcurl")
+CONVERGIO_SERVICES = [
+    "convergio.approval.v1.ApprovalService",
+    "convergio.conversation.v1.ConversationService",
+    "convergio.cost.v1.CostService",
+    "convergio.flag.v1.FlagService",
+    "convergio.workflow.v1.WorkflowService",
+]
+
+
+def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+async def test_health_reports_serving_overall_and_per_service(client: AsyncClient) -> None:
+    assert await client.health() == "SERVING"
+    for service in CONVERGIO_SERVICES:
+        assert await client.health(service) == "SERVING", service
+
+
+async def test_grpcurl_lists_services_health_and_reflection(server: RunningServer) -> None:
+    listed = await asyncio.to_thread(grpcurl, server.target, "list")
+    assert listed.returncode == 0, listed.stderr
+    names = set(listed.stdout.split())
+    assert set(CONVERGIO_SERVICES) <= names
+    assert "grpc.health.v1.Health" in names
+    assert "grpc.reflection.v1alpha.ServerReflection" in names
+
+
+async def test_grpcurl_describe_shows_the_documentation(server: RunningServer) -> None:
+    described = await asyncio.to_thread(
+        grpcurl, server.target, "describe", "convergio.conversation.v1.SendMessageRequest"
+    )
+    assert described.returncode == 0, described.stderr
+    # Comments come from the descriptor set with source info, not just field names.
+    assert "//" in described.stdout
+    assert "conversation_id" in described.stdout
+
+
+async def test_grpcurl_call_with_key_reaches_the_servicer(server: RunningServer) -> None:
+    called = await asyncio.to_thread(
+        grpcurl,
+        "-H",
+        f"authorization: Bearer {server.admin_key}",
+        "-d",
+        "{}",
+        server.target,
+        "convergio.workflow.v1.WorkflowService/ListExecutions",
+    )
+    # Any answer but UNAUTHENTICATED proves the key was accepted end to end.
+    assert "Unauthenticated" not in called.stderr
+    assert called.returncode != 0 or called.stdout
+
+
+async def test_missing_key_is_unauthenticated(server: RunningServer) -> None:
+    async with AsyncClient(server.target, api_key=None) as anonymous:
+        with pytest.raises(errors.Unauthenticated) as caught:
+            await anonymous.workflows.list_workflows()
+    assert "authorization" in caught.value.message
+    assert caught.value.reason == "UNAUTHENTICATED"
+    assert caught.value.request_id
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["not-a-key", "cvg_0123456789abcdef_" + "x" * 43, "Basic abc"],
+)
+async def test_malformed_or_unknown_key_is_unauthenticated(server: RunningServer, key: str) -> None:
+    async with AsyncClient(server.target, api_key=key) as stranger:
+        with pytest.raises(errors.Unauthenticated):
+            await stranger.workflows.list_workflows()
+
+
+async def test_revoked_key_is_refused(
+    server: RunningServer, make_key: Callable[..., Awaitable[str]]
+) -> None:
+    token = await make_key("member")
+    async with AsyncClient(server.target, api_key=token) as member:
+        with pytest.raises(errors.Unimplemented):
+            await member.workflows.list_workflows()
+        key_id = token.split("_")[1]
+        await server.server.keys.revoke(key_id)
+        with pytest.raises(errors.Unauthenticated) as caught:
+            await member.workflows.list_workflows()
+    assert "revoked" in caught.value.message
+
+
+async def test_wrong_role_is_permission_denied(
+    server: RunningServer, make_key: Callable[..., Awaitable[str]]
+) -> None:
+    member = await make_key("member")
+    approver = await make_key("approver")
+    async with AsyncClient(server.target, api_key=member) as as_member:
+        with pytest.raises(errors.PermissionDenied) as caught:
+            await as_member.costs.reset_circuit_breaker(scope=cost_pb2.CIRCUIT_BREAKER_SCOPE_TENANT)
+        assert "operator" in caught.value.message
+    async with AsyncClient(server.target, api_key=approver) as as_approver:
+        with pytest.raises(errors.PermissionDenied):
+            await as_approver.workflows.list_workflows()
+
+
+async def test_unbuilt_rpcs_say_what_is_missing(client: AsyncClient) -> None:
+    with pytest.raises(errors.Unimplemented) as caught:
+        await client.workflows.list_workflows()
+    assert "WorkflowService.ListWorkflows" in caught.value.message
+    assert "workflow" in caught.value.message.split(":", 1)[1]
+    assert caught.value.reason == "NOT_IMPLEMENTED"
+
+
+async def test_malformed_id_names_the_field(client: AsyncClient) -> None:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        await client.workflows.get_execution(execution_id="not-a-uuid")
+    assert [v.field for v in caught.value.field_violations] == ["execution_id"]
+    assert "UUID" in caught.value.field_violations[0].description
+
+
+async def test_empty_required_field_names_the_field(client: AsyncClient) -> None:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        await client.workflows.get_workflow(workflow_id="  ")
+    assert caught.value.field_violations[0].field == "workflow_id"
+    assert "required" in caught.value.field_violations[0].description
+
+
+async def test_negative_page_size_and_bad_token(client: AsyncClient) -> None:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        await client.workflows.list_executions(page_size=-1, page_token="x" * 2000)
+    fields = {v.field for v in caught.value.field_violations}
+    assert fields == {"page_size", "page_token"}
+
+
+async def test_oversized_message_is_resource_exhausted(server: RunningServer) -> None:
+    limit = server.settings.max_message_bytes
+    # A raw channel that would send anything: the server must refuse, not the client.
+    async with grpc.aio.insecure_channel(
+        server.target, options=[("grpc.max_send_message_length", limit * 2)]
+    ) as channel:
+        stub = workflow_pb2_grpc.WorkflowServiceStub(channel)
+        request = workflow_pb2.StartExecutionRequest(workflow_id="x", input="a" * (limit + 1))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.StartExecution(
+                request, metadata=(("authorization", f"Bearer {server.admin_key}"),)
+            )
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_request_id_is_returned_and_client_id_is_kept(server: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = workflow_pb2_grpc.WorkflowServiceStub(channel)
+        call = stub.GetExecution(
+            workflow_pb2.GetExecutionRequest(execution_id="bad"),
+            metadata=(
+                ("authorization", f"Bearer {server.admin_key}"),
+                ("x-request-id", "trace-me-42"),
+            ),
+        )
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call
+        trailing = dict(await call.trailing_metadata())
+    assert trailing["x-request-id"] == "trace-me-42"
+
+
+async def test_server_survives_a_client_that_disconnects(server: RunningServer) -> None:
+    # Cancel calls mid-flight many times, then check the server still answers.
+    async with AsyncClient(server.target, api_key=server.admin_key) as short_lived:
+        tasks = [asyncio.create_task(short_lived.health()) for _ in range(20)]
+        await asyncio.sleep(0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    async with AsyncClient(server.target, api_key=server.admin_key) as again:
+        assert await again.health() == "SERVING"

@@ -1,0 +1,133 @@
+"""The `convergio` command line as an operator uses it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from convergio import AsyncClient, errors
+
+from tests.platform.procs import CONVERGIO, server_env
+from tests.support.server import RunningServer
+
+
+def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CONVERGIO, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str) -> dict[str, str]:
+    return server_env(
+        DATABASE_URL=pg_dsn,
+        REDIS_URL=redis_url,
+        CONVERGIO_REDIS_PREFIX=redis_prefix,
+        CONVERGIO_DATA_DIR=str(tmp_path),
+    )
+
+
+async def test_keys_create_list_revoke(
+    server: RunningServer, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    created = await asyncio.to_thread(
+        _cli,
+        "keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--name",
+        "billing service",
+        "--role",
+        "member",
+        "--role",
+        "operator",
+        "--json",
+        env=cli_env,
+        cwd=tmp_path,
+    )
+    assert created.returncode == 0, created.stderr
+    made = json.loads(created.stdout)
+    assert made["tenant"] == "acme" and made["roles"] == ["member", "operator"]
+
+    # The printed key works against the running server (same database).
+    async with AsyncClient(server.target, api_key=made["token"]) as acme:
+        with pytest.raises(errors.Unimplemented):
+            await acme.workflows.list_workflows()
+
+    listed = await asyncio.to_thread(
+        _cli, "keys", "list", "--tenant", "acme", "--json", env=cli_env, cwd=tmp_path
+    )
+    rows = json.loads(listed.stdout)
+    assert [r["key_id"] for r in rows] == [made["key_id"]]
+    assert "token" not in rows[0] and "secret" not in json.dumps(rows)
+
+    table = await asyncio.to_thread(_cli, "keys", "list", env=cli_env, cwd=tmp_path)
+    assert "KEY_ID" in table.stdout and made["key_id"] in table.stdout
+
+    revoked = await asyncio.to_thread(
+        _cli, "keys", "revoke", made["key_id"], env=cli_env, cwd=tmp_path
+    )
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
+    await server.server.keys.revoke(made["key_id"])  # drop this process's short cache
+    async with AsyncClient(server.target, api_key=made["token"]) as acme:
+        with pytest.raises(errors.Unauthenticated):
+            await acme.workflows.list_workflows()
+
+
+async def test_keys_bad_input_is_explained(
+    server: RunningServer, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    bad_tenant = await asyncio.to_thread(
+        _cli,
+        "keys",
+        "create",
+        "--tenant",
+        "Bad Tenant!",
+        "--name",
+        "x",
+        "--role",
+        "member",
+        env=cli_env,
+        cwd=tmp_path,
+    )
+    assert bad_tenant.returncode == 1 and "tenant" in bad_tenant.stderr
+    unknown = await asyncio.to_thread(
+        _cli, "keys", "revoke", "0000000000000000", env=cli_env, cwd=tmp_path
+    )
+    assert unknown.returncode == 1 and "no API key" in unknown.stderr
+
+
+async def test_migrate_is_idempotent(
+    server: RunningServer, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    done = await asyncio.to_thread(_cli, "migrate", env=cli_env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "up to date" in done.stdout
+
+
+async def test_health_command(server: RunningServer, tmp_path: Path) -> None:
+    env = server_env()
+    ok = await asyncio.to_thread(_cli, "health", "--target", server.target, env=env, cwd=tmp_path)
+    assert ok.returncode == 0 and "SERVING" in ok.stdout
+    down = await asyncio.to_thread(
+        _cli, "health", "--target", "127.0.0.1:1", "--timeout", "1", env=env, cwd=tmp_path
+    )
+    assert down.returncode == 2
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["serve"], ["migrate"], ["health"], ["keys"], ["keys", "create"], ["version"]]
+)
+async def test_every_command_explains_itself(command: list[str], tmp_path: Path) -> None:
+    shown = await asyncio.to_thread(_cli, *command, "--help", env=server_env(), cwd=tmp_path)
+    assert shown.returncode == 0
+    assert "usage: convergio" in shown.stdout
+
+
+async def test_version(tmp_path: Path) -> None:
+    shown = await asyncio.to_thread(_cli, "version", env=server_env(), cwd=tmp_path)
+    assert shown.returncode == 0 and "convergio-server" in shown.stdout

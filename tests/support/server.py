@@ -1,0 +1,63 @@
+"""Start a real Convergio server in this process on an ephemeral port."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from convergio_server.config import Settings
+from convergio_server.infrastructure import Infrastructure, open_infrastructure
+from convergio_server.server import ConvergioServer
+
+
+@dataclass
+class RunningServer:
+    server: ConvergioServer
+    infra: Infrastructure
+    settings: Settings
+    admin_key: str
+
+    @property
+    def target(self) -> str:
+        return self.server.address
+
+
+def server_settings(
+    data_dir: Path,
+    database_url: str | None,
+    redis_url: str | None,
+    redis_prefix: str,
+    **overrides: Any,
+) -> Settings:
+    values: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "redis_prefix": redis_prefix,
+        "grace_period_seconds": 1.0,
+        "health_interval_seconds": 0.2,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running_server(settings: Settings) -> AsyncIterator[RunningServer]:
+    infra = await open_infrastructure(settings)
+    server = ConvergioServer(settings, infra)
+    try:
+        await server.start()
+        dev_key = await server.bootstrap_dev_key()
+        if dev_key is not None:
+            token = dev_key.token
+        else:  # another server already bootstrapped this database
+            _, token = await server.keys.create(settings.dev_tenant, "test admin", ["admin"])
+        yield RunningServer(server, infra, settings, token)
+    finally:
+        await server.stop(0.5)
+        await infra.close()
