@@ -63,6 +63,17 @@ def read_until(process: subprocess.Popen[str], marker: str, limit_seconds: float
     raise AssertionError(f"{marker!r} never printed; stdout={''.join(seen)!r} stderr={err!r}")
 
 
+def wait_exit(process: subprocess.Popen[str], log: Path, limit_seconds: float = 60) -> int:
+    """The exit code once the process ends; on a timeout the failure shows the log's tail,
+    so a hang at shutdown says where it hung."""
+    try:
+        return process.wait(limit_seconds)
+    except subprocess.TimeoutExpired:
+        tail = log.read_text()[-4000:] if log.exists() else ""
+        message = f"server still running after {limit_seconds}s; log tail:\n{tail}"
+        raise AssertionError(message) from None
+
+
 @contextlib.asynccontextmanager
 async def serve_process(
     cwd: Path, database_url: str, redis_url: str, redis_prefix: str, **settings: str

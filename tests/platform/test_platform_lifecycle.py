@@ -19,6 +19,7 @@ from tests.platform.procs import (
     read_until,
     server_env,
     start_serve,
+    wait_exit,
 )
 
 
@@ -66,7 +67,9 @@ async def test_embedded_stores_print_key_and_keep_data_across_restarts(tmp_path:
         CONVERGIO_LISTEN=f"127.0.0.1:{port}",
         CONVERGIO_GRACE_PERIOD_SECONDS="1",
     )
-    first = start_serve(env, tmp_path)
+    log_path = tmp_path / "serve.log"
+    log = log_path.open("w")
+    first = start_serve(env, tmp_path, stderr=log)
     try:
         banner = await asyncio.to_thread(read_until, first, "grpcurl")
         assert f"listening on 127.0.0.1:{port}" in banner
@@ -78,11 +81,11 @@ async def test_embedded_stores_print_key_and_keep_data_across_restarts(tmp_path:
             with pytest.raises(errors.Unimplemented):
                 await client.workflows.list_workflows()
         first.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(first.wait, 60) == 0
+        assert await asyncio.to_thread(wait_exit, first, log_path) == 0
     finally:
         if first.poll() is None:
             first.kill()
-    second = start_serve(env, tmp_path)
+    second = start_serve(env, tmp_path, stderr=log)
     try:
         banner = await asyncio.to_thread(read_until, second, "grpcurl")
         # The same key, read back from the data directory, still authenticates.
@@ -92,7 +95,12 @@ async def test_embedded_stores_print_key_and_keep_data_across_restarts(tmp_path:
                 await client.workflows.list_workflows()
     finally:
         second.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(second.wait, 60)
+        try:
+            assert await asyncio.to_thread(wait_exit, second, log_path) == 0
+        finally:
+            if second.poll() is None:
+                second.kill()
+            log.close()
 
 
 async def test_sigterm_lets_open_streams_end_and_exits_cleanly(
@@ -107,7 +115,9 @@ async def test_sigterm_lets_open_streams_end_and_exits_cleanly(
         CONVERGIO_DATA_DIR=str(tmp_path),
         CONVERGIO_GRACE_PERIOD_SECONDS="5",
     )
-    process = start_serve(env, tmp_path)
+    log_path = tmp_path / "serve.log"
+    log = log_path.open("w")
+    process = start_serve(env, tmp_path, stderr=log)
     try:
         await asyncio.to_thread(read_until, process, "listening")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -124,7 +134,7 @@ async def test_sigterm_lets_open_streams_end_and_exits_cleanly(
             except grpc.aio.AioRpcError:
                 pass
             assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
-        assert await asyncio.to_thread(process.wait, 60) == 0
+        assert await asyncio.to_thread(wait_exit, process, log_path) == 0
         # Stopped: it no longer accepts connections.
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -138,3 +148,4 @@ async def test_sigterm_lets_open_streams_end_and_exits_cleanly(
     finally:
         if process.poll() is None:
             process.kill()
+        log.close()

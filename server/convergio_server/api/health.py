@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from grpc_health.v1 import health, health_pb2
 
+from convergio_server.domain.background import cancel_and_wait
 from convergio_server.telemetry import STORE_UP
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,5 @@ class HealthMonitor:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
         await self._servicer.enter_graceful_shutdown()

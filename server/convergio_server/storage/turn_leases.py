@@ -12,6 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from convergio_server.domain.background import cancel_and_wait
 from convergio_server.storage.redis import Keys
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,4 @@ class CancelChannel:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            await cancel_and_wait([self._task])

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from convergio_server.domain.background import cancel_and_wait
 from convergio_server.domain.events.model import Event, EventBody, decode, encode
 
 log = logging.getLogger(__name__)
@@ -372,11 +373,7 @@ class EventLog:
         self._closed = True
         tasks = [c.task for c in self._channels.values() if c.task is not None]
         self._channels.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(tasks)
 
 
 def _with_sequence(raw: bytes, sequence: int) -> Event:

@@ -6,11 +6,11 @@ new tenants, and seed import/export."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from convergio_server.domain.background import cancel_and_wait
 from convergio_server.domain.errors import InvalidArgument, NotFound
 from convergio_server.domain.flags.cache import FlagCache
 from convergio_server.domain.flags.codec import parse_seed, to_seed
@@ -70,17 +70,16 @@ class FlagManager:
         """Seed new tenants, load every flag, then follow changes in the background."""
         await self.reload()
         self._tasks = [
-            asyncio.create_task(self.bus.run(self._on_connect, self._on_change, self._on_lost)),
-            asyncio.create_task(self._reload_periodically()),
+            asyncio.create_task(
+                self.bus.run(self._on_connect, self._on_change, self._on_lost),
+                name="flag-change-listener",
+            ),
+            asyncio.create_task(self._reload_periodically(), name="flag-reload"),
         ]
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *self._seeding.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(tasks)
         self._tasks.clear()
         self._seeding.clear()
 

@@ -1,0 +1,39 @@
+"""Stopping background tasks reliably at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# How often a task that ignored its cancellation is cancelled again.
+_RECANCEL_SECONDS = 0.2
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], limit_seconds: float = 10.0) -> None:
+    """Cancel `tasks` and wait until they have ended, cancelling again until they do.
+
+    A client library can swallow a cancellation that lands while one of its own timeouts
+    fires (redis-py's pub/sub `get_message` does), and the task then goes on waiting. One
+    `cancel()` followed by `await` would hang shutdown forever; repeating it does not. Tasks
+    still running after `limit_seconds` are logged and left behind rather than block the exit.
+    """
+    tasks = list(tasks)
+    pending = {task for task in tasks if not task.done()}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_seconds
+    while pending:
+        for task in pending:
+            task.cancel()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            names = ", ".join(sorted(task.get_name() for task in pending))
+            log.warning("background tasks did not stop within %.1fs: %s", limit_seconds, names)
+            return
+        _, pending = await asyncio.wait(pending, timeout=min(_RECANCEL_SECONDS, remaining))
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.debug("background task %s ended with %r", task.get_name(), task.exception())
