@@ -6,28 +6,34 @@ concurrent conversations.
 Baselines measured in the same run: a bare grpc.aio server streaming the same number of
 messages of the same size to the same number of concurrent streams (throughput and
 latency), and the offline model driven directly through an AutoGen AssistantAgent in this
-process (time to first token without the platform). Server and clients share this process
-and its event loop, for Convergio and for the baselines alike.
+process (time to first token without the platform). Convergio (`convergio serve`) and the
+bare server each run in a process of their own on uvloop, as a server runs in production;
+the clients of both run in this process. Memory is the server process's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
+import secrets
+import signal
+import socket
 import statistics
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
 import psutil
 
-from benchmarks.harness import BenchEnv, Result, percentile, running_convergio
+from benchmarks.harness import BenchEnv, Result, percentile
 
 AREA = "conversations"
 PACE = 50.0  # tokens per second per stream in the paced runs
@@ -51,41 +57,91 @@ class Run:
         return self.tokens / self.deltas if self.deltas else 0.0
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _read_until(process: subprocess.Popen[str], marker: str) -> str:
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+    raise RuntimeError(f"server exited before printing {marker!r}: {''.join(seen)}")
+
+
+def _spawn(args: list[str], **options: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True, **options)
+
+
 @contextlib.asynccontextmanager
-async def _convergio(env: BenchEnv, pace: float) -> AsyncIterator[tuple[Any, str]]:
-    """A Convergio server in this process and an admin key of the `bench` tenant with token
-    streaming on."""
+async def _convergio(env: BenchEnv, pace: float) -> AsyncIterator[tuple[int, str, str]]:
+    """`convergio serve` in a process of its own, as it runs in production, on the run's
+    stores; yields its pid, address and an admin key of a new tenant with token streaming
+    on."""
     from convergio import AsyncClient
     from convergio.flag.v1 import flag_pb2
 
-    async with running_convergio(
-        env,
-        offline_tokens_per_second=pace,
-        db_pool_max=20,
+    port = _free_port()
+    data_dir = env.data_dir / f"serve-{port}"
+    data_dir.mkdir(parents=True)
+    settings = {
+        "CONVERGIO_LISTEN": f"127.0.0.1:{port}",
+        "CONVERGIO_DATA_DIR": str(data_dir),
+        # A tenant of its own, so that the first start prints a new admin key for it.
+        "CONVERGIO_DEV_TENANT": f"bench-{secrets.token_hex(4)}",
+        "CONVERGIO_REDIS_PREFIX": f"cvgbench:{secrets.token_hex(4)}",
+        "CONVERGIO_LOG_LEVEL": "WARNING",
+        "CONVERGIO_OFFLINE_TOKENS_PER_SECOND": str(pace),
+        "CONVERGIO_DB_POOL_MAX": "20",
         # The benchmark measures streaming, not refusals.
-        rate_limit_turns_per_minute=10_000_000,
-        rate_limit_conversations_per_hour=10_000_000,
-        cost_default_tenant_daily_usd="",
-        cost_default_tenant_per_turn_usd="",
-        cost_default_conversation_total_usd="",
-    ) as server:
-        _, key = await server.keys.create("bench", "bench", ["admin"])
-        async with AsyncClient(server.address, api_key=key) as client:
+        "CONVERGIO_RATE_LIMIT_TURNS_PER_MINUTE": "10000000",
+        "CONVERGIO_RATE_LIMIT_CONVERSATIONS_PER_HOUR": "10000000",
+        "CONVERGIO_COST_DEFAULT_TENANT_DAILY_USD": "",
+        "CONVERGIO_COST_DEFAULT_TENANT_PER_TURN_USD": "",
+        "CONVERGIO_COST_DEFAULT_CONVERSATION_TOTAL_USD": "",
+    }
+    if env.database_url:
+        settings["DATABASE_URL"] = env.database_url
+    if env.redis_url:
+        settings["REDIS_URL"] = env.redis_url
+    environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    with (data_dir / "serve.log").open("w") as log:
+        process = _spawn(
+            [str(Path(sys.executable).parent / "convergio"), "serve"],
+            env={**environ, **settings},
+            stderr=log,
+        )
+        try:
+            banner = await asyncio.to_thread(_read_until, process, "grpcurl")
+            key = next(w for w in banner.split() if w.startswith("cvg_"))
+            address = f"127.0.0.1:{port}"
+            async with AsyncClient(address, api_key=key) as client:
+                try:
+                    version = (await client.flags.get_flag(key="true_streaming")).flag.version
+                except Exception:
+                    version = 0
+                await client.flags.upsert_flag(
+                    flag=flag_pb2.Flag(
+                        key="true_streaming", enabled=True, strategy=flag_pb2.FLAG_STRATEGY_ON
+                    ),
+                    expected_version=version,
+                )
+                for _ in range(200):
+                    if (await client.flags.evaluate_flag(key="true_streaming")).evaluation.value:
+                        break
+                    await asyncio.sleep(0.05)
+            yield process.pid, address, key
+        finally:
+            process.send_signal(signal.SIGTERM)
             try:
-                version = (await client.flags.get_flag(key="true_streaming")).flag.version
-            except Exception:
-                version = 0
-            await client.flags.upsert_flag(
-                flag=flag_pb2.Flag(
-                    key="true_streaming", enabled=True, strategy=flag_pb2.FLAG_STRATEGY_ON
-                ),
-                expected_version=version,
-            )
-            for _ in range(200):
-                if (await client.flags.evaluate_flag(key="true_streaming")).evaluation.value:
-                    break
-                await asyncio.sleep(0.05)
-        yield server, key
+                await asyncio.to_thread(process.wait, 30)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 async def _turns(target: str, key: str, n: int) -> Run:
@@ -134,38 +190,19 @@ async def _turns(target: str, key: str, n: int) -> Run:
 # ------------------------------------------------------------------ bare grpc.aio
 
 
-async def _bare_handler(request: bytes, context: Any) -> AsyncIterator[bytes]:
-    count, size, interval = struct.unpack("!IId", request)
-    start = time.monotonic()
-    padding = b"x" * max(0, size - 8)
-    for i in range(count):
-        if interval:
-            delay = start + i * interval - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        yield struct.pack("!d", time.time()) + padding
-
-
 @contextlib.asynccontextmanager
 async def _bare_server() -> AsyncIterator[str]:
-    server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Bare",
-        {
-            "Stream": grpc.unary_stream_rpc_method_handler(
-                _bare_handler,
-                request_deserializer=lambda b: b,
-                response_serializer=lambda b: b,
-            )
-        },
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    process = _spawn([sys.executable, "-m", "benchmarks.bare_server"], stdin=subprocess.PIPE)
     try:
-        yield f"127.0.0.1:{port}"
+        banner = await asyncio.to_thread(_read_until, process, "listening on")
+        yield banner.split()[-1]
     finally:
-        await server.stop(0.2)
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            await asyncio.to_thread(process.wait, 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 async def _bare(target: str, n: int, count: int, size: int, interval: float) -> Run:
@@ -245,12 +282,11 @@ async def _ttft(target: str, key: str, samples: int) -> list[float]:
     return [t for t in out if t >= 0]
 
 
-def _rss() -> int:
-    gc.collect()
-    return int(psutil.Process(os.getpid()).memory_info().rss)
+def _rss(pid: int) -> int:
+    return int(psutil.Process(pid).memory_info().rss)
 
 
-async def _idle_streams(target: str, key: str, count: int) -> float:
+async def _idle_streams(pid: int, target: str, key: str, count: int) -> float:
     """Bytes of resident memory per extra StreamEvents stream re-attached to an idle
     conversation."""
     from convergio import AsyncClient
@@ -265,26 +301,26 @@ async def _idle_streams(target: str, key: str, count: int) -> float:
         # A first follower so that the per-conversation reader exists; then measure more.
         streams = [client.conversations.stream_events(conversation_id=cid, after_sequence=10**6)]
         await asyncio.sleep(0.5)
-        before = _rss()
+        before = _rss(pid)
         for _ in range(count):
             streams.append(
                 client.conversations.stream_events(conversation_id=cid, after_sequence=10**6)
             )
         await asyncio.sleep(1.5)
-        after = _rss()
+        after = _rss(pid)
         for stream in streams:
             stream.cancel()
     return (after - before) / count
 
 
-async def _active_memory(target: str, key: str, n: int) -> float:
-    """Bytes of resident memory per active paced conversation, sampled mid-turn."""
-    before = _rss()
+async def _active_memory(pid: int, target: str, key: str, n: int) -> float:
+    """Bytes of the server's resident memory per active paced conversation, at its peak."""
+    before = _rss(pid)
     task = asyncio.ensure_future(_turns(target, key, n))
     peak = before
     while not task.done():
         await asyncio.sleep(0.25)
-        peak = max(peak, _rss())
+        peak = max(peak, _rss(pid))
     await task
     return (peak - before) / n
 
@@ -295,12 +331,11 @@ async def run(env: BenchEnv) -> list[Result]:
     runs: dict[tuple[float, int], Run] = {}
     # Paced first: memory is measured before the big zero-delay runs grow the heap.
     for pace in (PACE, 0.0):
-        async with _convergio(env, pace) as (server, key):
-            target = server.address
+        async with _convergio(env, pace) as (pid, target, key):
             await _turns(target, key, 2)  # warm up: connections, caches, the roster
             if pace:
-                active = await _active_memory(target, key, counts[-1] if env.quick else 50)
-                idle = await _idle_streams(target, key, 50 if env.quick else 200)
+                active = await _active_memory(pid, target, key, counts[-1] if env.quick else 50)
+                idle = await _idle_streams(pid, target, key, 50 if env.quick else 200)
             for n in counts:
                 runs[(pace, n)] = await _turns(target, key, n)
             if not pace:
@@ -379,7 +414,7 @@ async def run(env: BenchEnv) -> list[Result]:
     results.append(
         Result(
             AREA,
-            "memory per active conversation (paced, server+client)",
+            "server memory per active conversation (paced)",
             active / 1024,
             "KiB",
             target="< 5120 KiB",
@@ -389,7 +424,7 @@ async def run(env: BenchEnv) -> list[Result]:
     results.append(
         Result(
             AREA,
-            "memory per extra idle re-attached stream",
+            "server memory per extra idle re-attached stream",
             idle / 1024,
             "KiB",
             target="< 100 KiB",

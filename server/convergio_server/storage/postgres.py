@@ -59,6 +59,17 @@ def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, OSError)
 
 
+class PooledConnection(asyncpg.Connection):  # type: ignore[type-arg]
+    """A pooled connection released without asyncpg's reset query (advisory unlock, CLOSE
+    ALL, UNLISTEN, RESET ALL: one more round trip per release). Nothing here leaves such
+    session state on a pooled connection: no LISTEN, no SET, no session advisory lock (the
+    migrations take theirs on a connection of their own), no cursor outside a transaction.
+    asyncpg still rolls back a transaction left open, whatever this returns."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 def _unavailable(exc: BaseException, what: str) -> Unavailable:
     detail = str(exc) or type(exc).__name__
     return Unavailable(f"PostgreSQL {what}: {detail}", metadata={"dependency": "postgresql"})
@@ -83,6 +94,7 @@ async def create_pool(
             timeout=connect_timeout,
             command_timeout=command_timeout,
             init=init,
+            connection_class=PooledConnection,
         )
     except Exception as exc:
         if is_unavailable_error(exc):

@@ -199,6 +199,13 @@ class TurnExecution:
         self.task: asyncio.Task[None] | None = None
         self.preparing: asyncio.Future[BuiltTeam] | None = None
         self.holder = f"{runner.owner}|{turn.id}"
+        # Events posted by the turn and not yet in the log; one writer task appends them in
+        # order, in batches, so the team never waits for Redis between tokens.
+        self._outbox: list[tuple[EventBody, datetime | None]] = []
+        self._outbox_empty = asyncio.Event()
+        self._outbox_empty.set()
+        self._outbox_writer: asyncio.Task[None] | None = None
+        self._outbox_failure: Exception | None = None
 
     @property
     def tenant_id(self) -> str:
@@ -223,10 +230,45 @@ class TurnExecution:
             )
         )
 
+    def post(self, body: EventBody, event_time: datetime | None = None) -> None:
+        """Queue an event for the log without waiting for it. Raises what made an earlier
+        append fail (once), so that the turn ends as it would have then."""
+        self._raise_outbox_failure()
+        self._outbox.append((body, event_time))
+        self._outbox_empty.clear()
+        if self._outbox_writer is None or self._outbox_writer.done():
+            self._outbox_writer = asyncio.create_task(
+                self._write_outbox(), name=f"turn-events:{self.turn.id}"
+            )
+
     async def emit(self, body: EventBody, event_time: datetime | None = None) -> None:
-        await self.runner.events.append(
-            self.tenant_id, self.conversation.id, self.turn.id, body, event_time
-        )
+        """Post an event and wait until it and everything posted before it are logged."""
+        self.post(body, event_time)
+        await self.flush()
+
+    async def flush(self) -> None:
+        await self._outbox_empty.wait()
+        self._raise_outbox_failure()
+
+    def _raise_outbox_failure(self) -> None:
+        if self._outbox_failure is not None:
+            failure, self._outbox_failure = self._outbox_failure, None
+            raise failure
+
+    async def _write_outbox(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                try:
+                    await self.runner.events.append_many(
+                        self.tenant_id, self.conversation.id, self.turn.id, batch
+                    )
+                except Exception as exc:
+                    log.warning("turn %s: events could not be logged: %s", self.turn.id, exc)
+                    self._outbox_failure = exc
+                    self._outbox.clear()
+        finally:
+            self._outbox_empty.set()
 
     async def run(self) -> None:
         with self.runner.events.writing(self.tenant_id, self.conversation.id):
@@ -259,6 +301,8 @@ class TurnExecution:
             log.exception("turn %s could not be finished", self.turn.id)
         finally:
             renew.cancel()
+            with contextlib.suppress(Exception):
+                await self.flush()
             if team is not None:
                 for closer in team.closers:
                     with contextlib.suppress(Exception):
@@ -282,7 +326,7 @@ class TurnExecution:
 
     async def _drive(self, team: BuiltTeam) -> tuple[TurnOutcome, ErrorOccurred | None]:
         if team.plan is None and team.participants:
-            await self.emit(
+            self.post(
                 SpeakerSelected(
                     agent=team.participants[0],
                     round=1,
@@ -292,7 +336,7 @@ class TurnExecution:
             )
         if team.context:
             first = team.participants[0] if team.plan is None else (team.plan.speakers or [""])[0]
-            await self.emit(
+            self.post(
                 ContextInjected(
                     agent=first,
                     query=self.turn.content[:500],
@@ -331,13 +375,13 @@ class TurnExecution:
                 if deltas.parts:
                     left = deltas.flushed + window - time.monotonic()
                     if left <= 0:
-                        await self._emit_delta(deltas, team)
+                        self._emit_delta(deltas)
                         continue
                     try:
                         async with asyncio.timeout(left):
                             item = await self.queue.get()
                     except TimeoutError:
-                        await self._emit_delta(deltas, team)
+                        self._emit_delta(deltas)
                         continue
                 else:
                     item = await self.queue.get()
@@ -350,8 +394,8 @@ class TurnExecution:
                     result = item
                     continue
                 if isinstance(item, BudgetAlert):
-                    await self._emit_delta(deltas, team)
-                    await self.emit(item)
+                    self._emit_delta(deltas)
+                    self.post(item)
                     continue
                 source = getattr(item, "source", "user")
                 selections = team.plan.selections if team.plan is not None else []
@@ -362,8 +406,8 @@ class TurnExecution:
                     # so a SpeakerSelected never precedes the previous speaker's message.
                     while emitted_selections < len(selections):
                         selection = selections[emitted_selections]
-                        await self._emit_delta(deltas, team)
-                        await self.emit(selection)
+                        self._emit_delta(deltas)
+                        self.post(selection)
                         emitted_selections += 1
                         if selection.agent == source:
                             break
@@ -371,21 +415,21 @@ class TurnExecution:
                     if not team.streaming:
                         continue
                     if deltas.parts and deltas.message_id != item.full_message_id:
-                        await self._emit_delta(deltas, team)
+                        self._emit_delta(deltas)
                     deltas.add(
                         item.full_message_id or item.id, source, item.content, item.created_at
                     )
                     if time.monotonic() - deltas.flushed >= window:
-                        await self._emit_delta(deltas, team)
+                        self._emit_delta(deltas)
                     continue
-                await self._emit_delta(deltas, team)
+                self._emit_delta(deltas)
                 if isinstance(item, ToolCallRequestEvent):
                     tools_started = time.monotonic()
                     pending_usage[source] = pending_usage.get(source, Usage()) + _usage(
                         item.models_usage
                     )
                     for call in item.content:
-                        await self.emit(
+                        self.post(
                             ToolCall(
                                 call_id=call.id,
                                 agent=source,
@@ -398,7 +442,7 @@ class TurnExecution:
                     took = time.monotonic() - tools_started
                     for res in item.content:
                         attempts = team.tool_attempts.get(res.call_id, 1)
-                        await self.emit(_tool_result(source, res, attempts, took))
+                        self.post(_tool_result(source, res, attempts, took))
                 elif isinstance(item, TextMessage | ToolCallSummaryMessage) and source != "user":
                     usage = pending_usage.pop(source, Usage()) + _usage(item.models_usage)
                     role = "TOOL" if isinstance(item, ToolCallSummaryMessage) else "AGENT"
@@ -408,7 +452,7 @@ class TurnExecution:
                 pumping.cancel()
             with contextlib.suppress(BaseException):
                 await pumping
-        await self._emit_delta(deltas, team)
+        self._emit_delta(deltas)
         if self.stop is not None:
             return TurnOutcome(stop_reason=self.stop[0], stop_detail=self.stop[1]), None
         if failure is not None:
@@ -431,12 +475,12 @@ class TurnExecution:
     def _task_text(self) -> str:
         return self.turn.content
 
-    async def _emit_delta(self, deltas: _Deltas, team: BuiltTeam) -> None:
+    def _emit_delta(self, deltas: _Deltas) -> None:
         taken = deltas.take()
         if taken is not None:
             # A delta's time is when the model generated its first token, so that a client
             # can tell how long the text took to reach it.
-            await self.emit(*taken)
+            self.post(*taken)
 
     async def _complete_message(
         self, team: BuiltTeam, message_id: str, agent: str, role: str, content: str, usage: Usage
@@ -459,7 +503,7 @@ class TurnExecution:
         )
         self.message_count += 1
         self.last_message_id = message_id
-        await self.emit(
+        self.post(
             MessageCompleted(
                 message_id=message_id,
                 agent=agent,
@@ -470,7 +514,7 @@ class TurnExecution:
                 cost_usd=money(cost),
             )
         )
-        await self.emit(
+        self.post(
             CostUpdate(
                 turn_usage=self.meter.usage,
                 turn_cost_usd=money(self.meter.cost),
@@ -488,7 +532,7 @@ class TurnExecution:
                 "message": error.message,
                 "retryable": error.retryable,
             }
-            await self.emit(error)
+            self.post(error)
         runner = self.runner
         ended, next_turn = await runner.store.finish_turn(
             self.tenant_id, self.conversation.id, self.turn.id, outcome
@@ -505,6 +549,8 @@ class TurnExecution:
                     duration=time.monotonic() - self.started,
                 )
             )
+        else:
+            await self.flush()
         if next_turn is not None:
             # Hand the lease straight to the promoted turn: no moment without an owner.
             await runner.leases.acquire(

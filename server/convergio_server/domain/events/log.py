@@ -166,6 +166,8 @@ class EventLog:
         # their readers when it ends.
         self._writers: dict[tuple[str, str], int] = {}
         self._writer_done: dict[tuple[str, str], asyncio.Event] = {}
+        # The latest sequence this process appended, per conversation it is writing.
+        self._appended: dict[tuple[str, str], int] = {}
 
     @contextlib.contextmanager
     def writing(self, tenant_id: str, conversation_id: str) -> Iterator[None]:
@@ -183,6 +185,7 @@ class EventLog:
             if not self._writers[key]:
                 del self._writers[key]
                 self._writer_done.pop(key, None)
+                self._appended.pop(key, None)
                 done.set()
 
     async def append(
@@ -193,32 +196,86 @@ class EventLog:
         body: EventBody,
         event_time: datetime | None = None,
     ) -> Event:
-        now = event_time or datetime.now(UTC)
-        payload = encode(conversation_id, turn_id, 0, now, body)
-        sequence = await self.live.append(tenant_id, conversation_id, turn_id, payload, None)
-        if sequence is None:
+        (event,) = await self.append_many(tenant_id, conversation_id, turn_id, [(body, event_time)])
+        return event
+
+    async def append_many(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        turn_id: str,
+        items: list[tuple[EventBody, datetime | None]],
+    ) -> list[Event]:
+        """Append events of one turn in this order: one Redis round trip for all of them
+        (the appends of one loop iteration share a pipeline), then one hand-over to this
+        process's subscribers."""
+        stamped = [(body, event_time or datetime.now(UTC)) for body, event_time in items]
+        payloads = [encode(conversation_id, turn_id, 0, now, body) for body, now in stamped]
+        sequences = await self._allocate(tenant_id, conversation_id, turn_id, payloads, None)
+        missing = [i for i, sequence in enumerate(sequences) if sequence is None]
+        if missing:
+            # The counter is missing: seed it from the durable log.
             seed = await self.durable.max_sequence(tenant_id, conversation_id)
-            sequence = await self.live.append(tenant_id, conversation_id, turn_id, payload, seed)
-            assert sequence is not None
-        event = Event(conversation_id, turn_id, sequence, now, body)
-        channel = self._channels.get((tenant_id, conversation_id))
+            again = [payloads[i] for i in missing]
+            for i, sequence in zip(
+                missing,
+                await self._allocate(tenant_id, conversation_id, turn_id, again, seed),
+                strict=True,
+            ):
+                sequences[i] = sequence
+        events = sorted(
+            (
+                Event(conversation_id, turn_id, sequence, now, body)
+                for sequence, (body, now) in zip(sequences, stamped, strict=True)
+                if sequence is not None
+            ),
+            key=lambda event: event.sequence,
+        )
+        key = (tenant_id, conversation_id)
+        if key in self._writers:
+            self._appended[key] = max(self._appended.get(key, 0), events[-1].sequence)
+        channel = self._channels.get(key)
         if channel is not None and not channel.ready.is_set():
             channel = None
         if channel is not None:
             # Delivered below, not by the channel's reader from Redis.
-            channel.published = max(channel.published, sequence)
+            channel.published = max(channel.published, events[-1].sequence)
         try:
-            if body.DURABLE:
-                written = self._writer.put(tenant_id, event)
-                if event.terminal:
-                    # Before this process's subscribers see the turn end, so that a client
-                    # holding its TurnCompleted can replay the whole turn from PostgreSQL.
-                    await written
+            terminal: asyncio.Future[None] | None = None
+            for event in events:
+                if event.body.DURABLE:
+                    written = self._writer.put(tenant_id, event)
+                    if event.terminal:
+                        terminal = written
+            if terminal is not None:
+                # Before this process's subscribers see the turn end, so that a client
+                # holding its TurnCompleted can replay the whole turn from PostgreSQL.
+                await terminal
         finally:
             if channel is not None:
                 for queue in channel.subscribers:
-                    queue.put_nowait([event])
-        return event
+                    queue.put_nowait(events)
+        return events
+
+    async def _allocate(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        turn_id: str,
+        payloads: list[bytes],
+        seed: int | None,
+    ) -> list[int | None]:
+        if len(payloads) == 1:
+            return [await self.live.append(tenant_id, conversation_id, turn_id, payloads[0], seed)]
+        # Started in order within this loop iteration: the live log pipelines them in order.
+        return list(
+            await asyncio.gather(
+                *(
+                    self.live.append(tenant_id, conversation_id, turn_id, payload, seed)
+                    for payload in payloads
+                )
+            )
+        )
 
     async def last_sequence(self, tenant_id: str, conversation_id: str) -> int:
         found = await self.live.last_sequence(tenant_id, conversation_id)
@@ -333,7 +390,11 @@ class EventLog:
         while channel.subscribers and not self._closed:
             try:
                 if last is None:
-                    last = await self.last_sequence(tenant_id, conversation_id)
+                    # A conversation this process is writing: where its log ends is known
+                    # here, no need to ask Redis (what others append is polled below).
+                    last = self._appended.get(key)
+                    if last is None:
+                        last = await self.last_sequence(tenant_id, conversation_id)
                     channel.ready.set()
                 done = self._writer_done.get(key)
                 if done is not None:
