@@ -63,6 +63,29 @@ async def test_cancel_stops_the_turn_and_keeps_the_usage(paced_client: AsyncClie
     assert after[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
 
 
+async def test_the_team_remembers_a_cancelled_turn(paced_client: AsyncClient) -> None:
+    cid = await new_conversation(paced_client)
+    stream = paced_client.conversations.send(
+        conversation_id=cid,
+        content="The warehouse budget for next year is 4700 dollars. " + LONG,
+    )
+    turn_id = (await first_delta(stream))[0].turn_id
+    await paced_client.conversations.cancel_turn(conversation_id=cid, turn_id=turn_id)
+    assert [event async for event in stream][-1].turn_completed.stop_reason == (
+        events_pb2.STOP_REASON_CANCELLED
+    )
+    # The cancelled turn saved no team state; its message still reaches the team.
+    after = await collect(
+        paced_client.conversations.send(
+            conversation_id=cid, content="Remind me what the warehouse budget was."
+        )
+    )
+    answers = [e.message_completed for e in after if e.HasField("message_completed")]
+    assert len(answers) == 1 and "4700" in answers[0].content
+    transcript = await paced_client.conversations.list_messages(conversation_id=cid)
+    assert [m.source for m in transcript.messages] == ["user", "user", "amy"]
+
+
 async def test_busy_conversation_rejects_or_queues(paced_client: AsyncClient) -> None:
     cid = await new_conversation(paced_client)
     running = paced_client.conversations.send(conversation_id=cid, content=LONG)

@@ -16,6 +16,7 @@ from convergio_server.domain.conversations.model import (
     RUNNING,
     WAITING_FOR_APPROVAL,
     Conversation,
+    Memory,
     Message,
     TeamSpec,
     Turn,
@@ -525,13 +526,47 @@ class PgConversationStore:
         )
         return [(row["position"], _message(row)) for row in rows]
 
-    async def load_state(self, tenant_id: str, conversation_id: str) -> dict[str, Any] | None:
-        raw = await self.pool.fetchval(
-            "SELECT state FROM team_states WHERE tenant_id = $1 AND conversation_id = $2",
+    async def load_memory(
+        self, tenant_id: str, conversation_id: str, turn_id: str, limit: int
+    ) -> Memory:
+        # One round trip when the state is current (the usual case): the state, where its
+        # turn's messages end, and whether other turns wrote messages after that.
+        row: Any = await self.pool.fetchrow(
+            """
+            WITH s AS (
+                SELECT state, turn_id FROM team_states
+                WHERE tenant_id = $1 AND conversation_id = $2
+            ), cut AS (
+                SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM s) THEN 0
+                    ELSE COALESCE((SELECT max(m.position) FROM messages m
+                        WHERE m.tenant_id = $1 AND m.conversation_id = $2
+                            AND m.turn_id = (SELECT turn_id FROM s)),
+                        9223372036854775807)
+                    END AS position
+            )
+            SELECT (SELECT state FROM s) AS state, (SELECT position FROM cut) AS cut,
+                EXISTS (SELECT 1 FROM messages m
+                    WHERE m.tenant_id = $1 AND m.conversation_id = $2 AND m.turn_id <> $3
+                        AND m.position > (SELECT position FROM cut)) AS behind
+            """,
             tenant_id,
             conversation_id,
+            turn_id,
         )
-        return json.loads(raw) if raw else None
+        state = json.loads(row["state"]) if row["state"] else None
+        if not row["behind"]:
+            return Memory(state, [])
+        rows = await self.pool.fetch(
+            "SELECT * FROM messages "
+            "WHERE tenant_id = $1 AND conversation_id = $2 AND turn_id <> $3 AND position > $4 "
+            "ORDER BY position DESC LIMIT $5",
+            tenant_id,
+            conversation_id,
+            turn_id,
+            row["cut"],
+            limit,
+        )
+        return Memory(state, [_message(r) for r in reversed(rows)])
 
     async def running_turns(self, tenant_id: str, conversation_id: str) -> list[Turn]:
         rows = await self.pool.fetch(

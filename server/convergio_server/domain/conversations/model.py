@@ -160,6 +160,16 @@ class Message:
 
 
 @dataclass
+class Memory:
+    """What a turn's team starts from: the team state saved after the last turn that
+    completed, and the transcript messages written since then that it does not hold (the
+    turns that were cancelled, failed or timed out before saving), oldest first."""
+
+    state: dict[str, Any] | None
+    missed: list[Message]
+
+
+@dataclass
 class TurnOutcome:
     """How a turn ended, as the runner reports it to the store."""
 

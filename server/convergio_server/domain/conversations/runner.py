@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from autogen_agentchat.base import TaskResult
 from autogen_agentchat.messages import (
+    BaseChatMessage,
     ModelClientStreamingChunkEvent,
     TextMessage,
     ToolCallExecutionEvent,
@@ -74,6 +75,9 @@ from convergio_server.domain.guards import Admission, AlertSink, BudgetAlertInfo
 from convergio_server.domain.models.errors import ModelError
 
 log = logging.getLogger(__name__)
+
+# At most this many messages of turns that ended without saving the team are replayed to it.
+MAX_MISSED_MESSAGES = 50
 
 _END = object()
 _CANCEL = object()
@@ -206,6 +210,8 @@ class TurnExecution:
         self._outbox_empty.set()
         self._outbox_writer: asyncio.Task[None] | None = None
         self._outbox_failure: Exception | None = None
+        # Messages of earlier turns that the saved team state lacks, replayed to the team.
+        self.missed: list[TextMessage] = []
 
     @property
     def tenant_id(self) -> str:
@@ -319,9 +325,16 @@ class TurnExecution:
             self.principal, self.conversation, self.turn, self.policy, self.features, self._alert
         )
         if self.conversation.message_count or self.conversation.turn_count > 1:
-            state = await self.runner.store.load_state(self.tenant_id, self.conversation.id)
-            if state:
-                await team.runnable.load_state(state)
+            memory = await self.runner.store.load_memory(
+                self.tenant_id, self.conversation.id, self.turn.id, MAX_MISSED_MESSAGES
+            )
+            if memory.state:
+                await team.runnable.load_state(memory.state)
+            # Turns that ended without saving the team (cancelled, failed, timed out) are
+            # still part of the conversation: the team hears them again before this message.
+            self.missed = [
+                TextMessage(content=m.content, source=m.source) for m in memory.missed if m.content
+            ]
         return team
 
     async def _drive(self, team: BuiltTeam) -> tuple[TurnOutcome, ErrorOccurred | None]:
@@ -358,7 +371,7 @@ class TurnExecution:
                 # to the garbage collector, AutoGen's telemetry span would be closed in
                 # another context, which logs a traceback.
                 async with contextlib.aclosing(
-                    team.runnable.run_stream(task=self._task_text(), cancellation_token=self.token)
+                    team.runnable.run_stream(task=self._task(), cancellation_token=self.token)
                 ) as stream:
                     async for item in stream:
                         self.queue.put_nowait(item)
@@ -369,6 +382,7 @@ class TurnExecution:
                 return
             self.queue.put_nowait(_END)
 
+        replayed = {m.id for m in self.missed}
         pumping = asyncio.create_task(pump(), name=f"turn:{self.turn.id}")
         try:
             while True:
@@ -393,6 +407,8 @@ class TurnExecution:
                 if isinstance(item, TaskResult):
                     result = item
                     continue
+                if replayed and getattr(item, "id", None) in replayed:
+                    continue  # an earlier turn's message, heard again: not news
                 if isinstance(item, BudgetAlert):
                     self._emit_delta(deltas)
                     self.post(item)
@@ -472,8 +488,10 @@ class TurnExecution:
         state = json.loads(json.dumps(saved, default=str))
         return TurnOutcome(stop_reason=stop_reason, stop_detail=detail, team_state=state), None
 
-    def _task_text(self) -> str:
-        return self.turn.content
+    def _task(self) -> str | list[BaseChatMessage]:
+        if not self.missed:
+            return self.turn.content
+        return [*self.missed, TextMessage(content=self.turn.content, source="user")]
 
     def _emit_delta(self, deltas: _Deltas) -> None:
         taken = deltas.take()

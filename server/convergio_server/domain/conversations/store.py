@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from convergio_server.domain.conversations.model import (
     Conversation,
+    Memory,
     Message,
     Turn,
     TurnOutcome,
@@ -85,6 +86,11 @@ class ConversationStore(Protocol):
         limit: int,
     ) -> list[tuple[int, Message]]: ...
 
-    async def load_state(self, tenant_id: str, conversation_id: str) -> dict[str, Any] | None: ...
+    async def load_memory(
+        self, tenant_id: str, conversation_id: str, turn_id: str, limit: int
+    ) -> Memory:
+        """The saved team state and at most `limit` (the latest) messages of other turns
+        written after it."""
+        ...
 
     async def running_turns(self, tenant_id: str, conversation_id: str) -> list[Turn]: ...
