@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import pkgutil
@@ -12,7 +13,6 @@ import time
 from pathlib import Path
 
 import asyncpg
-import uvloop
 from convergio_server.storage.postgres import ensure_database
 
 import benchmarks
@@ -76,5 +76,4 @@ def _save(results: list[Result]) -> Path:
 
 
 if __name__ == "__main__":
-    # uvloop, as `convergio serve` runs: in-process baselines share this loop.
-    sys.exit(uvloop.run(_main(sys.argv[1:])))
+    sys.exit(asyncio.run(_main(sys.argv[1:])))
