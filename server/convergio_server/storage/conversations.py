@@ -269,13 +269,28 @@ class PgConversationStore:
                     return Admitted(turn, existing=False, busy=True, queue_full=True)
                 position = state["queued"] + 1
             status = QUEUED if position else RUNNING
+            running = status == RUNNING
+            # One statement: the turn, its user message when it runs now (a queued turn's
+            # enters the transcript when it starts), and the conversation's counters.
             times: Any = await conn.fetchrow(
                 """
-                INSERT INTO turns (tenant_id, conversation_id, id, request_id, status, content,
-                    options, user_message_id, created_by, start_time)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
-                        CASE WHEN $5 = 'RUNNING' THEN now() END)
-                RETURNING create_time, start_time
+                WITH added AS (
+                    INSERT INTO turns (tenant_id, conversation_id, id, request_id, status,
+                        content, options, user_message_id, created_by, start_time)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                            CASE WHEN $5 = 'RUNNING' THEN now() END)
+                    RETURNING create_time, start_time
+                ), said AS (
+                    INSERT INTO messages (tenant_id, conversation_id, id, turn_id, role,
+                        source, content)
+                    SELECT $1, $2, $8, $3, 'USER', 'user', $6 WHERE $5 = 'RUNNING'
+                ), counted AS (
+                    UPDATE conversations SET turn_count = turn_count + 1, update_time = now(),
+                        message_count = message_count + $10,
+                        active_turn_id = COALESCE(active_turn_id, $3)
+                    WHERE tenant_id = $1 AND id = $2
+                )
+                SELECT create_time, start_time FROM added
                 """,
                 turn.tenant_id,
                 turn.conversation_id,
@@ -286,31 +301,6 @@ class PgConversationStore:
                 json.dumps(turn.options.to_json()),
                 turn.user_message_id,
                 turn.created_by,
-            )
-            running = status == RUNNING
-            if running:
-                await conn.execute(
-                    """
-                    INSERT INTO messages (tenant_id, conversation_id, id, turn_id, role, source,
-                        content)
-                    VALUES ($1, $2, $3, $4, 'USER', 'user', $5)
-                    """,
-                    turn.tenant_id,
-                    turn.conversation_id,
-                    turn.user_message_id,
-                    turn.id,
-                    turn.content,
-                )
-            await conn.execute(
-                """
-                UPDATE conversations SET turn_count = turn_count + 1, update_time = now(),
-                    message_count = message_count + $4,
-                    active_turn_id = COALESCE(active_turn_id, $3)
-                WHERE tenant_id = $1 AND id = $2
-                """,
-                turn.tenant_id,
-                turn.conversation_id,
-                turn.id,
                 1 if running else 0,
             )
             admitted = dataclasses.replace(
@@ -336,41 +326,37 @@ class PgConversationStore:
     async def add_message(self, message: Message) -> None:
         m = message
         usage = m.usage or Usage()
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                """
+        # One statement (one round trip, atomic): the message and both counters.
+        await self.pool.execute(
+            """
+            WITH added AS (
                 INSERT INTO messages (tenant_id, conversation_id, id, turn_id, role, source,
                     content, model, prompt_tokens, completion_tokens, cached_tokens,
                     model_calls, cost_usd)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                """,
-                m.tenant_id,
-                m.conversation_id,
-                m.id,
-                m.turn_id,
-                m.role,
-                m.source,
-                m.content,
-                m.model,
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.cached_tokens,
-                usage.model_calls,
-                m.cost_usd,
+                RETURNING turn_id
+            ), counted AS (
+                UPDATE turns SET message_count = message_count + 1
+                WHERE tenant_id = $1 AND conversation_id = $2
+                    AND id = (SELECT turn_id FROM added)
             )
-            await conn.execute(
-                "UPDATE turns SET message_count = message_count + 1 "
-                "WHERE tenant_id = $1 AND conversation_id = $2 AND id = $3",
-                m.tenant_id,
-                m.conversation_id,
-                m.turn_id,
-            )
-            await conn.execute(
-                "UPDATE conversations SET message_count = message_count + 1, "
-                "update_time = now() WHERE tenant_id = $1 AND id = $2",
-                m.tenant_id,
-                m.conversation_id,
-            )
+            UPDATE conversations SET message_count = message_count + 1, update_time = now()
+            WHERE tenant_id = $1 AND id = $2 AND EXISTS (SELECT 1 FROM added)
+            """,
+            m.tenant_id,
+            m.conversation_id,
+            m.id,
+            m.turn_id,
+            m.role,
+            m.source,
+            m.content,
+            m.model,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens,
+            usage.model_calls,
+            m.cost_usd,
+        )
 
     async def finish_turn(
         self, tenant_id: str, conversation_id: str, turn_id: str, outcome: TurnOutcome
@@ -417,7 +403,7 @@ class PgConversationStore:
                     json.dumps(outcome.team_state),
                     turn_id,
                 )
-            await conn.execute(
+            active = await conn.fetchval(
                 """
                 UPDATE conversations SET prompt_tokens = prompt_tokens + $4,
                     completion_tokens = completion_tokens + $5,
@@ -426,6 +412,7 @@ class PgConversationStore:
                     active_turn_id = CASE WHEN active_turn_id = $3 THEN NULL
                                           ELSE active_turn_id END
                 WHERE tenant_id = $1 AND id = $2
+                RETURNING active_turn_id
                 """,
                 tenant_id,
                 conversation_id,
@@ -435,11 +422,6 @@ class PgConversationStore:
                 u.cached_tokens,
                 u.model_calls,
                 outcome.cost_usd,
-            )
-            active = await conn.fetchval(
-                "SELECT active_turn_id FROM conversations WHERE tenant_id = $1 AND id = $2",
-                tenant_id,
-                conversation_id,
             )
             if active is not None:
                 return True, None
