@@ -7,6 +7,7 @@ from pathlib import Path
 
 from convergio import AsyncClient
 from convergio.conversation.v1 import conversation_pb2 as pb
+from convergio_server.domain.events.model import SpeakerSelected
 from convergio_server.storage.redis import Keys
 
 from tests.conversations.conftest import (
@@ -51,6 +52,34 @@ async def test_replay_after_the_live_window_expired(
         )
     ]
     assert [e.sequence for e in follow] == [e.sequence for e in more]
+
+
+async def test_a_batch_keeps_its_order_when_the_counter_must_be_reseeded(
+    conv: AsyncClient, server: RunningServer
+) -> None:
+    cid = await new_conversation(conv)
+    sent = await collect(conv.conversations.send(conversation_id=cid, content=FINANCE_QUESTION))
+    keys = Keys(server.settings.redis_prefix)
+    await server.infra.redis.delete(keys.k("conv", TENANT, cid, "seq"))
+    events = server.server.context.components["conversations"].events
+    turn_id = sent[0].turn_id
+    bodies = [
+        SpeakerSelected(agent=f"agent{i}", round=i, policy="single", reason="") for i in range(1, 6)
+    ]
+    appended = await events.append_many(TENANT, cid, turn_id, [(b, None) for b in bodies])
+    # Numbered after the last durable event, in the order given, with no gap.
+    first = sent[-1].sequence + 1
+    assert [e.sequence for e in appended] == list(range(first, first + 5))
+    assert [e.body.agent for e in appended] == [b.agent for b in bodies]
+    replay = [
+        r.event
+        async for r in conv.conversations.stream_events(
+            conversation_id=cid, after_sequence=sent[-1].sequence, mode=pb.STREAM_EVENTS_MODE_REPLAY
+        )
+    ]
+    assert [(e.sequence, e.speaker_selected.agent) for e in replay] == [
+        (e.sequence, e.body.agent) for e in appended
+    ]
 
 
 async def test_an_idle_follower_gets_heartbeats(
