@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 from convergio import AsyncClient, RetryPolicy, errors
+from convergio.conversation.v1 import conversation_pb2 as pb
+from convergio.conversation.v1 import events_pb2
+from convergio.flag.v1 import flag_pb2
 
+from tests.conversations.conftest import wait_flag
 from tests.support.server import RunningServer, running_server, server_settings
 
 NO_RETRY = RetryPolicy(max_attempts=1)
@@ -75,3 +79,52 @@ async def test_redis_outage_and_recovery(embedded_server: RunningServer) -> None
             await asyncio.to_thread(redis_server.start)
         await _wait_for_health(client, "SERVING")
         assert await embedded_server.infra.redis.ping()
+
+
+async def test_a_turn_caught_by_a_redis_restart_still_ends_its_stream(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    # Embedded Redis (so the test can restart it, losing everything it held, as a Redis
+    # without persistence does) and a paced model, so the turn is mid-way when it happens.
+    settings = server_settings(
+        tmp_path / "data", pg_dsn, None, "cvgturnoutage", offline_tokens_per_second=20.0
+    )
+    async with running_server(settings) as running:
+        redis_server = running.infra.embedded_redis
+        assert redis_server is not None
+        async with AsyncClient(running.target, api_key=running.admin_key) as client:
+            # Token deltas on, so that the turn has events to log while Redis is gone.
+            version = (await client.flags.get_flag(key="true_streaming")).flag.version
+            await client.flags.upsert_flag(
+                flag=flag_pb2.Flag(
+                    key="true_streaming", enabled=True, strategy=flag_pb2.FLAG_STRATEGY_ON
+                ),
+                expected_version=version,
+            )
+            await wait_flag(client, "true_streaming")
+            created = await client.conversations.create_conversation(
+                team=pb.Team(single_agent="amy")
+            )
+            cid = created.conversation.conversation_id
+            stream = client.conversations.send(conversation_id=cid, content="Explain the plan")
+            seen = []
+            async for event in stream:
+                seen.append(event)
+                if event.HasField("token_delta"):
+                    break
+            await asyncio.to_thread(redis_server.stop)
+            await asyncio.sleep(1.5)
+            await asyncio.to_thread(redis_server.start)
+            # The stream ends with the turn's terminal event once Redis is back: the client
+            # is not left waiting for an end that was never logged.
+            async with asyncio.timeout(60):
+                rest = [event async for event in stream]
+            assert rest[-1].HasField("turn_completed")
+            assert rest[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_ERROR
+            # Numbered after everything the client saw, though Redis forgot the counter.
+            sequences = [e.sequence for e in seen + rest]
+            assert sequences == sorted(set(sequences))
+            # The conversation goes on.
+            await _wait_for_health(client, "SERVING")
+            after = [e async for e in client.conversations.send(conversation_id=cid, content="Hi")]
+            assert after[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED

@@ -78,6 +78,8 @@ log = logging.getLogger(__name__)
 
 # At most this many messages of turns that ended without saving the team are replayed to it.
 MAX_MISSED_MESSAGES = 50
+# How long a turn keeps trying to log its end while Redis is unreachable.
+END_RETRY_SECONDS = 120.0
 
 _END = object()
 _CANCEL = object()
@@ -236,10 +238,14 @@ class TurnExecution:
             )
         )
 
-    def post(self, body: EventBody, event_time: datetime | None = None) -> None:
+    def post(
+        self, body: EventBody, event_time: datetime | None = None, *, ending: bool = False
+    ) -> None:
         """Queue an event for the log without waiting for it. Raises what made an earlier
-        append fail (once), so that the turn ends as it would have then."""
-        self._raise_outbox_failure()
+        append fail (once), so that the turn ends as it would have then; not for the
+        events that end the turn (`ending`), which must be queued whatever happened."""
+        if not ending:
+            self._raise_outbox_failure()
         self._outbox.append((body, event_time))
         self._outbox_empty.clear()
         if self._outbox_writer is None or self._outbox_writer.done():
@@ -272,7 +278,9 @@ class TurnExecution:
                 except Exception as exc:
                     log.warning("turn %s: events could not be logged: %s", self.turn.id, exc)
                     self._outbox_failure = exc
-                    self._outbox.clear()
+                    # Kept, in order, for the next attempt: the turn's end must be logged.
+                    self._outbox[:0] = batch
+                    return
         finally:
             self._outbox_empty.set()
 
@@ -550,13 +558,13 @@ class TurnExecution:
                 "message": error.message,
                 "retryable": error.retryable,
             }
-            self.post(error)
+            self.post(error, ending=True)
         runner = self.runner
         ended, next_turn = await runner.store.finish_turn(
             self.tenant_id, self.conversation.id, self.turn.id, outcome
         )
         if ended:
-            await self.emit(
+            self.post(
                 TurnCompleted(
                     stop_reason=outcome.stop_reason,
                     stop_detail=outcome.stop_detail,
@@ -565,10 +573,10 @@ class TurnExecution:
                     message_count=self.message_count,
                     last_message_id=self.last_message_id,
                     duration=time.monotonic() - self.started,
-                )
+                ),
+                ending=True,
             )
-        else:
-            await self.flush()
+        await self._flush_until_logged()
         if next_turn is not None:
             # Hand the lease straight to the promoted turn: no moment without an owner.
             await runner.leases.acquire(
@@ -583,6 +591,27 @@ class TurnExecution:
             )
         if next_turn is not None:
             await runner.start_promoted(next_turn)
+
+    async def _flush_until_logged(self) -> None:
+        """Flush, retrying while the log is unreachable: a client follows the turn until
+        its TurnCompleted, so the end must reach the log once Redis is back."""
+        delay = 0.1
+        deadline = time.monotonic() + END_RETRY_SECONDS
+        while True:
+            try:
+                await self.flush()
+                return
+            except Exception as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("turn %s: retrying its end in %.1f s: %s", self.turn.id, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                if self._outbox and (self._outbox_writer is None or self._outbox_writer.done()):
+                    self._outbox_empty.clear()
+                    self._outbox_writer = asyncio.create_task(
+                        self._write_outbox(), name=f"turn-events:{self.turn.id}"
+                    )
 
     async def _renew_lease(self) -> None:
         interval = self.runner.config.lease_seconds / 3

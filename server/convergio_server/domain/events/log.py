@@ -214,8 +214,13 @@ class EventLog:
         sequences = await self._allocate(tenant_id, conversation_id, turn_id, payloads, None)
         missing = [i for i, sequence in enumerate(sequences) if sequence is None]
         if missing:
-            # The counter is missing: seed it from the durable log.
-            seed = await self.durable.max_sequence(tenant_id, conversation_id)
+            # The counter is missing (Redis lost it, or it expired): seed it from the durable
+            # log, or from what this process appended last if that is higher (token deltas
+            # are not durable, and their numbers must not be handed out twice).
+            seed = max(
+                await self.durable.max_sequence(tenant_id, conversation_id),
+                self._appended.get((tenant_id, conversation_id), 0),
+            )
             again = [payloads[i] for i in missing]
             for i, sequence in zip(
                 missing,
