@@ -231,85 +231,90 @@ class PgConversationStore:
         return bool(result.endswith(" 1"))
 
     async def admit_turn(self, turn: Turn, *, enqueue: bool, max_queued: int) -> Admitted:
-        # Few round trips: this is on the way to every turn's first token.
-        async with self.pool.acquire() as conn, conn.transaction():
-            state: Any = await conn.fetchrow(
-                """
+        # One statement, one round trip (this is on the way to every turn's first token):
+        # lock the conversation, decide (a repeated request, runs now, queued, busy), and
+        # when admitted add the turn, its user message if it runs now (a queued turn's
+        # enters the transcript when it starts) and the conversation's counters.
+        row: Any = await self.pool.fetchrow(
+            """
+            WITH state AS (
                 SELECT c.active_turn_id,
                     (SELECT t.id FROM turns t WHERE t.tenant_id = c.tenant_id
-                        AND t.conversation_id = c.id AND t.request_id = $3) AS existing,
+                        AND t.conversation_id = c.id AND t.request_id = $4) AS existing,
                     (SELECT count(*) FROM turns q WHERE q.tenant_id = c.tenant_id
                         AND q.conversation_id = c.id AND q.status = 'QUEUED') AS queued
                 FROM conversations c WHERE c.tenant_id = $1 AND c.id = $2
                 FOR NO KEY UPDATE OF c
-                """,
+            ), decision AS (
+                SELECT existing, queued,
+                    CASE WHEN existing IS NOT NULL THEN 'EXISTING'
+                        WHEN active_turn_id IS NULL THEN 'RUNNING'
+                        WHEN NOT $9 THEN 'BUSY'
+                        WHEN queued >= $10 THEN 'FULL'
+                        ELSE 'QUEUED' END AS outcome
+                FROM state
+            ), added AS (
+                INSERT INTO turns (tenant_id, conversation_id, id, request_id, status, content,
+                    options, user_message_id, created_by, start_time)
+                SELECT $1, $2, $3, $4, d.outcome, $5, $6, $7, $8,
+                    CASE WHEN d.outcome = 'RUNNING' THEN now() END
+                FROM decision d WHERE d.outcome IN ('RUNNING', 'QUEUED')
+                RETURNING status, create_time, start_time
+            ), said AS (
+                INSERT INTO messages (tenant_id, conversation_id, id, turn_id, role, source,
+                    content)
+                SELECT $1, $2, $7::text, $3, 'USER', 'user', $5
+                FROM decision d WHERE d.outcome = 'RUNNING'
+            ), counted AS (
+                UPDATE conversations SET turn_count = turn_count + 1, update_time = now(),
+                    message_count = message_count
+                        + CASE WHEN d.outcome = 'RUNNING' THEN 1 ELSE 0 END,
+                    active_turn_id = COALESCE(active_turn_id, $3)
+                FROM decision d
+                WHERE tenant_id = $1 AND id = $2 AND d.outcome IN ('RUNNING', 'QUEUED')
+            )
+            SELECT d.outcome, d.existing, d.queued, a.create_time, a.start_time
+            FROM decision d LEFT JOIN added a ON true
+            """,
+            turn.tenant_id,
+            turn.conversation_id,
+            turn.id,
+            turn.request_id,
+            turn.content,
+            json.dumps(turn.options.to_json()),
+            turn.user_message_id,
+            turn.created_by,
+            enqueue,
+            max_queued,
+        )
+        if row is None:
+            raise NotFound(
+                f"conversation {turn.conversation_id} does not exist",
+                metadata={"conversation_id": turn.conversation_id},
+            )
+        outcome = row["outcome"]
+        if outcome == "EXISTING":
+            existing = await self.pool.fetchrow(
+                f"SELECT {_TURN_COLUMNS} FROM turns "
+                "WHERE tenant_id = $1 AND conversation_id = $2 AND id = $3",
                 turn.tenant_id,
                 turn.conversation_id,
-                turn.request_id,
+                row["existing"],
             )
-            if state is None:
-                raise NotFound(
-                    f"conversation {turn.conversation_id} does not exist",
-                    metadata={"conversation_id": turn.conversation_id},
-                )
-            if state["existing"] is not None:
-                existing = await conn.fetchrow(
-                    f"SELECT {_TURN_COLUMNS} FROM turns "
-                    "WHERE tenant_id = $1 AND conversation_id = $2 AND id = $3",
-                    turn.tenant_id,
-                    turn.conversation_id,
-                    state["existing"],
-                )
-                return Admitted(_turn(existing), existing=True)
-            position = 0
-            if state["active_turn_id"] is not None:
-                if not enqueue:
-                    return Admitted(turn, existing=False, busy=True)
-                if state["queued"] >= max_queued:
-                    return Admitted(turn, existing=False, busy=True, queue_full=True)
-                position = state["queued"] + 1
-            status = QUEUED if position else RUNNING
-            running = status == RUNNING
-            # One statement: the turn, its user message when it runs now (a queued turn's
-            # enters the transcript when it starts), and the conversation's counters.
-            times: Any = await conn.fetchrow(
-                """
-                WITH added AS (
-                    INSERT INTO turns (tenant_id, conversation_id, id, request_id, status,
-                        content, options, user_message_id, created_by, start_time)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
-                            CASE WHEN $5 = 'RUNNING' THEN now() END)
-                    RETURNING create_time, start_time
-                ), said AS (
-                    INSERT INTO messages (tenant_id, conversation_id, id, turn_id, role,
-                        source, content)
-                    SELECT $1, $2, $8, $3, 'USER', 'user', $6 WHERE $5 = 'RUNNING'
-                ), counted AS (
-                    UPDATE conversations SET turn_count = turn_count + 1, update_time = now(),
-                        message_count = message_count + $10,
-                        active_turn_id = COALESCE(active_turn_id, $3)
-                    WHERE tenant_id = $1 AND id = $2
-                )
-                SELECT create_time, start_time FROM added
-                """,
-                turn.tenant_id,
-                turn.conversation_id,
-                turn.id,
-                turn.request_id,
-                status,
-                turn.content,
-                json.dumps(turn.options.to_json()),
-                turn.user_message_id,
-                turn.created_by,
-                1 if running else 0,
-            )
-            admitted = dataclasses.replace(
-                turn,
-                status=status,
-                create_time=times["create_time"],
-                start_time=times["start_time"],
-            )
-            return Admitted(admitted, existing=False, position=position)
+            return Admitted(_turn(existing), existing=True)
+        if outcome == "BUSY":
+            return Admitted(turn, existing=False, busy=True)
+        if outcome == "FULL":
+            return Admitted(turn, existing=False, busy=True, queue_full=True)
+        admitted = dataclasses.replace(
+            turn,
+            status=outcome,
+            create_time=row["create_time"],
+            start_time=row["start_time"],
+        )
+        return Admitted(
+            admitted, existing=False, position=row["queued"] + 1 if outcome == QUEUED else 0
+        )
 
     async def turn_by_request(
         self, tenant_id: str, conversation_id: str, request_id: str

@@ -142,6 +142,11 @@ class RedisLiveEvents:
         )
         return _entries(raw)
 
+    async def start(self, tenant_id: str, conversation_id: str) -> None:
+        await self.redis.set(
+            self._counter(tenant_id, conversation_id), 0, px=self.counter_ttl_ms, nx=True
+        )
+
     async def last_sequence(self, tenant_id: str, conversation_id: str) -> int | None:
         value = await self.redis.get(self._counter(tenant_id, conversation_id))
         return None if value is None else int(value)

@@ -4,6 +4,7 @@ follow a turn's or a conversation's events; cancel; turns and transcript."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import uuid
@@ -51,6 +52,8 @@ from convergio_server.domain.events.model import (
 )
 from convergio_server.domain.guards import Guards, TurnScope
 from convergio_server.domain.pagination import decode_token, encode_token, page_size
+
+log = logging.getLogger(__name__)
 
 MAX_CONTENT_BYTES = 32_768
 MAX_DOCUMENTS = 16
@@ -198,7 +201,12 @@ class ConversationService:
             turn_timeout_seconds=timeout,
             created_by=principal.name,
         )
-        return await self.store.create(conversation)
+        created = await self.store.create(conversation)
+        try:
+            await self.events.start(created.tenant_id, created.id)
+        except Exception as exc:  # an optimisation only: the first append seeds the counter
+            log.warning("conversation %s: event counter not set: %s", created.id, exc)
+        return created
 
     async def _find(self, principal: Principal, conversation_id: str) -> Conversation:
         conversation = await self.store.get(principal.tenant_id, conversation_id)

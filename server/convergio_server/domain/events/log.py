@@ -41,6 +41,11 @@ class LiveEvents(Protocol):
         seed was given (the caller then seeds it from the durable log)."""
         ...
 
+    async def start(self, tenant_id: str, conversation_id: str) -> None:
+        """Set the counter of a new conversation (no events yet) to zero, so that its first
+        append needs no seed."""
+        ...
+
     async def range(
         self, tenant_id: str, conversation_id: str, after: int, upto: int | None, count: int
     ) -> list[tuple[int, bytes]]:
@@ -281,6 +286,11 @@ class EventLog:
                 )
             )
         )
+
+    async def start(self, tenant_id: str, conversation_id: str) -> None:
+        """A new conversation's log: its first event then takes one round trip instead of
+        three (a missing counter is seeded from PostgreSQL)."""
+        await self.live.start(tenant_id, conversation_id)
 
     async def last_sequence(self, tenant_id: str, conversation_id: str) -> int:
         found = await self.live.last_sequence(tenant_id, conversation_id)
