@@ -335,10 +335,21 @@ class ConversationService:
         )
         if earlier is not None:
             return await self._attach(principal, earlier)
-        admission = await self.guards().admit_turn(
-            TurnScope(principal, conversation_id, turn.id), content
+        # The guards and the run lease at once: two round trips to Redis in the time of one.
+        holder = f"{self.runner.owner}|{turn.id}"
+        guarded, leased = await asyncio.gather(
+            self.guards().admit_turn(TurnScope(principal, conversation_id, turn.id), content),
+            self.leases.acquire_if_free(principal.tenant_id, conversation_id, holder),
+            return_exceptions=True,
         )
-        admitted = await self._admit(turn, enqueue)
+        if isinstance(guarded, BaseException):
+            if leased is True:
+                await self.leases.release(principal.tenant_id, conversation_id, holder)
+            raise guarded
+        if isinstance(leased, BaseException):
+            raise leased
+        admission = guarded
+        admitted = await self._admit(turn, enqueue, held=leased)
         if (
             admitted.busy
             and not admitted.queue_full
@@ -375,11 +386,13 @@ class ConversationService:
         )
         return SendResult(conversation_id, turn.id, first - 1)
 
-    async def _admit(self, turn: Turn, enqueue: bool) -> Admitted:
+    async def _admit(self, turn: Turn, enqueue: bool, held: bool | None = None) -> Admitted:
         """Admit the turn, holding its lease first in case it runs at once, so that a running
-        turn never lacks an owner in Redis (the reaper relies on that)."""
+        turn never lacks an owner in Redis (the reaper relies on that). `held`: the caller
+        has already tried to take the lease (None: take it here)."""
         holder = f"{self.runner.owner}|{turn.id}"
-        held = await self.leases.acquire_if_free(turn.tenant_id, turn.conversation_id, holder)
+        if held is None:
+            held = await self.leases.acquire_if_free(turn.tenant_id, turn.conversation_id, holder)
         try:
             admitted = await self.store.admit_turn(
                 turn, enqueue=enqueue, max_queued=MAX_QUEUED_TURNS
