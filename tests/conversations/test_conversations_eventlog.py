@@ -82,6 +82,31 @@ async def test_a_batch_keeps_its_order_when_the_counter_must_be_reseeded(
     ]
 
 
+async def test_a_batch_is_appended_when_redis_lacks_the_script(
+    conv: AsyncClient, server: RunningServer
+) -> None:
+    # What a Redis restart does to scripts; a wrong hash gets the same NOSCRIPT answer.
+    cid = await new_conversation(conv)
+    events = server.server.context.components["conversations"].events
+    script = events.live._append
+    real = script.sha
+    script.sha = "0" * 40
+    bodies = [
+        SpeakerSelected(agent=f"agent{i}", round=i, policy="single", reason="") for i in range(1, 4)
+    ]
+    turn_id = "00000000-0000-4000-8000-000000000001"
+    appended = await events.append_many(TENANT, cid, turn_id, [(b, None) for b in bodies])
+    assert [e.sequence for e in appended] == [1, 2, 3]
+    assert script.sha == real
+    replay = [
+        r.event
+        async for r in conv.conversations.stream_events(
+            conversation_id=cid, mode=pb.STREAM_EVENTS_MODE_REPLAY
+        )
+    ]
+    assert [e.speaker_selected.agent for e in replay] == ["agent1", "agent2", "agent3"]
+
+
 async def test_an_idle_follower_gets_heartbeats(
     tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
 ) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from convergio_server.domain.events.model import Event, body_dict, body_from_dict
 from convergio_server.storage.redis import Keys
@@ -112,10 +113,7 @@ class RedisLiveEvents:
                 keys, args, done = batch[0]
                 results = [await self._append(keys=keys, args=args)]
             else:
-                pipe = self.redis.pipeline(transaction=False)
-                for keys, args, _ in batch:
-                    await self._append(keys=keys, args=args, client=pipe)
-                results = await pipe.execute(raise_on_error=False)
+                results = await self._pipelined(batch)
         except BaseException as exc:
             for _, _, done in batch:
                 if not done.done():
@@ -130,6 +128,28 @@ class RedisLiveEvents:
                 done.set_exception(result)
             else:
                 done.set_result(result)
+
+    async def _pipelined(
+        self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
+    ) -> list[Any]:
+        """EVALSHA of every append in one pipeline. Not through the registered script:
+        redis-py then checks SCRIPT EXISTS before each pipeline, one more round trip. When
+        Redis lacks the script (it restarted), it is loaded and the appends that were
+        refused go again, in order."""
+        results: list[Any] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for i in todo:
+                keys, args, _ = batch[i]
+                pipe.evalsha(self._append.sha, len(keys), *keys, *args)
+            for i, result in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+                results[i] = result
+            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+            if not todo or attempt:
+                break
+            self._append.sha = await self.redis.script_load(_APPEND)
+        return results
 
     async def range(
         self, tenant_id: str, conversation_id: str, after: int, upto: int | None, count: int
