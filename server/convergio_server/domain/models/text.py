@@ -69,6 +69,7 @@ def stream_chunks(text: str) -> list[str]:
 _SUFFIXES = ("ing", "ies", "ed", "es", "s")
 
 
+@functools.lru_cache(maxsize=65536)
 def stem(word: str) -> str:
     """A crude stem: lower case, common English suffixes off, first five letters.
     "calculate" and "calculator" share "calcu"; "risks" and "risk" share "risk";
