@@ -75,6 +75,11 @@ class Guards(Protocol):
         """Count a new conversation; raise QuotaExceeded when over the hourly limit."""
         ...
 
+    async def prepare(self, scope: TurnScope) -> None:
+        """Load what `admit_turn` will need (the budgets in force), so that it can happen
+        while the conversation is being read. Never raises: `admit_turn` reports."""
+        ...
+
     async def admit_turn(self, scope: TurnScope, content: str) -> Admission:
         """Rate limit, breaker, budgets and input screening before a turn starts.
         Raises QuotaExceeded, Unavailable or InvalidArgument to refuse it."""
@@ -100,6 +105,9 @@ class Guards(Protocol):
 
 class NoGuards:
     async def conversation_created(self, principal: Principal) -> None:
+        return None
+
+    async def prepare(self, scope: TurnScope) -> None:
         return None
 
     async def admit_turn(self, scope: TurnScope, content: str) -> Admission:

@@ -313,15 +313,19 @@ class ConversationService:
         if len(request_id) > 128:
             raise InvalidArgument.for_field("request_id", "at most 128 characters")
         request_id = request_id or uuid.uuid4().hex
-        # Both reads at once: the conversation, and a turn of the same request_id.
-        conversation, earlier = await asyncio.gather(
+        turn_id = str(uuid.uuid4())
+        scope = TurnScope(principal, conversation_id, turn_id)
+        # The reads at once: the conversation, a turn of the same request_id, and what the
+        # guards will need.
+        conversation, earlier, _ = await asyncio.gather(
             self._find(principal, conversation_id),
             self.store.turn_by_request(principal.tenant_id, conversation_id, request_id),
+            self.guards().prepare(scope),
         )
         turn = Turn(
             tenant_id=principal.tenant_id,
             conversation_id=conversation_id,
-            id=str(uuid.uuid4()),
+            id=turn_id,
             request_id=request_id,
             status=QUEUED,
             content=content,
@@ -338,7 +342,7 @@ class ConversationService:
         # The guards and the run lease at once: two round trips to Redis in the time of one.
         holder = f"{self.runner.owner}|{turn.id}"
         guarded, leased = await asyncio.gather(
-            self.guards().admit_turn(TurnScope(principal, conversation_id, turn.id), content),
+            self.guards().admit_turn(scope, content),
             self.leases.acquire_if_free(principal.tenant_id, conversation_id, holder),
             return_exceptions=True,
         )

@@ -95,6 +95,14 @@ class CostGuards:
             return
         await self.limits.take(principal.tenant_id, principal.name, self.limits.conversations)
 
+    async def prepare(self, scope: TurnScope) -> None:
+        if not self.active(scope.principal):
+            return
+        try:
+            await self.budgets.resolved(scope)
+        except Exception as exc:  # admit_turn loads again and reports what is wrong
+            log.debug("budgets not preloaded: %s", exc)
+
     async def admit_turn(self, scope: TurnScope, content: str) -> Admission:
         principal = scope.principal
         if not self.active(principal):
