@@ -253,12 +253,8 @@ class TurnExecution:
                 self._write_outbox(), name=f"turn-events:{self.turn.id}"
             )
 
-    async def emit(self, body: EventBody, event_time: datetime | None = None) -> None:
-        """Post an event and wait until it and everything posted before it are logged."""
-        self.post(body, event_time)
-        await self.flush()
-
     async def flush(self) -> None:
+        """Wait until everything posted is logged; raises what made an append fail."""
         await self._outbox_empty.wait()
         self._raise_outbox_failure()
 
