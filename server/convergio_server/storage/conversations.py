@@ -395,7 +395,7 @@ class PgConversationStore:
             )
             if ended is None:
                 return False, None
-            if outcome.team_state is not None:
+            if outcome.team_state_json is not None:
                 await conn.execute(
                     """
                     INSERT INTO team_states (tenant_id, conversation_id, state, turn_id)
@@ -405,7 +405,7 @@ class PgConversationStore:
                     """,
                     tenant_id,
                     conversation_id,
-                    json.dumps(outcome.team_state),
+                    outcome.team_state_json,
                     turn_id,
                 )
             active = await conn.fetchval(

@@ -178,4 +178,5 @@ class TurnOutcome:
     error: dict[str, Any] | None = None
     usage: Usage = field(default_factory=Usage)
     cost_usd: Decimal = Decimal(0)
-    team_state: dict[str, Any] | None = None  # None = keep the saved state
+    # AutoGen's save_state() as JSON text, encoded once; None = keep the saved state.
+    team_state_json: str | None = None

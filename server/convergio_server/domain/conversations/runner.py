@@ -488,9 +488,12 @@ class TurnExecution:
             and "Maximum number of turns" in (result.stop_reason)
         ):
             stop_reason, detail = MAX_TURNS, result.stop_reason
-        saved = await team.runnable.save_state()
-        state = json.loads(json.dumps(saved, default=str))
-        return TurnOutcome(stop_reason=stop_reason, stop_detail=detail, team_state=state), None
+        # default=str: the state holds datetimes and the like.
+        state = json.dumps(await team.runnable.save_state(), default=str)
+        return (
+            TurnOutcome(stop_reason=stop_reason, stop_detail=detail, team_state_json=state),
+            None,
+        )
 
     def _task(self) -> str | list[BaseChatMessage]:
         if not self.missed:
