@@ -275,11 +275,13 @@ async def _ttft(target: str, key: str, samples: int) -> list[float]:
                 await client.conversations.create_conversation(team=pb.Team(single_agent="amy"))
             ).conversation.conversation_id
             started = time.perf_counter()
+            first: float | None = None
             async for event in client.conversations.send(conversation_id=cid, content=QUESTION):
-                if event.HasField("token_delta") and len(out) < samples:
-                    out.append((time.perf_counter() - started) * 1000)
-                    started = float("inf")
-    return [t for t in out if t >= 0]
+                if first is None and event.HasField("token_delta"):
+                    first = (time.perf_counter() - started) * 1000
+            if first is not None:
+                out.append(first)
+    return out
 
 
 def _rss(pid: int) -> int:

@@ -83,6 +83,7 @@ END_RETRY_SECONDS = 120.0
 
 _END = object()
 _CANCEL = object()
+_FLUSH = object()  # the coalescing window of the pending token chunks has closed
 
 UNAVAILABLE_CODE = 14
 INTERNAL_CODE = 13
@@ -386,23 +387,29 @@ class TurnExecution:
                 return
             self.queue.put_nowait(_END)
 
+        # One timer per window, not a timeout per chunk: when it fires, a _FLUSH in the
+        # queue sends what is pending (the chunks that came before it, in order).
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+
+        def close_window_later(delay: float) -> None:
+            nonlocal timer
+            timer = loop.call_later(delay, self.queue.put_nowait, _FLUSH)
+
         replayed = {m.id for m in self.missed}
         pumping = asyncio.create_task(pump(), name=f"turn:{self.turn.id}")
         try:
             while True:
-                if deltas.parts:
-                    left = deltas.flushed + window - time.monotonic()
-                    if left <= 0:
-                        self._emit_delta(deltas)
-                        continue
-                    try:
-                        async with asyncio.timeout(left):
-                            item = await self.queue.get()
-                    except TimeoutError:
-                        self._emit_delta(deltas)
-                        continue
-                else:
-                    item = await self.queue.get()
+                item = await self.queue.get()
+                if item is _FLUSH:
+                    timer = None
+                    if deltas.parts:
+                        left = deltas.flushed + window - time.monotonic()
+                        if left > 0:
+                            close_window_later(left)
+                        else:
+                            self._emit_delta(deltas)
+                    continue
                 if item is _END or item is _CANCEL:
                     break
                 if isinstance(item, BaseException):
@@ -439,8 +446,11 @@ class TurnExecution:
                     deltas.add(
                         item.full_message_id or item.id, source, item.content, item.created_at
                     )
-                    if time.monotonic() - deltas.flushed >= window:
+                    left = deltas.flushed + window - time.monotonic()
+                    if left <= 0:
                         self._emit_delta(deltas)
+                    elif timer is None:
+                        close_window_later(left)
                     continue
                 self._emit_delta(deltas)
                 if isinstance(item, ToolCallRequestEvent):
@@ -468,6 +478,8 @@ class TurnExecution:
                     role = "TOOL" if isinstance(item, ToolCallSummaryMessage) else "AGENT"
                     await self._complete_message(team, item.id, source, role, item.content, usage)
         finally:
+            if timer is not None:
+                timer.cancel()
             if not pumping.done():
                 pumping.cancel()
             with contextlib.suppress(BaseException):
