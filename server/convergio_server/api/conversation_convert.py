@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +21,14 @@ from convergio_server.domain.conversations.model import (
     Turn,
 )
 from convergio_server.domain.conversations.team import selection_from_json, selection_to_json
-from convergio_server.domain.events.model import Event, EventBody, TokenDelta, Usage
+from convergio_server.domain.events.model import (
+    Event,
+    EventBody,
+    TokenDelta,
+    Usage,
+    body_dict,
+    event_time_micros,
+)
 from convergio_server.domain.models.selection import ModelInfoOverride, ModelSelection
 
 # Proto enum type name -> the prefix of its value names.
@@ -78,14 +84,15 @@ def event_to_pb(event: Event) -> events_pb2.ConversationEvent:
         turn_id=event.turn_id,
         sequence=event.sequence,
     )
-    out.event_time.FromDatetime(event.event_time)
+    micros = event_time_micros(event.event_time)
+    out.event_time.seconds, out.event_time.nanos = micros // 1_000_000, micros % 1_000_000 * 1000
     body: EventBody = event.body
     if isinstance(body, TokenDelta):  # the hot path
         delta = out.token_delta
         delta.message_id, delta.agent, delta.text = body.message_id, body.agent, body.text
         return out
     field = _ONEOF_FIELD.get(body.KIND, body.KIND)
-    _fill(getattr(out, field), dataclasses.asdict(body))  # type: ignore[call-overload]
+    _fill(getattr(out, field), body_dict(body))
     getattr(out, field).SetInParent()
     return out
 

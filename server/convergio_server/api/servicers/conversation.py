@@ -221,6 +221,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
                 after=started.after_sequence,
                 turn_id=started.turn_id,
                 known=True,
+                subscription=started.subscription,
             ):
                 if event is None:
                     yield pb.SendMessageResponse(event=heartbeat_pb())
@@ -229,6 +230,8 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
                     finished = True
                 yield pb.SendMessageResponse(event=event_to_pb(event))
         finally:
+            if started.subscription is not None:
+                started.subscription.close()  # in case the stream ended before it began
             if not finished and on_disconnect == CANCEL:
                 self.service.cancel_on_disconnect(
                     principal, started.conversation_id, started.turn_id

@@ -213,6 +213,10 @@ class TurnExecution:
         self._outbox_empty.set()
         self._outbox_writer: asyncio.Task[None] | None = None
         self._outbox_failure: Exception | None = None
+        # The sequence of the turn's first event (TurnStarted), once it is logged.
+        self.first_logged: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        # While the turn runs, this process publishes its events straight to its readers.
+        self._writing = runner.events.writing(conversation.tenant_id, conversation.id)
         # Messages of earlier turns that the saved team state lacks, replayed to the team.
         self.missed: list[TextMessage] = []
 
@@ -269,21 +273,41 @@ class TurnExecution:
             while self._outbox:
                 batch, self._outbox = self._outbox, []
                 try:
-                    await self.runner.events.append_many(
+                    logged = await self.runner.events.append_many(
                         self.tenant_id, self.conversation.id, self.turn.id, batch
                     )
                 except Exception as exc:
                     log.warning("turn %s: events could not be logged: %s", self.turn.id, exc)
                     self._outbox_failure = exc
+                    if not self.first_logged.done():
+                        self.first_logged.set_exception(exc)
+                        self.first_logged.exception()  # retrieved: the starter may be gone
                     # Kept, in order, for the next attempt: the turn's end must be logged.
                     self._outbox[:0] = batch
                     return
+                if not self.first_logged.done():
+                    self.first_logged.set_result(logged[0].sequence)
         finally:
             self._outbox_empty.set()
 
+    def begin(self, first: list[EventBody]) -> None:
+        """Queue the turn's first events and start it: the team starts while they are
+        being logged (`first_logged`)."""
+        self._writing.__enter__()
+        try:
+            for body in first:
+                self.post(body)
+            self.prepare()
+            self.task = asyncio.create_task(self.run(), name=f"turn-run:{self.turn.id}")
+        except BaseException:
+            self._writing.__exit__(None, None, None)
+            raise
+
     async def run(self) -> None:
-        with self.runner.events.writing(self.tenant_id, self.conversation.id):
+        try:
             await self._run()
+        finally:
+            self._writing.__exit__(None, None, None)
 
     async def _run(self) -> None:
         renew = asyncio.create_task(self._renew_lease())
@@ -811,32 +835,28 @@ class TurnRunner:
         if len(conversation.participants) == 1 and conversation.team.single_agent:
             policy = "single"
         execution = TurnExecution(self, principal, conversation, turn, policy, features)
-        execution.prepare()
-        try:
-            started = await self.events.append(
-                conversation.tenant_id,
-                conversation.id,
-                turn.id,
-                TurnStarted(
-                    request_id=turn.request_id,
-                    user_message_id=turn.user_message_id,
-                    content=turn.content,
-                    participants=conversation.participants,
-                    speaker_policy=policy,
-                    max_turns=turn.options.max_turns,
-                    enabled_features=features,
-                    created_by=turn.created_by,
-                ),
-            )
-            for body in _admission_events(admission, turn):
-                await self.events.append(conversation.tenant_id, conversation.id, turn.id, body)
-        except BaseException:
-            assert execution.preparing is not None
-            execution.preparing.cancel()
-            raise
+        started = TurnStarted(
+            request_id=turn.request_id,
+            user_message_id=turn.user_message_id,
+            content=turn.content,
+            participants=conversation.participants,
+            speaker_policy=policy,
+            max_turns=turn.options.max_turns,
+            enabled_features=features,
+            created_by=turn.created_by,
+        )
         self.local[turn.id] = execution
-        execution.task = asyncio.create_task(execution.run(), name=f"turn-run:{turn.id}")
-        return started.sequence
+        try:
+            execution.begin([started, *_admission_events(admission, turn)])
+        except BaseException:
+            self.local.pop(turn.id, None)
+            raise
+        try:
+            return await asyncio.shield(execution.first_logged)
+        except Exception as exc:
+            # Not logged: the turn ends at once (its end is logged once Redis is back).
+            execution.cancel(ERROR, f"the turn's events could not be logged: {exc}")
+            raise
 
     async def start_promoted(self, turn: Turn) -> None:
         """Start a queued turn that the end of the previous one promoted to RUNNING."""

@@ -42,7 +42,7 @@ from convergio_server.domain.errors import (
     InvalidArgument,
     NotFound,
 )
-from convergio_server.domain.events.log import EventLog
+from convergio_server.domain.events.log import EventLog, Subscription
 from convergio_server.domain.events.model import (
     ErrorOccurred,
     Event,
@@ -96,11 +96,15 @@ class ServiceConfig:
 
 @dataclass
 class SendResult:
-    """Where the caller's stream of a SendMessage starts."""
+    """Where the caller's stream of a SendMessage starts: `subscription`, when set, has
+    received the conversation's live events since before the turn's first one (pass it to
+    `follow`, which closes it)."""
 
     conversation_id: str
     turn_id: str
     after_sequence: int
+    attached: bool = False  # to a turn that an earlier call with this request_id started
+    subscription: Subscription | None = None
 
 
 class ConversationService:
@@ -313,6 +317,41 @@ class ConversationService:
         if len(request_id) > 128:
             raise InvalidArgument.for_field("request_id", "at most 128 characters")
         request_id = request_id or uuid.uuid4().hex
+        # Listening before the turn's first event is appended: the caller's stream then
+        # starts from the live events, without reading them back from Redis.
+        subscription = self.events.subscribe(principal.tenant_id, conversation_id)
+        try:
+            result = await self._send(
+                principal,
+                conversation_id,
+                content=content,
+                request_id=request_id,
+                documents=documents,
+                on_disconnect=on_disconnect,
+                enqueue=enqueue,
+                max_turns=max_turns,
+            )
+        except BaseException:
+            subscription.close()
+            raise
+        if result.attached:  # an earlier turn of the same request: replayed from its start
+            subscription.close()
+        else:
+            result.subscription = subscription
+        return result
+
+    async def _send(
+        self,
+        principal: Principal,
+        conversation_id: str,
+        *,
+        content: str,
+        request_id: str,
+        documents: list[dict[str, str]],
+        on_disconnect: str,
+        enqueue: bool,
+        max_turns: int,
+    ) -> SendResult:
         turn_id = str(uuid.uuid4())
         scope = TurnScope(principal, conversation_id, turn_id)
         # The reads at once: the conversation, a turn of the same request_id, and what the
@@ -421,7 +460,9 @@ class ConversationService:
             if found is None:
                 break
             turn = found
-        return SendResult(turn.conversation_id, turn.id, max(0, turn.first_sequence - 1))
+        return SendResult(
+            turn.conversation_id, turn.id, max(0, turn.first_sequence - 1), attached=True
+        )
 
     async def follow(
         self,
@@ -432,10 +473,12 @@ class ConversationService:
         turn_id: str = "",
         follow: bool = True,
         known: bool = False,
+        subscription: Subscription | None = None,
     ) -> AsyncIterator[Event | None]:
         """Events after `after` (only `turn_id`'s when set; then ending after its
         TurnCompleted). Yields None as a heartbeat on an idle stream. `known`: the caller
-        has just started or found the turn, no need to look it up."""
+        has just started or found the turn, no need to look it up. `subscription`: from
+        `send`, see `EventLog.read`."""
         if known:
             pass
         elif turn_id:
@@ -459,6 +502,7 @@ class ConversationService:
             after,
             follow=follow,
             heartbeat_seconds=tick if follow else None,
+            subscription=subscription,
         ):
             if event is None:
                 conversation = await self.store.get(principal.tenant_id, conversation_id)

@@ -103,6 +103,29 @@ class _Channel:
     published: int = 0
 
 
+class Subscription:
+    """A reader's place among a conversation's live events in this process, from the moment
+    it was made: taken before a turn's first event is appended, it needs no replay."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        key: tuple[str, str],
+        queue: asyncio.Queue[list[Event]],
+        channel: _Channel,
+    ) -> None:
+        self._log = log
+        self.key = key
+        self.queue = queue
+        self.channel = channel
+        self._open = True
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._log._unsubscribe(*self.key, self.queue)
+
+
 class _DurableWriter:
     """Writes durable events to PostgreSQL in the background, in order, in batches, so that
     an append costs one Redis round trip. A TurnCompleted append waits for its write (and so
@@ -325,6 +348,11 @@ class EventLog:
                 break
             page = await self.live.range(tenant_id, conversation_id, cursor, upto, _PAGE)
 
+    def subscribe(self, tenant_id: str, conversation_id: str) -> Subscription:
+        """Start receiving the conversation's live events (see `read`). Close it when done."""
+        queue, channel = self._subscribe(tenant_id, conversation_id)
+        return Subscription(self, (tenant_id, conversation_id), queue, channel)
+
     async def read(
         self,
         tenant_id: str,
@@ -333,20 +361,29 @@ class EventLog:
         *,
         follow: bool = True,
         heartbeat_seconds: float | None = None,
+        subscription: Subscription | None = None,
     ) -> AsyncIterator[Event | None]:
         """Events after `after`: replay, then (with `follow`) live ones, with no gap and no
-        duplicate. Yields None after `heartbeat_seconds` without an event."""
+        duplicate. Yields None after `heartbeat_seconds` without an event.
+
+        `subscription`, taken before the event after `after` was appended: no replay, the
+        live events start there (a gap, should one show, is still filled from the log).
+        Closed here when the read ends."""
         if not follow:
             async for event in self.replay(tenant_id, conversation_id, after):
                 yield event
             return
-        queue, channel = self._subscribe(tenant_id, conversation_id)
+        replay = subscription is None
+        if subscription is None:
+            subscription = self.subscribe(tenant_id, conversation_id)
+        queue = subscription.queue
         try:
-            await channel.ready.wait()
             cursor = after
-            async for event in self.replay(tenant_id, conversation_id, cursor):
-                cursor = event.sequence
-                yield event
+            if replay:
+                await subscription.channel.ready.wait()
+                async for event in self.replay(tenant_id, conversation_id, cursor):
+                    cursor = event.sequence
+                    yield event
             while True:
                 try:
                     async with asyncio.timeout(heartbeat_seconds):
@@ -367,7 +404,7 @@ class EventLog:
                     cursor = event.sequence
                     yield event
         finally:
-            self._unsubscribe(tenant_id, conversation_id, queue)
+            subscription.close()
 
     def _subscribe(
         self, tenant_id: str, conversation_id: str

@@ -283,7 +283,31 @@ _MICROSECOND = timedelta(microseconds=1)
 def body_dict(body: EventBody) -> dict[str, Any]:
     if isinstance(body, TokenDelta):  # the hot path: most events are deltas
         return {"message_id": body.message_id, "agent": body.agent, "text": body.text}
-    return dataclasses.asdict(body)  # type: ignore[call-overload, no-any-return]
+    return typing.cast(dict[str, Any], _plain(body))
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses as dicts, recursively. Unlike `dataclasses.asdict`, leaves are not
+    deep-copied: they are immutable (str, int, float, bool, None)."""
+    cls = type(value)
+    names = _FIELD_NAMES.get(cls)
+    if names is None and dataclasses.is_dataclass(cls):
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
+    if cls is list or cls is tuple:
+        return [_plain(v) for v in value]
+    if cls is dict:
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def event_time_micros(event_time: datetime) -> int:
+    """Microseconds since the epoch."""
+    return (event_time - _EPOCH) // _MICROSECOND
 
 
 def encode(
@@ -293,7 +317,7 @@ def encode(
         "c": conversation_id,
         "t": turn_id,
         "s": sequence,
-        "ts": (event_time - _EPOCH) // _MICROSECOND,
+        "ts": event_time_micros(event_time),
         "k": body.KIND,
         "d": body_dict(body),
     }

@@ -54,6 +54,22 @@ def tokenize(text: str) -> list[str]:
 
 
 def count_text_tokens(text: str) -> int:
+    # Counted again and again: streamed chunks (words), and system prompts and earlier
+    # messages at every model call of a turn (by the model client and by billing).
+    if len(text) <= 24:
+        return _count_word(text)
+    if len(text) <= 8192:
+        return _count_text(text)
+    return len(_TOKEN.findall(text))
+
+
+@functools.lru_cache(maxsize=16384)
+def _count_word(text: str) -> int:
+    return len(_TOKEN.findall(text))
+
+
+@functools.lru_cache(maxsize=1024)
+def _count_text(text: str) -> int:
     return len(_TOKEN.findall(text))
 
 
@@ -153,7 +169,27 @@ def _images(message: LLMMessage) -> int:
 
 
 def tool_schema(tool: Tool | ToolSchema) -> ToolSchema:
-    return tool.schema if isinstance(tool, Tool) else tool
+    # A ToolSchema is a dict; not isinstance(tool, Tool): a runtime Protocol check is slow.
+    return tool if isinstance(tool, dict) else tool.schema
+
+
+def _schema_tokens(tool: Tool | ToolSchema) -> int:
+    return count_text_tokens(json.dumps(dict(tool_schema(tool)), sort_keys=True))
+
+
+# Tools of one kind, name and arguments share their schema: its token count is computed once.
+_TOOL_TOKENS: dict[tuple[type, str, str, Any], int] = {}
+
+
+def tool_tokens(tool: Tool | ToolSchema) -> int:
+    if isinstance(tool, dict):
+        return _schema_tokens(tool)
+    args = getattr(tool, "args_type", None)
+    key = (type(tool), tool.name, tool.description, args() if callable(args) else None)
+    found = _TOOL_TOKENS.get(key)
+    if found is None:
+        found = _TOOL_TOKENS[key] = _schema_tokens(tool)
+    return found
 
 
 def count_message_tokens(
@@ -166,7 +202,7 @@ def count_message_tokens(
         total += MESSAGE_OVERHEAD_TOKENS + count_text_tokens(message_text(message))
         total += IMAGE_TOKENS * _images(message)
     for tool in tools:
-        total += count_text_tokens(json.dumps(dict(tool_schema(tool)), sort_keys=True))
+        total += tool_tokens(tool)
     return total
 
 
