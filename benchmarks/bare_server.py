@@ -1,6 +1,7 @@
 """The bare baseline of the conversation benchmark: a grpc.aio server on uvloop, in a
-process of its own like `convergio serve`, that streams `count` messages of `size` bytes
-(each starting with the time it was sent) at a given interval. Prints its port."""
+process of its own like `convergio serve`, that streams `count` token-delta events of
+about `size` bytes, stamped with the time they were sent, at a given interval: the same
+messages as Convergio's, with no platform behind them. Prints its port."""
 
 from __future__ import annotations
 
@@ -14,18 +15,37 @@ from typing import Any
 import grpc
 import grpc.aio
 import uvloop
+from convergio.conversation.v1 import events_pb2
+
+
+def _event(size: int) -> events_pb2.ConversationEvent:
+    """A token-delta event whose serialized size is `size` bytes (at least its fields')."""
+    event = events_pb2.ConversationEvent(
+        conversation_id="00000000-0000-4000-8000-000000000000",
+        turn_id="00000000-0000-4000-8000-000000000001",
+        sequence=1000,
+    )
+    event.event_time.seconds, event.event_time.nanos = 1_800_000_000, 123_456_000
+    event.token_delta.message_id = "00000000-0000-4000-8000-000000000002"
+    event.token_delta.agent = "amy"
+    event.token_delta.text = "x" * max(1, size - event.ByteSize() - 2)
+    return event
 
 
 async def _stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
     count, size, interval = struct.unpack("!IId", request)
     start = time.monotonic()
-    padding = b"x" * max(0, size - 8)
+    event = _event(size)
     for i in range(count):
         if interval:
             delay = start + i * interval - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        yield struct.pack("!d", time.time()) + padding
+        micros = time.time_ns() // 1000
+        event.sequence = 1000 + i
+        event.event_time.seconds, event.event_time.nanos = divmod(micros, 1_000_000)
+        event.event_time.nanos *= 1000
+        yield event.SerializeToString()
 
 
 async def _serve() -> None:

@@ -4,8 +4,9 @@ offline model at zero delay and paced at 50 tokens/s per stream, for 1, 50 and 2
 concurrent conversations.
 
 Baselines measured in the same run: a bare grpc.aio server streaming the same number of
-messages of the same size to the same number of concurrent streams (throughput and
-latency), and the offline model driven directly through an AutoGen AssistantAgent in this
+token-delta events of the same size to the same number of concurrent streams, which the
+clients decode and time as they do the platform's (throughput and latency), and the offline
+model driven directly through an AutoGen AssistantAgent in this
 process (time to first token without the platform). Convergio (`convergio serve`) and the
 bare server each run in a process of their own on uvloop, as a server runs in production;
 the clients of both run in this process. Memory is the server process's.
@@ -32,6 +33,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import psutil
+from convergio.conversation.v1 import events_pb2
 
 from benchmarks.harness import BenchEnv, Result, percentile
 
@@ -213,15 +215,18 @@ async def _bare(target: str, n: int, count: int, size: int, interval: float) -> 
             ch.unary_stream(
                 "/bench.Bare/Stream",
                 request_serializer=lambda b: b,
-                response_deserializer=lambda b: b,
+                response_deserializer=events_pb2.ConversationEvent.FromString,
             )
             for ch in channels
         ]
 
         async def one(i: int) -> None:
-            async for message in calls[i % len(calls)](struct.pack("!IId", count, size, interval)):
-                sent = struct.unpack("!d", message[:8])[0]
-                run.latencies_ms.append((time.time() - sent) * 1000)
+            # Read as the platform's clients read theirs: decoded, timed by event_time.
+            async for event in calls[i % len(calls)](struct.pack("!IId", count, size, interval)):
+                now = time.time()
+                if event.HasField("token_delta"):
+                    sent = event.event_time.seconds + event.event_time.nanos / 1e9
+                    run.latencies_ms.append((now - sent) * 1000)
                 run.events += 1
 
         started = time.perf_counter()

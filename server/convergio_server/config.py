@@ -166,6 +166,13 @@ class Settings(BaseSettings):
     offline_tokens_per_second: float = Field(
         0.0, ge=0, description="pace of the offline model; 0 = as fast as possible"
     )
+    offline_min_answer_tokens: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="the offline model pads its answers with further sentences in the "
+        "agent's voice up to this many tokens (longer streams for load tests)",
+    )
     token_coalesce_ms: float = Field(
         5.0, ge=0, description="window over which token chunks are coalesced into one delta"
     )

@@ -73,6 +73,21 @@ async def test_single_agent_turn_streams_tokens_tool_call_and_usage(conv: AsyncC
     assert conversation.usage == done.usage
 
 
+async def test_token_chunks_are_coalesced_and_the_first_goes_out_at_once(
+    conv: AsyncClient,
+) -> None:
+    # The offline model at zero delay produces the answer in a burst: the first word goes
+    # out alone, the rest in a few deltas (one per coalescing window), not one per word.
+    cid = await new_conversation(conv, agent="amy")
+    events = await collect(conv.conversations.send(conversation_id=cid, content="Hello there"))
+    completed = next(e.message_completed for e in events if e.HasField("message_completed"))
+    deltas = [e.token_delta.text for e in events if e.HasField("token_delta")]
+    words = completed.content.split()
+    assert "".join(deltas) == completed.content
+    assert deltas[0].split() == words[:1]
+    assert len(words) >= 20 and len(deltas) <= len(words) / 2
+
+
 async def test_group_turn_selects_speakers_by_expertise(conv: AsyncClient) -> None:
     cid = await new_conversation(conv, team=pb.Team(preset="core"))
     events = await collect(

@@ -193,6 +193,29 @@ async def test_streams_word_by_word_then_the_result() -> None:
     assert model.actual_usage() == final.usage
 
 
+async def test_a_fast_stream_lets_other_tasks_run() -> None:
+    # At zero delay the model does not hold the event loop for a whole answer: other tasks
+    # (the delivery of the first chunk, a cancel) run while it streams.
+    model = OfflineChatCompletionClient(min_completion_tokens=2000)
+    chunks = 0
+    seen_during_stream: list[int] = []
+
+    async def other_task() -> None:
+        seen_during_stream.append(chunks)
+
+    async def consume() -> None:
+        nonlocal chunks
+        async for item in model.create_stream(ask("Plan the launch")):
+            if isinstance(item, str):
+                chunks += 1
+                if chunks == 1:
+                    waiting = asyncio.ensure_future(other_task())
+        await waiting
+
+    await consume()
+    assert seen_during_stream and 1 <= seen_during_stream[0] < chunks
+
+
 async def test_min_and_max_completion_tokens() -> None:
     long = await OfflineChatCompletionClient(min_completion_tokens=300).create(ask("Budget?"))
     assert long.usage.completion_tokens >= 300

@@ -217,6 +217,15 @@ def test_offline_is_the_default(tmp_path: Path) -> None:
     assert paced.dump_component().config["tokens_per_second"] == 50.0
 
 
+async def test_offline_answers_can_be_made_longer(tmp_path: Path) -> None:
+    question = [UserMessage(content="What do you think of the plan?", source="user")]
+    short = await create_model_client(None, settings(tmp_path)).create(question)
+    padded = create_model_client(None, settings(tmp_path, offline_min_answer_tokens=400))
+    long = await padded.create(question)
+    assert short.usage.completion_tokens < 400 <= long.usage.completion_tokens
+    assert isinstance(long.content, str) and long.content.startswith(str(short.content)[:40])
+
+
 def test_openai_settings_make_it_the_default(tmp_path: Path) -> None:
     configured = settings(
         tmp_path,

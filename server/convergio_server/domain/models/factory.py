@@ -45,6 +45,9 @@ class ModelSettings(Protocol):
     @property
     def offline_tokens_per_second(self) -> float: ...
 
+    @property
+    def offline_min_answer_tokens(self) -> int: ...
+
     # `openai_api_key` is a pydantic SecretStr or None; read through `_default_key`.
 
 
@@ -151,6 +154,7 @@ def create_model_client(
         return OfflineChatCompletionClient(
             resolved.model,
             tokens_per_second=resolved.tokens_per_second or settings.offline_tokens_per_second,
+            min_completion_tokens=settings.offline_min_answer_tokens,
             max_completion_tokens=resolved.max_output_tokens or 4096,
         )
     if resolved.provider == "openai":

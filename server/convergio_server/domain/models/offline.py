@@ -283,6 +283,10 @@ class OfflineChatCompletionClient(ChatCompletionClient, Component[OfflineModelCo
         return _Reply(text, finish, prompt_tokens, tokens)
 
 
+# At zero delay, the longest the model runs without letting other tasks run.
+_YIELD_SECONDS = 0.0005
+
+
 class _Pacer:
     """Sleeps so that token n is released at start + n / tokens_per_second (no drift), and
     wakes at once when the cancellation token fires."""
@@ -290,7 +294,8 @@ class _Pacer:
     def __init__(self, tokens_per_second: float, token: CancellationToken | None) -> None:
         self._rate = tokens_per_second
         self._token = token
-        self._start = time.monotonic()
+        self._start = self._yielded = time.monotonic()
+        self._waits = 0
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
         self._cancelled = False
@@ -314,10 +319,16 @@ class _Pacer:
         if self._token is not None and self._token.is_cancelled():
             raise asyncio.CancelledError()
         if self._rate <= 0:
-            # Let other tasks run (and cancel us) between chunks.
-            await asyncio.sleep(0)
-            if self._token is not None and self._token.is_cancelled():
-                raise asyncio.CancelledError()
+            # Let other tasks run (and cancel us) now and then, as a network stream does
+            # between reads: a loop iteration per chunk would cost more than the chunk.
+            # Right after the first chunk too, so that it reaches the client at once.
+            self._waits += 1
+            now = time.monotonic()
+            if self._waits == 2 or now - self._yielded >= _YIELD_SECONDS:
+                await asyncio.sleep(0)
+                self._yielded = time.monotonic()
+                if self._token is not None and self._token.is_cancelled():
+                    raise asyncio.CancelledError()
             return
         delay = self._start + tokens / self._rate - time.monotonic()
         if delay <= 0:
