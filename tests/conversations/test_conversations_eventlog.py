@@ -3,12 +3,14 @@ PostgreSQL (every event but token deltas) and new sequences continue where they 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from convergio import AsyncClient
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio_server.domain.events.model import SpeakerSelected
 from convergio_server.storage.redis import Keys
+from redis.exceptions import ResponseError
 
 from tests.conversations.conftest import (
     FINANCE_QUESTION,
@@ -105,6 +107,41 @@ async def test_a_batch_is_appended_when_redis_lacks_the_script(
         )
     ]
     assert [e.speaker_selected.agent for e in replay] == ["agent1", "agent2", "agent3"]
+
+
+async def test_appends_of_many_conversations_share_a_call_and_fail_alone(
+    conv: AsyncClient, server: RunningServer
+) -> None:
+    # Appends started together go to Redis as one batch; one that Redis refuses (here a
+    # stream key that holds a string) fails alone, the others are numbered and logged.
+    events = server.server.context.components["conversations"].events
+    good = [await new_conversation(conv) for _ in range(3)]
+    bad = await new_conversation(conv)
+    await server.infra.redis.set(
+        Keys(server.settings.redis_prefix).k("conv", TENANT, bad, "events"), "x"
+    )
+    turn_id = "00000000-0000-4000-8000-000000000001"
+
+    async def append(cid: str) -> list[int]:
+        bodies = [
+            SpeakerSelected(agent=f"a{i}", round=i, policy="single", reason="") for i in (1, 2)
+        ]
+        return [
+            e.sequence
+            for e in await events.append_many(TENANT, cid, turn_id, [(b, None) for b in bodies])
+        ]
+
+    results = await asyncio.gather(*(append(cid) for cid in [*good, bad]), return_exceptions=True)
+    assert results[:3] == [[1, 2]] * 3
+    assert isinstance(results[3], ResponseError) and "WRONGTYPE" in str(results[3])
+    for cid in good:
+        replay = [
+            r.event
+            async for r in conv.conversations.stream_events(
+                conversation_id=cid, mode=pb.STREAM_EVENTS_MODE_REPLAY
+            )
+        ]
+        assert [(e.sequence, e.speaker_selected.agent) for e in replay] == [(1, "a1"), (2, "a2")]
 
 
 async def test_an_idle_follower_gets_heartbeats(

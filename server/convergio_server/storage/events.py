@@ -9,34 +9,52 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import ResponseError
 
 from convergio_server.domain.events.model import Event, body_dict, body_from_dict
 from convergio_server.storage.redis import Keys
 
-# Allocate the next sequence and append in one step, so the stream is in sequence order
-# whoever appends; also note it as the latest sequence of its turn. KEYS: counter, stream,
-# turns hash. ARGV: payload, maxlen, window ms, counter ttl ms, seed ('' = fail with -1 when
-# the counter is missing), turn id.
+# Allocate the next sequences and append, for a batch of events of any conversations, in one
+# step: each stream is in sequence order whoever appends, and the batch costs one command.
+# Each event is also noted as the latest of its turn. KEYS: per event, its conversation's
+# counter, stream and turns hash. ARGV: maxlen, window ms, counter ttl ms, then per event:
+# payload, seed ('' = answer -1 when the counter is missing), turn id. Answers per event its
+# sequence, -1, or "ERR <message>" when that event failed (the others still count).
 _APPEND = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if ARGV[5] == '' then return -1 end
-  local seed = tonumber(ARGV[5])
-  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-  if top[1] then
-    local tail = tonumber(string.match(top[1][1], '^(%d+)'))
-    if tail > seed then seed = tail end
+local maxlen, window, ttl = ARGV[1], ARGV[2], ARGV[3]
+local out, touched = {}, {}
+local function append(counter, stream, turns, payload, seed, turn)
+  if redis.call('EXISTS', counter) == 0 then
+    if seed == '' then return -1 end
+    local start = tonumber(seed)
+    local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    if top[1] then
+      local tail = tonumber(string.match(top[1][1], '^(%d+)'))
+      if tail > start then start = tail end
+    end
+    redis.call('SET', counter, start)
   end
-  redis.call('SET', KEYS[1], seed)
+  local seq = redis.call('INCR', counter)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'e', payload)
+  redis.call('HSET', turns, turn, seq)
+  touched[counter], touched[turns], touched[stream] = ttl, ttl, window
+  return seq
 end
-local seq = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[3], ARGV[6], seq)
-redis.call('PEXPIRE', KEYS[3], ARGV[4])
-return seq
+for i = 1, #KEYS / 3 do
+  local k, a = (i - 1) * 3, 3 + (i - 1) * 3
+  local ok, result = pcall(append, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3],
+    ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+  if ok then
+    out[i] = result
+  else
+    out[i] = 'ERR ' .. (type(result) == 'table' and result.err or tostring(result))
+  end
+end
+for key, ms in pairs(touched) do redis.call('PEXPIRE', key, ms) end
+return out
 """
+# At most this many events per script call: a call blocks Redis while it runs.
+_BATCH = 256
 
 
 def _entries(raw: Any) -> list[tuple[int, bytes]]:
@@ -79,20 +97,14 @@ class RedisLiveEvents:
         self, tenant_id: str, conversation_id: str, turn_id: str, payload: bytes, seed: int | None
     ) -> int | None:
         # Appends made in the same turn of the event loop (many conversations streaming at
-        # once) go to Redis together in one pipeline: one round trip instead of one each.
+        # once) go to Redis together in one script call: one round trip and one command
+        # instead of one each.
         keys = [
             self._counter(tenant_id, conversation_id),
             self._stream(tenant_id, conversation_id),
             self._turns(tenant_id, conversation_id),
         ]
-        args: list[Any] = [
-            payload,
-            self.max_entries,
-            self.window_ms,
-            self.counter_ttl_ms,
-            "" if seed is None else str(seed),
-            turn_id,
-        ]
+        args: list[Any] = [payload, "" if seed is None else str(seed), turn_id]
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
         self._pending.append((keys, args, done))
@@ -108,47 +120,37 @@ class RedisLiveEvents:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
-        try:
-            if len(batch) == 1:
-                keys, args, done = batch[0]
-                results = [await self._append(keys=keys, args=args)]
-            else:
-                results = await self._pipelined(batch)
-        except BaseException as exc:
-            for _, _, done in batch:
-                if not done.done():
-                    done.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, _, done), result in zip(batch, results, strict=True):
-            if done.done():
-                continue
-            if isinstance(result, BaseException):
-                done.set_exception(result)
-            else:
-                done.set_result(result)
+        for begin in range(0, len(batch), _BATCH):
+            part = batch[begin : begin + _BATCH]
+            try:
+                results = await self._append_all(part)
+            except BaseException as exc:
+                for _, _, done in batch[begin:]:
+                    if not done.done():
+                        done.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            for (_, _, done), result in zip(part, results, strict=True):
+                if done.done():
+                    continue
+                if isinstance(result, bytes | str):
+                    text = result.decode(errors="replace") if isinstance(result, bytes) else result
+                    done.set_exception(ResponseError(text))
+                else:
+                    done.set_result(result)
 
-    async def _pipelined(
+    async def _append_all(
         self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
     ) -> list[Any]:
-        """EVALSHA of every append in one pipeline. Not through the registered script:
-        redis-py then checks SCRIPT EXISTS before each pipeline, one more round trip. When
-        Redis lacks the script (it restarted), it is loaded and the appends that were
-        refused go again, in order."""
-        results: list[Any] = [None] * len(batch)
-        todo = list(range(len(batch)))
-        for attempt in range(2):
-            pipe = self.redis.pipeline(transaction=False)
-            for i in todo:
-                keys, args, _ = batch[i]
-                pipe.evalsha(self._append.sha, len(keys), *keys, *args)
-            for i, result in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
-                results[i] = result
-            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
-            if not todo or attempt:
-                break
-            self._append.sha = await self.redis.script_load(_APPEND)
+        """One script call for the batch. Through the registered script: when Redis lacks it
+        (it restarted), it is loaded and the call made again (nothing of it ran)."""
+        keys: list[str] = []
+        args: list[Any] = [self.max_entries, self.window_ms, self.counter_ttl_ms]
+        for event_keys, event_args, _ in batch:
+            keys += event_keys
+            args += event_args
+        results: list[Any] = await self._append(keys=keys, args=args)
         return results
 
     async def range(

@@ -88,6 +88,7 @@ class DurableEvents(Protocol):
 
 
 HEARTBEAT = None  # what `EventLog.read` yields on an idle stream when asked for heartbeats
+_IDLE: list[Event] = []  # queued to a reader when its stream has been quiet for a while
 
 
 @dataclass
@@ -377,6 +378,23 @@ class EventLog:
         if subscription is None:
             subscription = self.subscribe(tenant_id, conversation_id)
         queue = subscription.queue
+        # One timer per quiet period, not a timeout per batch: it puts _IDLE in the queue
+        # once nothing came for heartbeat_seconds.
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        timer: asyncio.TimerHandle | None = None
+
+        def check_idle() -> None:
+            nonlocal timer
+            assert heartbeat_seconds is not None
+            quiet = loop.time() - last
+            if quiet >= heartbeat_seconds:
+                queue.put_nowait(_IDLE)
+                quiet = 0.0
+            timer = loop.call_later(heartbeat_seconds - quiet, check_idle)
+
+        if heartbeat_seconds is not None:
+            timer = loop.call_later(heartbeat_seconds, check_idle)
         try:
             cursor = after
             if replay:
@@ -385,12 +403,11 @@ class EventLog:
                     cursor = event.sequence
                     yield event
             while True:
-                try:
-                    async with asyncio.timeout(heartbeat_seconds):
-                        batch = await queue.get()
-                except TimeoutError:
+                batch = await queue.get()
+                if batch is _IDLE:
                     yield HEARTBEAT
                     continue
+                last = loop.time()
                 for event in batch:
                     if event.sequence <= cursor:
                         continue
@@ -404,6 +421,8 @@ class EventLog:
                     cursor = event.sequence
                     yield event
         finally:
+            if timer is not None:
+                timer.cancel()
             subscription.close()
 
     def _subscribe(
@@ -455,6 +474,10 @@ class EventLog:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(_LOCAL_POLL_SECONDS):
                             await done.wait()
+                    # Only what came after the local events: an event of another process
+                    # numbered between two local ones is filled in by the subscribers,
+                    # who see the gap it leaves.
+                    last = max(last, channel.published)
                     entries = await self.live.range(tenant_id, conversation_id, last, None, _PAGE)
                 else:
                     entries = await self.live.wait_after(
