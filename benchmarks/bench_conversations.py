@@ -53,6 +53,7 @@ class Run:
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     ttft_ms: list[float] = field(default_factory=list)
+    server_cpu_seconds: float = 0.0  # of the server process, all its threads
 
     @property
     def tokens_per_delta(self) -> float:
@@ -74,6 +75,11 @@ def _read_until(process: subprocess.Popen[str], marker: str) -> str:
         if marker in line:
             return "".join(seen)
     raise RuntimeError(f"server exited before printing {marker!r}: {''.join(seen)}")
+
+
+def _cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def _spawn(args: list[str], **options: Any) -> subprocess.Popen[str]:
@@ -146,8 +152,9 @@ async def _convergio(env: BenchEnv, pace: float) -> AsyncIterator[tuple[int, str
                 process.kill()
 
 
-async def _turns(target: str, key: str, n: int) -> Run:
-    """One turn in each of n new single-agent conversations, all at once."""
+async def _turns(target: str, key: str, n: int, pid: int | None = None) -> Run:
+    """One turn in each of n new single-agent conversations, all at once (with `pid`, the
+    server's CPU time while they stream)."""
     from convergio import AsyncClient
     from convergio.conversation.v1 import conversation_pb2 as pb
 
@@ -180,9 +187,11 @@ async def _turns(target: str, key: str, n: int) -> Run:
                 elif event.HasField("turn_completed"):
                     run.tokens += event.turn_completed.usage.completion_tokens
 
+        cpu = _cpu_seconds(pid) if pid else 0.0
         started = time.perf_counter()
         await asyncio.gather(*(one(client, cid) for client, cid in ids))
         run.seconds = time.perf_counter() - started
+        run.server_cpu_seconds = _cpu_seconds(pid) - cpu if pid else 0.0
     finally:
         for client in clients:
             await client.close()
@@ -193,11 +202,11 @@ async def _turns(target: str, key: str, n: int) -> Run:
 
 
 @contextlib.asynccontextmanager
-async def _bare_server() -> AsyncIterator[str]:
+async def _bare_server() -> AsyncIterator[tuple[int, str]]:
     process = _spawn([sys.executable, "-m", "benchmarks.bare_server"], stdin=subprocess.PIPE)
     try:
         banner = await asyncio.to_thread(_read_until, process, "listening on")
-        yield banner.split()[-1]
+        yield process.pid, banner.split()[-1]
     finally:
         assert process.stdin is not None
         process.stdin.close()
@@ -207,7 +216,7 @@ async def _bare_server() -> AsyncIterator[str]:
             process.kill()
 
 
-async def _bare(target: str, n: int, count: int, size: int, interval: float) -> Run:
+async def _bare(target: str, pid: int, n: int, count: int, size: int, interval: float) -> Run:
     run = Run()
     channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, n // 50))]
     try:
@@ -229,9 +238,11 @@ async def _bare(target: str, n: int, count: int, size: int, interval: float) -> 
                     run.latencies_ms.append((now - sent) * 1000)
                 run.events += 1
 
+        cpu = _cpu_seconds(pid)
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
         run.seconds = time.perf_counter() - started
+        run.server_cpu_seconds = _cpu_seconds(pid) - cpu
     finally:
         for ch in channels:
             await ch.close()
@@ -344,17 +355,17 @@ async def run(env: BenchEnv) -> list[Result]:
                 active = await _active_memory(pid, target, key, counts[-1] if env.quick else 50)
                 idle = await _idle_streams(pid, target, key, 50 if env.quick else 200)
             for n in counts:
-                runs[(pace, n)] = await _turns(target, key, n)
+                runs[(pace, n)] = await _turns(target, key, n, pid)
             if not pace:
                 ttfts = await _ttft(target, key, 20)
     direct = await _direct_ttft(20)
 
-    async with _bare_server() as bare_target:
+    async with _bare_server() as (bare_pid, bare_target):
         for (pace, n), measured in sorted(runs.items()):
             per_stream = max(1, round(measured.deltas / n))
             size = round(measured.delta_bytes / measured.deltas) if measured.deltas else 64
             interval = measured.tokens_per_delta / PACE if pace else 0.0
-            bare = await _bare(bare_target, n, per_stream, size, interval)
+            bare = await _bare(bare_target, bare_pid, n, per_stream, size, interval)
             label = "paced 50 tok/s" if pace else "zero delay"
             tokens_per_s = measured.tokens / measured.seconds
             bare_tokens_per_s = bare.events / bare.seconds * measured.tokens_per_delta
@@ -380,6 +391,22 @@ async def run(env: BenchEnv) -> list[Result]:
                     },
                 )
             )
+            if n >= 50 and measured.deltas and bare.events:  # (CPU time ticks are coarse)
+                # Where the time goes: the platform's whole work (the turn, the log, the
+                # team) per delta it delivered, next to gRPC's own cost per message.
+                results.append(
+                    Result(
+                        AREA,
+                        f"server CPU per delivered delta, {n} streams, {label}",
+                        measured.server_cpu_seconds / measured.deltas * 1e6,
+                        "us",
+                        baseline=bare.server_cpu_seconds / bare.events * 1e6,
+                        extra={
+                            "baseline": "bare server CPU per message",
+                            "server_cpu_ms_per_turn": measured.server_cpu_seconds / n * 1000,
+                        },
+                    )
+                )
             for pct in (50, 99):
                 latency_target, latency_ok = "", None
                 if pace and n == counts[-1] and pct == 99:
