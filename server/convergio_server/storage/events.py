@@ -83,9 +83,23 @@ class RedisLiveEvents:
         self._append = redis.register_script(_APPEND)
         self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Future[None]] = set()
+        self._keys_of: dict[tuple[str, str], list[str]] = {}
 
     def _stream(self, tenant_id: str, conversation_id: str) -> str:
         return self.keys.k("conv", tenant_id, conversation_id, "events")
+
+    def _append_keys(self, tenant_id: str, conversation_id: str) -> list[str]:
+        """The keys of an append (built once per conversation: every token delta needs them)."""
+        found = self._keys_of.get((tenant_id, conversation_id))
+        if found is None:
+            if len(self._keys_of) >= 4096:
+                self._keys_of.clear()
+            found = self._keys_of[(tenant_id, conversation_id)] = [
+                self._counter(tenant_id, conversation_id),
+                self._stream(tenant_id, conversation_id),
+                self._turns(tenant_id, conversation_id),
+            ]
+        return found
 
     def _counter(self, tenant_id: str, conversation_id: str) -> str:
         return self.keys.k("conv", tenant_id, conversation_id, "seq")
@@ -99,11 +113,7 @@ class RedisLiveEvents:
         # Appends made in the same turn of the event loop (many conversations streaming at
         # once) go to Redis together in one script call: one round trip and one command
         # instead of one each.
-        keys = [
-            self._counter(tenant_id, conversation_id),
-            self._stream(tenant_id, conversation_id),
-            self._turns(tenant_id, conversation_id),
-        ]
+        keys = self._append_keys(tenant_id, conversation_id)
         args: list[Any] = [payload, "" if seed is None else str(seed), turn_id]
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
@@ -204,25 +214,23 @@ class PgDurableEvents:
         await self.insert_many([(tenant_id, event)])
 
     async def insert_many(self, rows: list[tuple[str, Event]]) -> None:
-        await self.pool.executemany(
+        # One statement whatever the number of rows (executemany costs a round of the
+        # protocol per row).
+        await self.pool.execute(
             """
             INSERT INTO conversation_events
                 (tenant_id, conversation_id, sequence, turn_id, kind, payload, event_time)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            SELECT * FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::uuid[], $5::text[],
+                $6::jsonb[], $7::timestamptz[])
             ON CONFLICT DO NOTHING
             """,
-            [
-                (
-                    tenant_id,
-                    e.conversation_id,
-                    e.sequence,
-                    e.turn_id,
-                    e.kind,
-                    json.dumps(body_dict(e.body)),
-                    e.event_time,
-                )
-                for tenant_id, e in rows
-            ],
+            [tenant_id for tenant_id, _ in rows],
+            [e.conversation_id for _, e in rows],
+            [e.sequence for _, e in rows],
+            [e.turn_id for _, e in rows],
+            [e.kind for _, e in rows],
+            [json.dumps(body_dict(e.body)) for _, e in rows],
+            [e.event_time for _, e in rows],
         )
 
     async def range(

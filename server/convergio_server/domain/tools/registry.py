@@ -9,7 +9,7 @@ can answer without the tool.
 
 from __future__ import annotations
 
-import copy
+import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -51,7 +51,17 @@ def cached_schema(tool: BaseTool[Any, Any]) -> ToolSchema:
     schema = _SCHEMAS.get(key)
     if schema is None:
         schema = _SCHEMAS[key] = BaseTool.schema.fget(tool)  # type: ignore[attr-defined]
-    return copy.deepcopy(schema)
+    return typing.cast(ToolSchema, _copy_json(schema))
+
+
+def _copy_json(value: Any) -> Any:
+    """A deep copy of JSON-like data (dicts, lists, scalars), several times faster than
+    `copy.deepcopy`."""
+    if isinstance(value, dict):
+        return {k: _copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(v) for v in value]
+    return value
 
 
 class AutogenTool(BaseTool[BaseModel, ToolText]):
