@@ -219,6 +219,7 @@ class TurnExecution:
         self._writing = runner.events.writing(conversation.tenant_id, conversation.id)
         # Messages of earlier turns that the saved team state lacks, replayed to the team.
         self.missed: list[TextMessage] = []
+        self.speaker_announced = False  # the single agent's SpeakerSelected went with TurnStarted
 
     @property
     def tenant_id(self) -> str:
@@ -367,15 +368,8 @@ class TurnExecution:
         return team
 
     async def _drive(self, team: BuiltTeam) -> tuple[TurnOutcome, ErrorOccurred | None]:
-        if team.plan is None and team.participants:
-            self.post(
-                SpeakerSelected(
-                    agent=team.participants[0],
-                    round=1,
-                    policy="single",
-                    reason="single-agent conversation",
-                )
-            )
+        if team.plan is None and team.participants and not self.speaker_announced:
+            self.post(_single_speaker(team.participants[0]))
         if team.context:
             first = team.participants[0] if team.plan is None else (team.plan.speakers or [""])[0]
             self.post(
@@ -761,6 +755,12 @@ def _stop_reason(error: ErrorOccurred) -> str:
     return BUDGET_EXHAUSTED if error.reason == "BUDGET_EXHAUSTED" else ERROR
 
 
+def _single_speaker(agent: str) -> SpeakerSelected:
+    return SpeakerSelected(
+        agent=agent, round=1, policy="single", reason="single-agent conversation"
+    )
+
+
 def _admission_events(admission: Admission | None, turn: Turn) -> list[EventBody]:
     if admission is None:
         return []
@@ -845,9 +845,15 @@ class TurnRunner:
             enabled_features=features,
             created_by=turn.created_by,
         )
+        first: list[EventBody] = [started, *_admission_events(admission, turn)]
+        if policy == "single":
+            # Known now: logged with TurnStarted, so that the first token waits for one
+            # append less.
+            first.append(_single_speaker(conversation.participants[0]))
+            execution.speaker_announced = True
         self.local[turn.id] = execution
         try:
-            execution.begin([started, *_admission_events(admission, turn)])
+            execution.begin(first)
         except BaseException:
             self.local.pop(turn.id, None)
             raise
