@@ -144,6 +144,24 @@ async def test_appends_of_many_conversations_share_a_call_and_fail_alone(
         assert [(e.sequence, e.speaker_selected.agent) for e in replay] == [(1, "a1"), (2, "a2")]
 
 
+async def test_appends_made_at_once_are_numbered_in_the_order_they_were_made(
+    conv: AsyncClient, server: RunningServer
+) -> None:
+    events = server.server.context.components["conversations"].events
+    cid = await new_conversation(conv)
+    turn_id = "00000000-0000-4000-8000-000000000001"
+
+    async def append(i: int) -> int:
+        body = SpeakerSelected(agent=f"a{i}", round=i, policy="single", reason="")
+        (event,) = await events.append_many(TENANT, cid, turn_id, [(body, None)])
+        return int(event.sequence)
+
+    # Started one after the other in one go: Redis sees them in that order, whatever
+    # batches they share.
+    tasks = [asyncio.ensure_future(append(i)) for i in range(1, 41)]
+    assert await asyncio.gather(*tasks) == list(range(1, 41))
+
+
 async def test_an_idle_follower_gets_heartbeats(
     tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
 ) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -57,6 +60,16 @@ return out
 _BATCH = 256
 
 
+@dataclass
+class _Request:
+    """The events of one `append` call, waiting for a script call."""
+
+    keys: list[str]  # counter, stream, turns hash
+    args: list[str]  # seed, turn id
+    payloads: list[bytes]
+    done: asyncio.Future[list[int]]
+
+
 def _entries(raw: Any) -> list[tuple[int, bytes]]:
     return [(int(entry_id.split(b"-", 1)[0]), fields[b"e"]) for entry_id, fields in raw]
 
@@ -81,8 +94,8 @@ class RedisLiveEvents:
         # The counter outlives the window so that sequences stay cheap for active conversations.
         self.counter_ttl_ms = max(self.window_ms, 24 * 3600 * 1000)
         self._append = redis.register_script(_APPEND)
-        self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
-        self._sending: set[asyncio.Future[None]] = set()
+        self._pending: deque[_Request] = deque()
+        self._sender: asyncio.Task[None] | None = None
         self._keys_of: dict[tuple[str, str], list[str]] = {}
 
     def _stream(self, tenant_id: str, conversation_id: str) -> str:
@@ -108,58 +121,75 @@ class RedisLiveEvents:
         return self.keys.k("conv", tenant_id, conversation_id, "turns")
 
     async def append(
-        self, tenant_id: str, conversation_id: str, turn_id: str, payload: bytes, seed: int | None
-    ) -> int | None:
-        # Appends made in the same turn of the event loop (many conversations streaming at
-        # once) go to Redis together in one script call: one round trip and one command
-        # instead of one each.
-        keys = self._append_keys(tenant_id, conversation_id)
-        args: list[Any] = [payload, "" if seed is None else str(seed), turn_id]
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((keys, args, done))
-        if len(self._pending) == 1:
-            loop.call_soon(self._flush)
-        sequence = int(await done)
-        return None if sequence < 0 else sequence
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        turn_id: str,
+        payloads: Sequence[bytes],
+        seed: int | None,
+    ) -> list[int | None]:
+        # Group commit: one script call in flight per process; the appends that come while
+        # it runs (many conversations streaming at once) go together in the next one. One
+        # round trip at once when idle, one command per round trip under load, and the
+        # calls reach Redis in the order they were made.
+        request = _Request(
+            self._append_keys(tenant_id, conversation_id),
+            ["" if seed is None else str(seed), turn_id],
+            list(payloads),
+            asyncio.get_running_loop().create_future(),
+        )
+        self._pending.append(request)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_pending(), name="event-appends")
+        results: list[int] = await request.done
+        return [None if sequence < 0 else sequence for sequence in results]
 
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.ensure_future(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
-        for begin in range(0, len(batch), _BATCH):
-            part = batch[begin : begin + _BATCH]
+    async def _send_pending(self) -> None:
+        while self._pending:
+            batch: list[_Request] = []
+            events = 0
+            while self._pending and (
+                not batch or events + len(self._pending[0].payloads) <= _BATCH
+            ):
+                request = self._pending.popleft()
+                batch.append(request)
+                events += len(request.payloads)
             try:
-                results = await self._append_all(part)
+                results = await self._append_all(batch)
             except BaseException as exc:
-                for _, _, done in batch[begin:]:
-                    if not done.done():
-                        done.set_exception(exc)
+                for request in batch:
+                    if not request.done.done():
+                        request.done.set_exception(exc)
                 if not isinstance(exc, Exception):
+                    for request in self._pending:  # shutting down: nobody will send them
+                        if not request.done.done():
+                            request.done.set_exception(exc)
+                    self._pending.clear()
                     raise
-                return
-            for (_, _, done), result in zip(part, results, strict=True):
-                if done.done():
+                continue
+            at = 0
+            for request in batch:
+                mine = results[at : at + len(request.payloads)]
+                at += len(request.payloads)
+                if request.done.done():
                     continue
-                if isinstance(result, bytes | str):
-                    text = result.decode(errors="replace") if isinstance(result, bytes) else result
-                    done.set_exception(ResponseError(text))
+                failed = next((r for r in mine if isinstance(r, bytes | str)), None)
+                if failed is not None:
+                    text = failed.decode(errors="replace") if isinstance(failed, bytes) else failed
+                    request.done.set_exception(ResponseError(text))
                 else:
-                    done.set_result(result)
+                    request.done.set_result(mine)
 
-    async def _append_all(
-        self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
-    ) -> list[Any]:
+    async def _append_all(self, batch: list[_Request]) -> list[Any]:
         """One script call for the batch. Through the registered script: when Redis lacks it
         (it restarted), it is loaded and the call made again (nothing of it ran)."""
         keys: list[str] = []
         args: list[Any] = [self.max_entries, self.window_ms, self.counter_ttl_ms]
-        for event_keys, event_args, _ in batch:
-            keys += event_keys
-            args += event_args
+        for request in batch:
+            seed, turn_id = request.args
+            for payload in request.payloads:
+                keys += request.keys
+                args += (payload, seed, turn_id)
         results: list[Any] = await self._append(keys=keys, args=args)
         return results
 

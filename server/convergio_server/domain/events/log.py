@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -35,10 +35,16 @@ class LiveEvents(Protocol):
     """The live window of event logs (Redis streams)."""
 
     async def append(
-        self, tenant_id: str, conversation_id: str, turn_id: str, payload: bytes, seed: int | None
-    ) -> int | None:
-        """Allocate the next sequence and append; None when the counter is missing and no
-        seed was given (the caller then seeds it from the durable log)."""
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        turn_id: str,
+        payloads: Sequence[bytes],
+        seed: int | None,
+    ) -> list[int | None]:
+        """Allocate the next sequences and append, in order; None for each event when the
+        counter is missing and no seed was given (the caller then seeds it from the durable
+        log)."""
         ...
 
     async def start(self, tenant_id: str, conversation_id: str) -> None:
@@ -236,11 +242,11 @@ class EventLog:
         items: list[tuple[EventBody, datetime | None]],
     ) -> list[Event]:
         """Append events of one turn in this order: one Redis round trip for all of them
-        (the appends of one loop iteration share a pipeline), then one hand-over to this
-        process's subscribers."""
+        (shared with the appends of other conversations made meanwhile), then one hand-over
+        to this process's subscribers."""
         stamped = [(body, event_time or datetime.now(UTC)) for body, event_time in items]
         payloads = [encode(conversation_id, turn_id, 0, now, body) for body, now in stamped]
-        sequences = await self._allocate(tenant_id, conversation_id, turn_id, payloads, None)
+        sequences = await self.live.append(tenant_id, conversation_id, turn_id, payloads, None)
         missing = [i for i, sequence in enumerate(sequences) if sequence is None]
         if missing:
             # The counter is missing (Redis lost it, or it expired): seed it from the durable
@@ -253,7 +259,7 @@ class EventLog:
             again = [payloads[i] for i in missing]
             for i, sequence in zip(
                 missing,
-                await self._allocate(tenant_id, conversation_id, turn_id, again, seed),
+                await self.live.append(tenant_id, conversation_id, turn_id, again, seed),
                 strict=True,
             ):
                 sequences[i] = sequence
@@ -290,26 +296,6 @@ class EventLog:
                 for queue in channel.subscribers:
                     queue.put_nowait(events)
         return events
-
-    async def _allocate(
-        self,
-        tenant_id: str,
-        conversation_id: str,
-        turn_id: str,
-        payloads: list[bytes],
-        seed: int | None,
-    ) -> list[int | None]:
-        if len(payloads) == 1:
-            return [await self.live.append(tenant_id, conversation_id, turn_id, payloads[0], seed)]
-        # Started in order within this loop iteration: the live log pipelines them in order.
-        return list(
-            await asyncio.gather(
-                *(
-                    self.live.append(tenant_id, conversation_id, turn_id, payload, seed)
-                    for payload in payloads
-                )
-            )
-        )
 
     async def start(self, tenant_id: str, conversation_id: str) -> None:
         """A new conversation's log: its first event then takes one round trip instead of
