@@ -105,6 +105,14 @@ async def test_busy_conversation_rejects_or_queues(paced_client: AsyncClient) ->
     assert first[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
     transcript = await paced_client.conversations.list_messages(conversation_id=cid)
     assert [m.source for m in transcript.messages] == ["user", "amy", "user", "amy"]
+    # Ending the first turn started the queued one and kept the counters right.
+    got = await paced_client.conversations.get_conversation(conversation_id=cid)
+    conversation = got.conversation
+    assert conversation.message_count == 4 and conversation.turn_count == 2
+    assert not conversation.active_turn_id and conversation.queued_turn_count == 0
+    done = first[-1].turn_completed.usage.completion_tokens
+    done += queued[-1].turn_completed.usage.completion_tokens
+    assert conversation.usage.completion_tokens == done
 
 
 async def test_cancel_a_queued_turn(paced_client: AsyncClient) -> None:

@@ -127,28 +127,6 @@ def _message(row: Any) -> Message:
     )
 
 
-async def _add_user_message(conn: Any, turn: Turn) -> None:
-    """The message that starts a turn enters the transcript when the turn starts running."""
-    inserted = await conn.execute(
-        """
-        INSERT INTO messages (tenant_id, conversation_id, id, turn_id, role, source, content)
-        VALUES ($1, $2, $3, $4, 'USER', 'user', $5) ON CONFLICT DO NOTHING
-        """,
-        turn.tenant_id,
-        turn.conversation_id,
-        turn.user_message_id,
-        turn.id,
-        turn.content,
-    )
-    if inserted.endswith(" 1"):
-        await conn.execute(
-            "UPDATE conversations SET message_count = message_count + 1 "
-            "WHERE tenant_id = $1 AND id = $2",
-            turn.tenant_id,
-            turn.conversation_id,
-        )
-
-
 class PgConversationStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self.pool = pool
@@ -367,92 +345,29 @@ class PgConversationStore:
         self, tenant_id: str, conversation_id: str, turn_id: str, outcome: TurnOutcome
     ) -> tuple[bool, Turn | None]:
         u = outcome.usage
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT 1 FROM conversations WHERE tenant_id = $1 AND id = $2 FOR NO KEY UPDATE",
-                tenant_id,
-                conversation_id,
-            )
-            ended = await conn.fetchval(
-                """
-                UPDATE turns SET status = 'ENDED', stop_reason = $4, stop_detail = $5,
-                    error = $6, prompt_tokens = $7, completion_tokens = $8, cached_tokens = $9,
-                    model_calls = $10, cost_usd = $11, end_time = now()
-                WHERE tenant_id = $1 AND conversation_id = $2 AND id = $3 AND status <> 'ENDED'
-                RETURNING id
-                """,
-                tenant_id,
-                conversation_id,
-                turn_id,
-                outcome.stop_reason,
-                outcome.stop_detail,
-                json.dumps(outcome.error) if outcome.error else None,
-                u.prompt_tokens,
-                u.completion_tokens,
-                u.cached_tokens,
-                u.model_calls,
-                outcome.cost_usd,
-            )
-            if ended is None:
-                return False, None
-            if outcome.team_state_json is not None:
-                await conn.execute(
-                    """
-                    INSERT INTO team_states (tenant_id, conversation_id, state, turn_id)
-                    VALUES ($1, $2, $3, $4)
-                    ON CONFLICT (tenant_id, conversation_id) DO UPDATE
-                    SET state = EXCLUDED.state, turn_id = EXCLUDED.turn_id, update_time = now()
-                    """,
-                    tenant_id,
-                    conversation_id,
-                    outcome.team_state_json,
-                    turn_id,
-                )
-            active = await conn.fetchval(
-                """
-                UPDATE conversations SET prompt_tokens = prompt_tokens + $4,
-                    completion_tokens = completion_tokens + $5,
-                    cached_tokens = cached_tokens + $6, model_calls = model_calls + $7,
-                    cost_usd = cost_usd + $8, update_time = now(),
-                    active_turn_id = CASE WHEN active_turn_id = $3 THEN NULL
-                                          ELSE active_turn_id END
-                WHERE tenant_id = $1 AND id = $2
-                RETURNING active_turn_id
-                """,
-                tenant_id,
-                conversation_id,
-                turn_id,
-                u.prompt_tokens,
-                u.completion_tokens,
-                u.cached_tokens,
-                u.model_calls,
-                outcome.cost_usd,
-            )
-            if active is not None:
-                return True, None
-            row = await conn.fetchrow(
-                f"""
-                UPDATE turns SET status = 'RUNNING', start_time = now()
-                WHERE (tenant_id, conversation_id, id) = (
-                    SELECT tenant_id, conversation_id, id FROM turns
-                    WHERE tenant_id = $1 AND conversation_id = $2 AND status = 'QUEUED'
-                    ORDER BY create_time, id LIMIT 1)
-                RETURNING {_TURN_COLUMNS}
-                """,
-                tenant_id,
-                conversation_id,
-            )
-            if row is None:
-                return True, None
-            await conn.execute(
-                "UPDATE conversations SET active_turn_id = $3 WHERE tenant_id = $1 AND id = $2",
-                tenant_id,
-                conversation_id,
-                row["id"],
-            )
-            promoted = _turn(row)
-            await _add_user_message(conn, promoted)
-            return True, promoted
+        # One round trip (see migration 0006): the turn, the team state, the conversation's
+        # counters, and the next queued turn started.
+        row = await self.pool.fetchrow(
+            "SELECT ended, promoted FROM convergio_finish_turn("
+            "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            tenant_id,
+            conversation_id,
+            turn_id,
+            outcome.stop_reason,
+            outcome.stop_detail,
+            json.dumps(outcome.error) if outcome.error else None,
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cached_tokens,
+            u.model_calls,
+            outcome.cost_usd,
+            outcome.team_state_json,
+        )
+        if row is None or not row["ended"]:
+            return False, None
+        if row["promoted"] is None:
+            return True, None
+        return True, await self.get_turn(tenant_id, conversation_id, str(row["promoted"]))
 
     async def get_turn(self, tenant_id: str, conversation_id: str, turn_id: str) -> Turn | None:
         row = await self.pool.fetchrow(
