@@ -17,8 +17,9 @@ from convergio import AsyncClient, errors
 from convergio.common.v1 import common_pb2
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
+from convergio_server.storage.redis import Keys
 
-from tests.conversations.conftest import collect, kinds, member_key, new_conversation
+from tests.conversations.conftest import TENANT, collect, kinds, member_key, new_conversation
 from tests.platform.procs import free_port
 from tests.support.server import RunningServer
 
@@ -131,4 +132,40 @@ async def test_a_failing_tool_is_reported_and_the_turn_goes_on(conv: AsyncClient
     assert result.error_kind == events_pb2.TOOL_ERROR_KIND_INVALID_ARGUMENTS
     assert result.attempts == 1
     assert kinds(events).count("message_completed") == 1  # the agent answered without it
+    assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+
+
+async def test_a_turn_whose_start_cannot_be_logged_ends_and_is_logged_later(
+    conv: AsyncClient, server: RunningServer
+) -> None:
+    # Redis refuses the conversation's log (its stream key holds a string): the caller gets
+    # an error, the turn ends at once instead of waiting for a reaper, and once the log
+    # works again the turn's events reach it, its end included.
+    cid = await new_conversation(conv)
+    stream_key = Keys(server.settings.redis_prefix).k("conv", TENANT, cid, "events")
+    await server.infra.redis.set(stream_key, "not a stream")
+    with pytest.raises(errors.Internal):
+        await collect(conv.conversations.send(conversation_id=cid, content="Hello"))
+    (turn,) = (await conv.conversations.list_turns(conversation_id=cid)).turns
+    for _ in range(100):
+        turn = (await conv.conversations.get_turn(conversation_id=cid, turn_id=turn.turn_id)).turn
+        if turn.status == pb.TURN_STATUS_ENDED:
+            break
+        await asyncio.sleep(0.05)
+    assert turn.stop_reason == events_pb2.STOP_REASON_ERROR
+    await server.infra.redis.delete(stream_key)
+    for _ in range(100):
+        logged = [
+            r.event
+            async for r in conv.conversations.stream_events(
+                conversation_id=cid, mode=pb.STREAM_EVENTS_MODE_REPLAY
+            )
+        ]
+        if logged and logged[-1].HasField("turn_completed"):
+            break
+        await asyncio.sleep(0.1)
+    assert kinds(logged)[0] == "turn_started" and kinds(logged)[-1] == "turn_completed"
+    assert logged[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_ERROR
+    # The conversation goes on.
+    events = await collect(conv.conversations.send(conversation_id=cid, content="Hello again"))
     assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
