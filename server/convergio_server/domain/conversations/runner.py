@@ -298,7 +298,8 @@ class TurnExecution:
         try:
             for body in first:
                 self.post(body)
-            self.prepare()
+            if self.preparing is None:
+                self.prepare()
             self.task = asyncio.create_task(self.run(), name=f"turn-run:{self.turn.id}")
         except BaseException:
             self._writing.__exit__(None, None, None)
@@ -347,8 +348,16 @@ class TurnExecution:
             self.runner.local.pop(self.turn.id, None)
 
     def prepare(self) -> None:
-        """Build the team and restore its state, while TurnStarted is being logged."""
+        """Build the team and restore its state, while the turn is admitted and
+        TurnStarted logged."""
         self.preparing = asyncio.ensure_future(self._prepare())
+
+    def discard(self) -> None:
+        """The turn does not start now (refused, queued, a repeated request)."""
+        if self.preparing is not None:
+            self.preparing.cancel()
+            # Whatever it ended with, nobody waits for it.
+            self.preparing.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _prepare(self) -> BuiltTeam:
         team = await self.runner.builder.build(
@@ -817,6 +826,19 @@ class TurnRunner:
         self.owner = uuid.uuid4().hex[:12]
         self.local: dict[str, TurnExecution] = {}
 
+    def prepare(
+        self, principal: Principal, conversation: Conversation, turn: Turn
+    ) -> TurnExecution:
+        """Build the team of a turn that is being admitted and restore its state, while the
+        admission runs. Pass the result to `start`, or `discard` it if the turn does not
+        start now."""
+        policy, features = self.builder.resolve(principal, conversation)
+        if len(conversation.participants) == 1 and conversation.team.single_agent:
+            policy = "single"
+        execution = TurnExecution(self, principal, conversation, turn, policy, features)
+        execution.prepare()
+        return execution
+
     async def start(
         self,
         principal: Principal,
@@ -825,16 +847,16 @@ class TurnRunner:
         admission: Admission | None = None,
         *,
         lease_held: bool = False,
+        prepared: TurnExecution | None = None,
     ) -> int:
         """Start a turn that the store has just made RUNNING; returns its first sequence.
         The guards' warnings about it (`admission`) follow TurnStarted."""
         if not lease_held:
             holder = f"{self.owner}|{turn.id}"
             await self.leases.acquire(conversation.tenant_id, conversation.id, holder)
-        policy, features = self.builder.resolve(principal, conversation)
-        if len(conversation.participants) == 1 and conversation.team.single_agent:
-            policy = "single"
-        execution = TurnExecution(self, principal, conversation, turn, policy, features)
+        execution = prepared or self.prepare(principal, conversation, turn)
+        execution.turn = turn  # as admitted
+        policy, features = execution.policy, execution.features
         started = TurnStarted(
             request_id=turn.request_id,
             user_message_id=turn.user_message_id,
@@ -856,6 +878,7 @@ class TurnRunner:
             execution.begin(first)
         except BaseException:
             self.local.pop(turn.id, None)
+            execution.discard()
             raise
         try:
             return await asyncio.shield(execution.first_logged)

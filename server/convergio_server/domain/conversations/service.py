@@ -392,13 +392,26 @@ class ConversationService:
         if isinstance(leased, BaseException):
             raise leased
         admission = guarded
-        admitted = await self._admit(turn, enqueue, held=leased)
-        if (
-            admitted.busy
-            and not admitted.queue_full
-            and await self._reap_orphans(principal, conversation)
-        ):
-            admitted = await self._admit(turn, enqueue)
+        # The team is built while the turn is admitted; dropped if it does not start now.
+        prepared = self.runner.prepare(principal, conversation, turn) if leased is True else None
+        try:
+            admitted = await self._admit(turn, enqueue, held=leased)
+            if (
+                admitted.busy
+                and not admitted.queue_full
+                and await self._reap_orphans(principal, conversation)
+            ):
+                if prepared is not None:  # built before the reaper changed the conversation
+                    prepared.discard()
+                    prepared = None
+                admitted = await self._admit(turn, enqueue)
+        except BaseException:
+            if prepared is not None:
+                prepared.discard()
+            raise
+        if prepared is not None and (admitted.existing or admitted.busy or admitted.position):
+            prepared.discard()
+            prepared = None
         if admitted.existing:
             return await self._attach(principal, admitted.turn)
         if admitted.busy:
@@ -425,7 +438,12 @@ class ConversationService:
             )
             return SendResult(conversation_id, turn.id, queued.sequence - 1)
         first = await self.runner.start(
-            principal, conversation, turn, admission, lease_held=admitted.lease_held
+            principal,
+            conversation,
+            turn,
+            admission,
+            lease_held=admitted.lease_held,
+            prepared=prepared,
         )
         return SendResult(conversation_id, turn.id, first - 1)
 
