@@ -231,14 +231,20 @@ return {allowed, used, oldest, now}
 )
 
 # KEYS: breaker hash, tenant's breaker index. ARGV: op, member, 5 parameters, 2 op arguments.
+# Op "success+cost" is "success" then "cost" (a turn that ended well, and what it cost).
 # Returns {decision, retry ms, hash fields...}.
 _BREAKER = (
     _LIB
     + """
 local now = now_ms()
 local p = {ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}
-local decision, retry = breaker_step(KEYS[1], KEYS[2], ARGV[2], ARGV[1], p, ARGV[8] or '',
-  ARGV[9] or '', now)
+local ops = {ARGV[1]}
+if ARGV[1] == 'success+cost' then ops = {'success', 'cost'} end
+local decision, retry
+for _, op in ipairs(ops) do
+  decision, retry = breaker_step(KEYS[1], KEYS[2], ARGV[2], op, p, ARGV[8] or '',
+    ARGV[9] or '', now)
+end
 return breaker_out({decision, retry}, KEYS[1], now)
 """
 )

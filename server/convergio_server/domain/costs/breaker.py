@@ -85,6 +85,11 @@ class Breakers:
     async def cost(self, tenant: str, amount: Decimal) -> BreakerState:
         return self._state(TENANT, await self._op(tenant, TENANT, "cost", to_nanos(amount)))
 
+    async def turn_succeeded(self, tenant: str, amount: Decimal) -> BreakerState:
+        """`success` then `cost` of the tenant's breaker, in one round trip."""
+        raw = await self._op(tenant, TENANT, "success+cost", to_nanos(amount))
+        return self._state(TENANT, raw)
+
     async def trip(self, tenant: str, name: str, cause: str, reason: str) -> BreakerState:
         return self._state(name, await self._op(tenant, name, "trip", cause, reason[:200]))
 

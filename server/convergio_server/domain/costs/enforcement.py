@@ -155,8 +155,7 @@ class CostGuards:
             if failed:
                 await self.breakers.failure(tenant, TENANT, f"turn {scope.turn_id} failed")
             else:
-                await self.breakers.success(tenant, TENANT)
-                await self.breakers.cost(tenant, cost_usd)
+                await self.breakers.turn_succeeded(tenant, cost_usd)
         except Unavailable:
             log.warning("could not update the tenant circuit breaker", exc_info=True)
 
