@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from convergio import AsyncClient
 from convergio.conversation.v1 import events_pb2
+from convergio_server.storage.redis import Keys
 
 from tests.conversations.conftest import (
     FINANCE_QUESTION,
+    TENANT,
     collect,
     kinds,
     member_key,
@@ -124,3 +126,29 @@ async def test_a_conversation_goes_on_after_a_restart(
             assert two[0].sequence == one[-1].sequence + 1
             transcript = await client.conversations.list_messages(conversation_id=cid)
             assert [m.source for m in transcript.messages] == ["user", "amy", "user", "amy"]
+
+
+async def test_a_turn_whose_lease_another_process_took_is_ended(
+    other_process: tuple[subprocess.Popen[str], str],
+    server: RunningServer,
+    redis_prefix: str,
+    streaming: None,
+) -> None:
+    # The turn's process renews its lease (one second here) while the turn runs; if another
+    # holder takes it (the process looked dead to the others), the turn stops rather than
+    # run twice.
+    _, target = other_process
+    key = await member_key(server)
+    async with AsyncClient(target, api_key=key) as there:
+        await wait_streaming(there)
+        cid = await new_conversation(there)
+        stream = there.conversations.send(conversation_id=cid, content=LONG)
+        first = await stream.__anext__()
+        lease = Keys(redis_prefix).k("conv", TENANT, cid, "lease")
+        holder = await server.infra.redis.get(lease)
+        assert isinstance(holder, bytes) and holder.decode().endswith(first.turn_id)
+        await server.infra.redis.set(lease, "someone-else", px=60_000)
+        rest = [event async for event in stream]
+        done = rest[-1].turn_completed
+        assert done.stop_reason == events_pb2.STOP_REASON_ERROR
+        assert "lost the turn's lease" in done.stop_detail

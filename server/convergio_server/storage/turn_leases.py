@@ -17,11 +17,17 @@ from convergio_server.storage.redis import Keys
 
 log = logging.getLogger(__name__)
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+# KEYS: leases; ARGV: ttl ms, then the holder of each. Answers 1 (renewed) or 0 per lease.
+_RENEW_MANY = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    out[i] = redis.call('PEXPIRE', key, ARGV[1])
+  else
+    out[i] = 0
+  end
 end
-return 0
+return out
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -36,7 +42,7 @@ class RedisLeases:
         self.redis = redis
         self.keys = keys
         self.ttl_ms = int(seconds * 1000)
-        self._renew = redis.register_script(_RENEW)
+        self._renew_many = redis.register_script(_RENEW_MANY)
         self._release = redis.register_script(_RELEASE)
 
     def _key(self, tenant_id: str, conversation_id: str) -> str:
@@ -51,11 +57,12 @@ class RedisLeases:
         key = self._key(tenant_id, conversation_id)
         return bool(await self.redis.set(key, holder, px=self.ttl_ms, nx=True))
 
-    async def renew(self, tenant_id: str, conversation_id: str, holder: str) -> bool:
-        kept = await self._renew(
-            keys=[self._key(tenant_id, conversation_id)], args=[holder, self.ttl_ms]
+    async def renew_many(self, held: list[tuple[str, str, str]]) -> list[bool]:
+        kept: list[int] = await self._renew_many(
+            keys=[self._key(tenant, conversation) for tenant, conversation, _ in held],
+            args=[self.ttl_ms, *(holder for _, _, holder in held)],
         )
-        return bool(kept)
+        return [bool(k) for k in kept]
 
     async def release(self, tenant_id: str, conversation_id: str, holder: str) -> None:
         await self._release(keys=[self._key(tenant_id, conversation_id)], args=[holder])

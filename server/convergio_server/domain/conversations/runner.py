@@ -35,6 +35,7 @@ from autogen_core import CancellationToken
 from autogen_core.models import RequestUsage
 
 from convergio_server.domain.auth import Principal
+from convergio_server.domain.background import cancel_and_wait
 from convergio_server.domain.conversations.metering import Meter, Pricing
 from convergio_server.domain.conversations.metering import free as _free
 from convergio_server.domain.conversations.model import (
@@ -131,7 +132,10 @@ class Leases(Protocol):
         """Take the lease unless someone holds it."""
         ...
 
-    async def renew(self, tenant_id: str, conversation_id: str, holder: str) -> bool: ...
+    async def renew_many(self, held: list[tuple[str, str, str]]) -> list[bool]:
+        """Renew (tenant, conversation, holder) leases in one round trip; False where the
+        holder no longer holds it."""
+        ...
 
     async def release(self, tenant_id: str, conversation_id: str, holder: str) -> None: ...
 
@@ -220,6 +224,7 @@ class TurnExecution:
         # Messages of earlier turns that the saved team state lacks, replayed to the team.
         self.missed: list[TextMessage] = []
         self.speaker_announced = False  # the single agent's SpeakerSelected went with TurnStarted
+        self.lease_released = False  # renewed by the runner until then
 
     @property
     def tenant_id(self) -> str:
@@ -312,7 +317,6 @@ class TurnExecution:
             self._writing.__exit__(None, None, None)
 
     async def _run(self) -> None:
-        renew = asyncio.create_task(self._renew_lease())
         team: BuiltTeam | None = None
         outcome = TurnOutcome(stop_reason=ERROR)
         error: ErrorOccurred | None = None
@@ -337,7 +341,7 @@ class TurnExecution:
         except Exception:
             log.exception("turn %s could not be finished", self.turn.id)
         finally:
-            renew.cancel()
+            self.lease_released = True  # (if not already): no more renewals
             with contextlib.suppress(Exception):
                 await self.flush()
             if team is not None:
@@ -620,6 +624,7 @@ class TurnExecution:
             await runner.leases.acquire(
                 self.tenant_id, self.conversation.id, f"{runner.owner}|{next_turn.id}"
             )
+        self.lease_released = True
         await runner.leases.release(self.tenant_id, self.conversation.id, self.holder)
         with contextlib.suppress(Exception):
             await runner.guards_for().turn_finished(
@@ -650,20 +655,6 @@ class TurnExecution:
                     self._outbox_writer = asyncio.create_task(
                         self._write_outbox(), name=f"turn-events:{self.turn.id}"
                     )
-
-    async def _renew_lease(self) -> None:
-        interval = self.runner.config.lease_seconds / 3
-        leases = self.runner.leases
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                kept = await leases.renew(self.tenant_id, self.conversation.id, self.holder)
-            except Exception as exc:
-                log.warning("lease renewal of turn %s failed: %s", self.turn.id, exc)
-                continue
-            if not kept:
-                self.cancel(ERROR, "this server lost the turn's lease")
-                return
 
 
 _TOOL_ERROR = re.compile(r"error \((?P<kind>[A-Z_]+)\)")
@@ -825,6 +816,31 @@ class TurnRunner:
         self.principal_of = principal_of
         self.owner = uuid.uuid4().hex[:12]
         self.local: dict[str, TurnExecution] = {}
+        self._renewer: asyncio.Task[None] | None = None
+
+    def _watch_leases(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_leases(), name="turn-leases")
+
+    async def _renew_leases(self) -> None:
+        """Renew the leases of every local turn, all in one round trip, three times per
+        lease period; a turn whose lease another process took is cancelled."""
+        interval = self.config.lease_seconds / 3
+        while self.local:
+            await asyncio.sleep(interval)
+            held = [e for e in self.local.values() if not e.lease_released]
+            if not held:
+                continue
+            try:
+                kept = await self.leases.renew_many(
+                    [(e.tenant_id, e.conversation.id, e.holder) for e in held]
+                )
+            except Exception as exc:
+                log.warning("lease renewal of %d turns failed: %s", len(held), exc)
+                continue
+            for execution, ok in zip(held, kept, strict=True):
+                if not ok and not execution.lease_released:
+                    execution.cancel(ERROR, "this server lost the turn's lease")
 
     def prepare(
         self, principal: Principal, conversation: Conversation, turn: Turn
@@ -880,6 +896,7 @@ class TurnRunner:
             self.local.pop(turn.id, None)
             execution.discard()
             raise
+        self._watch_leases()
         try:
             return await asyncio.shield(execution.first_logged)
         except Exception as exc:
@@ -911,3 +928,5 @@ class TurnRunner:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
                     await execution.done.wait()
+        if self._renewer is not None:
+            await cancel_and_wait([self._renewer])
