@@ -345,9 +345,7 @@ class TurnExecution:
             with contextlib.suppress(Exception):
                 await self.flush()
             if team is not None:
-                for closer in team.closers:
-                    with contextlib.suppress(Exception):
-                        await closer()
+                await _close_team(team)
             self.done.set()
             self.runner.local.pop(self.turn.id, None)
 
@@ -360,8 +358,15 @@ class TurnExecution:
         """The turn does not start now (refused, queued, a repeated request)."""
         if self.preparing is not None:
             self.preparing.cancel()
-            # Whatever it ended with, nobody waits for it.
-            self.preparing.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self.preparing.add_done_callback(self._drop_team)
+
+    def _drop_team(self, preparing: asyncio.Future[BuiltTeam]) -> None:
+        # Whatever it ended with, nobody waits for it; a team that was built is closed.
+        if preparing.cancelled() or preparing.exception() is not None:
+            return
+        closing = asyncio.ensure_future(_close_team(preparing.result()))
+        _closing.add(closing)  # a reference, so that the task is not collected midway
+        closing.add_done_callback(_closing.discard)
 
     async def _prepare(self) -> BuiltTeam:
         team = await self.runner.builder.build(
@@ -753,6 +758,15 @@ def _error_event(exc: BaseException) -> ErrorOccurred:
 
 def _stop_reason(error: ErrorOccurred) -> str:
     return BUDGET_EXHAUSTED if error.reason == "BUDGET_EXHAUSTED" else ERROR
+
+
+_closing: set[asyncio.Future[None]] = set()  # teams of discarded turns being closed
+
+
+async def _close_team(team: BuiltTeam) -> None:
+    for closer in team.closers:
+        with contextlib.suppress(Exception):
+            await closer()
 
 
 def _single_speaker(agent: str) -> SpeakerSelected:
