@@ -379,8 +379,6 @@ class EventLog:
                 quiet = 0.0
             timer = loop.call_later(heartbeat_seconds - quiet, check_idle)
 
-        if heartbeat_seconds is not None:
-            timer = loop.call_later(heartbeat_seconds, check_idle)
         try:
             cursor = after
             if replay:
@@ -388,6 +386,9 @@ class EventLog:
                 async for event in self.replay(tenant_id, conversation_id, cursor):
                     cursor = event.sequence
                     yield event
+            last = loop.time()
+            if heartbeat_seconds is not None:
+                timer = loop.call_later(heartbeat_seconds, check_idle)
             while True:
                 batch = await queue.get()
                 if batch is _IDLE:
