@@ -65,7 +65,8 @@ class _Request:
     """The events of one `append` call, waiting for a script call."""
 
     keys: list[str]  # counter, stream, turns hash
-    args: list[str]  # seed, turn id
+    seed: str  # "" = no seed
+    turn_id: str
     payloads: list[bytes]
     done: asyncio.Future[list[int]]
 
@@ -134,7 +135,8 @@ class RedisLiveEvents:
         # calls reach Redis in the order they were made.
         request = _Request(
             self._append_keys(tenant_id, conversation_id),
-            ["" if seed is None else str(seed), turn_id],
+            "" if seed is None else str(seed),
+            turn_id,
             list(payloads),
             asyncio.get_running_loop().create_future(),
         )
@@ -186,10 +188,9 @@ class RedisLiveEvents:
         keys: list[str] = []
         args: list[Any] = [self.max_entries, self.window_ms, self.counter_ttl_ms]
         for request in batch:
-            seed, turn_id = request.args
             for payload in request.payloads:
                 keys += request.keys
-                args += (payload, seed, turn_id)
+                args += (payload, request.seed, request.turn_id)
         results: list[Any] = await self._append(keys=keys, args=args)
         return results
 

@@ -60,17 +60,16 @@ def count_text_tokens(text: str) -> int:
         return _count_word(text)
     if len(text) <= 8192:
         return _count_text(text)
+    return _count(text)
+
+
+def _count(text: str) -> int:
     return len(_TOKEN.findall(text))
 
 
-@functools.lru_cache(maxsize=16384)
-def _count_word(text: str) -> int:
-    return len(_TOKEN.findall(text))
-
-
-@functools.lru_cache(maxsize=1024)
-def _count_text(text: str) -> int:
-    return len(_TOKEN.findall(text))
+# Many distinct words, few distinct long texts: a cache each, sized for what it holds.
+_count_word = functools.lru_cache(maxsize=16384)(_count)
+_count_text = functools.lru_cache(maxsize=1024)(_count)
 
 
 def stream_chunks(text: str) -> list[str]:
