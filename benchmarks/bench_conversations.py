@@ -54,10 +54,19 @@ class Run:
     latencies_ms: list[float] = field(default_factory=list)
     ttft_ms: list[float] = field(default_factory=list)
     server_cpu_seconds: float = 0.0  # of the server process, all its threads
+    redis_cpu_seconds: float = 0.0  # of the Redis server the platform uses
 
     @property
     def tokens_per_delta(self) -> float:
         return self.tokens / self.deltas if self.deltas else 0.0
+
+
+@dataclass
+class Redis:
+    """The Redis server of a run, when it runs on this machine (else pid None)."""
+
+    pid: int | None
+    version: str
 
 
 def _free_port() -> int:
@@ -82,15 +91,39 @@ def _cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
+def _redis_process(env: BenchEnv, data_dir: Path) -> tuple[int | None, str]:
+    """The pid and version of the Redis server that `convergio serve` uses, when it runs on
+    this machine: the one of REDIS_URL, or the embedded one under `data_dir`."""
+    if env.redis_url:
+        import redis
+
+        client = redis.Redis.from_url(env.redis_url)
+        try:
+            info = client.info("server")
+        finally:
+            client.close()
+        pid = int(info["process_id"])
+        return (pid if psutil.pid_exists(pid) else None), str(info["redis_version"])
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "redis-server" in (process.info["name"] or "") and str(data_dir) in cmdline:
+            version = subprocess.run(
+                [process.exe(), "--version"], capture_output=True, text=True, check=False
+            ).stdout
+            found = next((w[2:] for w in version.split() if w.startswith("v=")), "")
+            return process.pid, found
+    return None, ""
+
+
 def _spawn(args: list[str], **options: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(args, stdout=subprocess.PIPE, text=True, **options)
 
 
 @contextlib.asynccontextmanager
-async def _convergio(env: BenchEnv, pace: float) -> AsyncIterator[tuple[int, str, str]]:
+async def _convergio(env: BenchEnv, pace: float) -> AsyncIterator[tuple[int, str, str, Redis]]:
     """`convergio serve` in a process of its own, as it runs in production, on the run's
-    stores; yields its pid, address and an admin key of a new tenant with token streaming
-    on."""
+    stores; yields its pid, address, an admin key of a new tenant with token streaming
+    on, and the Redis server it uses."""
     from convergio import AsyncClient
     from convergio.flag.v1 import flag_pb2
 
@@ -143,7 +176,7 @@ async def _convergio(env: BenchEnv, pace: float) -> AsyncIterator[tuple[int, str
                     if (await client.flags.evaluate_flag(key="true_streaming")).evaluation.value:
                         break
                     await asyncio.sleep(0.05)
-            yield process.pid, address, key
+            yield process.pid, address, key, Redis(*_redis_process(env, data_dir))
         finally:
             process.send_signal(signal.SIGTERM)
             try:
@@ -152,9 +185,11 @@ async def _convergio(env: BenchEnv, pace: float) -> AsyncIterator[tuple[int, str
                 process.kill()
 
 
-async def _turns(target: str, key: str, n: int, pid: int | None = None) -> Run:
-    """One turn in each of n new single-agent conversations, all at once (with `pid`, the
-    server's CPU time while they stream)."""
+async def _turns(
+    target: str, key: str, n: int, pid: int | None = None, redis_pid: int | None = None
+) -> Run:
+    """One turn in each of n new single-agent conversations, all at once (with `pid` and
+    `redis_pid`, the CPU time of the server and of Redis while they stream)."""
     from convergio import AsyncClient
     from convergio.conversation.v1 import conversation_pb2 as pb
 
@@ -188,10 +223,12 @@ async def _turns(target: str, key: str, n: int, pid: int | None = None) -> Run:
                     run.tokens += event.turn_completed.usage.completion_tokens
 
         cpu = _cpu_seconds(pid) if pid else 0.0
+        redis_cpu = _cpu_seconds(redis_pid) if redis_pid else 0.0
         started = time.perf_counter()
         await asyncio.gather(*(one(client, cid) for client, cid in ids))
         run.seconds = time.perf_counter() - started
         run.server_cpu_seconds = _cpu_seconds(pid) - cpu if pid else 0.0
+        run.redis_cpu_seconds = _cpu_seconds(redis_pid) - redis_cpu if redis_pid else 0.0
     finally:
         for client in clients:
             await client.close()
@@ -347,15 +384,17 @@ async def run(env: BenchEnv) -> list[Result]:
     counts = (1, 10) if env.quick else (1, 50, 200)
     results: list[Result] = []
     runs: dict[tuple[float, int], Run] = {}
+    redis_version = ""
     # Paced first: memory is measured before the big zero-delay runs grow the heap.
     for pace in (PACE, 0.0):
-        async with _convergio(env, pace) as (pid, target, key):
+        async with _convergio(env, pace) as (pid, target, key, redis_server):
+            redis_version = redis_server.version
             await _turns(target, key, 2)  # warm up: connections, caches, the roster
             if pace:
                 active = await _active_memory(pid, target, key, counts[-1] if env.quick else 50)
                 idle = await _idle_streams(pid, target, key, 50 if env.quick else 200)
             for n in counts:
-                runs[(pace, n)] = await _turns(target, key, n, pid)
+                runs[(pace, n)] = await _turns(target, key, n, pid, redis_server.pid)
             if not pace:
                 ttfts = await _ttft(target, key, 20)
     direct = await _direct_ttft(20)
@@ -404,6 +443,20 @@ async def run(env: BenchEnv) -> list[Result]:
                         extra={
                             "baseline": "bare server CPU per message",
                             "server_cpu_ms_per_turn": measured.server_cpu_seconds / n * 1000,
+                        },
+                    )
+                )
+            if n >= 50 and measured.deltas and measured.redis_cpu_seconds:
+                # The log's share, paid by the Redis server (another core, or the same).
+                results.append(
+                    Result(
+                        AREA,
+                        f"Redis CPU per delivered delta, {n} streams, {label}",
+                        measured.redis_cpu_seconds / measured.deltas * 1e6,
+                        "us",
+                        extra={
+                            "redis_version": redis_version,
+                            "redis_cpu_ms_per_turn": measured.redis_cpu_seconds / n * 1000,
                         },
                     )
                 )
