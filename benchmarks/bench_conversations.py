@@ -102,8 +102,13 @@ def _redis_process(env: BenchEnv, data_dir: Path) -> tuple[int | None, str]:
             info = client.info("server")
         finally:
             client.close()
-        pid = int(info["process_id"])
-        return (pid if psutil.pid_exists(pid) else None), str(info["redis_version"])
+        pid: int | None = int(info["process_id"])
+        try:  # a Redis on another machine: a local process of that pid is someone else
+            if "redis" not in psutil.Process(pid).name():
+                pid = None
+        except psutil.Error:
+            pid = None
+        return pid, str(info["redis_version"])
     for process in psutil.process_iter(["name", "cmdline"]):
         cmdline = " ".join(process.info["cmdline"] or [])
         if "redis-server" in (process.info["name"] or "") and str(data_dir) in cmdline:
