@@ -62,7 +62,7 @@ class Run:
 
 
 @dataclass
-class Redis:
+class RedisServer:
     """The Redis server of a run, when it runs on this machine (else pid None)."""
 
     pid: int | None
@@ -91,8 +91,8 @@ def _cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
-def _redis_process(env: BenchEnv, data_dir: Path) -> tuple[int | None, str]:
-    """The pid and version of the Redis server that `convergio serve` uses, when it runs on
+def _redis_server(env: BenchEnv, data_dir: Path) -> RedisServer:
+    """The Redis server that `convergio serve` uses, with its pid when it runs on
     this machine: the one of REDIS_URL, or the embedded one under `data_dir`."""
     if env.redis_url:
         import redis
@@ -108,7 +108,7 @@ def _redis_process(env: BenchEnv, data_dir: Path) -> tuple[int | None, str]:
                 pid = None
         except psutil.Error:
             pid = None
-        return pid, str(info["redis_version"])
+        return RedisServer(pid, str(info["redis_version"]))
     for process in psutil.process_iter(["name", "cmdline"]):
         cmdline = " ".join(process.info["cmdline"] or [])
         if "redis-server" in (process.info["name"] or "") and str(data_dir) in cmdline:
@@ -116,8 +116,8 @@ def _redis_process(env: BenchEnv, data_dir: Path) -> tuple[int | None, str]:
                 [process.exe(), "--version"], capture_output=True, text=True, check=False
             ).stdout
             found = next((w[2:] for w in version.split() if w.startswith("v=")), "")
-            return process.pid, found
-    return None, ""
+            return RedisServer(process.pid, found)
+    return RedisServer(None, "")
 
 
 def _spawn(args: list[str], **options: Any) -> subprocess.Popen[str]:
@@ -125,7 +125,9 @@ def _spawn(args: list[str], **options: Any) -> subprocess.Popen[str]:
 
 
 @contextlib.asynccontextmanager
-async def _convergio(env: BenchEnv, pace: float) -> AsyncIterator[tuple[int, str, str, Redis]]:
+async def _convergio(
+    env: BenchEnv, pace: float
+) -> AsyncIterator[tuple[int, str, str, RedisServer]]:
     """`convergio serve` in a process of its own, as it runs in production, on the run's
     stores; yields its pid, address, an admin key of a new tenant with token streaming
     on, and the Redis server it uses."""
@@ -181,7 +183,7 @@ async def _convergio(env: BenchEnv, pace: float) -> AsyncIterator[tuple[int, str
                     if (await client.flags.evaluate_flag(key="true_streaming")).evaluation.value:
                         break
                     await asyncio.sleep(0.05)
-            yield process.pid, address, key, Redis(*_redis_process(env, data_dir))
+            yield process.pid, address, key, _redis_server(env, data_dir)
         finally:
             process.send_signal(signal.SIGTERM)
             try:
