@@ -399,6 +399,7 @@ class TurnExecution:
                 )
             )
         emitted_selections = 0
+        meter = team.meter
         deltas = _Deltas()
         window = self.runner.config.coalesce_seconds
         pending_usage: dict[str, Usage] = {}
@@ -479,9 +480,9 @@ class TurnExecution:
                         continue
                     if deltas.parts and deltas.message_id != item.full_message_id:
                         self._emit_delta(deltas)
-                    deltas.add(
-                        item.full_message_id or item.id, source, item.content, item.created_at
-                    )
+                    # When the model generated it, not when it reached AutoGen.
+                    generated = meter.generated.popleft() if meter.generated else item.created_at
+                    deltas.add(item.full_message_id or item.id, source, item.content, generated)
                     left = deltas.flushed + window - time.monotonic()
                     if left <= 0:
                         self._emit_delta(deltas)

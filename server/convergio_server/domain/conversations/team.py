@@ -37,6 +37,7 @@ from convergio_server.domain.features import (
 )
 from convergio_server.domain.guards import AlertSink, CallInfo, Guards, TurnScope
 from convergio_server.domain.knowledge import MAX_QUERY_CHARS, KnowledgeBase
+from convergio_server.domain.models.coalescing import CoalescingClient
 from convergio_server.domain.models.factory import create_model_client, resolve_selection
 from convergio_server.domain.models.selection import ModelInfoOverride, ModelSelection
 from convergio_server.domain.tools.base import ToolContext
@@ -128,11 +129,14 @@ class AutogenTeamBuilder:
 
     def _client(
         self, selection: ModelSelection, meter: Meter, guards: Guards, call: CallInfo
-    ) -> tuple[MeteredClient, Any]:
+    ) -> tuple[CoalescingClient, Pricing, Any]:
         raw = create_model_client(selection, self.settings)
         provider, _, model = model_label(selection).partition("/")
         billed = guards.wrap_model_client(raw, call)
-        return MeteredClient(billed, meter, _pricing(guards, provider, model)), raw.close
+        pricing = _pricing(guards, provider, model)
+        metered = MeteredClient(billed, meter, pricing)
+        window = self.settings.token_coalesce_ms / 1000
+        return CoalescingClient(metered, window, meter.generated), pricing, raw.close
 
     async def build(
         self,
@@ -175,8 +179,7 @@ class AutogenTeamBuilder:
             call = CallInfo(
                 scope, spec.name, provider, model, "agent_reply", selection.max_output_tokens
             )
-            client, close = self._client(selection, meter, guards, call)
-            pricing[spec.name] = client.pricing
+            client, pricing[spec.name], close = self._client(selection, meter, guards, call)
             closers.append(close)
             offered = self.tools.autogen_tools(list(spec.tools), ctx) if spec.tools else []
             tools: list[Any] = [
@@ -234,7 +237,7 @@ class AutogenTeamBuilder:
         # The selector model is only asked when the policy has no answer (never for "simple").
         selector_selection = self._selection(conversation, None)
         provider, _, model = model_label(selector_selection).partition("/")
-        selector_client, close = self._client(
+        selector_client, _, close = self._client(
             selector_selection,
             meter,
             guards,
