@@ -40,6 +40,9 @@ from benchmarks.harness import BenchEnv, Result, percentile
 AREA = "conversations"
 PACE = 50.0  # tokens per second per stream in the paced runs
 QUESTION = "Give me your view of next year's plan for the new product line."
+# Answers of this many tokens at least in the scenario that measures streaming alone: the
+# turn's fixed cost then weighs little next to its tokens.
+LONG_ANSWER_TOKENS = 600
 
 
 @dataclass
@@ -126,7 +129,7 @@ def _spawn(args: list[str], **options: Any) -> subprocess.Popen[str]:
 
 @contextlib.asynccontextmanager
 async def _convergio(
-    env: BenchEnv, pace: float
+    env: BenchEnv, pace: float, answer_tokens: int = 0
 ) -> AsyncIterator[tuple[int, str, str, RedisServer]]:
     """`convergio serve` in a process of its own, as it runs in production, on the run's
     stores; yields its pid, address, an admin key of a new tenant with token streaming
@@ -145,6 +148,7 @@ async def _convergio(
         "CONVERGIO_REDIS_PREFIX": f"cvgbench:{secrets.token_hex(4)}",
         "CONVERGIO_LOG_LEVEL": "WARNING",
         "CONVERGIO_OFFLINE_TOKENS_PER_SECOND": str(pace),
+        "CONVERGIO_OFFLINE_MIN_ANSWER_TOKENS": str(answer_tokens),
         "CONVERGIO_DB_POOL_MAX": "20",
         # The benchmark measures streaming, not refusals.
         "CONVERGIO_RATE_LIMIT_TURNS_PER_MINUTE": "10000000",
@@ -404,6 +408,10 @@ async def run(env: BenchEnv) -> list[Result]:
                 runs[(pace, n)] = await _turns(target, key, n, pid, redis_server.pid)
             if not pace:
                 ttfts = await _ttft(target, key, 20)
+    long_n = counts[-1] if env.quick else 50
+    async with _convergio(env, 0.0, LONG_ANSWER_TOKENS) as (pid, target, key, _):
+        await _turns(target, key, 2)
+        long_run = await _turns(target, key, long_n, pid)
     direct = await _direct_ttft(20)
 
     async with _bare_server() as (bare_pid, bare_target):
@@ -483,6 +491,28 @@ async def run(env: BenchEnv) -> list[Result]:
                         ok=latency_ok,
                     )
                 )
+        # Streaming alone: long answers at zero delay, where a delta carries more tokens.
+        per_stream = max(1, round(long_run.deltas / long_n))
+        size = round(long_run.delta_bytes / long_run.deltas) if long_run.deltas else 64
+        bare = await _bare(bare_target, bare_pid, long_n, per_stream, size, 0.0)
+        results.append(
+            Result(
+                AREA,
+                f"tokens/s delivered, {long_n} streams, zero delay, "
+                f"{LONG_ANSWER_TOKENS}-token answers",
+                long_run.tokens / long_run.seconds,
+                "tok/s",
+                baseline=bare.events / bare.seconds * long_run.tokens_per_delta,
+                extra={
+                    "tokens_per_delta": long_run.tokens_per_delta,
+                    "server_cpu_us_per_token": long_run.server_cpu_seconds
+                    / max(1, long_run.tokens)
+                    * 1e6,
+                    "server_cpu_ms_per_turn": long_run.server_cpu_seconds / long_n * 1000,
+                    "bare_messages_per_s": bare.events / bare.seconds,
+                },
+            )
+        )
     ttft = statistics.median(ttfts)
     direct_ttft = statistics.median(direct)
     results.append(
