@@ -15,6 +15,7 @@ from convergio_server.storage import postgres as pg
 from convergio_server.storage import redis as rds
 from convergio_server.storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from convergio_server.storage.migrations import apply_migrations
+from convergio_server.storage.redis_pipe import PipelinedRedis
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,19 @@ class Infrastructure:
     embedded_postgres: EmbeddedPostgres | None = None
     embedded_redis: EmbeddedRedis | None = None
     applied_migrations: list[str] = field(default_factory=list)
+    _hot_redis: PipelinedRedis | None = field(default=None, repr=False)
+
+    @property
+    def hot_redis(self) -> PipelinedRedis:
+        """One pipelined connection for the commands on the way of every turn and token
+        (see `storage.redis_pipe`), opened on first use."""
+        if self._hot_redis is None:
+            self._hot_redis = PipelinedRedis(
+                self.redis_url,
+                timeout=self.settings.connect_timeout_seconds,
+                connect_timeout=self.settings.connect_timeout_seconds,
+            )
+        return self._hot_redis
 
     async def check_postgres(self) -> None:
         await pg.check_postgres(self.pool, timeout=2.0)
@@ -50,7 +64,10 @@ class Infrastructure:
         await rds.check_redis(self.redis, timeout=2.0)
 
     async def close(self) -> None:
-        await asyncio.gather(self.pool.close(), self.redis.aclose(), return_exceptions=True)
+        closing = [self.pool.close(), self.redis.aclose()]
+        if self._hot_redis is not None:
+            closing.append(self._hot_redis.aclose())
+        await asyncio.gather(*closing, return_exceptions=True)
         # Another `convergio` process may share the embedded servers: the last one stops them.
         if self.embedded_redis is not None:
             await asyncio.to_thread(self.embedded_redis.release)

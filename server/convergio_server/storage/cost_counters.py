@@ -28,6 +28,7 @@ from convergio_server.domain.costs.ports import (
     counters_unavailable,
 )
 from convergio_server.storage.redis import Keys
+from convergio_server.storage.redis_pipe import PipelinedRedis
 
 T = TypeVar("T")
 
@@ -365,16 +366,18 @@ def _params(t: BreakerThresholds) -> list[int | str]:
 class RedisCostCounters:
     """The Redis scripts of the cost guards, keyed under the deployment's prefix."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, redis: aioredis.Redis, hot: PipelinedRedis, keys: Keys) -> None:
         self.redis = redis
+        # The scripts and the budget version are read on every turn and model call.
+        self.hot = hot
         self.keys = keys
-        self._reserve = redis.register_script(_RESERVE)
-        self._settle = redis.register_script(_SETTLE)
-        self._rate = redis.register_script(_RATE)
-        self._breaker = redis.register_script(_BREAKER)
-        self._admit = redis.register_script(_ADMIT)
-        self._call_begin = redis.register_script(_CALL_BEGIN)
-        self._call_end = redis.register_script(_CALL_END)
+        self._reserve = hot.register_script(_RESERVE)
+        self._settle = hot.register_script(_SETTLE)
+        self._rate = hot.register_script(_RATE)
+        self._breaker = hot.register_script(_BREAKER)
+        self._admit = hot.register_script(_ADMIT)
+        self._call_begin = hot.register_script(_CALL_BEGIN)
+        self._call_end = hot.register_script(_CALL_END)
 
     # Keys.
     def budget_version_key(self, tenant: str) -> str:
@@ -394,7 +397,7 @@ class RedisCostCounters:
 
     # Budgets.
     async def budget_version(self, tenant: str) -> str:
-        value = await _guarded(self.redis.get(self.budget_version_key(tenant)))
+        value = await _guarded(self.hot.get(self.budget_version_key(tenant)))
         return _s(value) if value else "0"
 
     async def bump_budget_version(self, tenant: str) -> None:

@@ -16,6 +16,7 @@ from redis.exceptions import ResponseError
 
 from convergio_server.domain.events.model import Event, body_dict, body_from_dict
 from convergio_server.storage.redis import Keys
+from convergio_server.storage.redis_pipe import PipelinedRedis
 
 # Allocate the next sequences and append, for a batch of events of any conversations, in one
 # step: each stream is in sequence order whoever appends, and the batch costs one command.
@@ -76,11 +77,13 @@ def _entries(raw: Any) -> list[tuple[int, bytes]]:
 
 
 class RedisLiveEvents:
-    """`blocking` is a client without socket timeout, used only for XREAD BLOCK."""
+    """`hot` carries the appends and the counter (on the way of every token); `blocking` is
+    a client without socket timeout, used only for XREAD BLOCK."""
 
     def __init__(
         self,
         redis: aioredis.Redis,
+        hot: PipelinedRedis,
         blocking: aioredis.Redis,
         keys: Keys,
         *,
@@ -88,13 +91,14 @@ class RedisLiveEvents:
         max_entries: int = 20_000,
     ) -> None:
         self.redis = redis
+        self.hot = hot
         self.blocking = blocking
         self.keys = keys
         self.window_ms = int(window_seconds * 1000)
         self.max_entries = max_entries
         # The counter outlives the window so that sequences stay cheap for active conversations.
         self.counter_ttl_ms = max(self.window_ms, 24 * 3600 * 1000)
-        self._append = redis.register_script(_APPEND)
+        self._append = hot.register_script(_APPEND)
         self._pending: deque[_Request] = deque()
         self._sender: asyncio.Task[None] | None = None
         self._keys_of: dict[tuple[str, str], list[str]] = {}
@@ -206,12 +210,12 @@ class RedisLiveEvents:
         return _entries(raw)
 
     async def start(self, tenant_id: str, conversation_id: str) -> None:
-        await self.redis.set(
+        await self.hot.set(
             self._counter(tenant_id, conversation_id), 0, px=self.counter_ttl_ms, nx=True
         )
 
     async def last_sequence(self, tenant_id: str, conversation_id: str) -> int | None:
-        value = await self.redis.get(self._counter(tenant_id, conversation_id))
+        value = await self.hot.get(self._counter(tenant_id, conversation_id))
         return None if value is None else int(value)
 
     async def turn_last_sequence(

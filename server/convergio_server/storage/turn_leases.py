@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from convergio_server.domain.background import cancel_and_wait
 from convergio_server.storage.redis import Keys
+from convergio_server.storage.redis_pipe import PipelinedRedis
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ return 0
 
 
 class RedisLeases:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, seconds: float) -> None:
+    """Every lease command is on a turn's way: they go through the pipelined connection."""
+
+    def __init__(self, redis: PipelinedRedis, keys: Keys, *, seconds: float) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl_ms = int(seconds * 1000)

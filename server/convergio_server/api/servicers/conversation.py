@@ -290,12 +290,13 @@ def build(ctx: ServiceContext) -> ConversationServicer:
     keys = ctx.redis_keys
     # Blocking reads (XREAD BLOCK, pub/sub) get a client of their own without socket timeout.
     blocking = create_redis(ctx.infra.redis_url, socket_timeout=None)
+    hot = ctx.infra.hot_redis
     live = RedisLiveEvents(
-        ctx.infra.redis, blocking, keys, window_seconds=settings.event_window_seconds
+        ctx.infra.redis, hot, blocking, keys, window_seconds=settings.event_window_seconds
     )
     events = EventLog(live, PgDurableEvents(pool))
     store = PgConversationStore(pool)
-    leases = RedisLeases(ctx.infra.redis, keys, seconds=settings.turn_lease_seconds)
+    leases = RedisLeases(hot, keys, seconds=settings.turn_lease_seconds)
     cancels = CancelChannel(ctx.infra.redis, blocking, keys)
     tools = ctx.components.get("tools")
     if tools is None:

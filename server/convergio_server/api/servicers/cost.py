@@ -112,7 +112,7 @@ def setup_guards(ctx: ServiceContext) -> None:
     """Build the cost guards once per server and share them as ctx.components["guards"]."""
     s = ctx.settings
     store = PgCostStore(ctx.infra.pool)
-    counters = RedisCostCounters(ctx.infra.redis, ctx.redis_keys)
+    counters = RedisCostCounters(ctx.infra.redis, ctx.infra.hot_redis, ctx.redis_keys)
     fallback_in = parse_usd(s.cost_fallback_input_usd)
     fallback_out = parse_usd(s.cost_fallback_output_usd)
     if fallback_in is None or fallback_out is None or fallback_in < 0 or fallback_out < 0:
