@@ -98,7 +98,7 @@ async def test_a_dropped_connection_fails_what_waits_and_the_next_command_reconn
         # A command that waits on the server, then the connection is killed under it.
         waiting = asyncio.ensure_future(pipe.execute("BLPOP", blocked, 5))
         await asyncio.sleep(0.1)
-        assert await admin.execute_command("CLIENT", "KILL", "ID", client_id) == 1
+        assert await admin.client_kill_filter(_id=client_id) == 1
         with pytest.raises(redis.exceptions.ConnectionError) as lost:
             await waiting
         assert rds.is_unavailable_error(lost.value)
