@@ -294,17 +294,22 @@ class PgConversationStore:
             admitted, existing=False, position=row["queued"] + 1 if outcome == QUEUED else 0
         )
 
-    async def turn_by_request(
+    async def get_for_request(
         self, tenant_id: str, conversation_id: str, request_id: str
-    ) -> Turn | None:
+    ) -> tuple[Conversation | None, str | None]:
         row = await self.pool.fetchrow(
-            f"SELECT {_TURN_COLUMNS} FROM turns "
-            "WHERE tenant_id = $1 AND conversation_id = $2 AND request_id = $3",
+            f"SELECT {_CONVERSATION_COLUMNS}, "
+            "(SELECT r.id FROM turns r WHERE r.tenant_id = c.tenant_id "
+            "AND r.conversation_id = c.id AND r.request_id = $3) AS request_turn_id "
+            "FROM conversations c WHERE c.tenant_id = $1 AND c.id = $2",
             tenant_id,
             conversation_id,
             request_id,
         )
-        return _turn(row) if row else None
+        if row is None:
+            return None, None
+        earlier = row["request_turn_id"]
+        return _conversation(row), None if earlier is None else str(earlier)
 
     async def add_message(self, message: Message) -> None:
         m = message

@@ -215,10 +215,7 @@ class ConversationService:
     async def _find(self, principal: Principal, conversation_id: str) -> Conversation:
         conversation = await self.store.get(principal.tenant_id, conversation_id)
         if conversation is None:
-            raise NotFound(
-                f"conversation {conversation_id} does not exist",
-                metadata={"conversation_id": conversation_id},
-            )
+            raise _no_conversation(conversation_id)
         return conversation
 
     async def get(self, principal: Principal, conversation_id: str) -> Conversation:
@@ -274,10 +271,7 @@ class ConversationService:
                     principal, conversation_id, conversation.active_turn_id, "conversation deleted"
                 )
         if not await self.store.delete(principal.tenant_id, conversation_id):
-            raise NotFound(
-                f"conversation {conversation_id} does not exist",
-                metadata={"conversation_id": conversation_id},
-            )
+            raise _no_conversation(conversation_id)
         await self.events.live.delete(principal.tenant_id, conversation_id)
 
     # ------------------------------------------------------------------------ turns
@@ -354,13 +348,14 @@ class ConversationService:
     ) -> SendResult:
         turn_id = str(uuid.uuid4())
         scope = TurnScope(principal, conversation_id, turn_id)
-        # The reads at once: the conversation, a turn of the same request_id, and what the
-        # guards will need.
-        conversation, earlier, _ = await asyncio.gather(
-            self._find(principal, conversation_id),
-            self.store.turn_by_request(principal.tenant_id, conversation_id, request_id),
+        # The reads at once: the conversation with a turn of the same request_id, and what
+        # the guards will need.
+        (conversation, earlier_id), _ = await asyncio.gather(
+            self.store.get_for_request(principal.tenant_id, conversation_id, request_id),
             self.guards().prepare(scope),
         )
+        if conversation is None:
+            raise _no_conversation(conversation_id)
         turn = Turn(
             tenant_id=principal.tenant_id,
             conversation_id=conversation_id,
@@ -376,8 +371,10 @@ class ConversationService:
             user_message_id=str(uuid.uuid4()),
             created_by=principal.name,
         )
-        if earlier is not None:
-            return await self._attach(principal, earlier)
+        if earlier_id is not None:
+            earlier = await self.store.get_turn(principal.tenant_id, conversation_id, earlier_id)
+            if earlier is not None:
+                return await self._attach(principal, earlier)
         # The guards and the run lease at once: two round trips to Redis in the time of one.
         holder = f"{self.runner.owner}|{turn.id}"
         guarded, leased = await asyncio.gather(
@@ -726,3 +723,10 @@ class ConversationService:
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _no_conversation(conversation_id: str) -> NotFound:
+    return NotFound(
+        f"conversation {conversation_id} does not exist",
+        metadata={"conversation_id": conversation_id},
+    )

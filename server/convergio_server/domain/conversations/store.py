@@ -50,9 +50,12 @@ class ConversationStore(Protocol):
         per conversation."""
         ...
 
-    async def turn_by_request(
+    async def get_for_request(
         self, tenant_id: str, conversation_id: str, request_id: str
-    ) -> Turn | None: ...
+    ) -> tuple[Conversation | None, str | None]:
+        """The conversation and the id of its turn of `request_id`, if it has one, in one
+        round trip (on the way of every SendMessage)."""
+        ...
 
     async def add_message(self, message: Message) -> None: ...
 
