@@ -5,6 +5,7 @@ silent or unreachable Redis fails the waiting commands clearly and is reconnecte
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
@@ -13,7 +14,7 @@ import redis.exceptions
 from convergio_server.storage import redis as rds
 from convergio_server.storage.embedded import EmbeddedRedis
 from convergio_server.storage.redis import Keys
-from convergio_server.storage.redis_pipe import PipelinedRedis
+from convergio_server.storage.redis_pipe import PipelinedRedis, _Target
 
 
 @pytest.fixture
@@ -195,3 +196,20 @@ async def test_a_closed_connection_refuses_commands(redis_url: str) -> None:
     await pipe.aclose()
     with pytest.raises(redis.exceptions.ConnectionError, match="closed"):
         await pipe.execute("PING")
+
+
+def test_urls_are_read_as_redis_py_reads_them() -> None:
+    plain = _Target("redis://:s%40cret@cache.internal:6380/3")
+    assert (plain.host, plain.port, plain.db, plain.password, plain.ssl) == (
+        "cache.internal", 6380, 3, "s@cret", None,
+    )  # fmt: skip
+    assert _Target("redis://u:p@h?db=2").db == 2
+    assert (_Target("redis://u:p@h").username, _Target("redis://h").password) == ("u", None)
+    local = _Target("unix:///run/redis.sock?db=4")
+    assert (local.path, local.db) == ("/run/redis.sock", 4)
+    secure = _Target("rediss://h:6390/0")
+    assert secure.ssl is not None and secure.ssl.verify_mode == ssl.CERT_REQUIRED
+    lax = _Target("rediss://h/0?ssl_cert_reqs=none")
+    assert lax.ssl is not None and lax.ssl.verify_mode == ssl.CERT_NONE
+    with pytest.raises(ValueError, match="scheme"):
+        _Target("http://h")

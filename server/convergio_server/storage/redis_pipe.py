@@ -275,10 +275,22 @@ class _Target:
             self.address = f"{self.host}:{self.port}"
             db = parts.path.lstrip("/") or query.get("db", ["0"])[0]
             if parts.scheme == "rediss":
-                self.ssl = ssl.create_default_context()
-                if query.get("ssl_cert_reqs", [""])[0].lower() in ("none", "cert_none"):
-                    self.ssl.check_hostname = False
-                    self.ssl.verify_mode = ssl.CERT_NONE
+                self.ssl = _tls(query)
         else:
             raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
         self.db = int(db or 0)
+
+
+def _tls(query: dict[str, list[str]]) -> ssl.SSLContext:
+    """The TLS settings of a `rediss://` URL, with redis-py's query parameters."""
+
+    def value(name: str) -> str:
+        return query.get(name, [""])[0]
+
+    context = ssl.create_default_context(cafile=value("ssl_ca_certs") or None)
+    if value("ssl_certfile"):
+        context.load_cert_chain(value("ssl_certfile"), value("ssl_keyfile") or None)
+    if value("ssl_cert_reqs").lower() in ("none", "cert_none"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
