@@ -313,7 +313,7 @@ class ConversationService:
         request_id = request_id or uuid.uuid4().hex
         # Listening before the turn's first event is appended: the caller's stream then
         # starts from the live events, without reading them back from Redis.
-        subscription = self.events.subscribe(principal.tenant_id, conversation_id)
+        subscription = self.events.subscribe(principal.tenant_id, conversation_id, local_turn=True)
         try:
             result = await self._send(
                 principal,

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 _PAGE = 1000
 _LOCAL_POLL_SECONDS = 1.0
+# How long a subscription made for a turn about to start here waits for it before it reads
+# Redis instead (the turn was queued, or runs elsewhere).
+_LOCAL_START_SECONDS = 0.5
 
 
 class LiveEvents(Protocol):
@@ -108,6 +111,9 @@ class _Channel:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     # The highest sequence handed to subscribers straight from a local append.
     published: int = 0
+    # A turn of the conversation is about to start in this process: its events will be
+    # published locally, no need for a blocking read of Redis meanwhile.
+    expect_local: bool = False
 
 
 class Subscription:
@@ -203,6 +209,8 @@ class EventLog:
         self._writer_done: dict[tuple[str, str], asyncio.Event] = {}
         # The latest sequence this process appended, per conversation it is writing.
         self._appended: dict[tuple[str, str], int] = {}
+        # Set when a turn starts writing the conversation here (see `subscribe`).
+        self._writer_starting: dict[tuple[str, str], asyncio.Event] = {}
 
     @contextlib.contextmanager
     def writing(self, tenant_id: str, conversation_id: str) -> Iterator[None]:
@@ -213,6 +221,9 @@ class EventLog:
         self._writers[key] = self._writers.get(key, 0) + 1
         done = self._writer_done.setdefault(key, asyncio.Event())
         done.clear()
+        starting = self._writer_starting.pop(key, None)
+        if starting is not None:
+            starting.set()
         try:
             yield
         finally:
@@ -335,9 +346,15 @@ class EventLog:
                 break
             page = await self.live.range(tenant_id, conversation_id, cursor, upto, _PAGE)
 
-    def subscribe(self, tenant_id: str, conversation_id: str) -> Subscription:
-        """Start receiving the conversation's live events (see `read`). Close it when done."""
+    def subscribe(
+        self, tenant_id: str, conversation_id: str, *, local_turn: bool = False
+    ) -> Subscription:
+        """Start receiving the conversation's live events (see `read`). Close it when done.
+        `local_turn`: a turn is about to start in this process (SendMessage), so the
+        events will be published here; Redis is read only if it does not start soon."""
         queue, channel = self._subscribe(tenant_id, conversation_id)
+        if local_turn:
+            channel.expect_local = True
         return Subscription(self, (tenant_id, conversation_id), queue, channel)
 
     async def read(
@@ -455,6 +472,18 @@ class EventLog:
                         last = await self.last_sequence(tenant_id, conversation_id)
                     channel.ready.set()
                 done = self._writer_done.get(key)
+                if done is None and channel.expect_local:
+                    channel.expect_local = False
+                    starting = self._writer_starting.setdefault(key, asyncio.Event())
+                    try:
+                        async with asyncio.timeout(_LOCAL_START_SECONDS):
+                            await starting.wait()
+                    except TimeoutError:
+                        pass
+                    finally:
+                        if self._writer_starting.get(key) is starting:
+                            del self._writer_starting[key]
+                    continue
                 if done is not None:
                     # A local turn publishes its events directly: catch up on events
                     # appended by other processes now and then, or when the turn ends.
