@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from convergio import AsyncClient
+from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
 from convergio_server.storage.redis import Keys
 
@@ -69,6 +70,38 @@ async def test_a_turn_on_one_process_is_followed_on_another(
         assert [e.SerializeToString() for e in follower] == [e.SerializeToString() for e in direct]
         assert kinds(follower)[-1] == "turn_completed"
         assert "token_delta" in kinds(follower)
+
+
+async def test_a_turn_queued_here_and_run_there_streams_here(
+    other_process: tuple[subprocess.Popen[str], str], server: RunningServer, streaming: None
+) -> None:
+    # The queued turn starts in the process that ends the running one: the stream of the
+    # SendMessage that queued it, in this process, follows it through Redis.
+    _, target = other_process
+    key = await member_key(server)
+    async with (
+        AsyncClient(target, api_key=key) as there,
+        AsyncClient(server.target, api_key=key) as here,
+    ):
+        await wait_streaming(there)
+        cid = await new_conversation(there)
+        running = there.conversations.send(conversation_id=cid, content=FINANCE_QUESTION)
+        first = await running.__anext__()
+        queued = await collect(
+            here.conversations.send(
+                conversation_id=cid, content="And the risks?", if_busy=pb.BUSY_POLICY_ENQUEUE
+            )
+        )
+        earlier = [first] + [event async for event in running]
+        assert kinds(earlier)[-1] == "turn_completed"
+        names = kinds(queued)
+        assert names[0] == "turn_queued" and names[-1] == "turn_completed"
+        assert {"turn_started", "token_delta", "message_completed"} <= set(names)
+        assert {e.turn_id for e in queued} == {queued[0].turn_id} != {first.turn_id}
+        sequences = [e.sequence for e in queued]
+        assert sequences == sorted(set(sequences))
+        assert queued[1].sequence > earlier[-1].sequence  # after the running turn ended
+        assert queued[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
 
 
 async def test_the_turn_of_a_dead_process_is_ended_by_another(

@@ -105,6 +105,7 @@ class SendResult:
     after_sequence: int
     attached: bool = False  # to a turn that an earlier call with this request_id started
     subscription: Subscription | None = None
+    queued: bool = False  # the turn waits for the running one; it may start elsewhere
 
 
 class ConversationService:
@@ -331,6 +332,8 @@ class ConversationService:
         if result.attached:  # an earlier turn of the same request: replayed from its start
             subscription.close()
         else:
+            if result.queued:
+                subscription.elsewhere()
             result.subscription = subscription
         return result
 
@@ -433,7 +436,7 @@ class ConversationService:
                 turn.id,
                 TurnQueued(request_id=request_id, position=admitted.position),
             )
-            return SendResult(conversation_id, turn.id, queued.sequence - 1)
+            return SendResult(conversation_id, turn.id, queued.sequence - 1, queued=True)
         first = await self.runner.start(
             principal,
             conversation,

@@ -133,6 +133,14 @@ class Subscription:
         self.channel = channel
         self._open = True
 
+    def elsewhere(self) -> None:
+        """The turn a `local_turn` subscription expected will not start here now: follow
+        the conversation in Redis at once."""
+        self.channel.expect_local = False
+        starting = self._log._writer_starting.pop(self.key, None)
+        if starting is not None:
+            starting.set()
+
     def close(self) -> None:
         if self._open:
             self._open = False
