@@ -1,20 +1,48 @@
-"""A ChatCompletionClient that wraps another: everything but the calls themselves
-(`create`, `create_stream`) is the inner client's. The platform's decorators
-(billing, turn metering, endpoint adaptation) build on it."""
+"""A ChatCompletionClient that wraps another: everything but the streamed call
+(`create_stream`) is the inner client's unless a subclass overrides it. The platform's
+decorators (billing, turn metering, chunk coalescing, endpoint adaptation) build on it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
-from autogen_core.models import ChatCompletionClient, LLMMessage, ModelInfo, RequestUsage
+from autogen_core import CancellationToken
+from autogen_core.models import (
+    ChatCompletionClient,
+    CreateResult,
+    LLMMessage,
+    ModelInfo,
+    RequestUsage,
+)
 from autogen_core.tools import Tool, ToolSchema
+from pydantic import BaseModel
 
 
 class DelegatingChatCompletionClient(ChatCompletionClient):
-    """Subclasses set `self._inner` and implement `create` and `create_stream`."""
+    """Subclasses set `self._inner` and implement `create_stream`; `create` is the inner
+    client's unless they override it."""
 
     _inner: ChatCompletionClient
+
+    async def create(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> CreateResult:
+        return await self._inner.create(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            json_output=json_output,
+            extra_create_args=extra_create_args,
+            cancellation_token=cancellation_token,
+        )
 
     @property
     def inner(self) -> ChatCompletionClient:
