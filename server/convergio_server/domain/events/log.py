@@ -137,9 +137,7 @@ class Subscription:
         """The turn a `local_turn` subscription expected will not start here now: follow
         the conversation in Redis at once."""
         self.channel.expect_local = False
-        starting = self._log._writer_starting.pop(self.key, None)
-        if starting is not None:
-            starting.set()
+        self._log._stop_waiting_for_writer(self.key)
 
     def close(self) -> None:
         if self._open:
@@ -229,9 +227,7 @@ class EventLog:
         self._writers[key] = self._writers.get(key, 0) + 1
         done = self._writer_done.setdefault(key, asyncio.Event())
         done.clear()
-        starting = self._writer_starting.pop(key, None)
-        if starting is not None:
-            starting.set()
+        self._stop_waiting_for_writer(key)
         try:
             yield
         finally:
@@ -241,6 +237,12 @@ class EventLog:
                 self._writer_done.pop(key, None)
                 self._appended.pop(key, None)
                 done.set()
+
+    def _stop_waiting_for_writer(self, key: tuple[str, str]) -> None:
+        """Wake the live reader waiting for a local turn (it started, or will not)."""
+        starting = self._writer_starting.pop(key, None)
+        if starting is not None:
+            starting.set()
 
     async def append(
         self,
@@ -484,10 +486,9 @@ class EventLog:
                     channel.expect_local = False
                     starting = self._writer_starting.setdefault(key, asyncio.Event())
                     try:
-                        async with asyncio.timeout(_LOCAL_START_SECONDS):
-                            await starting.wait()
-                    except TimeoutError:
-                        pass
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(_LOCAL_START_SECONDS):
+                                await starting.wait()
                     finally:
                         if self._writer_starting.get(key) is starting:
                             del self._writer_starting[key]
