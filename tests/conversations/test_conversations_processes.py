@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,17 @@ async def other_process(
         yield running
 
 
-async def test_a_turn_on_one_process_is_followed_on_another(
+@dataclass
+class Sides:
+    there: AsyncClient  # a client of the other process
+    here: AsyncClient  # a client of this test's server
+    conversation_id: str  # a new conversation, made through the other process
+
+
+@pytest.fixture
+async def sides(
     other_process: tuple[subprocess.Popen[str], str], server: RunningServer, streaming: None
-) -> None:
+) -> AsyncIterator[Sides]:
     _, target = other_process
     key = await member_key(server)
     async with (
@@ -57,80 +66,69 @@ async def test_a_turn_on_one_process_is_followed_on_another(
         AsyncClient(server.target, api_key=key) as here,
     ):
         await wait_streaming(there)
-        cid = await new_conversation(there)
-        stream = there.conversations.send(conversation_id=cid, content=FINANCE_QUESTION)
-        first = await stream.__anext__()
-        follower = [
-            r.event
-            async for r in here.conversations.stream_events(
-                conversation_id=cid, turn_id=first.turn_id
-            )
-        ]
-        direct = [first] + [event async for event in stream]
-        assert [e.SerializeToString() for e in follower] == [e.SerializeToString() for e in direct]
-        assert kinds(follower)[-1] == "turn_completed"
-        assert "token_delta" in kinds(follower)
+        yield Sides(there, here, await new_conversation(there))
 
 
-async def test_a_turn_queued_here_and_run_there_streams_here(
-    other_process: tuple[subprocess.Popen[str], str], server: RunningServer, streaming: None
-) -> None:
+async def test_a_turn_on_one_process_is_followed_on_another(sides: Sides) -> None:
+    cid = sides.conversation_id
+    stream = sides.there.conversations.send(conversation_id=cid, content=FINANCE_QUESTION)
+    first = await stream.__anext__()
+    follower = [
+        r.event
+        async for r in sides.here.conversations.stream_events(
+            conversation_id=cid, turn_id=first.turn_id
+        )
+    ]
+    direct = [first] + [event async for event in stream]
+    assert [e.SerializeToString() for e in follower] == [e.SerializeToString() for e in direct]
+    assert kinds(follower)[-1] == "turn_completed"
+    assert "token_delta" in kinds(follower)
+
+
+async def test_a_turn_queued_here_and_run_there_streams_here(sides: Sides) -> None:
     # The queued turn starts in the process that ends the running one: the stream of the
     # SendMessage that queued it, in this process, follows it through Redis.
-    _, target = other_process
-    key = await member_key(server)
-    async with (
-        AsyncClient(target, api_key=key) as there,
-        AsyncClient(server.target, api_key=key) as here,
-    ):
-        await wait_streaming(there)
-        cid = await new_conversation(there)
-        running = there.conversations.send(conversation_id=cid, content=FINANCE_QUESTION)
-        first = await running.__anext__()
-        queued = await collect(
-            here.conversations.send(
-                conversation_id=cid, content="And the risks?", if_busy=pb.BUSY_POLICY_ENQUEUE
-            )
+    cid = sides.conversation_id
+    running = sides.there.conversations.send(conversation_id=cid, content=FINANCE_QUESTION)
+    first = await running.__anext__()
+    queued = await collect(
+        sides.here.conversations.send(
+            conversation_id=cid, content="And the risks?", if_busy=pb.BUSY_POLICY_ENQUEUE
         )
-        earlier = [first] + [event async for event in running]
-        assert kinds(earlier)[-1] == "turn_completed"
-        names = kinds(queued)
-        assert names[0] == "turn_queued" and names[-1] == "turn_completed"
-        assert {"turn_started", "token_delta", "message_completed"} <= set(names)
-        assert {e.turn_id for e in queued} == {queued[0].turn_id} != {first.turn_id}
-        sequences = [e.sequence for e in queued]
-        assert sequences == sorted(set(sequences))
-        assert queued[1].sequence > earlier[-1].sequence  # after the running turn ended
-        assert queued[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+    )
+    earlier = [first] + [event async for event in running]
+    assert kinds(earlier)[-1] == "turn_completed"
+    names = kinds(queued)
+    assert names[0] == "turn_queued" and names[-1] == "turn_completed"
+    assert {"turn_started", "token_delta", "message_completed"} <= set(names)
+    assert {e.turn_id for e in queued} == {queued[0].turn_id} != {first.turn_id}
+    sequences = [e.sequence for e in queued]
+    assert sequences == sorted(set(sequences))
+    assert queued[1].sequence > earlier[-1].sequence  # after the running turn ended
+    assert queued[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
 
 
 async def test_the_turn_of_a_dead_process_is_ended_by_another(
-    other_process: tuple[subprocess.Popen[str], str], server: RunningServer, streaming: None
+    other_process: tuple[subprocess.Popen[str], str], sides: Sides
 ) -> None:
-    process, target = other_process
-    key = await member_key(server)
-    async with (
-        AsyncClient(target, api_key=key) as there,
-        AsyncClient(server.target, api_key=key) as here,
-    ):
-        await wait_streaming(there)
-        cid = await new_conversation(there)
-        stream = there.conversations.send_message(conversation_id=cid, content=LONG)
-        first = (await stream.__anext__()).event
-        follower = here.conversations.stream_events(conversation_id=cid, turn_id=first.turn_id)
-        process.kill()  # no chance to end its turn
-        process.wait()
-        stream.cancel()
-        await asyncio.sleep(1.5)  # the one-second lease expires
-        # The next message finds the dead owner's turn and ends it before starting its own.
-        after = await collect(here.conversations.send(conversation_id=cid, content="Hello"))
-        assert after[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
-        ended = [r.event async for r in follower]
-        assert kinds(ended)[-2:] == ["error", "turn_completed"]
-        assert ended[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_ERROR
-        assert ended[-2].error.retryable
-        sequences = [e.sequence for e in ended]
-        assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+    process, _ = other_process
+    cid = sides.conversation_id
+    stream = sides.there.conversations.send_message(conversation_id=cid, content=LONG)
+    first = (await stream.__anext__()).event
+    follower = sides.here.conversations.stream_events(conversation_id=cid, turn_id=first.turn_id)
+    process.kill()  # no chance to end its turn
+    process.wait()
+    stream.cancel()
+    await asyncio.sleep(1.5)  # the one-second lease expires
+    # The next message finds the dead owner's turn and ends it before starting its own.
+    after = await collect(sides.here.conversations.send(conversation_id=cid, content="Hello"))
+    assert after[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+    ended = [r.event async for r in follower]
+    assert kinds(ended)[-2:] == ["error", "turn_completed"]
+    assert ended[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_ERROR
+    assert ended[-2].error.retryable
+    sequences = [e.sequence for e in ended]
+    assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
 
 
 async def test_a_conversation_goes_on_after_a_restart(
@@ -162,26 +160,19 @@ async def test_a_conversation_goes_on_after_a_restart(
 
 
 async def test_a_turn_whose_lease_another_process_took_is_ended(
-    other_process: tuple[subprocess.Popen[str], str],
-    server: RunningServer,
-    redis_prefix: str,
-    streaming: None,
+    sides: Sides, server: RunningServer, redis_prefix: str
 ) -> None:
     # The turn's process renews its lease (one second here) while the turn runs; if another
     # holder takes it (the process looked dead to the others), the turn stops rather than
     # run twice.
-    _, target = other_process
-    key = await member_key(server)
-    async with AsyncClient(target, api_key=key) as there:
-        await wait_streaming(there)
-        cid = await new_conversation(there)
-        stream = there.conversations.send(conversation_id=cid, content=LONG)
-        first = await stream.__anext__()
-        lease = Keys(redis_prefix).k("conv", TENANT, cid, "lease")
-        holder = await server.infra.redis.get(lease)
-        assert isinstance(holder, bytes) and holder.decode().endswith(first.turn_id)
-        await server.infra.redis.set(lease, "someone-else", px=60_000)
-        rest = [event async for event in stream]
-        done = rest[-1].turn_completed
-        assert done.stop_reason == events_pb2.STOP_REASON_ERROR
-        assert "lost the turn's lease" in done.stop_detail
+    cid = sides.conversation_id
+    stream = sides.there.conversations.send(conversation_id=cid, content=LONG)
+    first = await stream.__anext__()
+    lease = Keys(redis_prefix).k("conv", TENANT, cid, "lease")
+    holder = await server.infra.redis.get(lease)
+    assert isinstance(holder, bytes) and holder.decode().endswith(first.turn_id)
+    await server.infra.redis.set(lease, "someone-else", px=60_000)
+    rest = [event async for event in stream]
+    done = rest[-1].turn_completed
+    assert done.stop_reason == events_pb2.STOP_REASON_ERROR
+    assert "lost the turn's lease" in done.stop_detail
