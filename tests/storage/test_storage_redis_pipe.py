@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
@@ -22,70 +23,63 @@ def keys(redis_prefix: str) -> Keys:
     return Keys(redis_prefix)
 
 
+@pytest.fixture
+async def pipe(redis_url: str) -> AsyncIterator[PipelinedRedis]:
+    connection = PipelinedRedis(redis_url)
+    yield connection
+    await connection.aclose()
+
+
 async def test_callers_sharing_the_connection_get_their_own_replies(
-    redis_url: str, keys: Keys
+    pipe: PipelinedRedis, keys: Keys
 ) -> None:
-    pipe = PipelinedRedis(redis_url)
-    try:
-        counter = keys.k("pipe", "counter")
-        values = await asyncio.gather(*(pipe.execute("INCR", counter) for _ in range(500)))
-        assert values == list(range(1, 501))  # written in call order, answered in that order
-        for i in range(20):
-            await pipe.set(keys.k("pipe", "k", i), f"v{i}".encode())
-        got = await asyncio.gather(*(pipe.get(keys.k("pipe", "k", i)) for i in range(20)))
-        assert got == [f"v{i}".encode() for i in range(20)]
-        assert await pipe.get(keys.k("pipe", "missing")) is None
-    finally:
-        await pipe.aclose()
+    counter = keys.k("pipe", "counter")
+    values = await asyncio.gather(*(pipe.execute("INCR", counter) for _ in range(500)))
+    assert values == list(range(1, 501))  # written in call order, answered in that order
+    for i in range(20):
+        await pipe.set(keys.k("pipe", "k", i), f"v{i}".encode())
+    got = await asyncio.gather(*(pipe.get(keys.k("pipe", "k", i)) for i in range(20)))
+    assert got == [f"v{i}".encode() for i in range(20)]
+    assert await pipe.get(keys.k("pipe", "missing")) is None
 
 
-async def test_set_answers_like_redis_py(redis_url: str, keys: Keys) -> None:
-    pipe = PipelinedRedis(redis_url)
-    try:
-        key = keys.k("pipe", "lease")
-        assert await pipe.set(key, "a", px=5000, nx=True) is True
-        assert await pipe.set(key, "b", px=5000, nx=True) is None  # taken
-        assert await pipe.get(key) == b"a"
-        assert 0 < await pipe.execute("PTTL", key) <= 5000
-        assert await pipe.set(key, "c", px=5000) is True
-        assert await pipe.get(key) == b"c"
-    finally:
-        await pipe.aclose()
+async def test_set_answers_like_redis_py(pipe: PipelinedRedis, keys: Keys) -> None:
+    key = keys.k("pipe", "lease")
+    assert await pipe.set(key, "a", px=5000, nx=True) is True
+    assert await pipe.set(key, "b", px=5000, nx=True) is None  # taken
+    assert await pipe.get(key) == b"a"
+    assert 0 < await pipe.execute("PTTL", key) <= 5000
+    assert await pipe.set(key, "c", px=5000) is True
+    assert await pipe.get(key) == b"c"
 
 
-async def test_an_error_reply_fails_its_command_alone(redis_url: str, keys: Keys) -> None:
-    pipe = PipelinedRedis(redis_url)
-    try:
-        text = keys.k("pipe", "text")
-        await pipe.set(text, "x")
-        results = await asyncio.gather(
-            pipe.execute("INCR", keys.k("pipe", "n")),
-            pipe.execute("LPUSH", text, "y"),  # WRONGTYPE
-            pipe.execute("INCR", keys.k("pipe", "n")),
-            return_exceptions=True,
-        )
-        assert results[0] == 1 and results[2] == 2
-        assert isinstance(results[1], redis.exceptions.ResponseError)
-        assert "WRONGTYPE" in str(results[1])
-    finally:
-        await pipe.aclose()
+async def test_an_error_reply_fails_its_command_alone(pipe: PipelinedRedis, keys: Keys) -> None:
+    text = keys.k("pipe", "text")
+    await pipe.set(text, "x")
+    results = await asyncio.gather(
+        pipe.execute("INCR", keys.k("pipe", "n")),
+        pipe.execute("LPUSH", text, "y"),  # WRONGTYPE
+        pipe.execute("INCR", keys.k("pipe", "n")),
+        return_exceptions=True,
+    )
+    assert results[0] == 1 and results[2] == 2
+    assert isinstance(results[1], redis.exceptions.ResponseError)
+    assert "WRONGTYPE" in str(results[1])
 
 
-async def test_a_script_is_loaded_again_after_redis_lost_it(redis_url: str, keys: Keys) -> None:
-    pipe = PipelinedRedis(redis_url)
-    try:
-        script = pipe.register_script("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}")
-        key = keys.k("pipe", "script")
-        assert await script(keys=[key], args=["välue", 41]) == [
-            key.encode(),
-            "välue".encode(),
-            42,
-        ]
-        real, script.sha = script.sha, "0" * 40  # unknown to Redis, as after a restart
-        assert await script(keys=[key], args=[b"\x00\xff", 1]) == [key.encode(), b"\x00\xff", 2]
-        assert script.sha == real
-    finally:
-        await pipe.aclose()
+async def test_a_script_is_loaded_again_after_redis_lost_it(
+    pipe: PipelinedRedis, keys: Keys
+) -> None:
+    script = pipe.register_script("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}")
+    key = keys.k("pipe", "script")
+    assert await script(keys=[key], args=["välue", 41]) == [
+        key.encode(),
+        "välue".encode(),
+        42,
+    ]
+    real, script.sha = script.sha, "0" * 40  # unknown to Redis, as after a restart
+    assert await script(keys=[key], args=[b"\x00\xff", 1]) == [key.encode(), b"\x00\xff", 2]
+    assert script.sha == real
 
 
 async def test_a_dropped_connection_fails_what_waits_and_the_next_command_reconnects(
@@ -130,19 +124,17 @@ async def test_a_silent_redis_times_out_and_the_connection_is_replaced(
         await pipe.aclose()
 
 
-async def test_a_cancelled_caller_does_not_shift_the_replies(redis_url: str, keys: Keys) -> None:
-    pipe = PipelinedRedis(redis_url)
-    try:
-        await pipe.set(keys.k("pipe", "a"), "A")
-        await pipe.set(keys.k("pipe", "b"), "B")
-        gone = asyncio.ensure_future(pipe.get(keys.k("pipe", "a")))
-        after = asyncio.ensure_future(pipe.get(keys.k("pipe", "b")))
-        await asyncio.sleep(0)  # both written
-        gone.cancel()
-        assert await after == b"B"
-        assert await pipe.get(keys.k("pipe", "a")) == b"A"
-    finally:
-        await pipe.aclose()
+async def test_a_cancelled_caller_does_not_shift_the_replies(
+    pipe: PipelinedRedis, keys: Keys
+) -> None:
+    await pipe.set(keys.k("pipe", "a"), "A")
+    await pipe.set(keys.k("pipe", "b"), "B")
+    gone = asyncio.ensure_future(pipe.get(keys.k("pipe", "a")))
+    after = asyncio.ensure_future(pipe.get(keys.k("pipe", "b")))
+    await asyncio.sleep(0)  # both written
+    gone.cancel()
+    assert await after == b"B"
+    assert await pipe.get(keys.k("pipe", "a")) == b"A"
 
 
 async def test_the_database_of_the_url_is_selected(redis_url: str, keys: Keys) -> None:
