@@ -63,6 +63,10 @@ class Run:
     def tokens_per_delta(self) -> float:
         return self.tokens / self.deltas if self.deltas else 0.0
 
+    @property
+    def bytes_per_delta(self) -> int:
+        return round(self.delta_bytes / self.deltas) if self.deltas else 64
+
 
 @dataclass
 class RedisServer:
@@ -264,7 +268,10 @@ async def _bare_server() -> AsyncIterator[tuple[int, str]]:
             process.kill()
 
 
-async def _bare(target: str, pid: int, n: int, count: int, size: int, interval: float) -> Run:
+async def _bare(target: str, pid: int, n: int, like: Run, interval: float) -> Run:
+    """n bare streams, each of as many messages, of the same mean size, as each of the n
+    streams of `like` delivered."""
+    count, size = max(1, round(like.deltas / n)), like.bytes_per_delta
     run = Run()
     channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, n // 50))]
     try:
@@ -416,10 +423,8 @@ async def run(env: BenchEnv) -> list[Result]:
 
     async with _bare_server() as (bare_pid, bare_target):
         for (pace, n), measured in sorted(runs.items()):
-            per_stream = max(1, round(measured.deltas / n))
-            size = round(measured.delta_bytes / measured.deltas) if measured.deltas else 64
             interval = measured.tokens_per_delta / PACE if pace else 0.0
-            bare = await _bare(bare_target, bare_pid, n, per_stream, size, interval)
+            bare = await _bare(bare_target, bare_pid, n, measured, interval)
             label = "paced 50 tok/s" if pace else "zero delay"
             tokens_per_s = measured.tokens / measured.seconds
             bare_tokens_per_s = bare.events / bare.seconds * measured.tokens_per_delta
@@ -440,7 +445,7 @@ async def run(env: BenchEnv) -> list[Result]:
                     extra={
                         "tokens_per_delta": measured.tokens_per_delta,
                         "deltas": measured.deltas,
-                        "delta_bytes": size,
+                        "delta_bytes": measured.bytes_per_delta,
                         "bare_messages_per_s": bare.events / bare.seconds,
                     },
                 )
@@ -492,9 +497,7 @@ async def run(env: BenchEnv) -> list[Result]:
                     )
                 )
         # Streaming alone: long answers at zero delay, where a delta carries more tokens.
-        per_stream = max(1, round(long_run.deltas / long_n))
-        size = round(long_run.delta_bytes / long_run.deltas) if long_run.deltas else 64
-        bare = await _bare(bare_target, bare_pid, long_n, per_stream, size, 0.0)
+        bare = await _bare(bare_target, bare_pid, long_n, long_run, 0.0)
         results.append(
             Result(
                 AREA,
