@@ -174,7 +174,10 @@ class Settings(BaseSettings):
         "agent's voice up to this many tokens (longer streams for load tests)",
     )
     token_coalesce_ms: float = Field(
-        5.0, ge=0, description="window over which token chunks are coalesced into one delta"
+        5.0,
+        ge=0,
+        description="window over which token chunks are coalesced: into one chunk before "
+        "AutoGen, and into one TokenDelta event",
     )
     event_window_seconds: float = Field(
         600.0,
