@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from convergio_server import __version__
+from convergio_server import __version__, heap
 from convergio_server.config import Settings, load_settings
 from convergio_server.domain.errors import DomainError
 from convergio_server.infrastructure import StartupError, open_infrastructure
@@ -52,6 +52,7 @@ async def _serve(args: argparse.Namespace) -> int:
         server = ConvergioServer(settings, infra)
         await server.start()
         dev_key = await server.bootstrap_dev_key()
+        heap.settle()
         embedded = f"embedded in {settings.data_dir}"
         stores = (
             f"PostgreSQL {embedded if infra.embedded_postgres else 'external'}, "
