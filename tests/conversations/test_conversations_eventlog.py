@@ -4,11 +4,13 @@ PostgreSQL (every event but token deltas) and new sequences continue where they 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 from convergio import AsyncClient
 from convergio.conversation.v1 import conversation_pb2 as pb
-from convergio_server.domain.events.model import SpeakerSelected
+from convergio_server.domain.events.log import Subscription
+from convergio_server.domain.events.model import SpeakerSelected, encode
 from convergio_server.storage.redis import Keys
 from redis.exceptions import ResponseError
 
@@ -180,3 +182,48 @@ async def test_an_idle_follower_gets_heartbeats(
                 if beats == 2:
                     break
             follower.cancel()
+
+
+async def test_a_local_turn_ends_without_a_blocking_read_for_its_leaving_streams(
+    conv: AsyncClient, server: RunningServer
+) -> None:
+    """The reader behind SendMessage streams does not start a blocking read of Redis (a
+    connection of its own) when their turn ends here: they are about to close. 200 turns
+    ending at once made that a burst of work that held up the tokens of the others. A reader
+    that stays (StreamEvents) goes on to follow what other processes append."""
+    cid = await new_conversation(conv)
+    events = server.server.context.components["conversations"].events
+    turn_id = "00000000-0000-4000-8000-000000000002"
+    body = SpeakerSelected(agent="amy", round=1, policy="single", reason="")
+
+    async def blocking_reads() -> int:
+        stats = await server.infra.redis.info("commandstats")
+        return int(stats.get("cmdstat_xread", {}).get("calls", 0))
+
+    async def local_turn(reader: Subscription) -> None:
+        await asyncio.sleep(0.05)  # the reader waits for the turn to start here
+        with events.writing(TENANT, cid):
+            await events.append(TENANT, cid, turn_id, body)
+            batch = await asyncio.wait_for(reader.queue.get(), 5)
+            assert [e.body for e in batch] == [body]
+        await asyncio.sleep(0.1)  # the turn has ended; its stream has not closed yet
+
+    sending = events.subscribe(TENANT, cid, local_turn=True)
+    before = await blocking_reads()
+    await local_turn(sending)
+    sending.close()
+    assert await blocking_reads() == before
+
+    following = events.subscribe(TENANT, cid)
+    sending = events.subscribe(TENANT, cid, local_turn=True)
+    await local_turn(sending)
+    sending.close()
+    # Appended by another process (not published here): the follower still gets it.
+    elsewhere = await events.live.append(
+        TENANT, cid, turn_id, [encode(cid, turn_id, 0, datetime.now(UTC), body)], None
+    )
+    got: list[int] = []
+    while elsewhere[0] not in got:
+        got += [e.sequence for e in await asyncio.wait_for(following.queue.get(), 5)]
+    assert got == [elsewhere[0] - 1, elsewhere[0]]  # the second local turn's, then this
+    following.close()

@@ -32,6 +32,10 @@ _LOCAL_POLL_SECONDS = 1.0
 # How long a subscription made for a turn about to start here waits for it before it reads
 # Redis instead (the turn was queued, or runs elsewhere).
 _LOCAL_START_SECONDS = 0.5
+# How long the reader of a conversation whose local turn just ended waits for its SendMessage
+# streams to close before it reads Redis (a catch-up, then a blocking read on a connection
+# of its own: costly for 200 turns ending at once, and useless for readers that are leaving).
+_TURN_END_GRACE_SECONDS = 0.25
 
 
 class LiveEvents(Protocol):
@@ -114,6 +118,8 @@ class _Channel:
     # A turn of the conversation is about to start in this process: its events will be
     # published locally, no need for a blocking read of Redis meanwhile.
     expect_local: bool = False
+    # Subscribers that leave at the end of a turn (SendMessage streams).
+    turn_bound: int = 0
 
 
 class Subscription:
@@ -126,12 +132,16 @@ class Subscription:
         key: tuple[str, str],
         queue: asyncio.Queue[list[Event]],
         channel: _Channel,
+        turn_bound: bool = False,
     ) -> None:
         self._log = log
         self.key = key
         self.queue = queue
         self.channel = channel
         self._open = True
+        self._turn_bound = turn_bound
+        if turn_bound:
+            channel.turn_bound += 1
 
     def elsewhere(self) -> None:
         """The turn a `local_turn` subscription expected will not start here now: follow
@@ -142,6 +152,8 @@ class Subscription:
     def close(self) -> None:
         if self._open:
             self._open = False
+            if self._turn_bound:
+                self.channel.turn_bound -= 1
             self._log._unsubscribe(*self.key, self.queue)
 
 
@@ -365,7 +377,9 @@ class EventLog:
         queue, channel = self._subscribe(tenant_id, conversation_id)
         if local_turn:
             channel.expect_local = True
-        return Subscription(self, (tenant_id, conversation_id), queue, channel)
+        return Subscription(
+            self, (tenant_id, conversation_id), queue, channel, turn_bound=local_turn
+        )
 
     async def read(
         self,
@@ -472,6 +486,7 @@ class EventLog:
         tenant_id, conversation_id = key
         last: int | None = None
         failures = 0
+        writer_seen: asyncio.Event | None = None  # of the local turn being followed
         while channel.subscribers and not self._closed:
             try:
                 if last is None:
@@ -493,12 +508,23 @@ class EventLog:
                         if self._writer_starting.get(key) is starting:
                             del self._writer_starting[key]
                     continue
+                if done is None and writer_seen is not None:
+                    # The local turn ended since the last look: its end is handled below.
+                    done = writer_seen
                 if done is not None:
                     # A local turn publishes its events directly: catch up on events
                     # appended by other processes now and then, or when the turn ends.
+                    writer_seen = done
+                    channel.expect_local = False  # it started before this reader looked
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(_LOCAL_POLL_SECONDS):
                             await done.wait()
+                    if done.is_set():
+                        writer_seen = None
+                        if channel.turn_bound >= len(channel.subscribers):
+                            # Its only readers are SendMessage streams about to close (which
+                            # cancels this task): Redis is read only if they stay.
+                            await asyncio.sleep(_TURN_END_GRACE_SECONDS)
                     # Only what came after the local events: an event of another process
                     # numbered between two local ones is filled in by the subscribers,
                     # who see the gap it leaves.
