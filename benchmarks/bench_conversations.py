@@ -43,6 +43,9 @@ QUESTION = "Give me your view of next year's plan for the new product line."
 # Answers of this many tokens at least in the scenario that measures streaming alone: the
 # turn's fixed cost then weighs little next to its tokens.
 LONG_ANSWER_TOKENS = 600
+# The paced scenario that measures streaming between turns: answers this long (6 s at 50
+# tokens/s), timed once every turn has started and before any has ended.
+STEADY_ANSWER_TOKENS = 300
 
 
 @dataclass
@@ -58,6 +61,12 @@ class Run:
     ttft_ms: list[float] = field(default_factory=list)
     server_cpu_seconds: float = 0.0  # of the server process, all its threads
     redis_cpu_seconds: float = 0.0  # of the Redis server the platform uses
+    # With `steady`: each delta as (received at, latency ms), when each stream got its first
+    # delta and its end, and the server's CPU seconds sampled as (at, seconds).
+    arrivals: list[tuple[float, float]] = field(default_factory=list)
+    first_deltas: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+    cpu_samples: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def tokens_per_delta(self) -> float:
@@ -201,10 +210,17 @@ async def _convergio(
 
 
 async def _turns(
-    target: str, key: str, n: int, pid: int | None = None, redis_pid: int | None = None
+    target: str,
+    key: str,
+    n: int,
+    pid: int | None = None,
+    redis_pid: int | None = None,
+    *,
+    steady: bool = False,
 ) -> Run:
     """One turn in each of n new single-agent conversations, all at once (with `pid` and
-    `redis_pid`, the CPU time of the server and of Redis while they stream)."""
+    `redis_pid`, the CPU time of the server and of Redis while they stream; with `steady`,
+    what `_steady_window` needs)."""
     from convergio import AsyncClient
     from convergio.conversation.v1 import conversation_pb2 as pb
 
@@ -230,17 +246,33 @@ async def _turns(
                     if first:
                         run.ttft_ms.append((time.perf_counter() - sent) * 1000)
                         first = False
+                        if steady:
+                            run.first_deltas.append(now)
                     generated = event.event_time.seconds + event.event_time.nanos / 1e9
                     run.latencies_ms.append((now - generated) * 1000)
+                    if steady:
+                        run.arrivals.append((now, run.latencies_ms[-1]))
                     run.deltas += 1
                     run.delta_bytes += event.ByteSize()
                 elif event.HasField("turn_completed"):
                     run.tokens += event.turn_completed.usage.completion_tokens
+                    if steady:
+                        run.ends.append(now)
+
+        async def sample_cpu(server: int) -> None:
+            while True:
+                run.cpu_samples.append((time.time(), _cpu_seconds(server)))
+                await asyncio.sleep(0.1)
 
         cpu = _cpu_seconds(pid) if pid else 0.0
         redis_cpu = _cpu_seconds(redis_pid) if redis_pid else 0.0
+        sampler = asyncio.create_task(sample_cpu(pid)) if steady and pid else None
         started = time.perf_counter()
-        await asyncio.gather(*(one(client, cid) for client, cid in ids))
+        try:
+            await asyncio.gather(*(one(client, cid) for client, cid in ids))
+        finally:
+            if sampler is not None:
+                sampler.cancel()
         run.seconds = time.perf_counter() - started
         run.server_cpu_seconds = _cpu_seconds(pid) - cpu if pid else 0.0
         run.redis_cpu_seconds = _cpu_seconds(redis_pid) - redis_cpu if redis_pid else 0.0
@@ -248,6 +280,33 @@ async def _turns(
         for client in clients:
             await client.close()
     return run
+
+
+@dataclass
+class Window:
+    """Streaming between turns: what arrived after every stream had its first delta and
+    before any stream ended."""
+
+    seconds: float
+    latencies_ms: list[float]
+    server_cpu_us_per_delta: float
+
+
+def _steady_window(run: Run, margin: float = 0.25) -> Window | None:
+    if not run.first_deltas or not run.ends:
+        return None
+    start, end = max(run.first_deltas) + margin, min(run.ends) - margin
+    inside = [latency for at, latency in run.arrivals if start <= at <= end]
+    samples = [(at, cpu) for at, cpu in run.cpu_samples if start <= at <= end]
+    if end - start < 1.0 or len(samples) < 2 or not inside:
+        return None  # the turns took too long to start: no window to time
+    (first_at, first_cpu), (last_at, last_cpu) = samples[0], samples[-1]
+    counted = sum(1 for at, _ in run.arrivals if first_at <= at <= last_at)
+    return Window(
+        seconds=end - start,
+        latencies_ms=inside,
+        server_cpu_us_per_delta=(last_cpu - first_cpu) / max(1, counted) * 1e6,
+    )
 
 
 # ------------------------------------------------------------------ bare grpc.aio
@@ -419,6 +478,10 @@ async def run(env: BenchEnv) -> list[Result]:
     async with _convergio(env, 0.0, LONG_ANSWER_TOKENS) as (pid, target, key, _):
         await _turns(target, key, 2)
         long_run = await _turns(target, key, long_n, pid)
+    async with _convergio(env, PACE, STEADY_ANSWER_TOKENS) as (pid, target, key, _):
+        await _turns(target, key, 2)
+        steady_run = await _turns(target, key, counts[-1], pid, steady=True)
+    steady = _steady_window(steady_run)
     direct = await _direct_ttft(20)
 
     async with _bare_server() as (bare_pid, bare_target):
@@ -516,6 +579,37 @@ async def run(env: BenchEnv) -> list[Result]:
                 },
             )
         )
+        if steady is not None:
+            # The same streams between their turns' starts and ends: what the platform's
+            # streaming alone costs, without the bursts of 200 admissions and 200 endings.
+            n = counts[-1]
+            interval = steady_run.tokens_per_delta / PACE
+            bare = await _bare(bare_target, bare_pid, n, steady_run, interval)
+            label = f"{n} streams, paced 50 tok/s, between turn starts and ends"
+            for pct in (50, 99):
+                results.append(
+                    Result(
+                        AREA,
+                        f"token delivery p{pct}, {label}",
+                        percentile(steady.latencies_ms, pct),
+                        "ms",
+                        baseline=percentile(bare.latencies_ms, pct),
+                        extra={
+                            "window_seconds": steady.seconds,
+                            "deltas": len(steady.latencies_ms),
+                        },
+                    )
+                )
+            results.append(
+                Result(
+                    AREA,
+                    f"server CPU per delivered delta, {label}",
+                    steady.server_cpu_us_per_delta,
+                    "us",
+                    baseline=bare.server_cpu_seconds / max(1, bare.events) * 1e6,
+                    extra={"baseline": "bare server CPU per message"},
+                )
+            )
     ttft = statistics.median(ttfts)
     direct_ttft = statistics.median(direct)
     results.append(

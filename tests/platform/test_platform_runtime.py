@@ -159,18 +159,15 @@ async def test_concurrent_first_starts_make_one_bootstrap_key(pg_dsn: str) -> No
 
 def test_a_serving_process_keeps_its_startup_heap_out_of_collections() -> None:
     """What `convergio serve` does before it serves: what startup built is frozen, so that a
-    full collection no longer walks it (about 70 ms each time, while every stream waits),
-    and young collections run less often. In a process of its own: freezing is
-    process-wide."""
+    full collection no longer walks it (about 70 ms each time, while every stream waits).
+    In a process of its own: freezing is process-wide."""
     probe = (
         "import gc, json; from convergio_server import heap, server; "
-        "heap.settle(); print(json.dumps([gc.get_freeze_count(), gc.get_count()[0], "
-        "gc.get_threshold()[0], len(gc.get_objects(2))]))"
+        "heap.settle(); print(json.dumps([gc.get_freeze_count(), len(gc.get_objects())]))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
-    frozen, young, threshold, oldest = json.loads(out)
+    frozen, walked = json.loads(out)
     assert frozen > 50_000  # the server's modules
-    assert oldest < 100  # nothing left for a full collection to walk
-    assert young < 50 and threshold >= 10_000
+    assert walked < 1_000  # what a full collection still walks

@@ -305,6 +305,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# One encoder for every event: `json.dumps` with separators builds a new one each call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def event_time_micros(event_time: datetime) -> int:
     """Microseconds since the epoch."""
     return (event_time - _EPOCH) // _MICROSECOND
@@ -321,7 +325,7 @@ def encode(
         "k": body.KIND,
         "d": body_dict(body),
     }
-    return json.dumps(payload, separators=(",", ":")).encode()
+    return _COMPACT.encode(payload).encode()
 
 
 def decode(raw: bytes | str) -> Event:
