@@ -3,7 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import redis
 import redis.exceptions
+from convergio_server import __version__
 from convergio_server.domain.errors import Unavailable
 from convergio_server.storage.redis import Keys, check_redis, create_redis, is_unavailable_error
 
@@ -92,5 +94,20 @@ async def test_commands_packed_in_c_reach_redis_intact(redis_url: str, redis_pre
             pipe.incr(keys.k("packed", "n"))
             pipe.expire(keys.k("packed", "n"), 60)
             assert await pipe.execute() == [1, True]
+    finally:
+        await client.aclose()
+
+
+async def test_connections_name_the_product_to_operators(redis_url: str) -> None:
+    """`CLIENT LIST` tells an operator which connections are Convergio's (Redis 7.2 and
+    later keep what a client says of itself)."""
+    client = create_redis(redis_url)
+    try:
+        info = await client.client_info()
+        driver = client.connection_pool.connection_kwargs["driver_info"]
+        assert driver.formatted_name == f"redis-py(convergio_v{__version__})"
+        assert driver.lib_version == redis.__version__
+        if "lib-name" in info:
+            assert info["lib-name"] == driver.formatted_name
     finally:
         await client.aclose()
