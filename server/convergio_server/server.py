@@ -1,4 +1,4 @@
-"""The gRPC server: interceptors, services, health, reflection, graceful shutdown."""
+"""The gRPC server: the call pipeline, services, health, reflection, graceful shutdown."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from convergio_server.api.access import AccessPolicy
 from convergio_server.api.health import HealthMonitor
-from convergio_server.api.interceptors import Authenticator, CallPipeline
+from convergio_server.api.pipeline import Authenticator, CallPipeline, PipelinedRegistry
 from convergio_server.api.reflection import DocumentedReflectionServicer, documented_files
 from convergio_server.api.rules import RULES
 from convergio_server.api.services import ServiceContext, register_services
@@ -66,26 +66,26 @@ class ConvergioServer:
         self.settings = settings
         self.infra = infra
         self.keys = KeyManager(PgKeyStore(infra.pool), settings.auth_cache_seconds)
-        self.server = grpc.aio.server(
-            interceptors=[
-                CallPipeline(
-                    Authenticator(self.keys, AccessPolicy(), anonymous_callers(settings)),
-                    Validator(RULES),
-                )
-            ],
-            options=server_options(settings),
+        self.server = grpc.aio.server(options=server_options(settings))
+        # Every handler wrapped by the call pipeline as it is added, not on every call.
+        handlers = PipelinedRegistry(
+            self.server,
+            CallPipeline(
+                Authenticator(self.keys, AccessPolicy(), anonymous_callers(settings)),
+                Validator(RULES),
+            ),
         )
         self.context = ServiceContext(settings=settings, infra=infra, keys=self.keys)
-        service_names = register_services(self.server, self.context)
+        service_names = register_services(handlers, self.context)
         self.health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, handlers)
         self.service_names = service_names
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             DocumentedReflectionServicer(
                 [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME],
                 documented_files(),
             ),
-            self.server,
+            handlers,
         )
         self.health = HealthMonitor(
             self.health_servicer,

@@ -1,4 +1,4 @@
-"""The runtime pieces capabilities rely on: deadlines through the interceptors,
+"""The runtime pieces capabilities rely on: deadlines through the call pipeline,
 request-id idempotency, page tokens and the bootstrap key."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from convergio.workflow.v1 import workflow_pb2
 from convergio_server.api.access import AccessPolicy
 from convergio_server.api.idempotency import once
-from convergio_server.api.interceptors import Authenticator, CallPipeline
+from convergio_server.api.pipeline import Authenticator, CallPipeline, PipelinedRegistry
 from convergio_server.domain import errors as de
 from convergio_server.domain.auth import KeyManager
 from convergio_server.domain.pagination import decode_token, encode_token, page_size
@@ -30,7 +30,7 @@ SLOW_METHOD = "/convergio.workflow.v1.WorkflowService/GetExecution"
 
 @pytest.fixture
 async def slow_server(server: RunningServer) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    """A grpc.aio server with the production interceptors and one slow handler."""
+    """A grpc.aio server with the production call pipeline and one slow handler."""
     seen: dict[str, Any] = {"cancelled": asyncio.Event()}
 
     async def slow(request: workflow_pb2.GetExecutionRequest, context: Any) -> Any:
@@ -51,10 +51,9 @@ async def slow_server(server: RunningServer) -> AsyncIterator[tuple[str, dict[st
             )
         },
     )
-    grpc_server = grpc.aio.server(
-        interceptors=[CallPipeline(Authenticator(server.server.keys, AccessPolicy()))]
-    )
-    grpc_server.add_generic_rpc_handlers((handler,))
+    grpc_server = grpc.aio.server()
+    pipeline = CallPipeline(Authenticator(server.server.keys, AccessPolicy()))
+    PipelinedRegistry(grpc_server, pipeline).add_generic_rpc_handlers((handler,))
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     await grpc_server.start()
     try:

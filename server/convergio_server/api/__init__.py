@@ -1,1 +1,2 @@
-"""The gRPC surface: servicers (thin translation to and from the domain) and interceptors."""
+"""The gRPC surface: servicers (thin translation to and from the domain) and the call
+pipeline around them."""

@@ -1,4 +1,4 @@
-"""Per-call state shared by interceptors and servicers through context variables."""
+"""Per-call state shared by the call pipeline and servicers through context variables."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar
 
 
 def current_principal() -> Principal:
-    """The authenticated caller; servicers call this, the auth interceptor sets it."""
+    """The authenticated caller; servicers call this, the call pipeline sets it."""
     principal = principal_var.get()
     if principal is None:
         raise Unauthenticated("this call needs an API key")

@@ -7,9 +7,9 @@ UNIMPLEMENTED with a message naming the missing capability.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -50,6 +50,19 @@ class ServiceContext:
 
 
 Factory = Callable[[ServiceContext], Any]
+
+
+class HandlerRegistry(Protocol):
+    """Where services are added: the server, or what wraps its handlers on the way in
+    (`api.pipeline.PipelinedRegistry`)."""
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None: ...
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None: ...
+
+
 # Filled by capability modules (see `_load_factories`).
 FACTORIES: dict[str, Factory] = {}
 # Hooks that put shared domain services into `ctx.components` (for example
@@ -63,7 +76,7 @@ def _load_factories() -> None:
     import convergio_server.api.servicers  # noqa: F401
 
 
-def register_services(server: grpc.aio.Server, ctx: ServiceContext) -> list[str]:
+def register_services(server: HandlerRegistry, ctx: ServiceContext) -> list[str]:
     """Add every Convergio service to `server`; returns their full names."""
     from convergio.approval.v1 import approval_pb2, approval_pb2_grpc
     from convergio.conversation.v1 import conversation_pb2, conversation_pb2_grpc
@@ -122,12 +135,10 @@ def register_services(server: grpc.aio.Server, ctx: ServiceContext) -> list[str]
     return names
 
 
-def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: Any) -> None:
-    """Register `servicer` for `service` as a generic handler only. The generated
-    `add_*_to_server` also registers every method as a "registered method", which
-    grpc.aio then checks per call at a cost that grows with the number of methods
-    (about 40 us of server CPU per call with the whole API); lookup through one
-    generic handler per service is a dictionary hit."""
+def add_service(server: HandlerRegistry, service: ServiceDescriptor, servicer: Any) -> None:
+    """Register `servicer` for `service`, its methods by name. (On a bare grpc.aio server
+    that is costly: it checks registered methods one by one on every call, about 40 us of
+    CPU per call with the whole API; `PipelinedRegistry` keeps them in one dictionary.)"""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
         request_type = GetMessageClass(method.input_type)
@@ -142,11 +153,9 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: A
             request_deserializer=request_type.FromString,
             response_serializer=response_type.SerializeToString,
         )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
-    )
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 # Services outside the convergio.* API (for example flagd's evaluation protocol):
 # full name -> (factory, add_to_server function).
-EXTRA_SERVICES: dict[str, tuple[Factory, Callable[[Any, grpc.aio.Server], None]]] = {}
+EXTRA_SERVICES: dict[str, tuple[Factory, Callable[[Any, Any], None]]] = {}

@@ -1,4 +1,4 @@
-"""Declarative request validation, run by the validation interceptor before a
+"""Declarative request validation, run by the call pipeline before a
 servicer sees the request, so every servicer can trust the shape of its input.
 
 Rules common to every request are found from the message's fields
