@@ -187,6 +187,10 @@ class Authenticator:
         principal_var.set(principal)
 
 
+# What runs before the handler: authentication and validation (None: nothing to run).
+Before = Callable[[Message, dict[str, str]], Awaitable[None]] | None
+
+
 class CallPipeline:
     """Runs the stages above around every unary and server-streaming call of the
     handlers it wraps."""
@@ -250,7 +254,7 @@ class CallPipeline:
         self,
         method: str,
         fn: Unary,
-        before: Callable[[Message, dict[str, str]], Awaitable[None]] | None,
+        before: Before,
     ) -> Unary:
         request_log, errors = self._log, self._errors
 
@@ -287,7 +291,7 @@ class CallPipeline:
         self,
         method: str,
         fn: Streaming,
-        before: Callable[[Message, dict[str, str]], Awaitable[None]] | None,
+        before: Before,
     ) -> Streaming:
         request_log, errors = self._log, self._errors
         active = RPC_ACTIVE_STREAMS.labels(method)
