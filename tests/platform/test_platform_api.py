@@ -58,6 +58,18 @@ async def test_grpcurl_describe_shows_the_documentation(server: RunningServer) -
     assert "conversation_id" in described.stdout
 
 
+async def test_grpcurl_describe_finds_a_method(server: RunningServer) -> None:
+    described = await asyncio.to_thread(
+        grpcurl, server.target, "describe", "convergio.flag.v1.FlagService.EvaluateFlag"
+    )
+    assert described.returncode == 0, described.stderr
+    assert "rpc EvaluateFlag" in described.stdout and "//" in described.stdout
+    unknown = await asyncio.to_thread(
+        grpcurl, server.target, "describe", "convergio.flag.v1.FlagService.NoSuchMethod"
+    )
+    assert unknown.returncode != 0 and "not found" in unknown.stderr.lower()
+
+
 async def test_grpcurl_call_with_key_reaches_the_servicer(server: RunningServer) -> None:
     called = await asyncio.to_thread(
         grpcurl,

@@ -63,5 +63,17 @@ class DocumentedReflectionServicer(reflection.aio.ReflectionServicer):  # type: 
         try:
             name = self._pool.FindFileContainingSymbol(fully_qualified_name).name
         except KeyError:
-            return super()._file_containing_symbol(request, fully_qualified_name)
+            name = self._method_file(fully_qualified_name)
+            if name is None:
+                return super()._file_containing_symbol(request, fully_qualified_name)
         return self._response(name, request)
+
+    def _method_file(self, fully_qualified_name: str) -> str | None:
+        """The file of a method (`grpcurl describe pkg.Service.Method`): the upb descriptor
+        pool finds services, messages and fields by name, but not methods."""
+        service_name, _, method = fully_qualified_name.rpartition(".")
+        try:
+            service = self._pool.FindServiceByName(service_name)
+        except KeyError:
+            return None
+        return service.file.name if method in service.methods_by_name else None
