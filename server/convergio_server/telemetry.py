@@ -7,6 +7,7 @@ Metric names follow `convergio_<what>_<unit>`; capabilities add their own
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -80,12 +81,8 @@ class _RpcCalls:
             labels=["method"],
         )
         for method, row in list(self.durations.items()):
-            counts, total = row[:-1], row[-1]
-            cumulative, buckets = 0.0, []
-            for le, in_bucket in zip(_LE, counts, strict=True):
-                cumulative += in_bucket
-                buckets.append((le, cumulative))
-            durations.add_metric([method], buckets, total)
+            cumulative = itertools.accumulate(row[:-1])
+            durations.add_metric([method], list(zip(_LE, cumulative, strict=True)), row[-1])
         yield durations
 
 

@@ -158,4 +158,4 @@ def add_service(server: HandlerRegistry, service: ServiceDescriptor, servicer: A
 
 # Services outside the convergio.* API (for example flagd's evaluation protocol):
 # full name -> (factory, add_to_server function).
-EXTRA_SERVICES: dict[str, tuple[Factory, Callable[[Any, Any], None]]] = {}
+EXTRA_SERVICES: dict[str, tuple[Factory, Callable[[Any, HandlerRegistry], None]]] = {}
