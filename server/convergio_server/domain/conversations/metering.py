@@ -3,9 +3,7 @@ included (their partial usage, as the model client reports it)."""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -39,9 +37,6 @@ class Meter:
         self.calls = 0
         self.cost = Decimal(0)
         self.failure: BaseException | None = None
-        # When the first token of each streamed chunk was generated, oldest first (see
-        # CoalescingClient): the turn stamps its token deltas with these.
-        self.generated: deque[datetime] = deque()
 
     def add(self, usage: RequestUsage | None, pricing: Pricing = free) -> None:
         if usage is not None:

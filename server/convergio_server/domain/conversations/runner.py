@@ -2,7 +2,8 @@
 every AutoGen event into a domain event on the conversation's event log.
 
 One `TurnExecution` per running turn. It builds the team (see `team.py`), restores the
-saved state, runs `run_stream`, coalesces token chunks into deltas, stores each completed
+saved state, runs `run_stream`, coalesces the model's text chunks (handed over by the model
+client, past AutoGen: see `models/tap.py`) into deltas, stores each completed
 message in the transcript, and always ends with a TurnCompleted event, whatever happened:
 completion, the turn limit, a cancel, a timeout, a model failure. A lease in Redis says
 which process runs the turn; it is renewed while the turn runs.
@@ -25,7 +26,6 @@ from typing import Any, Protocol
 from autogen_agentchat.base import TaskResult
 from autogen_agentchat.messages import (
     BaseChatMessage,
-    ModelClientStreamingChunkEvent,
     TextMessage,
     ToolCallExecutionEvent,
     ToolCallRequestEvent,
@@ -74,6 +74,7 @@ from convergio_server.domain.events.model import (
 )
 from convergio_server.domain.guards import Admission, AlertSink, BudgetAlertInfo, Guards, TurnScope
 from convergio_server.domain.models.errors import ModelError
+from convergio_server.domain.models.tap import TextSink
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,26 @@ END_RETRY_SECONDS = 120.0
 _END = object()
 _CANCEL = object()
 _FLUSH = object()  # the coalescing window of the pending token chunks has closed
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """Text of a streamed model call, as the model client handed it over."""
+
+    source: str
+    message_id: str
+    text: str
+    generated: datetime
+
+
+@dataclass(slots=True)
+class _Answered:
+    """The streamed call `message_id` of `source` ended with text: the message AutoGen
+    builds from it is that one."""
+
+    source: str
+    message_id: str
+
 
 UNAVAILABLE_CODE = 14
 INTERNAL_CODE = 13
@@ -118,6 +139,7 @@ class TeamBuilder(Protocol):
         policy: str,
         features: list[str],
         alerts: AlertSink | None = None,
+        text: TextSink | None = None,
     ) -> BuiltTeam: ...
 
     def resolve(self, principal: Principal, conversation: Conversation) -> tuple[str, list[str]]:
@@ -160,7 +182,7 @@ class _Deltas:
         self.flushed = 0.0  # when the last delta went out (monotonic)
         self.generated: datetime | None = None
 
-    def add(self, message_id: str, agent: str, text: str, generated: datetime | None) -> None:
+    def add(self, message_id: str, agent: str, text: str, generated: datetime) -> None:
         if not self.parts:
             self.message_id, self.agent = message_id, agent
             self.generated = generated
@@ -248,6 +270,14 @@ class TurnExecution:
                 limit_usd=money(alert.limit_usd),
             )
         )
+
+    # The turn's TextSink: called from inside a model call, queued so that the chunks keep
+    # their place among the team's events.
+    def text(self, agent: str, message_id: str, chunk: str, generated: datetime) -> None:
+        self.queue.put_nowait(_Chunk(agent, message_id, chunk, generated))
+
+    def answered(self, agent: str, message_id: str) -> None:
+        self.queue.put_nowait(_Answered(agent, message_id))
 
     def post(
         self, body: EventBody, event_time: datetime | None = None, *, ending: bool = False
@@ -370,7 +400,13 @@ class TurnExecution:
 
     async def _prepare(self) -> BuiltTeam:
         team = await self.runner.builder.build(
-            self.principal, self.conversation, self.turn, self.policy, self.features, self._alert
+            self.principal,
+            self.conversation,
+            self.turn,
+            self.policy,
+            self.features,
+            self._alert,
+            self,
         )
         if self.conversation.message_count or self.conversation.turn_count > 1:
             memory = await self.runner.store.load_memory(
@@ -399,8 +435,9 @@ class TurnExecution:
                 )
             )
         emitted_selections = 0
-        meter = team.meter
         deltas = _Deltas()
+        # Per agent, the id its streamed text went out under, for the message made of it.
+        streamed: dict[str, str] = {}
         window = self.runner.config.coalesce_seconds
         pending_usage: dict[str, Usage] = {}
         tools_started = time.monotonic()
@@ -475,19 +512,18 @@ class TurnExecution:
                         emitted_selections += 1
                         if selection.agent == source:
                             break
-                if isinstance(item, ModelClientStreamingChunkEvent):
-                    if not team.streaming:
-                        continue
-                    if deltas.parts and deltas.message_id != item.full_message_id:
+                if type(item) is _Chunk:
+                    if deltas.parts and deltas.message_id != item.message_id:
                         self._emit_delta(deltas)
-                    # When the model generated it, not when it reached AutoGen.
-                    generated = meter.generated.popleft() if meter.generated else item.created_at
-                    deltas.add(item.full_message_id or item.id, source, item.content, generated)
+                    deltas.add(item.message_id, source, item.text, item.generated)
                     left = deltas.flushed + window - time.monotonic()
                     if left <= 0:
                         self._emit_delta(deltas)
                     elif timer is None:
                         close_window_later(left)
+                    continue
+                if type(item) is _Answered:
+                    streamed[source] = item.message_id
                     continue
                 self._emit_delta(deltas)
                 if isinstance(item, ToolCallRequestEvent):
@@ -513,7 +549,11 @@ class TurnExecution:
                 elif isinstance(item, TextMessage | ToolCallSummaryMessage) and source != "user":
                     usage = pending_usage.pop(source, Usage()) + _usage(item.models_usage)
                     role = "TOOL" if isinstance(item, ToolCallSummaryMessage) else "AGENT"
-                    await self._complete_message(team, item.id, source, role, item.content, usage)
+                    # Under the id of its deltas, when it was streamed.
+                    message_id = streamed.pop(source, "") if role == "AGENT" else ""
+                    await self._complete_message(
+                        team, message_id or item.id, source, role, item.content, usage
+                    )
         finally:
             if timer is not None:
                 timer.cancel()

@@ -11,7 +11,7 @@ from typing import Any
 
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.teams import SelectorGroupChat
-from autogen_core.models import SystemMessage
+from autogen_core.models import ChatCompletionClient, SystemMessage
 from autogen_core.tools import BaseTool
 
 from convergio_server.config import Settings
@@ -37,9 +37,9 @@ from convergio_server.domain.features import (
 )
 from convergio_server.domain.guards import AlertSink, CallInfo, Guards, TurnScope
 from convergio_server.domain.knowledge import MAX_QUERY_CHARS, KnowledgeBase
-from convergio_server.domain.models.coalescing import CoalescingClient
 from convergio_server.domain.models.factory import create_model_client, resolve_selection
 from convergio_server.domain.models.selection import ModelInfoOverride, ModelSelection
+from convergio_server.domain.models.tap import TappedClient, TextSink
 from convergio_server.domain.tools.base import ToolContext
 from convergio_server.domain.tools.registry import ToolRegistry
 
@@ -128,15 +128,21 @@ class AutogenTeamBuilder:
         return resolve_selection(chosen, self.settings, agent)
 
     def _client(
-        self, selection: ModelSelection, meter: Meter, guards: Guards, call: CallInfo
-    ) -> tuple[CoalescingClient, Pricing, Any]:
+        self,
+        selection: ModelSelection,
+        meter: Meter,
+        guards: Guards,
+        call: CallInfo,
+        text: TextSink | None,
+    ) -> tuple[ChatCompletionClient, Pricing, Any]:
         raw = create_model_client(selection, self.settings)
         provider, _, model = model_label(selection).partition("/")
         billed = guards.wrap_model_client(raw, call)
         pricing = _pricing(guards, provider, model)
-        metered = MeteredClient(billed, meter, pricing)
-        window = self.settings.token_coalesce_ms / 1000
-        return CoalescingClient(metered, window, meter.generated), pricing, raw.close
+        client: ChatCompletionClient = MeteredClient(billed, meter, pricing)
+        if text is not None:
+            client = TappedClient(client, call.agent, text)
+        return client, pricing, raw.close
 
     async def build(
         self,
@@ -146,6 +152,7 @@ class AutogenTeamBuilder:
         policy: str,
         features: list[str],
         alerts: AlertSink | None = None,
+        text: TextSink | None = None,
     ) -> BuiltTeam:
         meter = Meter()
         guards = self.guards()
@@ -179,7 +186,9 @@ class AutogenTeamBuilder:
             call = CallInfo(
                 scope, spec.name, provider, model, "agent_reply", selection.max_output_tokens
             )
-            client, pricing[spec.name], close = self._client(selection, meter, guards, call)
+            client, pricing[spec.name], close = self._client(
+                selection, meter, guards, call, text if streaming else None
+            )
             closers.append(close)
             offered = self.tools.autogen_tools(list(spec.tools), ctx) if spec.tools else []
             tools: list[Any] = [
@@ -242,6 +251,7 @@ class AutogenTeamBuilder:
             meter,
             guards,
             CallInfo(scope, "selector", provider, model, "speaker_selection"),
+            None,  # the selector's answers are not streamed
         )
         closers.append(close)
         team = SelectorGroupChat(

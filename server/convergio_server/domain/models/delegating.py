@@ -1,6 +1,6 @@
 """A ChatCompletionClient that wraps another: everything but the streamed call
 (`create_stream`) is the inner client's unless a subclass overrides it. The platform's
-decorators (billing, turn metering, chunk coalescing, endpoint adaptation) build on it."""
+decorators (billing, turn metering, the text tap, endpoint adaptation) build on it."""
 
 from __future__ import annotations
 
