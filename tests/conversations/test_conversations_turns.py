@@ -9,6 +9,7 @@ import pytest
 from convergio import AsyncClient, Client, errors
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
+from convergio_server.storage.redis import create_redis
 
 from tests.conversations.conftest import (
     FINANCE_QUESTION,
@@ -86,6 +87,32 @@ async def test_token_chunks_are_coalesced_and_the_first_goes_out_at_once(
     assert "".join(deltas) == completed.content
     assert deltas[0].split() == words[:1]
     assert len(words) >= 20 and len(deltas) <= len(words) / 2
+
+
+async def test_tokens_join_the_waiting_delta_while_the_log_is_behind(
+    paced_client: AsyncClient, redis_url: str
+) -> None:
+    # Redis holds every write for a moment mid-turn: the tokens generated meanwhile go out
+    # as one delta when it answers, not as one event each, and no text is lost.
+    cid = await new_conversation(paced_client, agent="amy")
+    redis = create_redis(redis_url)
+    events = []
+    try:
+        async for event in paced_client.conversations.send(
+            conversation_id=cid, content="How do I plan a product launch?"
+        ):
+            events.append(event)
+            if kinds(events).count("token_delta") == 3:
+                await redis.execute_command("CLIENT", "PAUSE", "400", "WRITE")
+    finally:
+        await redis.aclose()
+    completed = next(e.message_completed for e in events if e.HasField("message_completed"))
+    deltas = [e.token_delta.text for e in events if e.HasField("token_delta")]
+    assert "".join(deltas) == completed.content
+    # 400 ms at 60 tokens/s: about 24 tokens, in one delta or few.
+    assert max(len(text.split()) for text in deltas) >= 10
+    sequences = [e.sequence for e in events]
+    assert sequences == list(range(sequences[0], sequences[0] + len(events)))
 
 
 async def test_group_turn_selects_speakers_by_expertise(conv: AsyncClient) -> None:

@@ -287,6 +287,21 @@ class TurnExecution:
         events that end the turn (`ending`), which must be queued whatever happened."""
         if not ending:
             self._raise_outbox_failure()
+        if type(body) is TokenDelta and self._outbox:
+            # The log is behind (the last append has not returned): the text joins the
+            # delta that waits with it rather than making one more event. Under load, deltas
+            # grow instead of piling up; no token waits longer than it would have.
+            last, first_time = self._outbox[-1]
+            if (
+                type(last) is TokenDelta
+                and last.message_id == body.message_id
+                and last.agent == body.agent
+            ):
+                self._outbox[-1] = (
+                    TokenDelta(last.message_id, last.agent, last.text + body.text),
+                    first_time,
+                )
+                return
         self._outbox.append((body, event_time))
         self._outbox_empty.clear()
         if self._outbox_writer is None or self._outbox_writer.done():
