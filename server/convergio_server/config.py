@@ -176,8 +176,8 @@ class Settings(BaseSettings):
     token_coalesce_ms: float = Field(
         5.0,
         ge=0,
-        description="window over which token chunks are coalesced: into one chunk before "
-        "AutoGen, and into one TokenDelta event",
+        description="window over which token chunks are coalesced into one TokenDelta "
+        "event (the first chunk after a quiet window goes out at once)",
     )
     event_window_seconds: float = Field(
         600.0,

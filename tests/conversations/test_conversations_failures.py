@@ -169,3 +169,37 @@ async def test_a_turn_whose_start_cannot_be_logged_ends_and_is_logged_later(
     # The conversation goes on.
     events = await collect(conv.conversations.send(conversation_id=cid, content="Hello again"))
     assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+
+
+async def test_a_log_failing_mid_turn_ends_the_turn_with_an_error(
+    paced_client: AsyncClient, paced: RunningServer
+) -> None:
+    # The conversation's log breaks while tokens stream: the turn stops with an error
+    # instead of streaming into the void, and its end reaches the client once the log
+    # works again.
+    cid = await new_conversation(paced_client)
+    stream_key = Keys(paced.settings.redis_prefix).k("conv", TENANT, cid, "events")
+    events = []
+    async for event in paced_client.conversations.send(
+        conversation_id=cid, content="How do I plan a product launch?"
+    ):
+        events.append(event)
+        if kinds(events).count("token_delta") == 3:
+            await paced.infra.redis.delete(stream_key)
+            await paced.infra.redis.set(stream_key, "not a stream")
+            turn_id = event.turn_id
+            for _ in range(100):
+                got = await paced_client.conversations.get_turn(
+                    conversation_id=cid, turn_id=turn_id
+                )
+                if got.turn.status == pb.TURN_STATUS_ENDED:
+                    break
+                await asyncio.sleep(0.05)
+            assert got.turn.stop_reason == events_pb2.STOP_REASON_ERROR
+            await paced.infra.redis.delete(stream_key)
+    assert kinds(events)[-1] == "turn_completed"
+    assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_ERROR
+    assert "message_completed" not in kinds(events)
+    (error,) = [e.error for e in events if e.HasField("error")]
+    assert error.reason == common_pb2.ERROR_REASON_UNAVAILABLE and error.retryable
+    assert error.message.startswith("the conversation's event log could not be written")

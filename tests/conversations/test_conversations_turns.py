@@ -103,7 +103,7 @@ async def test_tokens_join_the_waiting_delta_while_the_log_is_behind(
         ):
             events.append(event)
             if kinds(events).count("token_delta") == 3:
-                await redis.execute_command("CLIENT", "PAUSE", "400", "WRITE")
+                await redis.client_pause(400, all=False)  # writes only
     finally:
         await redis.aclose()
     completed = next(e.message_completed for e in events if e.HasField("message_completed"))

@@ -52,7 +52,7 @@ from convergio_server.domain.conversations.model import (
 )
 from convergio_server.domain.conversations.selection import Plan
 from convergio_server.domain.conversations.store import ConversationStore
-from convergio_server.domain.errors import DomainError
+from convergio_server.domain.errors import DomainError, Unavailable
 from convergio_server.domain.events.log import EventLog
 from convergio_server.domain.events.model import (
     BudgetAlert,
@@ -90,7 +90,8 @@ _FLUSH = object()  # the coalescing window of the pending token chunks has close
 
 @dataclass(slots=True)
 class _Chunk:
-    """Text of a streamed model call, as the model client handed it over."""
+    """Text of a streamed model call, as the model client handed it over (the chunks that
+    came while it waited in the queue included)."""
 
     source: str
     message_id: str
@@ -222,6 +223,16 @@ class TurnExecution:
         self.turn = turn
         self.token = CancellationToken()
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._last_queued: Any = None  # what `put` queued last
+        # The turn's loop (`_drive`) waits for the queue: a chunk, or the end of a coalescing
+        # window, is handled where it happens instead of waking the loop.
+        self._idle = False
+        # The token stream of `_drive` (set there).
+        self._deltas = _Deltas()
+        self._window = runner.config.coalesce_seconds
+        self._timer: asyncio.TimerHandle | None = None
+        self._plan: Plan | None = None
+        self._announced = 0  # the plan's selections announced so far
         self.stop: tuple[str, str] | None = None
         self.done = asyncio.Event()
         self.started = time.monotonic()
@@ -256,11 +267,11 @@ class TurnExecution:
         if self.stop is None:
             self.stop = (reason, detail)
             self.token.cancel()
-            self.queue.put_nowait(_CANCEL)
+            self.put(_CANCEL)
 
     async def _alert(self, alert: BudgetAlertInfo) -> None:
         # Called from inside a model call: the event loop of the turn emits it in order.
-        self.queue.put_nowait(
+        self.put(
             BudgetAlert(
                 scope=alert.scope,
                 subject=alert.subject,
@@ -274,10 +285,78 @@ class TurnExecution:
     # The turn's TextSink: called from inside a model call, queued so that the chunks keep
     # their place among the team's events.
     def text(self, agent: str, message_id: str, chunk: str, generated: datetime) -> None:
-        self.queue.put_nowait(_Chunk(agent, message_id, chunk, generated))
+        if self._idle and not self.queue.qsize():
+            self._inline(self._on_chunk, _Chunk(agent, message_id, chunk, generated))
+            return
+        last = self._last_queued
+        if type(last) is _Chunk and last.message_id == message_id and self.queue.qsize():
+            # The previous chunk still waits, last in the queue: this one joins it (a burst
+            # costs the turn's loop one item, not one per word).
+            last.text += chunk
+            return
+        self.put(_Chunk(agent, message_id, chunk, generated))
 
     def answered(self, agent: str, message_id: str) -> None:
-        self.queue.put_nowait(_Answered(agent, message_id))
+        self.put(_Answered(agent, message_id))
+
+    def _inline(self, handle: Callable[[Any], None], item: Any) -> None:
+        """Handle an item for the idle turn loop, here; what it raises (an earlier append
+        that failed) goes to the loop, which ends the turn with it."""
+        try:
+            handle(item)
+        except Exception as exc:
+            self.put(exc)
+
+    def _on_chunk(self, item: _Chunk) -> None:
+        self._announce(item.source)
+        deltas = self._deltas
+        if deltas.parts and deltas.message_id != item.message_id:
+            self._emit_delta()
+        deltas.add(item.message_id, item.source, item.text, item.generated)
+        left = deltas.flushed + self._window - time.monotonic()
+        if left <= 0:
+            self._emit_delta()
+        elif self._timer is None:
+            # One timer per window, not a timeout per chunk.
+            self._timer = asyncio.get_running_loop().call_later(left, self._window_closed)
+
+    def _window_closed(self) -> None:
+        if self._idle and not self.queue.qsize():
+            self._inline(self._on_window_closed, None)
+        else:
+            self.put(_FLUSH)  # after the chunks queued before it
+
+    def _on_window_closed(self, _: object = None) -> None:
+        self._timer = None
+        deltas = self._deltas
+        if deltas.parts:
+            left = deltas.flushed + self._window - time.monotonic()
+            if left > 0:
+                self._timer = asyncio.get_running_loop().call_later(left, self._window_closed)
+            else:
+                self._emit_delta()
+
+    def _announce(self, source: str) -> None:
+        """Announce the plan's selections up to `source`'s, when it is not the agent
+        speaking. The selector may already have chosen the speaker after this one (it runs
+        ahead of the turn's queue): announcing only up to this item's speaker keeps a
+        SpeakerSelected from preceding the previous speaker's message."""
+        selections = self._plan.selections if self._plan is not None else []
+        speaking = selections[self._announced - 1].agent if self._announced else ""
+        if source in ("user", speaking):
+            return
+        while self._announced < len(selections):
+            selection = selections[self._announced]
+            self._emit_delta()
+            self.post(selection)
+            self._announced += 1
+            if selection.agent == source:
+                break
+
+    def put(self, item: Any) -> None:
+        """Queue an item for the turn's loop (`_drive`)."""
+        self._last_queued = item
+        self.queue.put_nowait(item)
 
     def post(
         self, body: EventBody, event_time: datetime | None = None, *, ending: bool = False
@@ -317,7 +396,11 @@ class TurnExecution:
     def _raise_outbox_failure(self) -> None:
         if self._outbox_failure is not None:
             failure, self._outbox_failure = self._outbox_failure, None
-            raise failure
+            # Said as what it is, not as a failing model call.
+            raise Unavailable(
+                f"the conversation's event log could not be written: {failure}"[:500],
+                retry_after_seconds=1.0,
+            ) from failure
 
     async def _write_outbox(self) -> None:
         try:
@@ -449,11 +532,9 @@ class TurnExecution:
                     threshold=0.0,
                 )
             )
-        emitted_selections = 0
-        deltas = _Deltas()
+        self._plan = team.plan
         # Per agent, the id its streamed text went out under, for the message made of it.
         streamed: dict[str, str] = {}
-        window = self.runner.config.coalesce_seconds
         pending_usage: dict[str, Usage] = {}
         tools_started = time.monotonic()
         result: TaskResult | None = None
@@ -468,36 +549,28 @@ class TurnExecution:
                     team.runnable.run_stream(task=self._task(), cancellation_token=self.token)
                 ) as stream:
                     async for item in stream:
-                        self.queue.put_nowait(item)
+                        self.put(item)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
-                self.queue.put_nowait(exc)
+                self.put(exc)
                 return
-            self.queue.put_nowait(_END)
-
-        # One timer per window, not a timeout per chunk: when it fires, a _FLUSH in the
-        # queue sends what is pending (the chunks that came before it, in order).
-        loop = asyncio.get_running_loop()
-        timer: asyncio.TimerHandle | None = None
-
-        def close_window_later(delay: float) -> None:
-            nonlocal timer
-            timer = loop.call_later(delay, self.queue.put_nowait, _FLUSH)
+            self.put(_END)
 
         replayed = {m.id for m in self.missed}
         pumping = asyncio.create_task(pump(), name=f"turn:{self.turn.id}")
         try:
             while True:
-                item = await self.queue.get()
+                self._idle = True
+                try:
+                    item = await self.queue.get()
+                finally:
+                    self._idle = False
+                if type(item) is _Chunk:
+                    self._on_chunk(item)
+                    continue
                 if item is _FLUSH:
-                    timer = None
-                    if deltas.parts:
-                        left = deltas.flushed + window - time.monotonic()
-                        if left > 0:
-                            close_window_later(left)
-                        else:
-                            self._emit_delta(deltas)
+                    self._on_window_closed()
                     continue
                 if item is _END or item is _CANCEL:
                     break
@@ -510,37 +583,15 @@ class TurnExecution:
                 if replayed and getattr(item, "id", None) in replayed:
                     continue  # an earlier turn's message, heard again: not news
                 if isinstance(item, BudgetAlert):
-                    self._emit_delta(deltas)
+                    self._emit_delta()
                     self.post(item)
                     continue
                 source = getattr(item, "source", "user")
-                selections = team.plan.selections if team.plan is not None else []
-                speaking = selections[emitted_selections - 1].agent if emitted_selections else ""
-                if source not in ("user", speaking):
-                    # The selector may already have chosen the speaker after this one (it runs
-                    # ahead of this queue): announce selections only up to this item's speaker,
-                    # so a SpeakerSelected never precedes the previous speaker's message.
-                    while emitted_selections < len(selections):
-                        selection = selections[emitted_selections]
-                        self._emit_delta(deltas)
-                        self.post(selection)
-                        emitted_selections += 1
-                        if selection.agent == source:
-                            break
-                if type(item) is _Chunk:
-                    if deltas.parts and deltas.message_id != item.message_id:
-                        self._emit_delta(deltas)
-                    deltas.add(item.message_id, source, item.text, item.generated)
-                    left = deltas.flushed + window - time.monotonic()
-                    if left <= 0:
-                        self._emit_delta(deltas)
-                    elif timer is None:
-                        close_window_later(left)
-                    continue
+                self._announce(source)
                 if type(item) is _Answered:
                     streamed[source] = item.message_id
                     continue
-                self._emit_delta(deltas)
+                self._emit_delta()
                 if isinstance(item, ToolCallRequestEvent):
                     tools_started = time.monotonic()
                     pending_usage[source] = pending_usage.get(source, Usage()) + _usage(
@@ -570,13 +621,14 @@ class TurnExecution:
                         team, message_id or item.id, source, role, item.content, usage
                     )
         finally:
-            if timer is not None:
-                timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             if not pumping.done():
                 pumping.cancel()
             with contextlib.suppress(BaseException):
                 await pumping
-        self._emit_delta(deltas)
+        self._emit_delta()
         if self.stop is not None:
             return TurnOutcome(stop_reason=self.stop[0], stop_detail=self.stop[1]), None
         if failure is not None:
@@ -604,8 +656,8 @@ class TurnExecution:
             return self.turn.content
         return [*self.missed, TextMessage(content=self.turn.content, source="user")]
 
-    def _emit_delta(self, deltas: _Deltas) -> None:
-        taken = deltas.take()
+    def _emit_delta(self) -> None:
+        taken = self._deltas.take()
         if taken is not None:
             # A delta's time is when the model generated its first token, so that a client
             # can tell how long the text took to reach it.
