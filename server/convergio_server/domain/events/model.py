@@ -307,6 +307,7 @@ def _plain(value: Any) -> Any:
 
 # One encoder for every event: `json.dumps` with separators builds a new one each call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
+_string = json.encoder.encode_basestring_ascii
 
 
 def event_time_micros(event_time: datetime) -> int:
@@ -314,9 +315,29 @@ def event_time_micros(event_time: datetime) -> int:
     return (event_time - _EPOCH) // _MICROSECOND
 
 
+# A token delta's payload, written out: most events are deltas, and this is a third of what
+# the generic encoder costs. The same JSON as the encoder's (ASCII, compact).
+_DELTA = (
+    '{"c":%s,"t":%s,"s":%d,"ts":%d,"k":"token_delta","d":{"message_id":%s,"agent":%s,"text":%s}}'
+)
+
+
 def encode(
     conversation_id: str, turn_id: str, sequence: int, event_time: datetime, body: EventBody
 ) -> bytes:
+    if type(body) is TokenDelta:
+        return (
+            _DELTA
+            % (
+                _string(conversation_id),
+                _string(turn_id),
+                sequence,
+                event_time_micros(event_time),
+                _string(body.message_id),
+                _string(body.agent),
+                _string(body.text),
+            )
+        ).encode()
     payload = {
         "c": conversation_id,
         "t": turn_id,
