@@ -48,11 +48,16 @@ async def _serve(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"convergio: cannot start: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    collector: asyncio.Task[None] | None = None
     try:
         server = ConvergioServer(settings, infra)
         await server.start()
         dev_key = await server.bootstrap_dev_key()
-        heap.settle()
+        heap.settle(settings.gc_full_interval_seconds)
+        if settings.gc_full_interval_seconds > 0:
+            collector = asyncio.create_task(
+                heap.collect_fully(settings.gc_full_interval_seconds), name="gc"
+            )
         embedded = f"embedded in {settings.data_dir}"
         stores = (
             f"PostgreSQL {embedded if infra.embedded_postgres else 'external'}, "
@@ -70,6 +75,8 @@ async def _serve(args: argparse.Namespace) -> int:
             )
         await serve_until_signalled(server)
     finally:
+        if collector is not None:
+            collector.cancel()
         await infra.close()
     return 0
 

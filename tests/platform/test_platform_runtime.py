@@ -159,18 +159,42 @@ async def test_concurrent_first_starts_make_one_bootstrap_key(pg_dsn: str) -> No
 def test_a_serving_process_keeps_its_startup_heap_out_of_collections() -> None:
     """What `convergio serve` does before it serves: what startup built is frozen, so that a
     full collection no longer walks it (about 70 ms each time, while every stream waits),
-    and full collections come ten times less often. In a process of its own: the
-    collector's settings are process-wide."""
-    probe = (
-        "import gc, json; from convergio_server import heap, server; "
-        "before = gc.get_threshold(); heap.settle(); "
-        "print(json.dumps([gc.get_freeze_count(), len(gc.get_objects()), before, "
-        "gc.get_threshold()]))"
-    )
+    and full collections run on a timer instead of after every few young ones: the timer
+    collects cyclic garbage that reached the oldest generation, and does nothing while the
+    process is idle. In a process of its own: the collector's settings are process-wide."""
+    probe = """
+import asyncio, gc, json
+from convergio_server import heap, server
+
+class Cycle:
+    def __init__(self): self.me = self
+
+async def main():
+    before = gc.get_threshold()
+    heap.settle(0.2)
+    frozen, walked, after = gc.get_freeze_count(), len(gc.get_objects()), gc.get_threshold()
+    collector = asyncio.create_task(heap.collect_fully(0.2))
+    alive = [Cycle() for _ in range(2000)]
+    gc.collect(1)  # they reach the oldest generation, as a turn's objects do under load,
+    gc.collect(1)
+    del alive  # and then become cyclic garbage there
+    stranded = sum(type(o) is Cycle for o in gc.get_objects())
+    await asyncio.sleep(0.5)
+    left = sum(type(o) is Cycle for o in gc.get_objects())
+    full = gc.get_stats()[2]["collections"]
+    await asyncio.sleep(0.5)  # idle: nothing new for the timer
+    idle = gc.get_stats()[2]["collections"] - full
+    collector.cancel()
+    print(json.dumps([frozen, walked, before, after, stranded, left, idle]))
+
+asyncio.run(main())
+"""
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
-    frozen, walked, before, after = json.loads(out)
+    frozen, walked, before, after, stranded, left, idle = json.loads(out)
     assert frozen > 50_000  # the server's modules
     assert walked < 1_000  # what a full collection still walks
-    assert after[:2] == before[:2] and after[2] == 10 * before[2]
+    assert after[:2] == before[:2] and after[2] > 1_000_000  # no automatic full collection
+    assert stranded == 2000 and left == 0  # freed by the timer
+    assert idle == 0
