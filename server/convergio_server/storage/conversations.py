@@ -272,14 +272,14 @@ class PgConversationStore:
             )
         outcome = row["outcome"]
         if outcome == "EXISTING":
-            existing = await self.pool.fetchrow(
-                f"SELECT {_TURN_COLUMNS} FROM turns "
-                "WHERE tenant_id = $1 AND conversation_id = $2 AND id = $3",
-                turn.tenant_id,
-                turn.conversation_id,
-                row["existing"],
-            )
-            return Admitted(_turn(existing), existing=True)
+            found = str(row["existing"])
+            existing = await self.get_turn(turn.tenant_id, turn.conversation_id, found)
+            if existing is None:  # deleted since, with its conversation
+                raise NotFound(
+                    f"conversation {turn.conversation_id} does not exist",
+                    metadata={"conversation_id": turn.conversation_id},
+                )
+            return Admitted(existing, existing=True)
         if outcome == "BUSY":
             return Admitted(turn, existing=False, busy=True)
         if outcome == "FULL":
