@@ -123,7 +123,6 @@ class BuiltTeam:
     meter: Meter
     models: dict[str, str]  # agent -> "provider/model"
     risk: dict[str, str] = field(default_factory=dict)  # tool -> risk level
-    streaming: bool = True
     features: list[str] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     pricing: dict[str, Pricing] = field(default_factory=dict)  # agent -> cost of a call
