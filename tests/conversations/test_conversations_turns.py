@@ -89,6 +89,23 @@ async def test_token_chunks_are_coalesced_and_the_first_goes_out_at_once(
     assert len(words) >= 20 and len(deltas) <= len(words) / 2
 
 
+async def test_without_the_streaming_flag_the_message_carries_the_text(
+    server: RunningServer,
+) -> None:
+    # A tenant with no flags: `true_streaming` is off for its callers.
+    _, token = await server.server.keys.create("no-streaming", "no streaming", ["member"])
+    async with AsyncClient(server.target, api_key=token) as client:
+        cid = await new_conversation(client, agent="amy")
+        events = await collect(
+            client.conversations.send(conversation_id=cid, content="How do I plan a launch?")
+        )
+    names = kinds(events)
+    assert "token_delta" not in names and names[-1] == "turn_completed"
+    completed = next(e.message_completed for e in events if e.HasField("message_completed"))
+    assert len(completed.content.split()) > 10
+    assert events[-1].turn_completed.last_message_id == completed.message_id
+
+
 async def test_tokens_join_the_waiting_delta_while_the_log_is_behind(
     paced_client: AsyncClient, redis_url: str
 ) -> None:
