@@ -57,8 +57,8 @@ class Settings(BaseSettings):
         30.0,
         ge=0,
         description="seconds between full garbage collections of a serving process (each "
-        "pauses its streams for tens of ms under load); 0 = CPython's own schedule, after "
-        "every 100 collections of the middle generation",
+        "pauses its streams for tens of ms under load); 0 = automatic full collections, "
+        "after every 100 collections of the middle generation (CPython's default: 10)",
     )
     grace_period_seconds: float = Field(
         10.0, ge=0, description="on SIGTERM, how long open streams may run before they are closed"
