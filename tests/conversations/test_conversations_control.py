@@ -63,6 +63,22 @@ async def test_cancel_stops_the_turn_and_keeps_the_usage(paced_client: AsyncClie
     assert after[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
 
 
+async def test_cancel_stops_a_team_mid_answer(paced_client: AsyncClient) -> None:
+    # The speaking agent runs inside AutoGen's group chat; the cancel reaches its model call.
+    cid = await new_conversation(paced_client, team=pb.Team(preset="core"))
+    stream = paced_client.conversations.send(
+        conversation_id=cid, content="Review the budget and the security risks of the plan"
+    )
+    seen = await first_delta(stream)
+    await paced_client.conversations.cancel_turn(conversation_id=cid, turn_id=seen[0].turn_id)
+    rest = [event async for event in stream]
+    assert rest[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_CANCELLED
+    assert "message_completed" not in kinds(seen + rest)
+    assert kinds(seen).count("speaker_selected") == 1
+    after = await collect(paced_client.conversations.send(conversation_id=cid, content="Hello"))
+    assert after[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+
+
 async def test_the_team_remembers_a_cancelled_turn(paced_client: AsyncClient) -> None:
     cid = await new_conversation(paced_client)
     stream = paced_client.conversations.send(
