@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Literal
 
 import pytest
 from autogen_agentchat.agents import AssistantAgent
@@ -32,13 +31,15 @@ from autogen_core.models import (
     SystemMessage,
     UserMessage,
 )
-from autogen_core.tools import BaseTool, FunctionTool
+from autogen_core.tools import BaseTool
 from convergio_server.domain.agents.roster import Roster
 from convergio_server.domain.models.offline import OfflineChatCompletionClient
 from convergio_server.domain.models.text import count_text_tokens, stem
 from convergio_server.domain.tools.base import ToolContext
 from convergio_server.domain.tools.registry import ToolRegistry
 from pydantic import BaseModel
+
+from tests.models.calculator_tool import CALCULATOR
 
 ROSTER = Roster.load()
 
@@ -49,20 +50,6 @@ def system(name: str) -> SystemMessage:
 
 def ask(text: str, name: str = "amy") -> list[LLMMessage]:
     return [system(name), UserMessage(content=text, source="user")]
-
-
-async def calculator(
-    operation: Literal["npv", "irr", "roi", "expression"],
-    values: list[float],
-    rate: float | None = None,
-    expression: str | None = None,
-) -> str:
-    return "ok"
-
-
-CALCULATOR = FunctionTool(
-    calculator, name="financial_calculator", description="Financial calculator for cash flows."
-)
 
 
 async def test_it_is_a_real_chat_completion_client_with_model_info() -> None:

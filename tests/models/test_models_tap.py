@@ -8,17 +8,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.messages import ModelClientStreamingChunkEvent, TextMessage
 from autogen_core import CancellationToken, FunctionCall
 from autogen_core.models import CreateResult, LLMMessage, RequestUsage, UserMessage
-from autogen_core.tools import FunctionTool
 from convergio_server.domain.models.delegating import DelegatingChatCompletionClient
 from convergio_server.domain.models.offline import OfflineChatCompletionClient
 from convergio_server.domain.models.tap import TappedClient
+
+from tests.models.calculator_tool import CALCULATOR
 
 QUESTION: list[LLMMessage] = [UserMessage(content="How do I plan a product launch?", source="u")]
 
@@ -76,27 +77,15 @@ async def test_each_call_streams_under_an_id_of_its_own() -> None:
     }
 
 
-async def calculator(
-    operation: Literal["npv", "irr", "roi", "expression"],
-    values: list[float],
-    rate: float | None = None,
-    expression: str | None = None,
-) -> str:
-    return "ok"
-
-
 async def test_a_call_that_ends_with_tool_calls_is_not_an_answer() -> None:
     sink = Sink()
-    tool = FunctionTool(
-        calculator, name="financial_calculator", description="Financial calculator for cash flows."
-    )
     question = [
         UserMessage(content="What is the NPV of cash flows -1000, 300, 400, 500 at 8%?", source="u")
     ]
     items = [
         item
         async for item in TappedClient(OfflineChatCompletionClient(), "diana", sink).create_stream(
-            question, tools=[tool]
+            question, tools=[CALCULATOR]
         )
     ]
     (result,) = items
