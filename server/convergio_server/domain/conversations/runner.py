@@ -281,8 +281,8 @@ class TurnExecution:
             )
         )
 
-    # The turn's TextSink: called from inside a model call, queued so that the chunks keep
-    # their place among the team's events.
+    # The turn's TextSink, called from inside a model call: a chunk is handled at once when
+    # the turn's loop is idle, else queued, so that it keeps its place among the team's events.
     def text(self, agent: str, message_id: str, chunk: str, generated: datetime) -> None:
         if self._idle and not self.queue.qsize():
             self._inline(self._on_chunk, _Chunk(agent, message_id, chunk, generated))

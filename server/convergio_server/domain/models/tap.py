@@ -63,12 +63,11 @@ class TappedClient(DelegatingChatCompletionClient):
             extra_create_args=extra_create_args,
             cancellation_token=cancellation_token,
         )
-        text, agent, sink = self.sink.text, self.agent, self.sink
         async with contextlib.aclosing(stream):
             async for item in stream:
                 if isinstance(item, str):
-                    text(agent, message_id, item, datetime.now(UTC))
+                    self.sink.text(self.agent, message_id, item, datetime.now(UTC))
                     continue
                 if isinstance(item.content, str):
-                    sink.answered(agent, message_id)
+                    self.sink.answered(self.agent, message_id)
                 yield item
