@@ -46,6 +46,9 @@ LONG_ANSWER_TOKENS = 600
 # The paced scenario that measures streaming between turns: answers this long (6 s at 50
 # tokens/s), timed once every turn has started and before any has ended.
 STEADY_ANSWER_TOKENS = 300
+# Channels of one process to the same address share one connection unless each has a
+# subchannel pool of its own (then it has its own connection, as a client process would).
+OWN_CONNECTION = {"grpc.use_local_subchannel_pool": 1}
 
 
 @dataclass
@@ -225,8 +228,10 @@ async def _turns(
     from convergio.conversation.v1 import conversation_pb2 as pb
 
     run = Run()
-    # Several channels, as several client processes would have.
-    clients = [AsyncClient(target, api_key=key) for _ in range(max(1, n // 50))]
+    # A connection per 50 streams, as several client processes would have.
+    clients = [
+        AsyncClient(target, api_key=key, options=OWN_CONNECTION) for _ in range(max(1, n // 50))
+    ]
     try:
         ids = []
         for i in range(n):
@@ -332,7 +337,10 @@ async def _bare(target: str, pid: int, n: int, like: Run, interval: float) -> Ru
     streams of `like` delivered."""
     count, size = max(1, round(like.deltas / n)), like.bytes_per_delta
     run = Run()
-    channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, n // 50))]
+    channels = [
+        grpc.aio.insecure_channel(target, options=list(OWN_CONNECTION.items()))
+        for _ in range(max(1, n // 50))
+    ]
     try:
         calls = [
             ch.unary_stream(
