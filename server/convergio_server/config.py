@@ -170,6 +170,12 @@ class Settings(BaseSettings):
     model_max_retries: int = Field(
         3, ge=0, description="retries of a model call after a timeout, 429 or 5xx (with backoff)"
     )
+    history_max_tokens: int = Field(
+        32_000,
+        ge=100,
+        description="most tokens of earlier messages an agent's model call carries (the newest "
+        "that fit; the running turn's always go, and the model's context window may allow less)",
+    )
     offline_tokens_per_second: float = Field(
         0.0, ge=0, description="pace of the offline model; 0 = as fast as possible"
     )

@@ -36,6 +36,28 @@ async def test_documents_given_with_the_message_ground_the_answer(conv: AsyncCli
     assert "2% per week" in answer.content
 
 
+
+async def test_documents_given_on_a_later_turn_ground_its_answer(conv: AsyncClient) -> None:
+    # From the second turn on, the team's saved state is restored before it answers: the
+    # documents of the message must survive that.
+    cid = await new_conversation(conv)
+    await collect(conv.conversations.send(conversation_id=cid, content="Hello, who are you?"))
+    events = await collect(
+        conv.conversations.send(
+            conversation_id=cid,
+            content="What does the supplier contract say about penalties?",
+            documents=[
+                pb.InputDocument(
+                    document_id="contract-7",
+                    title="Supplier contract",
+                    content="The supplier contract sets penalties of 2% per week of delay.",
+                )
+            ],
+        )
+    )
+    answer = next(e.message_completed for e in events if e.HasField("message_completed"))
+    assert "2% per week" in answer.content
+
 async def test_rag_in_loop_injects_matching_knowledge(
     conv: AsyncClient, server: RunningServer
 ) -> None:

@@ -36,6 +36,7 @@ from autogen_core.models import RequestUsage
 
 from convergio_server.domain.auth import Principal
 from convergio_server.domain.background import cancel_and_wait
+from convergio_server.domain.conversations.history import trim_team_state
 from convergio_server.domain.conversations.metering import Meter, Pricing
 from convergio_server.domain.conversations.metering import free as _free
 from convergio_server.domain.conversations.model import (
@@ -127,6 +128,8 @@ class BuiltTeam:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     pricing: dict[str, Pricing] = field(default_factory=dict)  # agent -> cost of a call
     context: list[ContextDocument] = field(default_factory=list)  # documents injected
+    # Puts those documents into the agents' memories (after their saved state is restored).
+    inject_context: Callable[[], Awaitable[None]] | None = None
     tool_attempts: dict[str, int] = field(default_factory=dict)  # call id -> attempts
 
 
@@ -516,6 +519,8 @@ class TurnExecution:
             self.missed = [
                 TextMessage(content=m.content, source=m.source) for m in memory.missed if m.content
             ]
+        if team.inject_context is not None:
+            await team.inject_context()
         return team
 
     async def _drive(self, team: BuiltTeam) -> tuple[TurnOutcome, ErrorOccurred | None]:
@@ -644,7 +649,7 @@ class TurnExecution:
         ):
             stop_reason, detail = MAX_TURNS, result.stop_reason
         # default=str: the state holds datetimes and the like.
-        state = json.dumps(await team.runnable.save_state(), default=str)
+        state = json.dumps(trim_team_state(await team.runnable.save_state()), default=str)
         return (
             TurnOutcome(stop_reason=stop_reason, stop_detail=detail, team_state_json=state),
             None,

@@ -11,12 +11,13 @@ from typing import Any
 
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.teams import SelectorGroupChat
-from autogen_core.models import ChatCompletionClient, SystemMessage
+from autogen_core.models import ChatCompletionClient, LLMMessage, SystemMessage
 from autogen_core.tools import BaseTool
 
 from convergio_server.config import Settings
 from convergio_server.domain.agents.roster import AgentSpec, Roster
 from convergio_server.domain.auth import Principal
+from convergio_server.domain.conversations.history import RecentHistory
 from convergio_server.domain.conversations.metering import Meter, MeteredClient, Pricing, free
 from convergio_server.domain.conversations.model import Conversation, Turn
 from convergio_server.domain.conversations.runner import BuiltTeam
@@ -47,6 +48,8 @@ TURN_FEATURES = (RAG_IN_LOOP, TRUE_STREAMING, SPEAKER_POLICY)
 # Knowledge-base documents put into a turn's context, and the least score that counts.
 RAG_DOCUMENTS = 3
 RAG_THRESHOLD = 0.01
+# What a call may generate when its selection does not say (the model clients' default).
+DEFAULT_OUTPUT_TOKENS = 4096
 
 
 def selection_to_json(selection: ModelSelection | None) -> dict[str, Any]:
@@ -144,6 +147,20 @@ class AutogenTeamBuilder:
             client = TappedClient(client, call.agent, text)
         return client, pricing, raw.close
 
+    def _history(
+        self,
+        client: ChatCompletionClient,
+        selection: ModelSelection,
+        system: str = "",
+        tools: Sequence[Any] = (),
+    ) -> RecentHistory:
+        """A memory for one model's calls: the history setting, or less when the model's
+        context window must also hold the system prompt, the tools and the answer."""
+        prompt = [SystemMessage(content=system)] if system else []
+        room = client.remaining_tokens(prompt, tools=tools)
+        room -= selection.max_output_tokens or DEFAULT_OUTPUT_TOKENS
+        return RecentHistory(min(self.settings.history_max_tokens, max(room, 1)))
+
     async def build(
         self,
         principal: Principal,
@@ -205,9 +222,17 @@ class AutogenTeamBuilder:
                 system_message=spec.system_message,
                 model_client_stream=streaming,
                 reflect_on_tool_use=True if tools else None,
+                model_context=self._history(client, selection, spec.system_message, tools),
             )
             agents.append(agent)
-        context = await self._inject_context(principal, agents, turn, features)
+        context, documents = await self._find_context(principal, turn, features)
+
+        async def inject_context() -> None:
+            # After the saved state is restored, which replaces the agents' memories.
+            for document in documents:
+                for agent in agents:
+                    await agent.model_context.add_message(document)
+
         if len(agents) == 1 and conversation.team.single_agent:
             return BuiltTeam(
                 runnable=agents[0],
@@ -221,6 +246,7 @@ class AutogenTeamBuilder:
                 closers=closers,
                 pricing=pricing,
                 context=context,
+                inject_context=inject_context,
                 tool_attempts=attempts,
             )
         participants = [
@@ -261,6 +287,7 @@ class AutogenTeamBuilder:
             selector_func=select,
             candidate_func=candidates,
             allow_repeated_speaker=True,
+            model_context=self._history(selector_client, selector_selection),
         )
         return BuiltTeam(
             runnable=team,
@@ -274,18 +301,15 @@ class AutogenTeamBuilder:
             closers=closers,
             pricing=pricing,
             context=context,
+            inject_context=inject_context,
             tool_attempts=attempts,
         )
 
-    async def _inject_context(
-        self,
-        principal: Principal,
-        agents: Sequence[AssistantAgent],
-        turn: Turn,
-        features: list[str],
-    ) -> list[ContextDocument]:
-        """Put the documents given with the message and, with the `rag_in_loop` flag on,
-        the best knowledge-base matches into every agent's context for this turn."""
+    async def _find_context(
+        self, principal: Principal, turn: Turn, features: list[str]
+    ) -> tuple[list[ContextDocument], list[LLMMessage]]:
+        """The documents given with the message and, with the `rag_in_loop` flag on, the
+        best knowledge-base matches: as reported, and as messages for every agent."""
         found: list[tuple[ContextDocument, str]] = []
         for index, doc in enumerate(turn.options.documents):
             content = doc.get("content", "")
@@ -324,10 +348,8 @@ class AutogenTeamBuilder:
                         hit.snippet.replace("**", ""),
                     )
                 )
-        for document, text in found:
-            message = SystemMessage(
-                content=f"Document: {document.title or document.document_id}\n{text}"
-            )
-            for agent in agents:
-                await agent.model_context.add_message(message)
-        return [document for document, _ in found]
+        messages: list[LLMMessage] = [
+            SystemMessage(content=f"Document: {document.title or document.document_id}\n{text}")
+            for document, text in found
+        ]
+        return [document for document, _ in found], messages
