@@ -36,7 +36,6 @@ async def test_documents_given_with_the_message_ground_the_answer(conv: AsyncCli
     assert "2% per week" in answer.content
 
 
-
 async def test_documents_given_on_a_later_turn_ground_its_answer(conv: AsyncClient) -> None:
     # From the second turn on, the team's saved state is restored before it answers: the
     # documents of the message must survive that.
@@ -57,6 +56,7 @@ async def test_documents_given_on_a_later_turn_ground_its_answer(conv: AsyncClie
     )
     answer = next(e.message_completed for e in events if e.HasField("message_completed"))
     assert "2% per week" in answer.content
+
 
 async def test_rag_in_loop_injects_matching_knowledge(
     conv: AsyncClient, server: RunningServer
