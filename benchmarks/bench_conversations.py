@@ -48,7 +48,7 @@ LONG_ANSWER_TOKENS = 600
 STEADY_ANSWER_TOKENS = 300
 # Channels of one process to the same address share one connection unless each has a
 # subchannel pool of its own (then it has its own connection, as a client process would).
-OWN_CONNECTION = {"grpc.use_local_subchannel_pool": 1}
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 @dataclass
@@ -338,8 +338,7 @@ async def _bare(target: str, pid: int, n: int, like: Run, interval: float) -> Ru
     count, size = max(1, round(like.deltas / n)), like.bytes_per_delta
     run = Run()
     channels = [
-        grpc.aio.insecure_channel(target, options=list(OWN_CONNECTION.items()))
-        for _ in range(max(1, n // 50))
+        grpc.aio.insecure_channel(target, options=OWN_CONNECTION) for _ in range(max(1, n // 50))
     ]
     try:
         calls = [
