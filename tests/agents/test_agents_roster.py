@@ -64,7 +64,10 @@ def test_unknown_agent_names_the_agent_and_lists_valid_names() -> None:
 
 def test_user_dir_adds_agents_overrides_fields_and_adds_presets(tmp_path: Path) -> None:
     (tmp_path / "nora.toml").write_text(AGENT)
-    (tmp_path / "amy.toml").write_text("priority = 10\n[model]\ntemperature = 0.0\n")
+    (tmp_path / "amy.toml").write_text(
+        "priority = 10\n[model]\ntemperature = 0.0\n"
+        "[model.model_info]\nfamily = 'llama-3'\ncontext_window_tokens = 8192\n"
+    )
     (tmp_path / "presets.toml").write_text(
         '[buying]\ndescription = "Purchasing"\nagents = ["nora", "amy"]\n'
         '[core]\ndescription = "Smaller core"\nagents = ["ali", "amy"]\n'
@@ -75,6 +78,8 @@ def test_user_dir_adds_agents_overrides_fields_and_adds_presets(tmp_path: Path) 
     # Only the fields the override sets change.
     assert amy.priority == 10 and amy.role.startswith("Chief Financial Officer")
     assert amy.default_model is not None and amy.default_model.temperature == 0.0
+    assert amy.default_model.model_info is not None
+    assert amy.default_model.model_info.context_window_tokens == 8192
     assert roster.preset("buying").agents == ("nora", "amy")
     assert roster.preset("core").agents == ("ali", "amy")
     assert roster.preset("finance").agents  # built-ins stay
@@ -99,6 +104,12 @@ def test_user_dir_adds_agents_overrides_fields_and_adds_presets(tmp_path: Path) 
         ("Bad-Name.toml", AGENT, "name", "a-z"),
         ("nora.toml", AGENT + '[model]\nprovider = "acme"\n', "model.provider", "offline, openai"),
         ("nora.toml", AGENT + "[model]\ntemperature = 3\n", "model.temperature", "0 to 2"),
+        (
+            "nora.toml",
+            AGENT + "[model.model_info]\ncontext_window_tokens = 512\n",
+            "model.model_info.context_window_tokens",
+            "1,000 to 10,000,000",
+        ),
         ("nora.toml", "display_name = \n", "", "not valid TOML"),
     ],
 )

@@ -4,12 +4,15 @@ tool call runs, and its reported usage is the turn's."""
 
 from __future__ import annotations
 
+import pytest
 from convergio import AsyncClient
 from convergio.common.v1 import common_pb2
 from convergio.conversation.v1 import events_pb2
+from convergio.errors import InvalidArgument
 
-from tests.conversations.conftest import collect, kinds, new_conversation
+from tests.conversations.conftest import collect, kinds, member_key, new_conversation
 from tests.models.openai_stub import Action, openai_stub
+from tests.support.server import RunningServer
 
 
 async def test_a_turn_streams_an_endpoints_tool_call_and_answer(conv: AsyncClient) -> None:
@@ -45,3 +48,60 @@ async def test_a_turn_streams_an_endpoints_tool_call_and_answer(conv: AsyncClien
     assert (done.usage.model_calls, done.usage.prompt_tokens) == (2, 22)
     assert done.usage.completion_tokens == 14
     assert all(request.body.get("stream") for request in stub.requests)
+
+
+async def _last_request_after_turns(server: RunningServer, info: common_pb2.ModelInfo) -> str:
+    """Five turns of 900-word messages over the endpoint (a client of their own: turns
+    are rate-limited per key); the text of the messages of the last request it got."""
+    async with (
+        openai_stub() as stub,
+        AsyncClient(server.target, api_key=await member_key(server)) as client,
+    ):
+        stub.then(*(Action("text", text=f"Noted {i}") for i in range(5)))
+        cid = await new_conversation(
+            client,
+            agent="amy",
+            model=common_pb2.ModelSelection(
+                provider=common_pb2.MODEL_PROVIDER_OPENAI,
+                model="local-model",
+                max_output_tokens=1000,
+                endpoint=common_pb2.ModelEndpoint(base_url=stub.base_url, model_info=info),
+            ),
+        )
+        for i in range(5):
+            words = " ".join(f"w{i}x{k}" for k in range(900))
+            await collect(
+                client.conversations.send(conversation_id=cid, content=f"Turn {i}: {words}")
+            )
+        messages = stub.requests[-1].body["messages"]
+    return "\n".join(str(m.get("content")) for m in messages)
+
+
+async def test_a_models_context_window_bounds_what_its_calls_carry(
+    server: RunningServer, streaming: None
+) -> None:
+    small = await _last_request_after_turns(
+        server, common_pb2.ModelInfo(function_calling=True, context_window_tokens=4000)
+    )
+    # 4,000 tokens less 1,000 for the answer leave room for the running turn and the one
+    # before it, not for all four earlier turns (3,600 tokens and more).
+    assert "Turn 4:" in small and "Turn 3:" in small
+    assert "Turn 0:" not in small
+    large = await _last_request_after_turns(server, common_pb2.ModelInfo(function_calling=True))
+    assert all(f"Turn {i}:" in large for i in range(5))
+
+
+async def test_a_context_window_out_of_range_is_refused(conv: AsyncClient) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        await new_conversation(
+            conv,
+            agent="amy",
+            model=common_pb2.ModelSelection(
+                provider=common_pb2.MODEL_PROVIDER_OPENAI,
+                model="local-model",
+                endpoint=common_pb2.ModelEndpoint(
+                    model_info=common_pb2.ModelInfo(context_window_tokens=10)
+                ),
+            ),
+        )
+    assert "context_window_tokens" in str(refused.value)

@@ -142,6 +142,7 @@ def selection_pb(data: dict[str, Any]) -> common_pb2.ModelSelection:
         out.endpoint.model_info.json_output = info.json_output
         out.endpoint.model_info.structured_output = info.structured_output
         out.endpoint.model_info.family = info.family
+        out.endpoint.model_info.context_window_tokens = info.context_window_tokens
     return out
 
 
@@ -157,7 +158,12 @@ def selection_from_pb(message: common_pb2.ModelSelection) -> dict[str, Any]:
     if endpoint.HasField("model_info"):
         mi = endpoint.model_info
         info = ModelInfoOverride(
-            mi.function_calling, mi.vision, mi.json_output, mi.structured_output, mi.family
+            mi.function_calling,
+            mi.vision,
+            mi.json_output,
+            mi.structured_output,
+            mi.family,
+            mi.context_window_tokens,
         )
     selection = ModelSelection(
         provider=provider,  # type: ignore[arg-type]

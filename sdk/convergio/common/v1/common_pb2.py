@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n convergio/common/v1/common.proto\x12\x13\x63onvergio.common.v1\x1a\x1egoogle/protobuf/duration.proto\"e\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x15\n\rcached_tokens\x18\x03 \x01(\x03\x12\x13\n\x0bmodel_calls\x18\x04 \x01(\x03\"\x92\x02\n\nErrorEvent\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x30\n\x06reason\x18\x02 \x01(\x0e\x32 .convergio.common.v1.ErrorReason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12.\n\x0bretry_delay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12?\n\x08metadata\x18\x06 \x03(\x0b\x32-.convergio.common.v1.ErrorEvent.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x0b\n\tHeartbeat\"\xd0\x01\n\x0eModelSelection\x12\x34\n\x08provider\x18\x01 \x01(\x0e\x32\".convergio.common.v1.ModelProvider\x12\r\n\x05model\x18\x02 \x01(\t\x12\x34\n\x08\x65ndpoint\x18\x03 \x01(\x0b\x32\".convergio.common.v1.ModelEndpoint\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x05\x42\x0e\n\x0c_temperature\"\x96\x01\n\rModelEndpoint\x12\x10\n\x08\x62\x61se_url\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_key_ref\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\nmodel_info\x18\x04 \x01(\x0b\x32\x1e.convergio.common.v1.ModelInfo\"u\n\tModelInfo\x12\x18\n\x10\x66unction_calling\x18\x01 \x01(\x08\x12\x0e\n\x06vision\x18\x02 \x01(\x08\x12\x13\n\x0bjson_output\x18\x03 \x01(\x08\x12\x19\n\x11structured_output\x18\x04 \x01(\x08\x12\x0e\n\x06\x66\x61mily\x18\x05 \x01(\t\"\xc3\x01\n\x0b\x42udgetAlert\x12/\n\x05scope\x18\x01 \x01(\x0e\x32 .convergio.common.v1.BudgetScope\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x31\n\x06period\x18\x03 \x01(\x0e\x32!.convergio.common.v1.BudgetPeriod\x12\x19\n\x11threshold_percent\x18\x04 \x01(\x05\x12\x11\n\tspent_usd\x18\x05 \x01(\t\x12\x11\n\tlimit_usd\x18\x06 \x01(\t\"j\n\x10ScreeningFinding\x12\x38\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32&.convergio.common.v1.ScreeningCategory\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t*\x80\x01\n\tRiskLevel\x12\x1a\n\x16RISK_LEVEL_UNSPECIFIED\x10\x00\x12\x12\n\x0eRISK_LEVEL_LOW\x10\x01\x12\x15\n\x11RISK_LEVEL_MEDIUM\x10\x02\x12\x13\n\x0fRISK_LEVEL_HIGH\x10\x03\x12\x17\n\x13RISK_LEVEL_CRITICAL\x10\x04*\xd6\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x01\x12\x1a\n\x16\x45RROR_REASON_NOT_FOUND\x10\x02\x12\x1f\n\x1b\x45RROR_REASON_ALREADY_EXISTS\x10\x03\x12$\n ERROR_REASON_FAILED_PRECONDITION\x10\x04\x12\x18\n\x14\x45RROR_REASON_ABORTED\x10\x05\x12\x1f\n\x1b\x45RROR_REASON_QUOTA_EXCEEDED\x10\x06\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\x07\x12\"\n\x1e\x45RROR_REASON_PERMISSION_DENIED\x10\x08\x12\x1c\n\x18\x45RROR_REASON_UNAVAILABLE\x10\t\x12 \n\x1c\x45RROR_REASON_NOT_IMPLEMENTED\x10\n\x12\"\n\x1e\x45RROR_REASON_PAYLOAD_TOO_LARGE\x10\x0b\x12\"\n\x1e\x45RROR_REASON_DEADLINE_EXCEEDED\x10\x0c\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\r\x12!\n\x1d\x45RROR_REASON_BUDGET_EXHAUSTED\x10\x0e\x12\x1d\n\x19\x45RROR_REASON_RATE_LIMITED\x10\x0f\x12\x1d\n\x19\x45RROR_REASON_CIRCUIT_OPEN\x10\x10\x12\x1e\n\x1a\x45RROR_REASON_INPUT_BLOCKED\x10\x11*f\n\rModelProvider\x12\x1e\n\x1aMODEL_PROVIDER_UNSPECIFIED\x10\x00\x12\x1a\n\x16MODEL_PROVIDER_OFFLINE\x10\x01\x12\x19\n\x15MODEL_PROVIDER_OPENAI\x10\x02*z\n\x0b\x42udgetScope\x12\x1c\n\x18\x42UDGET_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42UDGET_SCOPE_TENANT\x10\x01\x12\x15\n\x11\x42UDGET_SCOPE_USER\x10\x02\x12\x1d\n\x19\x42UDGET_SCOPE_CONVERSATION\x10\x03*\x96\x01\n\x0c\x42udgetPeriod\x12\x1d\n\x19\x42UDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42UDGET_PERIOD_DAILY\x10\x01\x12\x19\n\x15\x42UDGET_PERIOD_MONTHLY\x10\x02\x12\x1a\n\x16\x42UDGET_PERIOD_PER_TURN\x10\x03\x12\x17\n\x13\x42UDGET_PERIOD_TOTAL\x10\x04*\xa1\x01\n\x11ScreeningCategory\x12\"\n\x1eSCREENING_CATEGORY_UNSPECIFIED\x10\x00\x12\'\n#SCREENING_CATEGORY_PROMPT_INJECTION\x10\x01\x12 \n\x1cSCREENING_CATEGORY_JAILBREAK\x10\x02\x12\x1d\n\x19SCREENING_CATEGORY_SECRET\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n convergio/common/v1/common.proto\x12\x13\x63onvergio.common.v1\x1a\x1egoogle/protobuf/duration.proto\"e\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x15\n\rcached_tokens\x18\x03 \x01(\x03\x12\x13\n\x0bmodel_calls\x18\x04 \x01(\x03\"\x92\x02\n\nErrorEvent\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x30\n\x06reason\x18\x02 \x01(\x0e\x32 .convergio.common.v1.ErrorReason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12.\n\x0bretry_delay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12?\n\x08metadata\x18\x06 \x03(\x0b\x32-.convergio.common.v1.ErrorEvent.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x0b\n\tHeartbeat\"\xd0\x01\n\x0eModelSelection\x12\x34\n\x08provider\x18\x01 \x01(\x0e\x32\".convergio.common.v1.ModelProvider\x12\r\n\x05model\x18\x02 \x01(\t\x12\x34\n\x08\x65ndpoint\x18\x03 \x01(\x0b\x32\".convergio.common.v1.ModelEndpoint\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x05\x42\x0e\n\x0c_temperature\"\x96\x01\n\rModelEndpoint\x12\x10\n\x08\x62\x61se_url\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_key_ref\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\nmodel_info\x18\x04 \x01(\x0b\x32\x1e.convergio.common.v1.ModelInfo\"\x94\x01\n\tModelInfo\x12\x18\n\x10\x66unction_calling\x18\x01 \x01(\x08\x12\x0e\n\x06vision\x18\x02 \x01(\x08\x12\x13\n\x0bjson_output\x18\x03 \x01(\x08\x12\x19\n\x11structured_output\x18\x04 \x01(\x08\x12\x0e\n\x06\x66\x61mily\x18\x05 \x01(\t\x12\x1d\n\x15\x63ontext_window_tokens\x18\x06 \x01(\x05\"\xc3\x01\n\x0b\x42udgetAlert\x12/\n\x05scope\x18\x01 \x01(\x0e\x32 .convergio.common.v1.BudgetScope\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x31\n\x06period\x18\x03 \x01(\x0e\x32!.convergio.common.v1.BudgetPeriod\x12\x19\n\x11threshold_percent\x18\x04 \x01(\x05\x12\x11\n\tspent_usd\x18\x05 \x01(\t\x12\x11\n\tlimit_usd\x18\x06 \x01(\t\"j\n\x10ScreeningFinding\x12\x38\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32&.convergio.common.v1.ScreeningCategory\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t*\x80\x01\n\tRiskLevel\x12\x1a\n\x16RISK_LEVEL_UNSPECIFIED\x10\x00\x12\x12\n\x0eRISK_LEVEL_LOW\x10\x01\x12\x15\n\x11RISK_LEVEL_MEDIUM\x10\x02\x12\x13\n\x0fRISK_LEVEL_HIGH\x10\x03\x12\x17\n\x13RISK_LEVEL_CRITICAL\x10\x04*\xd6\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x01\x12\x1a\n\x16\x45RROR_REASON_NOT_FOUND\x10\x02\x12\x1f\n\x1b\x45RROR_REASON_ALREADY_EXISTS\x10\x03\x12$\n ERROR_REASON_FAILED_PRECONDITION\x10\x04\x12\x18\n\x14\x45RROR_REASON_ABORTED\x10\x05\x12\x1f\n\x1b\x45RROR_REASON_QUOTA_EXCEEDED\x10\x06\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\x07\x12\"\n\x1e\x45RROR_REASON_PERMISSION_DENIED\x10\x08\x12\x1c\n\x18\x45RROR_REASON_UNAVAILABLE\x10\t\x12 \n\x1c\x45RROR_REASON_NOT_IMPLEMENTED\x10\n\x12\"\n\x1e\x45RROR_REASON_PAYLOAD_TOO_LARGE\x10\x0b\x12\"\n\x1e\x45RROR_REASON_DEADLINE_EXCEEDED\x10\x0c\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\r\x12!\n\x1d\x45RROR_REASON_BUDGET_EXHAUSTED\x10\x0e\x12\x1d\n\x19\x45RROR_REASON_RATE_LIMITED\x10\x0f\x12\x1d\n\x19\x45RROR_REASON_CIRCUIT_OPEN\x10\x10\x12\x1e\n\x1a\x45RROR_REASON_INPUT_BLOCKED\x10\x11*f\n\rModelProvider\x12\x1e\n\x1aMODEL_PROVIDER_UNSPECIFIED\x10\x00\x12\x1a\n\x16MODEL_PROVIDER_OFFLINE\x10\x01\x12\x19\n\x15MODEL_PROVIDER_OPENAI\x10\x02*z\n\x0b\x42udgetScope\x12\x1c\n\x18\x42UDGET_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42UDGET_SCOPE_TENANT\x10\x01\x12\x15\n\x11\x42UDGET_SCOPE_USER\x10\x02\x12\x1d\n\x19\x42UDGET_SCOPE_CONVERSATION\x10\x03*\x96\x01\n\x0c\x42udgetPeriod\x12\x1d\n\x19\x42UDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42UDGET_PERIOD_DAILY\x10\x01\x12\x19\n\x15\x42UDGET_PERIOD_MONTHLY\x10\x02\x12\x1a\n\x16\x42UDGET_PERIOD_PER_TURN\x10\x03\x12\x17\n\x13\x42UDGET_PERIOD_TOTAL\x10\x04*\xa1\x01\n\x11ScreeningCategory\x12\"\n\x1eSCREENING_CATEGORY_UNSPECIFIED\x10\x00\x12\'\n#SCREENING_CATEGORY_PROMPT_INJECTION\x10\x01\x12 \n\x1cSCREENING_CATEGORY_JAILBREAK\x10\x02\x12\x1d\n\x19SCREENING_CATEGORY_SECRET\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +34,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERROREVENT_METADATAENTRY']._loaded_options = None
   _globals['_ERROREVENT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_RISKLEVEL']._serialized_start=1272
-  _globals['_RISKLEVEL']._serialized_end=1400
-  _globals['_ERRORREASON']._serialized_start=1403
-  _globals['_ERRORREASON']._serialized_end=2001
-  _globals['_MODELPROVIDER']._serialized_start=2003
-  _globals['_MODELPROVIDER']._serialized_end=2105
-  _globals['_BUDGETSCOPE']._serialized_start=2107
-  _globals['_BUDGETSCOPE']._serialized_end=2229
-  _globals['_BUDGETPERIOD']._serialized_start=2232
-  _globals['_BUDGETPERIOD']._serialized_end=2382
-  _globals['_SCREENINGCATEGORY']._serialized_start=2385
-  _globals['_SCREENINGCATEGORY']._serialized_end=2546
+  _globals['_RISKLEVEL']._serialized_start=1304
+  _globals['_RISKLEVEL']._serialized_end=1432
+  _globals['_ERRORREASON']._serialized_start=1435
+  _globals['_ERRORREASON']._serialized_end=2033
+  _globals['_MODELPROVIDER']._serialized_start=2035
+  _globals['_MODELPROVIDER']._serialized_end=2137
+  _globals['_BUDGETSCOPE']._serialized_start=2139
+  _globals['_BUDGETSCOPE']._serialized_end=2261
+  _globals['_BUDGETPERIOD']._serialized_start=2264
+  _globals['_BUDGETPERIOD']._serialized_end=2414
+  _globals['_SCREENINGCATEGORY']._serialized_start=2417
+  _globals['_SCREENINGCATEGORY']._serialized_end=2578
   _globals['_USAGE']._serialized_start=89
   _globals['_USAGE']._serialized_end=190
   _globals['_ERROREVENT']._serialized_start=193
@@ -58,10 +58,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELSELECTION']._serialized_end=691
   _globals['_MODELENDPOINT']._serialized_start=694
   _globals['_MODELENDPOINT']._serialized_end=844
-  _globals['_MODELINFO']._serialized_start=846
-  _globals['_MODELINFO']._serialized_end=963
-  _globals['_BUDGETALERT']._serialized_start=966
-  _globals['_BUDGETALERT']._serialized_end=1161
-  _globals['_SCREENINGFINDING']._serialized_start=1163
-  _globals['_SCREENINGFINDING']._serialized_end=1269
+  _globals['_MODELINFO']._serialized_start=847
+  _globals['_MODELINFO']._serialized_end=995
+  _globals['_BUDGETALERT']._serialized_start=998
+  _globals['_BUDGETALERT']._serialized_end=1193
+  _globals['_SCREENINGFINDING']._serialized_start=1195
+  _globals['_SCREENINGFINDING']._serialized_end=1301
 # @@protoc_insertion_point(module_scope)

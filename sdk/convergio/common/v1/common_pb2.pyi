@@ -648,6 +648,7 @@ class ModelInfo(_message.Message):
     JSON_OUTPUT_FIELD_NUMBER: _builtins.int
     STRUCTURED_OUTPUT_FIELD_NUMBER: _builtins.int
     FAMILY_FIELD_NUMBER: _builtins.int
+    CONTEXT_WINDOW_TOKENS_FIELD_NUMBER: _builtins.int
     function_calling: _builtins.bool
     """The model can call tools (functions)."""
     vision: _builtins.bool
@@ -658,6 +659,11 @@ class ModelInfo(_message.Message):
     """The model supports structured output against a JSON schema."""
     family: _builtins.str
     """The model family, e.g. "gpt-4o", "llama-3", "unknown"."""
+    context_window_tokens: _builtins.int
+    """The model's context window in tokens (prompt and answer together), 1,000
+    to 10,000,000. 0 = 128,000. An agent's model calls carry no more of the
+    conversation than fits beside its system prompt, tools and answer.
+    """
     def __init__(
         self,
         *,
@@ -666,10 +672,11 @@ class ModelInfo(_message.Message):
         json_output: _builtins.bool = ...,
         structured_output: _builtins.bool = ...,
         family: _builtins.str = ...,
+        context_window_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["family", b"family", "function_calling", b"function_calling", "json_output", b"json_output", "structured_output", b"structured_output", "vision", b"vision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_window_tokens", b"context_window_tokens", "family", b"family", "function_calling", b"function_calling", "json_output", b"json_output", "structured_output", b"structured_output", "vision", b"vision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

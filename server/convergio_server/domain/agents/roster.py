@@ -63,7 +63,14 @@ _MODEL_FIELDS = {
     "max_output_tokens",
     "model_info",
 }
-_MODEL_INFO_FIELDS = {"function_calling", "vision", "json_output", "structured_output", "family"}
+_MODEL_INFO_FIELDS = {
+    "function_calling",
+    "vision",
+    "json_output",
+    "structured_output",
+    "family",
+    "context_window_tokens",
+}
 
 
 class RosterError(ValueError):
@@ -353,6 +360,17 @@ def _model(value: Any, source: str) -> ModelSelection | None:
         if not isinstance(info, dict) or set(info) - _MODEL_INFO_FIELDS:
             raise RosterError(
                 source, "model.model_info", f"must be a table of {sorted(_MODEL_INFO_FIELDS)}"
+            )
+        window = info.get("context_window_tokens", 0)
+        if (
+            isinstance(window, bool)
+            or not isinstance(window, int)
+            or not (window == 0 or 1_000 <= window <= 10_000_000)
+        ):
+            raise RosterError(
+                source,
+                "model.model_info.context_window_tokens",
+                "must be an integer from 1,000 to 10,000,000 (0 = 128,000)",
             )
         try:
             override = ModelInfoOverride(**info)

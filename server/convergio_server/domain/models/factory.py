@@ -20,7 +20,10 @@ from convergio_server.domain.agents.roster import AgentSpec
 from convergio_server.domain.errors import InvalidArgument
 from convergio_server.domain.models.errors import ModelError
 from convergio_server.domain.models.offline import OFFLINE_MODEL_NAME, OfflineChatCompletionClient
-from convergio_server.domain.models.openai_compat import OpenAICompatChatCompletionClient
+from convergio_server.domain.models.openai_compat import (
+    DEFAULT_CONTEXT_TOKENS,
+    OpenAICompatChatCompletionClient,
+)
 from convergio_server.domain.models.selection import PROVIDERS, ModelSelection
 
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
@@ -136,6 +139,12 @@ def check_selection(
         raise InvalidArgument.for_field(
             f"{field}.max_output_tokens", "must be from 1 to 1,000,000 (0 = default)"
         )
+    window = selection.model_info.context_window_tokens if selection.model_info else 0
+    if window and not 1_000 <= window <= 10_000_000:
+        raise InvalidArgument.for_field(
+            f"{field}.endpoint.model_info.context_window_tokens",
+            "must be from 1,000 to 10,000,000 (0 = 128,000)",
+        )
     if selection.timeout_seconds is not None and selection.timeout_seconds <= 0:
         raise InvalidArgument.for_field(f"{field}.endpoint.timeout", "must be positive")
 
@@ -177,5 +186,7 @@ def create_model_client(
             max_retries=settings.model_max_retries,
             temperature=resolved.temperature,
             max_output_tokens=resolved.max_output_tokens,
+            context_tokens=(resolved.model_info.context_window_tokens if resolved.model_info else 0)
+            or DEFAULT_CONTEXT_TOKENS,
         )
     raise ModelError(f"unknown model provider {resolved.provider!r}", kind="configuration")

@@ -18,6 +18,8 @@ class ModelInfoOverride:
     json_output: bool = False
     structured_output: bool = False
     family: str = "unknown"
+    # Not AutoGen's: how many tokens the model takes, prompt and answer (0 = the default).
+    context_window_tokens: int = 0
 
     def as_autogen(self) -> dict[str, Any]:
         return {
