@@ -94,12 +94,13 @@ async def test_saved_state_keeps_about_the_budget_and_its_counts() -> None:
     assert await fresh.get_messages() == await history.get_messages()
 
 
-def test_a_groups_saved_thread_keeps_its_latest_entries() -> None:
+def test_a_groups_saved_thread_and_buffers_keep_their_latest_entries() -> None:
     thread = [{"type": "TextMessage", "content": str(i)} for i in range(250)]
     state: dict[str, Any] = {
         "type": "TeamState",
         "agent_states": {
-            "amy": {"type": "ChatAgentContainerState", "agent_state": {}},
+            "amy": {"type": "ChatAgentContainerState", "agent_state": {}, "message_buffer": []},
+            "ali": {"type": "ChatAgentContainerState", "message_buffer": thread},
             "SelectorGroupChatManager": {"message_thread": thread, "current_turn": 3},
         },
     }
@@ -107,6 +108,8 @@ def test_a_groups_saved_thread_keeps_its_latest_entries() -> None:
     manager = trimmed["agent_states"]["SelectorGroupChatManager"]
     assert [m["content"] for m in manager["message_thread"]] == [str(i) for i in range(150, 250)]
     assert manager["current_turn"] == 3
+    heard = trimmed["agent_states"]["ali"]["message_buffer"]
+    assert [m["content"] for m in heard] == [str(i) for i in range(150, 250)]
     assert trimmed["agent_states"]["amy"] == state["agent_states"]["amy"]
     assert len(thread) == 250  # the state saved is not changed in place
     single: dict[str, Any] = {"llm_context": {"messages": []}}

@@ -99,15 +99,19 @@ class RecentHistory(ChatCompletionContext):
 
 
 def trim_team_state(state: Mapping[str, Any], entries: int = THREAD_ENTRIES) -> Mapping[str, Any]:
-    """A team's saved state with each group chat manager's message thread cut to its
-    latest `entries` (the agents' own memories are bounded by `RecentHistory`)."""
+    """A team's saved state with each group chat manager's message thread, and each
+    member's buffer of messages heard since it last spoke (which grows for as long as the
+    policy does not pick it), cut to their latest `entries`. The agents' own memories are
+    bounded by `RecentHistory`."""
     agents = state.get("agent_states")
     if not isinstance(agents, Mapping):
         return state
     trimmed: dict[str, Any] = {}
     for name, agent in agents.items():
-        thread = agent.get("message_thread") if isinstance(agent, Mapping) else None
-        if isinstance(thread, list) and len(thread) > entries:
-            agent = {**agent, "message_thread": thread[-entries:]}
+        if isinstance(agent, Mapping):
+            for key in ("message_thread", "message_buffer"):
+                kept = agent.get(key)
+                if isinstance(kept, list) and len(kept) > entries:
+                    agent = {**agent, key: kept[-entries:]}
         trimmed[name] = agent
     return {**state, "agent_states": trimmed}
