@@ -196,7 +196,8 @@ class _Base:
         self.api_key = api_key
         self.timeout = timeout
         self.retry = retry
-        self._callables: dict[tuple[str, bool], Any] = {}
+        # Per channel (by position among the invoker's channels), method and kind.
+        self._callables: dict[tuple[int, str, bool], Any] = {}
 
     def _metadata(self, metadata: Metadata | None) -> list[tuple[str, str]]:
         caller = list(metadata or ())
@@ -210,8 +211,8 @@ class _Base:
             out.append(("x-request-id", uuid.uuid4().hex))
         return out + caller
 
-    def _callable(self, channel: Any, method: Method[Any, Any], stream: bool) -> Any:
-        key = (method.name, stream)
+    def _callable(self, channel: Any, method: Method[Any, Any], stream: bool, slot: int = 0) -> Any:
+        key = (slot, method.name, stream)
         found = self._callables.get(key)
         if found is None:
             factory = channel.unary_stream if stream else channel.unary_unary
@@ -226,8 +227,8 @@ class _Base:
 
 
 class AsyncInvoker(_Base):
-    """Runs calls on a grpc.aio channel, created on first use so that it
-    belongs to the event loop that uses it."""
+    """Runs calls on grpc.aio channels, created on first use so that they belong
+    to the event loop that uses them: one, or `connections` taken in turn."""
 
     def __init__(
         self,
@@ -236,17 +237,32 @@ class AsyncInvoker(_Base):
         api_key: str | None = None,
         timeout: float | None = 30.0,
         retry: RetryPolicy | None = None,
+        connections: int = 1,
     ) -> None:
         super().__init__(api_key=api_key, timeout=timeout, retry=retry or RetryPolicy())
+        if connections < 1:
+            raise ValueError(f"connections must be at least 1, not {connections}")
         self._channel_factory = channel_factory
-        self._channel: Any = None
+        self._channels: list[Any] = [None] * connections
+        self._turn = 0
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the backoff waits
 
     @property
     def channel(self) -> grpc.aio.Channel:
-        if self._channel is None:
-            self._channel = self._channel_factory()
-        return self._channel
+        """The first channel."""
+        return self._open(0)
+
+    def _open(self, slot: int) -> Any:
+        found = self._channels[slot]
+        if found is None:
+            found = self._channels[slot] = self._channel_factory()
+        return found
+
+    def _pick(self, method: Method[Any, Any], stream: bool) -> Any:
+        """The callable of `method` on the next channel in turn."""
+        slot = self._turn
+        self._turn = (slot + 1) % len(self._channels)
+        return self._callable(self._open(slot), method, stream, slot)
 
     async def unary(
         self,
@@ -259,7 +275,7 @@ class AsyncInvoker(_Base):
         request = with_request_id(request)
         attempts = _Attempts(self.retry, self.timeout if timeout is None else timeout)
         call_metadata = self._metadata(metadata)
-        invoke = self._callable(self.channel, method, stream=False)
+        invoke = self._pick(method, stream=False)
         while True:
             try:
                 response = await invoke(
@@ -284,8 +300,9 @@ class AsyncInvoker(_Base):
         return AsyncStream(self, method, with_request_id(request), timeout, metadata)
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
+        for channel in self._channels:
+            if channel is not None:
+                await channel.close()
 
 
 class Invoker(_Base):
@@ -409,7 +426,7 @@ class AsyncStream(_StreamState[RespT], AsyncIterator[RespT]):
         self._call: Any = self._start()
 
     def _start(self) -> Any:
-        invoke = self._invoker._callable(self._async_invoker.channel, self._method, stream=True)
+        invoke = self._async_invoker._pick(self._method, stream=True)
         return invoke(self._request, timeout=self._attempts.remaining(), metadata=self._metadata)
 
     def __aiter__(self) -> AsyncStream[RespT]:
