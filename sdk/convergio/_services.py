@@ -16,6 +16,7 @@ import datetime
 from collections.abc import Mapping, Sequence
 
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 
@@ -101,6 +102,13 @@ class ConversationServiceMethods:
         "/convergio.conversation.v1.ConversationService/ListConversations",
         _conversation_pb2.ListConversationsRequest,
         _conversation_pb2.ListConversationsResponse,
+        idempotent=True,
+    )
+
+    UPDATE_CONVERSATION = _runtime.Method(
+        "/convergio.conversation.v1.ConversationService/UpdateConversation",
+        _conversation_pb2.UpdateConversationRequest,
+        _conversation_pb2.UpdateConversationResponse,
         idempotent=True,
     )
 
@@ -756,6 +764,40 @@ class AsyncConversationService:
             metadata=metadata,
         )
 
+    async def update_conversation(
+        self,
+        request: _conversation_pb2.UpdateConversationRequest | None = None,
+        /,
+        *,
+        conversation_id: str | None = None,
+        title: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        update_mask: _field_mask_pb2.FieldMask | None = None,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> _conversation_pb2.UpdateConversationResponse:
+        """Changes a conversation's title or labels: only the fields named in
+        update_mask ("title", "labels"; labels are replaced as a whole). Role:
+        member. INVALID_ARGUMENT for an empty mask, an unknown path, a title over
+        500 characters or a bad label; NOT_FOUND if the conversation does not
+        exist. The conversation's update_time moves, so it lists first.
+        """
+        return await self._invoker.unary(
+            ConversationServiceMethods.UPDATE_CONVERSATION,
+            _runtime.build_request(
+                _conversation_pb2.UpdateConversationRequest,
+                request,
+                {
+                    "conversation_id": conversation_id,
+                    "title": title,
+                    "labels": labels,
+                    "update_mask": update_mask,
+                },
+            ),
+            timeout=timeout,
+            metadata=metadata,
+        )
+
     async def delete_conversation(
         self,
         request: _conversation_pb2.DeleteConversationRequest | None = None,
@@ -1173,6 +1215,40 @@ class ConversationService:
                     "labels": labels,
                     "page_size": page_size,
                     "page_token": page_token,
+                },
+            ),
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def update_conversation(
+        self,
+        request: _conversation_pb2.UpdateConversationRequest | None = None,
+        /,
+        *,
+        conversation_id: str | None = None,
+        title: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        update_mask: _field_mask_pb2.FieldMask | None = None,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> _conversation_pb2.UpdateConversationResponse:
+        """Changes a conversation's title or labels: only the fields named in
+        update_mask ("title", "labels"; labels are replaced as a whole). Role:
+        member. INVALID_ARGUMENT for an empty mask, an unknown path, a title over
+        500 characters or a bad label; NOT_FOUND if the conversation does not
+        exist. The conversation's update_time moves, so it lists first.
+        """
+        return self._invoker.unary(
+            ConversationServiceMethods.UPDATE_CONVERSATION,
+            _runtime.build_request(
+                _conversation_pb2.UpdateConversationRequest,
+                request,
+                {
+                    "conversation_id": conversation_id,
+                    "title": title,
+                    "labels": labels,
+                    "update_mask": update_mask,
                 },
             ),
             timeout=timeout,

@@ -1,12 +1,16 @@
-"""Create, get, list (pages, filters), delete; the roster; bad input; tenant isolation."""
+"""Create, get, list (pages, filters), update, delete; the roster; bad input; tenant
+isolation."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from convergio import AsyncClient, errors
 from convergio.conversation.v1 import conversation_pb2 as pb
+from google.protobuf import field_mask_pb2
 
 from tests.support.server import RunningServer
 
@@ -111,6 +115,75 @@ async def test_delete_removes_the_conversation(conv: AsyncClient) -> None:
         await conv.conversations.delete_conversation(conversation_id=cid)
 
 
+async def test_update_changes_only_the_fields_named(conv: AsyncClient) -> None:
+    created = await conv.conversations.create_conversation(
+        title="draft", labels={"suite": "update", "stage": "new"}
+    )
+    cid = created.conversation.conversation_id
+    renamed = await conv.conversations.update_conversation(
+        conversation_id=cid,
+        title="Q3 supplier review",
+        labels={"ignored": "yes"},
+        update_mask=field_mask_pb2.FieldMask(paths=["title"]),
+    )
+    assert renamed.conversation.title == "Q3 supplier review"
+    assert dict(renamed.conversation.labels) == {"suite": "update", "stage": "new"}
+    relabelled = await conv.conversations.update_conversation(
+        conversation_id=cid,
+        labels={"suite": "update", "stage": "archived"},
+        update_mask=field_mask_pb2.FieldMask(paths=["labels"]),
+    )
+    assert relabelled.conversation.title == "Q3 supplier review"
+    assert dict(relabelled.conversation.labels) == {"suite": "update", "stage": "archived"}
+    assert (
+        relabelled.conversation.update_time.ToDatetime()
+        > created.conversation.update_time.ToDatetime()
+    )
+    archived = await conv.conversations.list_conversations(labels={"stage": "archived"})
+    assert cid in {c.conversation_id for c in archived.conversations}
+    fresh = await conv.conversations.list_conversations(labels={"suite": "update", "stage": "new"})
+    assert cid not in {c.conversation_id for c in fresh.conversations}
+    got = await conv.conversations.get_conversation(conversation_id=cid)
+    assert got.conversation.title == "Q3 supplier review"
+
+
+@pytest.mark.parametrize(
+    ("fields", "paths", "field", "problem"),
+    [
+        ({}, [], "update_mask", "is required"),
+        ({}, ["team"], "update_mask", "only title and labels"),
+        ({"title": "x" * 501}, ["title"], "title", "at most 500"),
+        ({"labels": {"Bad Key": "v"}}, ["labels"], "labels", ""),
+    ],
+)
+async def test_update_refuses_bad_requests(
+    conv: AsyncClient, fields: dict[str, Any], paths: list[str], field: str, problem: str
+) -> None:
+    created = await conv.conversations.create_conversation(title="kept")
+    cid = created.conversation.conversation_id
+    with pytest.raises(errors.InvalidArgument) as refused:
+        await conv.conversations.update_conversation(
+            conversation_id=cid, update_mask=field_mask_pb2.FieldMask(paths=paths), **fields
+        )
+    assert refused.value.field_violations[0].field.startswith(field)
+    assert problem in refused.value.field_violations[0].description
+    still = await conv.conversations.get_conversation(conversation_id=cid)
+    assert still.conversation.title == "kept"
+
+
+async def test_update_of_an_unknown_conversation_is_not_found(conv: AsyncClient) -> None:
+    with pytest.raises(errors.NotFound):
+        await conv.conversations.update_conversation(
+            conversation_id=str(uuid.uuid4()),
+            title="x",
+            update_mask=field_mask_pb2.FieldMask(paths=["title"]),
+        )
+    with pytest.raises(errors.InvalidArgument):
+        await conv.conversations.update_conversation(
+            conversation_id="not-an-id", update_mask=field_mask_pb2.FieldMask(paths=["title"])
+        )
+
+
 async def test_roster_agents_and_presets(conv: AsyncClient) -> None:
     core = await conv.conversations.list_agents(preset="core")
     assert sorted(a.name for a in core.agents) == sorted(CORE)
@@ -142,6 +215,12 @@ async def test_another_tenant_sees_nothing(
             await other.conversations.get_conversation(conversation_id=cid)
         with pytest.raises(errors.NotFound):
             await other.conversations.delete_conversation(conversation_id=cid)
+        with pytest.raises(errors.NotFound):
+            await other.conversations.update_conversation(
+                conversation_id=cid,
+                title="taken",
+                update_mask=field_mask_pb2.FieldMask(paths=["title"]),
+            )
         with pytest.raises(errors.NotFound):
             await other.conversations.list_turns(conversation_id=cid)
         with pytest.raises(errors.NotFound):

@@ -30,6 +30,7 @@ def non_negative(path: str) -> Rule:
 
 RULES: dict[str, Sequence[Rule]] = {
     _CONV + "GetConversation": [uuid_field("conversation_id")],
+    _CONV + "UpdateConversation": [uuid_field("conversation_id")],
     _CONV + "DeleteConversation": [uuid_field("conversation_id")],
     _CONV + "GetAgent": [required("name")],
     _CONV + "ListMessages": [uuid_field("conversation_id"), uuid_field("turn_id", optional=True)],

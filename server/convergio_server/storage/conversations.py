@@ -166,6 +166,28 @@ class PgConversationStore:
         )
         return _conversation(row) if row else None
 
+    async def update(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        title: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Conversation | None:
+        row = await self.pool.fetchrow(
+            f"""
+            UPDATE conversations c SET title = COALESCE($3, c.title),
+                labels = COALESCE($4::jsonb, c.labels), update_time = now()
+            WHERE c.tenant_id = $1 AND c.id = $2
+            RETURNING {_CONVERSATION_COLUMNS}
+            """,
+            tenant_id,
+            conversation_id,
+            title,
+            None if labels is None else json.dumps(labels),
+        )
+        return _conversation(row) if row else None
+
     async def list_conversations(
         self,
         tenant_id: str,

@@ -60,6 +60,11 @@ class ConversationServiceStub(object):
                 request_serializer=convergio_dot_conversation_dot_v1_dot_conversation__pb2.ListConversationsRequest.SerializeToString,
                 response_deserializer=convergio_dot_conversation_dot_v1_dot_conversation__pb2.ListConversationsResponse.FromString,
                 _registered_method=True)
+        self.UpdateConversation = channel.unary_unary(
+                '/convergio.conversation.v1.ConversationService/UpdateConversation',
+                request_serializer=convergio_dot_conversation_dot_v1_dot_conversation__pb2.UpdateConversationRequest.SerializeToString,
+                response_deserializer=convergio_dot_conversation_dot_v1_dot_conversation__pb2.UpdateConversationResponse.FromString,
+                _registered_method=True)
         self.DeleteConversation = channel.unary_unary(
                 '/convergio.conversation.v1.ConversationService/DeleteConversation',
                 request_serializer=convergio_dot_conversation_dot_v1_dot_conversation__pb2.DeleteConversationRequest.SerializeToString,
@@ -148,6 +153,17 @@ class ConversationServiceServicer(object):
     def ListConversations(self, request, context):
         """Lists conversations, most recently updated first. Role: member.
         INVALID_ARGUMENT for a bad page_size, page_token or label filter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateConversation(self, request, context):
+        """Changes a conversation's title or labels: only the fields named in
+        update_mask ("title", "labels"; labels are replaced as a whole). Role:
+        member. INVALID_ARGUMENT for an empty mask, an unknown path, a title over
+        500 characters or a bad label; NOT_FOUND if the conversation does not
+        exist. The conversation's update_time moves, so it lists first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -286,6 +302,11 @@ def add_ConversationServiceServicer_to_server(servicer, server):
                     servicer.ListConversations,
                     request_deserializer=convergio_dot_conversation_dot_v1_dot_conversation__pb2.ListConversationsRequest.FromString,
                     response_serializer=convergio_dot_conversation_dot_v1_dot_conversation__pb2.ListConversationsResponse.SerializeToString,
+            ),
+            'UpdateConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConversation,
+                    request_deserializer=convergio_dot_conversation_dot_v1_dot_conversation__pb2.UpdateConversationRequest.FromString,
+                    response_serializer=convergio_dot_conversation_dot_v1_dot_conversation__pb2.UpdateConversationResponse.SerializeToString,
             ),
             'DeleteConversation': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteConversation,
@@ -430,6 +451,33 @@ class ConversationService(object):
             '/convergio.conversation.v1.ConversationService/ListConversations',
             convergio_dot_conversation_dot_v1_dot_conversation__pb2.ListConversationsRequest.SerializeToString,
             convergio_dot_conversation_dot_v1_dot_conversation__pb2.ListConversationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convergio.conversation.v1.ConversationService/UpdateConversation',
+            convergio_dot_conversation_dot_v1_dot_conversation__pb2.UpdateConversationRequest.SerializeToString,
+            convergio_dot_conversation_dot_v1_dot_conversation__pb2.UpdateConversationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,13 @@ class ConversationServiceStub:
     """Lists conversations, most recently updated first. Role: member.
     INVALID_ARGUMENT for a bad page_size, page_token or label filter.
     """
+    UpdateConversation: _grpc.UnaryUnaryMultiCallable[_conversation_pb2.UpdateConversationRequest, _conversation_pb2.UpdateConversationResponse]
+    """Changes a conversation's title or labels: only the fields named in
+    update_mask ("title", "labels"; labels are replaced as a whole). Role:
+    member. INVALID_ARGUMENT for an empty mask, an unknown path, a title over
+    500 characters or a bad label; NOT_FOUND if the conversation does not
+    exist. The conversation's update_time moves, so it lists first.
+    """
     DeleteConversation: _grpc.UnaryUnaryMultiCallable[_conversation_pb2.DeleteConversationRequest, _conversation_pb2.DeleteConversationResponse]
     """Deletes a conversation with its transcript, turns, saved team state and
     event log (cost ledger entries are kept). Role: member. NOT_FOUND if the
@@ -167,6 +174,13 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     ListConversations: _aio.UnaryUnaryMultiCallable[_conversation_pb2.ListConversationsRequest, _conversation_pb2.ListConversationsResponse]  # type: ignore[assignment]
     """Lists conversations, most recently updated first. Role: member.
     INVALID_ARGUMENT for a bad page_size, page_token or label filter.
+    """
+    UpdateConversation: _aio.UnaryUnaryMultiCallable[_conversation_pb2.UpdateConversationRequest, _conversation_pb2.UpdateConversationResponse]  # type: ignore[assignment]
+    """Changes a conversation's title or labels: only the fields named in
+    update_mask ("title", "labels"; labels are replaced as a whole). Role:
+    member. INVALID_ARGUMENT for an empty mask, an unknown path, a title over
+    500 characters or a bad label; NOT_FOUND if the conversation does not
+    exist. The conversation's update_time moves, so it lists first.
     """
     DeleteConversation: _aio.UnaryUnaryMultiCallable[_conversation_pb2.DeleteConversationRequest, _conversation_pb2.DeleteConversationResponse]  # type: ignore[assignment]
     """Deletes a conversation with its transcript, turns, saved team state and
@@ -290,6 +304,19 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_conversation_pb2.ListConversationsResponse, _abc.Awaitable[_conversation_pb2.ListConversationsResponse]]:
         """Lists conversations, most recently updated first. Role: member.
         INVALID_ARGUMENT for a bad page_size, page_token or label filter.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateConversation(
+        self,
+        request: _conversation_pb2.UpdateConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conversation_pb2.UpdateConversationResponse, _abc.Awaitable[_conversation_pb2.UpdateConversationResponse]]:
+        """Changes a conversation's title or labels: only the fields named in
+        update_mask ("title", "labels"; labels are replaced as a whole). Role:
+        member. INVALID_ARGUMENT for an empty mask, an unknown path, a title over
+        500 characters or a bad label; NOT_FOUND if the conversation does not
+        exist. The conversation's update_time moves, so it lists first.
         """
 
     @_abc_1.abstractmethod

@@ -124,6 +124,18 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             conversations=[conversation_pb(c) for c in rows], next_page_token=token
         )
 
+    async def UpdateConversation(
+        self, request: pb.UpdateConversationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateConversationResponse:
+        conversation = await self.service.update(
+            self._principal(),
+            request.conversation_id,
+            fields=list(request.update_mask.paths),
+            title=request.title,
+            labels=dict(request.labels),
+        )
+        return pb.UpdateConversationResponse(conversation=conversation_pb(conversation))
+
     async def DeleteConversation(
         self, request: pb.DeleteConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteConversationResponse:

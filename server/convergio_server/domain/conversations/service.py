@@ -255,6 +255,43 @@ class ConversationService:
             row.last_sequence = await self.events.last_sequence(principal.tenant_id, row.id)
         return rows, next_token
 
+    async def update(
+        self,
+        principal: Principal,
+        conversation_id: str,
+        *,
+        fields: list[str],
+        title: str = "",
+        labels: dict[str, str] | None = None,
+    ) -> Conversation:
+        """Change the conversation's `fields` ("title", "labels") to the values given."""
+        if not fields:
+            raise InvalidArgument.for_field(
+                "update_mask", "is required: name the fields to change (title, labels)"
+            )
+        unknown = sorted(set(fields) - {"title", "labels"})
+        if unknown:
+            raise InvalidArgument.for_field(
+                "update_mask", f"{unknown[0]!r} cannot be changed; only title and labels can"
+            )
+        if "title" in fields and len(title) > MAX_TITLE:
+            raise InvalidArgument.for_field("title", f"at most {MAX_TITLE} characters")
+        labels = labels or {}
+        if "labels" in fields:
+            check_labels(labels)
+        updated = await self.store.update(
+            principal.tenant_id,
+            conversation_id,
+            title=title if "title" in fields else None,
+            labels=labels if "labels" in fields else None,
+        )
+        if updated is None:
+            raise _no_conversation(conversation_id)
+        updated.last_sequence = await self.events.last_sequence(
+            principal.tenant_id, conversation_id
+        )
+        return updated
+
     async def delete(self, principal: Principal, conversation_id: str, force: bool) -> None:
         conversation = await self.get(principal, conversation_id)
         if conversation.active_turn_id or conversation.queued_turn_count:

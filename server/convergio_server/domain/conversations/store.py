@@ -42,6 +42,17 @@ class ConversationStore(Protocol):
         limit: int,
     ) -> list[Conversation]: ...
 
+    async def update(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        title: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Conversation | None:
+        """Set the fields given (None = unchanged); None if there is no such conversation."""
+        ...
+
     async def delete(self, tenant_id: str, conversation_id: str) -> bool: ...
 
     async def admit_turn(self, turn: Turn, *, enqueue: bool, max_queued: int) -> Admitted:
