@@ -116,6 +116,17 @@ def test_a_groups_saved_thread_and_buffers_keep_their_latest_entries() -> None:
     assert trim_team_state(single) == single
 
 
+def test_a_members_buffer_keeps_its_newest_messages_within_the_budget() -> None:
+    # A member the policy has not picked for a while: what it heard meanwhile.
+    heard = [{"type": "TextMessage", "content": words(30, f"m{i}x")} for i in range(20)]
+    state: dict[str, Any] = {"agent_states": {"xavier": {"message_buffer": heard}}}
+    trimmed = trim_team_state(state, 100, buffer_tokens=100)
+    kept = trimmed["agent_states"]["xavier"]["message_buffer"]
+    assert kept == heard[-len(kept) :]
+    assert len(kept) == 3  # messages of 30 one-token words: three fit in 100 tokens
+    assert trim_team_state(state, 100)["agent_states"]["xavier"]["message_buffer"] == heard
+
+
 @pytest.fixture(scope="module")
 async def small_memory(
     tmp_path_factory: pytest.TempPathFactory,

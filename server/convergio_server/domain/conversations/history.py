@@ -9,13 +9,14 @@ and then every later turn of the conversation fails the same way.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from autogen_core.model_context import ChatCompletionContext
 from autogen_core.models import FunctionExecutionResultMessage, LLMMessage
 
-from convergio_server.domain.models.text import count_message_tokens
+from convergio_server.domain.models.text import count_message_tokens, count_text_tokens
 
 # Saved state keeps up to this many times the budget of earlier turns' messages, so that
 # trimming happens now and then rather than on every message.
@@ -98,11 +99,15 @@ class RecentHistory(ChatCompletionContext):
         self._turn_start = turn_start - drop
 
 
-def trim_team_state(state: Mapping[str, Any], entries: int = THREAD_ENTRIES) -> Mapping[str, Any]:
+def trim_team_state(
+    state: Mapping[str, Any], entries: int = THREAD_ENTRIES, buffer_tokens: int = 0
+) -> Mapping[str, Any]:
     """A team's saved state with each group chat manager's message thread, and each
     member's buffer of messages heard since it last spoke (which grows for as long as the
-    policy does not pick it), cut to their latest `entries`. The agents' own memories are
-    bounded by `RecentHistory`."""
+    policy does not pick it), cut to their latest `entries`; a buffer also to its newest
+    messages within `buffer_tokens` (0 = no such bound). A member hears its buffer as part
+    of the turn it next speaks in, which its memory shows whole: without this bound, a
+    member picked rarely would carry everything it missed into that turn."""
     agents = state.get("agent_states")
     if not isinstance(agents, Mapping):
         return state
@@ -111,7 +116,26 @@ def trim_team_state(state: Mapping[str, Any], entries: int = THREAD_ENTRIES) -> 
         if isinstance(agent, Mapping):
             for key in ("message_thread", "message_buffer"):
                 kept = agent.get(key)
-                if isinstance(kept, list) and len(kept) > entries:
-                    agent = {**agent, key: kept[-entries:]}
+                if not isinstance(kept, list):
+                    continue
+                cut = kept[-entries:]
+                if key == "message_buffer" and buffer_tokens > 0:
+                    cut = _newest_within(cut, buffer_tokens)
+                if len(cut) < len(kept):
+                    agent = {**agent, key: cut}
         trimmed[name] = agent
     return {**state, "agent_states": trimmed}
+
+
+def _newest_within(messages: list[Any], tokens: int) -> list[Any]:
+    """The newest of these dumped messages whose contents fit in `tokens`."""
+    start = len(messages)
+    while start > 0:
+        message = messages[start - 1]
+        content = message.get("content", "") if isinstance(message, Mapping) else message
+        size = count_text_tokens(content if isinstance(content, str) else json.dumps(content))
+        if size > tokens:
+            break
+        tokens -= size
+        start -= 1
+    return messages[start:]

@@ -130,6 +130,7 @@ class BuiltTeam:
     context: list[ContextDocument] = field(default_factory=list)  # documents injected
     # Puts those documents into the agents' memories (after their saved state is restored).
     inject_context: Callable[[], Awaitable[None]] | None = None
+    history_tokens: int = 0  # the agents' memory budget (bounds a group member's buffer)
     tool_attempts: dict[str, int] = field(default_factory=dict)  # call id -> attempts
 
 
@@ -649,7 +650,8 @@ class TurnExecution:
         ):
             stop_reason, detail = MAX_TURNS, result.stop_reason
         # default=str: the state holds datetimes and the like.
-        state = json.dumps(trim_team_state(await team.runnable.save_state()), default=str)
+        saved = trim_team_state(await team.runnable.save_state(), buffer_tokens=team.history_tokens)
+        state = json.dumps(saved, default=str)
         return (
             TurnOutcome(stop_reason=stop_reason, stop_detail=detail, team_state_json=state),
             None,

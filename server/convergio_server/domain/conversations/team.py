@@ -247,6 +247,7 @@ class AutogenTeamBuilder:
                 pricing=pricing,
                 context=context,
                 inject_context=inject_context,
+                history_tokens=self.settings.history_max_tokens,
                 tool_attempts=attempts,
             )
         participants = [
@@ -302,6 +303,7 @@ class AutogenTeamBuilder:
             pricing=pricing,
             context=context,
             inject_context=inject_context,
+            history_tokens=self.settings.history_max_tokens,
             tool_attempts=attempts,
         )
 
