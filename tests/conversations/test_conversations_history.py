@@ -17,7 +17,9 @@ from autogen_core.models import (
     UserMessage,
 )
 from convergio import AsyncClient
+from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio_server.domain.conversations.history import RecentHistory, trim_team_state
+from convergio_server.domain.models.text import count_text_tokens
 
 from tests.conversations.conftest import TENANT, collect, member_key, new_conversation
 from tests.support.server import RunningServer, running_server, server_settings
@@ -189,3 +191,37 @@ async def test_a_long_conversation_keeps_its_prompts_and_state_bounded(
     saved = json.loads(state)["llm_context"]
     assert sum(saved["token_counts"]) <= 2 * BUDGET + 200
     assert len(saved["messages"]) < 18
+
+
+async def test_a_groups_saved_state_stays_within_the_budget(small_memory: RunningServer) -> None:
+    async with AsyncClient(small_memory.target, api_key=await member_key(small_memory)) as client:
+        created = await client.conversations.create_conversation(team=pb.Team(preset="core"))
+        cid = created.conversation.conversation_id
+        for i in range(3):
+            await collect(
+                client.conversations.send(
+                    conversation_id=cid,
+                    content=f"Budget review {i}: what does the ROI of 10000 returning 12000 mean "
+                    "for our marketing plan and the security of the supplier portal? "
+                    + words(40, f"r{i}x"),
+                )
+            )
+        state = json.loads(
+            await small_memory.infra.pool.fetchval(
+                "SELECT state::text FROM team_states WHERE tenant_id = $1 AND conversation_id = $2",
+                TENANT,
+                cid,
+            )
+        )
+    members = {
+        name: agent for name, agent in state["agent_states"].items() if "message_buffer" in agent
+    }
+    assert len(members) == 8  # the core team
+    for name, member in members.items():
+        memory = member["agent_state"]["llm_context"]
+        assert len(memory["token_counts"]) == len(memory["messages"]), name
+        assert sum(memory["token_counts"]) <= 2 * BUDGET + 300, name
+        heard = sum(count_text_tokens(str(m.get("content", ""))) for m in member["message_buffer"])
+        assert heard <= BUDGET, name
+    # Some members were not picked in every turn: their buffers hold what they heard.
+    assert any(member["message_buffer"] for member in members.values())
