@@ -1,6 +1,6 @@
 """What a team remembers of its conversation, bounded: an agent's model context that shows
 the model the newest messages within a token budget (and keeps little more in its saved
-state), and the trimming of a group chat's saved message thread.
+state), and the trimming of a group chat's saved message thread and members' buffers.
 
 Without a bound every model call carries the whole conversation: prompts, cost and the
 saved team state grow with each turn until the model's context window refuses the call,
@@ -133,7 +133,8 @@ def _newest_within(messages: list[Any], tokens: int) -> list[Any]:
     while start > 0:
         message = messages[start - 1]
         content = message.get("content", "") if isinstance(message, Mapping) else message
-        size = count_text_tokens(content if isinstance(content, str) else json.dumps(content))
+        text = content if isinstance(content, str) else json.dumps(content, default=str)
+        size = count_text_tokens(text)
         if size > tokens:
             break
         tokens -= size

@@ -48,8 +48,6 @@ TURN_FEATURES = (RAG_IN_LOOP, TRUE_STREAMING, SPEAKER_POLICY)
 # Knowledge-base documents put into a turn's context, and the least score that counts.
 RAG_DOCUMENTS = 3
 RAG_THRESHOLD = 0.01
-# What a call may generate when its selection does not say (the model clients' default).
-DEFAULT_OUTPUT_TOKENS = 4096
 
 
 def selection_to_json(selection: ModelSelection | None) -> dict[str, Any]:
@@ -158,7 +156,7 @@ class AutogenTeamBuilder:
         context window must also hold the system prompt, the tools and the answer."""
         prompt = [SystemMessage(content=system)] if system else []
         room = client.remaining_tokens(prompt, tools=tools)
-        room -= selection.max_output_tokens or DEFAULT_OUTPUT_TOKENS
+        room -= selection.max_output_tokens or self.settings.cost_default_max_output_tokens
         return RecentHistory(min(self.settings.history_max_tokens, max(room, 1)))
 
     async def build(
