@@ -105,3 +105,17 @@ async def test_a_context_window_out_of_range_is_refused(conv: AsyncClient) -> No
             ),
         )
     assert "context_window_tokens" in str(refused.value)
+
+
+async def test_a_context_window_is_kept_with_the_conversation(conv: AsyncClient) -> None:
+    selection = common_pb2.ModelSelection(
+        provider=common_pb2.MODEL_PROVIDER_OPENAI,
+        model="local-model",
+        endpoint=common_pb2.ModelEndpoint(
+            base_url="http://127.0.0.1:9/v1",
+            model_info=common_pb2.ModelInfo(function_calling=True, context_window_tokens=8192),
+        ),
+    )
+    cid = await new_conversation(conv, agent="amy", model=selection)
+    got = await conv.conversations.get_conversation(conversation_id=cid)
+    assert got.conversation.model.endpoint.model_info.context_window_tokens == 8192
