@@ -19,6 +19,7 @@ instead, e.g. by re-attaching after the last sequence number it observed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 import uuid
@@ -198,6 +199,11 @@ class _Base:
         self.retry = retry
         # Per channel (by position among the invoker's channels), method and kind.
         self._callables: dict[tuple[int, str, bool], Any] = {}
+        self._calls = itertools.count()  # numbers the calls, to take the channels in turn
+
+    def _slot(self, channels: int) -> int:
+        """The channel of the next call (thread-safe: itertools.count is atomic)."""
+        return next(self._calls) % channels
 
     def _metadata(self, metadata: Metadata | None) -> list[tuple[str, str]]:
         caller = list(metadata or ())
@@ -240,11 +246,8 @@ class AsyncInvoker(_Base):
         connections: int = 1,
     ) -> None:
         super().__init__(api_key=api_key, timeout=timeout, retry=retry or RetryPolicy())
-        if connections < 1:
-            raise ValueError(f"connections must be at least 1, not {connections}")
         self._channel_factory = channel_factory
         self._channels: list[Any] = [None] * connections
-        self._turn = 0
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the backoff waits
 
     @property
@@ -260,8 +263,7 @@ class AsyncInvoker(_Base):
 
     def _pick(self, method: Method[Any, Any], stream: bool) -> Any:
         """The callable of `method` on the next channel in turn."""
-        slot = self._turn
-        self._turn = (slot + 1) % len(self._channels)
+        slot = self._slot(len(self._channels))
         return self._callable(self._open(slot), method, stream, slot)
 
     async def unary(
@@ -306,19 +308,29 @@ class AsyncInvoker(_Base):
 
 
 class Invoker(_Base):
-    """Runs calls on a sync grpc channel."""
+    """Runs calls on sync grpc channels: one, or several taken in turn."""
 
     def __init__(
         self,
-        channel: grpc.Channel,
+        channel: grpc.Channel | Sequence[grpc.Channel],
         *,
         api_key: str | None = None,
         timeout: float | None = 30.0,
         retry: RetryPolicy | None = None,
     ) -> None:
         super().__init__(api_key=api_key, timeout=timeout, retry=retry or RetryPolicy())
-        self.channel = channel
+        self._channels: list[grpc.Channel] = (
+            list(channel) if isinstance(channel, Sequence) else [channel]
+        )
+        if not self._channels:
+            raise ValueError("an invoker needs a channel")
+        self.channel = self._channels[0]
         self.sleep: Callable[[float], None] = time.sleep  # the backoff waits
+
+    def _pick(self, method: Method[Any, Any], stream: bool) -> Any:
+        """The callable of `method` on the next channel in turn."""
+        slot = self._slot(len(self._channels))
+        return self._callable(self._channels[slot], method, stream, slot)
 
     def unary(
         self,
@@ -331,7 +343,7 @@ class Invoker(_Base):
         request = with_request_id(request)
         attempts = _Attempts(self.retry, self.timeout if timeout is None else timeout)
         call_metadata = self._metadata(metadata)
-        invoke = self._callable(self.channel, method, stream=False)
+        invoke = self._pick(method, stream=False)
         while True:
             try:
                 response = invoke(request, timeout=attempts.remaining(), metadata=call_metadata)
@@ -354,7 +366,8 @@ class Invoker(_Base):
         return Stream(self, method, with_request_id(request), timeout, metadata)
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in self._channels:
+            channel.close()
 
 
 class _StreamState(Generic[RespT]):
@@ -504,7 +517,7 @@ class Stream(_StreamState[RespT], Iterator[RespT]):
         self._call: Any = self._start()
 
     def _start(self) -> Any:
-        invoke = self._invoker._callable(self._sync_invoker.channel, self._method, stream=True)
+        invoke = self._sync_invoker._pick(self._method, stream=True)
         return invoke(self._request, timeout=self._attempts.remaining(), metadata=self._metadata)
 
     def __iter__(self) -> Stream[RespT]:

@@ -61,6 +61,14 @@ def channel_options(options: ChannelOptions | None = None) -> list[tuple[str, An
     return sorted(merged.items())
 
 
+def _channel_args(options: ChannelOptions | None, connections: int) -> list[tuple[str, Any]]:
+    if connections < 1:
+        raise ValueError(f"connections must be at least 1, not {connections}")
+    # Several connections only if each channel has a subchannel pool of its own.
+    pool = {"grpc.use_local_subchannel_pool": 1} if connections > 1 else {}
+    return channel_options([*pool.items(), *dict(options or ()).items()])
+
+
 def _api_key(api_key: str | None) -> str | None:
     return api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
 
@@ -114,9 +122,7 @@ class AsyncClient(AsyncServices):
     ) -> None:
         self.target = target
         credentials = _credentials(secure, root_certificates)
-        # Several connections only if each channel has a subchannel pool of its own.
-        pool = {"grpc.use_local_subchannel_pool": 1} if connections > 1 else {}
-        channel_args = channel_options([*pool.items(), *dict(options or ()).items()])
+        channel_args = _channel_args(options, connections)
 
         def open_channel() -> grpc.aio.Channel:
             if credentials is None:
@@ -191,23 +197,26 @@ class Client(Services):
         timeout: float | None = 30.0,
         retry: _runtime.RetryPolicy = DEFAULT_RETRY,
         options: ChannelOptions | None = None,
+        connections: int = 1,
     ) -> None:
         self.target = target
         credentials = _credentials(secure, root_certificates)
-        channel_args = channel_options(options)
-        if credentials is None:
-            channel = grpc.insecure_channel(target, options=channel_args)
-        else:
-            channel = grpc.secure_channel(target, credentials, options=channel_args)
+        channel_args = _channel_args(options, connections)
+        channels = [
+            grpc.insecure_channel(target, options=channel_args)
+            if credentials is None
+            else grpc.secure_channel(target, credentials, options=channel_args)
+            for _ in range(connections)
+        ]
         self._invoker = _runtime.Invoker(
-            channel, api_key=_api_key(api_key), timeout=timeout, retry=retry
+            channels, api_key=_api_key(api_key), timeout=timeout, retry=retry
         )
         super().__init__(self._invoker)
         self.conversations: Conversations = Conversations(self._invoker)
 
     @property
     def channel(self) -> grpc.Channel:
-        """The underlying grpc channel."""
+        """The underlying grpc channel; with several connections, the first."""
         return self._invoker.channel
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:

@@ -1,5 +1,5 @@
-"""A client with several connections: its calls, unary and streaming, take them in turn,
-each over a TCP connection of its own."""
+"""A client (async or sync) with several connections: its calls, unary and streaming, take
+them in turn, each over a TCP connection of its own."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 
 import psutil
 import pytest
-from convergio import AsyncClient
+from convergio import AsyncClient, Client
 from convergio.conversation.v1 import conversation_pb2 as pb
 
 from tests.support.server import RunningServer
@@ -55,6 +55,31 @@ async def test_calls_take_the_clients_connections_in_turn(server: RunningServer)
     assert not _open_to(port) & unary
 
 
+async def test_the_sync_client_takes_its_connections_in_turn(server: RunningServer) -> None:
+    port = int(server.target.rsplit(":", 1)[1])
+    before = _open_to(port)
+
+    def calls() -> tuple[set[tuple[str, int]], str]:
+        with Client(server.target, api_key=server.admin_key, connections=2) as client:
+            for _ in range(2):
+                client.conversations.list_agents()
+            opened = _open_to(port) - before
+            created = client.conversations.create_conversation(team=pb.Team(single_agent="amy"))
+            events = list(
+                client.conversations.send(
+                    conversation_id=created.conversation.conversation_id, content="Hello"
+                )
+            )
+            assert _open_to(port) - before == opened
+            return opened, events[-1].WhichOneof("kind")
+
+    opened, end = await asyncio.to_thread(calls)
+    assert len(opened) == 2
+    assert end == "turn_completed"
+
+
 def test_a_client_needs_a_connection() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         AsyncClient("127.0.0.1:1", connections=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        Client("127.0.0.1:1", connections=0)
