@@ -59,7 +59,7 @@ async def test_the_sync_client_takes_its_connections_in_turn(server: RunningServ
     port = int(server.target.rsplit(":", 1)[1])
     before = _open_to(port)
 
-    def calls() -> tuple[set[tuple[str, int]], str]:
+    def calls() -> tuple[set[tuple[str, int]], str | None]:
         with Client(server.target, api_key=server.admin_key, connections=2) as client:
             for _ in range(2):
                 client.conversations.list_agents()
