@@ -107,6 +107,27 @@ async def test_builds_on_earlier_messages_and_documents() -> None:
     assert "plants" not in result.content  # irrelevant sentences are not quoted
 
 
+
+async def test_a_recap_request_quotes_the_latest_of_the_conversation() -> None:
+    # Nothing in "summarize what we said" names the subject: the recap quotes what was said
+    # last, oldest first, whatever its words.
+    messages: list[LLMMessage] = [
+        system("ali"),
+        UserMessage(content="Our first warehouse is in Lyon.", source="user"),
+        UserMessage(content="The Turin warehouse ships 400 pallets a week.", source="user"),
+        AssistantMessage(content="Noted: Turin ships 400 pallets weekly.", source="ali"),
+        UserMessage(content="Freight costs rose 12% since March.", source="amy"),
+        UserMessage(content="Please summarize what we said so far.", source="user"),
+    ]
+    result = await OfflineChatCompletionClient().create(messages)
+    assert isinstance(result.content, str)
+    turin = result.content.index("The Turin warehouse ships 400 pallets a week.")
+    freight = result.content.index("Freight costs rose 12% since March.")
+    assert turin < freight
+    assert "Amy" in result.content
+    assert "Lyon" not in result.content  # the latest two, not everything
+    assert "Noted: Turin" not in result.content  # not its own words
+
 async def test_calls_a_tool_with_valid_json_arguments_then_answers_with_the_result() -> None:
     model = OfflineChatCompletionClient()
     request = ask("What is the NPV of cash flows -1000, 300, 400, 500 at 8%?")

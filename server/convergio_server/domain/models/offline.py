@@ -465,13 +465,20 @@ def _source_label(message: LLMMessage, first_system: bool) -> str:
     return "a tool"
 
 
+# A request for a recap ("summarize what we said so far"): its words name no subject, so
+# the latest sentences of the conversation are quoted instead of the ones that share them.
+_RECAP = re.compile(r"\b(summar(y|i[sz]e)|recap|so far|where (do )?we stand)\b", re.IGNORECASE)
+
+
 def _grounding(
     messages: Sequence[LLMMessage], request: str, topic: str, limit: int = 2
 ) -> list[str]:
     """The most relevant sentences of the context (everything but the request and the
-    agent's own instructions), as quotes with their source."""
+    agent's own instructions), as quotes with their source; for a recap, the latest ones,
+    oldest first."""
     request_stems = stems(request)
-    if not request_stems:
+    recap = _RECAP.search(request) is not None
+    if not request_stems and not recap:
         return []
     index = _request_index(messages)
     ranked: list[tuple[int, int, str, str]] = []
@@ -496,9 +503,11 @@ def _grounding(
             ):
                 continue  # restated requests, stock phrases and quotes of quotes
             score = len(request_stems & stems(sentence))
-            if score > 0:
+            if recap or score > 0:
                 ranked.append((score, order, label, sentence))
             order += 1
+    if recap:
+        return [_quote(label, sentence) for _, _, label, sentence in ranked[-limit:]]
     ranked.sort(key=lambda item: (-item[0], item[1]))
     quotes: list[str] = []
     used: set[str] = set()
@@ -506,12 +515,16 @@ def _grounding(
         if sentence in used:
             continue
         used.add(sentence)
-        quoted = truncate(sentence, 240)
-        end = "" if quoted[-1:] in ".!?…" else "."
-        quotes.append(f'{label} noted: "{quoted}{end}"')
+        quotes.append(_quote(label, sentence))
         if len(quotes) == limit:
             break
     return quotes
+
+
+def _quote(label: str, sentence: str) -> str:
+    quoted = truncate(sentence, 240)
+    end = "" if quoted[-1:] in ".!?…" else "."
+    return f'{label} noted: "{quoted}{end}"'
 
 
 # Leading words that carry no subject ("Could you tell me...", "We are considering...").
