@@ -107,7 +107,6 @@ async def test_builds_on_earlier_messages_and_documents() -> None:
     assert "plants" not in result.content  # irrelevant sentences are not quoted
 
 
-
 async def test_a_recap_request_quotes_the_latest_of_the_conversation() -> None:
     # Nothing in "summarize what we said" names the subject: the recap quotes what was said
     # last, oldest first, whatever its words.
@@ -127,6 +126,7 @@ async def test_a_recap_request_quotes_the_latest_of_the_conversation() -> None:
     assert "Amy" in result.content
     assert "Lyon" not in result.content  # the latest two, not everything
     assert "Noted: Turin" not in result.content  # not its own words
+
 
 async def test_calls_a_tool_with_valid_json_arguments_then_answers_with_the_result() -> None:
     model = OfflineChatCompletionClient()
