@@ -75,6 +75,11 @@ def _too_large(field: str, description: str) -> InvalidArgument:
     )
 
 
+def check_title(title: str) -> None:
+    if len(title) > MAX_TITLE:
+        raise InvalidArgument.for_field("title", f"at most {MAX_TITLE} characters")
+
+
 def check_labels(labels: dict[str, str], field: str = "labels") -> None:
     if len(labels) > MAX_LABELS:
         raise InvalidArgument.for_field(field, f"at most {MAX_LABELS} labels, got {len(labels)}")
@@ -168,8 +173,7 @@ class ConversationService:
     ) -> Conversation:
         labels = labels or {}
         agent_models = agent_models or {}
-        if len(title) > MAX_TITLE:
-            raise InvalidArgument.for_field("title", f"at most {MAX_TITLE} characters")
+        check_title(title)
         check_labels(labels)
         if not 0 <= max_turns_per_message <= MAX_TURNS_LIMIT:
             raise InvalidArgument.for_field(
@@ -274,8 +278,8 @@ class ConversationService:
             raise InvalidArgument.for_field(
                 "update_mask", f"{unknown[0]!r} cannot be changed; only title and labels can"
             )
-        if "title" in fields and len(title) > MAX_TITLE:
-            raise InvalidArgument.for_field("title", f"at most {MAX_TITLE} characters")
+        if "title" in fields:
+            check_title(title)
         labels = labels or {}
         if "labels" in fields:
             check_labels(labels)
