@@ -21,9 +21,11 @@ from typing import Any
 
 from convergio_server.domain.errors import NotFound
 from convergio_server.domain.models.selection import (
+    CONTEXT_WINDOW_RULE,
     PROVIDERS,
     ModelInfoOverride,
     ModelSelection,
+    context_window_allowed,
 )
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -361,16 +363,11 @@ def _model(value: Any, source: str) -> ModelSelection | None:
             raise RosterError(
                 source, "model.model_info", f"must be a table of {sorted(_MODEL_INFO_FIELDS)}"
             )
-        window = info.get("context_window_tokens", 0)
-        if (
-            isinstance(window, bool)
-            or not isinstance(window, int)
-            or not (window == 0 or 1_000 <= window <= 10_000_000)
-        ):
+        if not context_window_allowed(info.get("context_window_tokens", 0)):
             raise RosterError(
                 source,
                 "model.model_info.context_window_tokens",
-                "must be an integer from 1,000 to 10,000,000 (0 = 128,000)",
+                f"must be an integer {CONTEXT_WINDOW_RULE}",
             )
         try:
             override = ModelInfoOverride(**info)

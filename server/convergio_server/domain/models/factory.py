@@ -24,7 +24,12 @@ from convergio_server.domain.models.openai_compat import (
     DEFAULT_CONTEXT_TOKENS,
     OpenAICompatChatCompletionClient,
 )
-from convergio_server.domain.models.selection import PROVIDERS, ModelSelection
+from convergio_server.domain.models.selection import (
+    CONTEXT_WINDOW_RULE,
+    PROVIDERS,
+    ModelSelection,
+    context_window_allowed,
+)
 
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 _SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -139,11 +144,9 @@ def check_selection(
         raise InvalidArgument.for_field(
             f"{field}.max_output_tokens", "must be from 1 to 1,000,000 (0 = default)"
         )
-    window = selection.model_info.context_window_tokens if selection.model_info else 0
-    if window and not 1_000 <= window <= 10_000_000:
+    if not context_window_allowed(selection.context_window):
         raise InvalidArgument.for_field(
-            f"{field}.endpoint.model_info.context_window_tokens",
-            "must be from 1,000 to 10,000,000 (0 = 128,000)",
+            f"{field}.endpoint.model_info.context_window_tokens", f"must be {CONTEXT_WINDOW_RULE}"
         )
     if selection.timeout_seconds is not None and selection.timeout_seconds <= 0:
         raise InvalidArgument.for_field(f"{field}.endpoint.timeout", "must be positive")
@@ -186,7 +189,6 @@ def create_model_client(
             max_retries=settings.model_max_retries,
             temperature=resolved.temperature,
             max_output_tokens=resolved.max_output_tokens,
-            context_tokens=(resolved.model_info.context_window_tokens if resolved.model_info else 0)
-            or DEFAULT_CONTEXT_TOKENS,
+            context_tokens=resolved.context_window or DEFAULT_CONTEXT_TOKENS,
         )
     raise ModelError(f"unknown model provider {resolved.provider!r}", kind="configuration")

@@ -7,6 +7,16 @@ from typing import Any, Literal
 
 Provider = Literal["", "offline", "openai"]
 PROVIDERS: tuple[str, ...] = ("offline", "openai")
+# The context windows a model's info may give, in tokens (0 = the clients' default).
+CONTEXT_WINDOW_RULE = "from 1,000 to 10,000,000 (0 = 128,000)"
+
+
+def context_window_allowed(tokens: object) -> bool:
+    return (
+        isinstance(tokens, int)
+        and not isinstance(tokens, bool)
+        and (tokens == 0 or 1_000 <= tokens <= 10_000_000)
+    )
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,11 @@ class ModelSelection:
     # Offline model only: generation pace for benchmarks (0 = no delay).
     tokens_per_second: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def context_window(self) -> int:
+        """The model's context window from its info; 0 = the client's default."""
+        return self.model_info.context_window_tokens if self.model_info else 0
 
     def over(self, fallback: ModelSelection | None) -> ModelSelection:
         """This selection with its empty fields filled from `fallback`. A different
