@@ -201,9 +201,16 @@ class _Base:
         self._callables: dict[tuple[int, str, bool], Any] = {}
         self._calls = itertools.count()  # numbers the calls, to take the channels in turn
 
-    def _slot(self, channels: int) -> int:
-        """The channel of the next call (thread-safe: itertools.count is atomic)."""
-        return next(self._calls) % channels
+    _channels: list[Any]  # the invoker's channels (an async invoker opens each on first use)
+
+    def _channel_at(self, slot: int) -> Any:
+        raise NotImplementedError
+
+    def _pick(self, method: Method[Any, Any], stream: bool) -> Any:
+        """The callable of `method` on the next channel in turn (thread-safe:
+        itertools.count is atomic)."""
+        slot = next(self._calls) % len(self._channels)
+        return self._callable(self._channel_at(slot), method, stream, slot)
 
     def _metadata(self, metadata: Metadata | None) -> list[tuple[str, str]]:
         caller = list(metadata or ())
@@ -253,18 +260,13 @@ class AsyncInvoker(_Base):
     @property
     def channel(self) -> grpc.aio.Channel:
         """The first channel."""
-        return self._open(0)
+        return self._channel_at(0)
 
-    def _open(self, slot: int) -> Any:
+    def _channel_at(self, slot: int) -> Any:
         found = self._channels[slot]
         if found is None:
             found = self._channels[slot] = self._channel_factory()
         return found
-
-    def _pick(self, method: Method[Any, Any], stream: bool) -> Any:
-        """The callable of `method` on the next channel in turn."""
-        slot = self._slot(len(self._channels))
-        return self._callable(self._open(slot), method, stream, slot)
 
     async def unary(
         self,
@@ -327,10 +329,8 @@ class Invoker(_Base):
         self.channel = self._channels[0]
         self.sleep: Callable[[float], None] = time.sleep  # the backoff waits
 
-    def _pick(self, method: Method[Any, Any], stream: bool) -> Any:
-        """The callable of `method` on the next channel in turn."""
-        slot = self._slot(len(self._channels))
-        return self._callable(self._channels[slot], method, stream, slot)
+    def _channel_at(self, slot: int) -> Any:
+        return self._channels[slot]
 
     def unary(
         self,
