@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from convergio import AsyncClient
 from convergio.conversation.v1 import conversation_pb2 as pb
+from convergio.conversation.v1.events_pb2 import ConversationEvent
 from convergio_server.domain.knowledge import KnowledgeBase
 from convergio_server.storage.knowledge import PgKnowledgeStore
 
@@ -12,9 +13,9 @@ from tests.conversations.conftest import TENANT, collect, kinds, new_conversatio
 from tests.support.server import RunningServer
 
 
-async def test_documents_given_with_the_message_ground_the_answer(conv: AsyncClient) -> None:
-    cid = await new_conversation(conv)
-    events = await collect(
+async def _ask_about_the_contract(conv: AsyncClient, cid: str) -> list[ConversationEvent]:
+    """A turn whose message comes with the supplier contract."""
+    return await collect(
         conv.conversations.send(
             conversation_id=cid,
             content="What does the supplier contract say about penalties?",
@@ -27,6 +28,10 @@ async def test_documents_given_with_the_message_ground_the_answer(conv: AsyncCli
             ],
         )
     )
+
+
+async def test_documents_given_with_the_message_ground_the_answer(conv: AsyncClient) -> None:
+    events = await _ask_about_the_contract(conv, await new_conversation(conv))
     names = kinds(events)
     assert names.index("context_injected") < names.index("message_completed")
     injected = next(e.context_injected for e in events if e.HasField("context_injected"))
@@ -41,19 +46,7 @@ async def test_documents_given_on_a_later_turn_ground_its_answer(conv: AsyncClie
     # documents of the message must survive that.
     cid = await new_conversation(conv)
     await collect(conv.conversations.send(conversation_id=cid, content="Hello, who are you?"))
-    events = await collect(
-        conv.conversations.send(
-            conversation_id=cid,
-            content="What does the supplier contract say about penalties?",
-            documents=[
-                pb.InputDocument(
-                    document_id="contract-7",
-                    title="Supplier contract",
-                    content="The supplier contract sets penalties of 2% per week of delay.",
-                )
-            ],
-        )
-    )
+    events = await _ask_about_the_contract(conv, cid)
     answer = next(e.message_completed for e in events if e.HasField("message_completed"))
     assert "2% per week" in answer.content
 

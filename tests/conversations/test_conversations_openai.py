@@ -50,6 +50,18 @@ async def test_a_turn_streams_an_endpoints_tool_call_and_answer(conv: AsyncClien
     assert all(request.body.get("stream") for request in stub.requests)
 
 
+def _local_model(
+    info: common_pb2.ModelInfo, *, base_url: str = "", max_output_tokens: int = 0
+) -> common_pb2.ModelSelection:
+    """A model the server does not know, behind an OpenAI-compatible endpoint."""
+    return common_pb2.ModelSelection(
+        provider=common_pb2.MODEL_PROVIDER_OPENAI,
+        model="local-model",
+        max_output_tokens=max_output_tokens,
+        endpoint=common_pb2.ModelEndpoint(base_url=base_url, model_info=info),
+    )
+
+
 async def _last_request_after_turns(server: RunningServer, info: common_pb2.ModelInfo) -> str:
     """Five turns of 900-word messages over the endpoint (a client of their own: turns
     are rate-limited per key); the text of the messages of the last request it got."""
@@ -61,12 +73,7 @@ async def _last_request_after_turns(server: RunningServer, info: common_pb2.Mode
         cid = await new_conversation(
             client,
             agent="amy",
-            model=common_pb2.ModelSelection(
-                provider=common_pb2.MODEL_PROVIDER_OPENAI,
-                model="local-model",
-                max_output_tokens=1000,
-                endpoint=common_pb2.ModelEndpoint(base_url=stub.base_url, model_info=info),
-            ),
+            model=_local_model(info, base_url=stub.base_url, max_output_tokens=1000),
         )
         for i in range(5):
             words = " ".join(f"w{i}x{k}" for k in range(900))
@@ -96,25 +103,15 @@ async def test_a_context_window_out_of_range_is_refused(conv: AsyncClient) -> No
         await new_conversation(
             conv,
             agent="amy",
-            model=common_pb2.ModelSelection(
-                provider=common_pb2.MODEL_PROVIDER_OPENAI,
-                model="local-model",
-                endpoint=common_pb2.ModelEndpoint(
-                    model_info=common_pb2.ModelInfo(context_window_tokens=10)
-                ),
-            ),
+            model=_local_model(common_pb2.ModelInfo(context_window_tokens=10)),
         )
     assert "context_window_tokens" in str(refused.value)
 
 
 async def test_a_context_window_is_kept_with_the_conversation(conv: AsyncClient) -> None:
-    selection = common_pb2.ModelSelection(
-        provider=common_pb2.MODEL_PROVIDER_OPENAI,
-        model="local-model",
-        endpoint=common_pb2.ModelEndpoint(
-            base_url="http://127.0.0.1:9/v1",
-            model_info=common_pb2.ModelInfo(function_calling=True, context_window_tokens=8192),
-        ),
+    selection = _local_model(
+        common_pb2.ModelInfo(function_calling=True, context_window_tokens=8192),
+        base_url="http://127.0.0.1:9/v1",
     )
     cid = await new_conversation(conv, agent="amy", model=selection)
     got = await conv.conversations.get_conversation(conversation_id=cid)
