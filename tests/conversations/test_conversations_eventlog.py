@@ -227,3 +227,72 @@ async def test_a_local_turn_ends_without_a_blocking_read_for_its_leaving_streams
         got += [e.sequence for e in await asyncio.wait_for(following.queue.get(), 5)]
     assert got == [elsewhere[0] - 1, elsewhere[0]]  # the second local turn's, then this
     following.close()
+
+
+async def test_a_reader_is_behind_while_events_wait_behind_the_one_it_writes(
+    conv: AsyncClient, server: RunningServer
+) -> None:
+    cid = await new_conversation(conv)
+    events = server.server.context.components["conversations"].events
+    turn_id = "00000000-0000-4000-8000-000000000003"
+    body = SpeakerSelected(agent="amy", round=1, policy="single", reason="")
+    caught_up: list[bool] = []
+    reader = events.read(TENANT, cid, after=await events.last_sequence(TENANT, cid))
+    with events.writing(TENANT, cid):
+        first = asyncio.ensure_future(anext(reader))
+        await asyncio.sleep(0.05)  # the reader waits for the live events
+        await events.append(TENANT, cid, turn_id, body)
+        await first  # taken: its client is writing it
+        assert not events.readers_behind(TENANT, cid)
+        await events.append(TENANT, cid, turn_id, body)  # waits behind the first
+        assert events.readers_behind(TENANT, cid)
+        events.when_caught_up(TENANT, cid, lambda: caught_up.append(True))
+        assert not caught_up
+        await anext(reader)  # the first is written: the reader takes the second
+        assert caught_up and not events.readers_behind(TENANT, cid)
+        await events.append(TENANT, cid, turn_id, body)
+        await events.append(TENANT, cid, turn_id, body)
+        assert events.readers_behind(TENANT, cid)
+        events.when_caught_up(TENANT, cid, lambda: caught_up.append(True))
+        await reader.aclose()  # a reader that leaves is not waited for
+        assert caught_up == [True, True] and not events.readers_behind(TENANT, cid)
+
+
+async def test_tokens_join_the_waiting_delta_while_a_reader_here_is_behind(
+    paced_client: AsyncClient, paced: RunningServer
+) -> None:
+    # A reader in the turn's process that does not keep up (its client, or a busy event
+    # loop, is slower than the tokens): rather than queueing one event per token for it,
+    # the turn holds the text back for a moment, and every reader gets fewer, larger
+    # deltas, with no text lost and no sequence skipped.
+    cid = await new_conversation(paced_client, agent="amy")
+    events = paced.server.context.components["conversations"].events
+    slow = events.read(TENANT, cid, after=await events.last_sequence(TENANT, cid))
+    seen: list[int] = []
+
+    async def read_slowly() -> None:
+        async for event in slow:
+            seen.append(event.sequence)
+            if len(seen) == 3:
+                await asyncio.sleep(0.5)  # meanwhile about 30 tokens are generated
+            if event.kind == "turn_completed":
+                return
+
+    slow_reader = asyncio.ensure_future(read_slowly())
+    try:
+        sent = await collect(
+            paced_client.conversations.send(
+                conversation_id=cid, content="How do I plan a product launch?"
+            )
+        )
+        await asyncio.wait_for(slow_reader, 10)
+    finally:
+        slow_reader.cancel()
+        await slow.aclose()
+    completed = next(e.message_completed for e in sent if e.HasField("message_completed"))
+    deltas = [e.token_delta.text for e in sent if e.HasField("token_delta")]
+    assert "".join(deltas) == completed.content
+    # At 60 tokens/s a token comes every 17 ms, a delta of its own when nobody is behind.
+    assert max(len(text.split()) for text in deltas) >= 3
+    assert seen == list(range(seen[0], seen[0] + len(seen)))
+    assert seen[-1] == sent[-1].sequence

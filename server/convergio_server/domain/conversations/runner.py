@@ -81,6 +81,9 @@ log = logging.getLogger(__name__)
 
 # At most this many messages of turns that ended without saving the team are replayed to it.
 MAX_MISSED_MESSAGES = 50
+# How long token deltas wait, at most, for this process's readers of the conversation to
+# catch up before they are logged (they keep growing meanwhile).
+HOLD_SECONDS = 0.05
 # How long a turn keeps trying to log its end while Redis is unreachable.
 END_RETRY_SECONDS = 120.0
 
@@ -202,6 +205,11 @@ class _Deltas:
         return delta, self.generated
 
 
+def _release(held: asyncio.Future[None]) -> None:
+    if not held.done():
+        held.set_result(None)
+
+
 def _usage(u: RequestUsage | None) -> Usage:
     if u is None:
         return Usage()
@@ -253,6 +261,7 @@ class TurnExecution:
         self._outbox_empty.set()
         self._outbox_writer: asyncio.Task[None] | None = None
         self._outbox_failure: Exception | None = None
+        self._holding: asyncio.Future[None] | None = None  # see `_hold`
         # The sequence of the turn's first event (TurnStarted), once it is logged.
         self.first_logged: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         # While the turn runs, this process publishes its events straight to its readers.
@@ -385,6 +394,8 @@ class TurnExecution:
                 )
                 return
         self._outbox.append((body, event_time))
+        if self._holding is not None and type(body) is not TokenDelta:
+            _release(self._holding)
         self._outbox_empty.clear()
         if self._outbox_writer is None or self._outbox_writer.done():
             self._outbox_writer = asyncio.create_task(
@@ -408,6 +419,10 @@ class TurnExecution:
     async def _write_outbox(self) -> None:
         try:
             while self._outbox:
+                if self.runner.events.readers_behind(
+                    self.tenant_id, self.conversation.id
+                ) and all(type(body) is TokenDelta for body, _ in self._outbox):
+                    await self._hold()
                 batch, self._outbox = self._outbox, []
                 try:
                     logged = await self.runner.events.append_many(
@@ -426,6 +441,24 @@ class TurnExecution:
                     self.first_logged.set_result(logged[0].sequence)
         finally:
             self._outbox_empty.set()
+
+    async def _hold(self) -> None:
+        """Keep the token deltas out of the log while a reader of this process still has
+        events waiting behind the one it is writing (its client, or the event loop, is
+        slower than the tokens): the text posted meanwhile joins them, so the reader gets
+        fewer, larger deltas instead of a growing queue. Until it catches up, another kind
+        of event is posted, or HOLD_SECONDS."""
+        loop = asyncio.get_running_loop()
+        held = self._holding = loop.create_future()
+        timer = loop.call_later(HOLD_SECONDS, _release, held)
+        self.runner.events.when_caught_up(
+            self.tenant_id, self.conversation.id, lambda: _release(held)
+        )
+        try:
+            await held
+        finally:
+            timer.cancel()
+            self._holding = None
 
     def begin(self, first: list[EventBody]) -> None:
         """Queue the turn's first events and start it: the team starts while they are

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -104,11 +104,43 @@ HEARTBEAT = None  # what `EventLog.read` yields on an idle stream when asked for
 _IDLE: list[Event] = []  # queued to a reader when its stream has been quiet for a while
 
 
+class _Inbox(asyncio.Queue[list[Event]]):
+    """A subscriber's queue, which counts the events handed to it that its reader has not
+    yet taken past (the one it is writing to its client included)."""
+
+    def __init__(self, channel: _Channel) -> None:
+        super().__init__()
+        self.channel = channel
+        self.pending = 0
+
+    def deliver(self, events: list[Event]) -> None:
+        self.put_nowait(events)
+        before = self.pending
+        self.pending += len(events)
+        if before < _BEHIND <= self.pending:
+            self.channel.behind += 1
+
+    def taken(self) -> None:
+        self.pending -= 1
+        if self.pending == _BEHIND - 1:
+            self.channel.reader_caught_up()
+
+    def drop(self) -> None:
+        """The reader left."""
+        if self.pending >= _BEHIND:
+            self.channel.reader_caught_up()
+        self.pending = 0
+
+
+# A reader with this many events not taken has one waiting behind the one it is writing.
+_BEHIND = 2
+
+
 @dataclass
 class _Channel:
     """Live events of one conversation for this process's subscribers."""
 
-    subscribers: set[asyncio.Queue[list[Event]]] = field(default_factory=set)
+    subscribers: set[_Inbox] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
     # Set once the reader knows where it starts: a subscriber replays only after that, so
     # the replay and the live events overlap instead of leaving a hole between them.
@@ -120,6 +152,17 @@ class _Channel:
     expect_local: bool = False
     # Subscribers that leave at the end of a turn (SendMessage streams).
     turn_bound: int = 0
+    # Subscribers with events waiting behind the one they are writing, and what to call
+    # once there are none.
+    behind: int = 0
+    on_caught_up: list[Callable[[], None]] = field(default_factory=list)
+
+    def reader_caught_up(self) -> None:
+        self.behind -= 1
+        if not self.behind and self.on_caught_up:
+            callbacks, self.on_caught_up = self.on_caught_up, []
+            for callback in callbacks:
+                callback()
 
 
 class Subscription:
@@ -130,7 +173,7 @@ class Subscription:
         self,
         log: EventLog,
         key: tuple[str, str],
-        queue: asyncio.Queue[list[Event]],
+        queue: _Inbox,
         channel: _Channel,
         turn_bound: bool = False,
     ) -> None:
@@ -327,8 +370,25 @@ class EventLog:
         finally:
             if channel is not None:
                 for queue in channel.subscribers:
-                    queue.put_nowait(events)
+                    queue.deliver(events)
         return events
+
+    def readers_behind(self, tenant_id: str, conversation_id: str) -> bool:
+        """Whether a reader of the conversation in this process has events waiting behind
+        the one it is writing to its client."""
+        channel = self._channels.get((tenant_id, conversation_id))
+        return channel is not None and channel.behind > 0
+
+    def when_caught_up(
+        self, tenant_id: str, conversation_id: str, callback: Callable[[], None]
+    ) -> None:
+        """Call `callback` once no reader of the conversation in this process is behind (at
+        once if none is)."""
+        channel = self._channels.get((tenant_id, conversation_id))
+        if channel is None or not channel.behind:
+            callback()
+        else:
+            channel.on_caught_up.append(callback)
 
     async def start(self, tenant_id: str, conversation_id: str) -> None:
         """A new conversation's log: its first event then takes one round trip instead of
@@ -438,6 +498,7 @@ class EventLog:
                 last = loop.time()
                 for event in batch:
                     if event.sequence <= cursor:
+                        queue.taken()
                         continue
                     if event.sequence > cursor + 1:
                         # Published before this subscriber's replay caught up: fill the gap.
@@ -448,6 +509,7 @@ class EventLog:
                             yield missed
                     cursor = event.sequence
                     yield event
+                    queue.taken()
         finally:
             if timer is not None:
                 timer.cancel()
@@ -455,12 +517,12 @@ class EventLog:
 
     def _subscribe(
         self, tenant_id: str, conversation_id: str
-    ) -> tuple[asyncio.Queue[list[Event]], _Channel]:
+    ) -> tuple[_Inbox, _Channel]:
         key = (tenant_id, conversation_id)
         channel = self._channels.get(key)
         if channel is None:
             channel = self._channels[key] = _Channel()
-        queue: asyncio.Queue[list[Event]] = asyncio.Queue()
+        queue = _Inbox(channel)
         channel.subscribers.add(queue)
         if channel.task is None or channel.task.done():
             channel.ready.clear()
@@ -470,13 +532,15 @@ class EventLog:
         return queue, channel
 
     def _unsubscribe(
-        self, tenant_id: str, conversation_id: str, queue: asyncio.Queue[list[Event]]
+        self, tenant_id: str, conversation_id: str, queue: _Inbox
     ) -> None:
         key = (tenant_id, conversation_id)
         channel = self._channels.get(key)
         if channel is None:
             return
-        channel.subscribers.discard(queue)
+        if queue in channel.subscribers:
+            channel.subscribers.discard(queue)
+            queue.drop()
         if not channel.subscribers:
             self._channels.pop(key, None)
             if channel.task is not None:
@@ -553,7 +617,7 @@ class EventLog:
             ]
             if batch:
                 for queue in channel.subscribers:
-                    queue.put_nowait(batch)
+                    queue.deliver(batch)
 
     async def close(self) -> None:
         await self._writer.close()
