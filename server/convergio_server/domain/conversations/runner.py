@@ -419,9 +419,9 @@ class TurnExecution:
     async def _write_outbox(self) -> None:
         try:
             while self._outbox:
-                if self.runner.events.readers_behind(
-                    self.tenant_id, self.conversation.id
-                ) and all(type(body) is TokenDelta for body, _ in self._outbox):
+                if self.runner.events.readers_behind(self.tenant_id, self.conversation.id) and all(
+                    type(body) is TokenDelta for body, _ in self._outbox
+                ):
                     await self._hold()
                 batch, self._outbox = self._outbox, []
                 try:

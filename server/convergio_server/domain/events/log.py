@@ -515,9 +515,7 @@ class EventLog:
                 timer.cancel()
             subscription.close()
 
-    def _subscribe(
-        self, tenant_id: str, conversation_id: str
-    ) -> tuple[_Inbox, _Channel]:
+    def _subscribe(self, tenant_id: str, conversation_id: str) -> tuple[_Inbox, _Channel]:
         key = (tenant_id, conversation_id)
         channel = self._channels.get(key)
         if channel is None:
@@ -531,9 +529,7 @@ class EventLog:
             )
         return queue, channel
 
-    def _unsubscribe(
-        self, tenant_id: str, conversation_id: str, queue: _Inbox
-    ) -> None:
+    def _unsubscribe(self, tenant_id: str, conversation_id: str, queue: _Inbox) -> None:
         key = (tenant_id, conversation_id)
         channel = self._channels.get(key)
         if channel is None:
