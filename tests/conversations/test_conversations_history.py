@@ -19,6 +19,7 @@ from autogen_core.models import (
 from convergio import AsyncClient
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio_server.domain.conversations.history import RecentHistory, trim_team_state
+from convergio_server.domain.conversations.state_packing import unpack
 from convergio_server.domain.models.text import count_text_tokens
 
 from tests.conversations.conftest import TENANT, collect, member_key, new_conversation
@@ -188,7 +189,7 @@ async def test_a_long_conversation_keeps_its_prompts_and_state_bounded(
     assert prompts[3] > prompts[0]
     assert prompts[-1] <= prompts[0] + BUDGET + 20
     assert max(prompts[4:]) - min(prompts[4:]) < 200
-    saved = json.loads(state)["llm_context"]
+    saved = unpack(json.loads(state))["llm_context"]
     assert sum(saved["token_counts"]) <= 2 * BUDGET + 200
     assert len(saved["messages"]) < 18
 
@@ -206,13 +207,18 @@ async def test_a_groups_saved_state_stays_within_the_budget(small_memory: Runnin
                     + words(40, f"r{i}x"),
                 )
             )
-        state = json.loads(
+        stored = json.loads(
             await small_memory.infra.pool.fetchval(
                 "SELECT state::text FROM team_states WHERE tenant_id = $1 AND conversation_id = $2",
                 TENANT,
                 cid,
             )
         )
+    state = unpack(stored)
+    # Stored with each message once, though members' memories and buffers share them.
+    unique = {json.dumps(m, sort_keys=True) for m in stored["messages"]}
+    assert len(unique) == len(stored["messages"])
+    assert len(json.dumps(stored)) < 0.75 * len(json.dumps(state))
     members = {
         name: agent for name, agent in state["agent_states"].items() if "message_buffer" in agent
     }

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import orjson
 
 from convergio_server.domain.conversations.model import (
     IDLE,
@@ -482,7 +483,7 @@ class PgConversationStore:
             conversation_id,
             turn_id,
         )
-        state = json.loads(row["state"]) if row["state"] else None
+        state = orjson.loads(row["state"]) if row["state"] else None
         if not row["behind"]:
             return Memory(state, [])
         rows = await self.pool.fetch(

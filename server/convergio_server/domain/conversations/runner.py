@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import time
@@ -36,6 +35,7 @@ from autogen_core.models import RequestUsage
 
 from convergio_server.domain.auth import Principal
 from convergio_server.domain.background import cancel_and_wait
+from convergio_server.domain.conversations import state_packing
 from convergio_server.domain.conversations.history import trim_team_state
 from convergio_server.domain.conversations.metering import Meter, Pricing
 from convergio_server.domain.conversations.metering import free as _free
@@ -547,7 +547,7 @@ class TurnExecution:
                 self.tenant_id, self.conversation.id, self.turn.id, MAX_MISSED_MESSAGES
             )
             if memory.state:
-                await team.runnable.load_state(memory.state)
+                await team.runnable.load_state(state_packing.unpack(memory.state))
             # Turns that ended without saving the team (cancelled, failed, timed out) are
             # still part of the conversation: the team hears them again before this message.
             self.missed = [
@@ -682,9 +682,8 @@ class TurnExecution:
             and "Maximum number of turns" in (result.stop_reason)
         ):
             stop_reason, detail = MAX_TURNS, result.stop_reason
-        # default=str: the state holds datetimes and the like.
         saved = trim_team_state(await team.runnable.save_state(), buffer_tokens=team.history_tokens)
-        state = json.dumps(saved, default=str)
+        state = state_packing.encode(saved)
         return (
             TurnOutcome(stop_reason=stop_reason, stop_detail=detail, team_state_json=state),
             None,
