@@ -130,8 +130,11 @@ def overlap(query_stems: frozenset[str] | set[str], text: str) -> int:
     return len(query_stems & stems(text))
 
 
-def sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE.split(text) if len(s.strip()) > 1]
+@functools.lru_cache(maxsize=4096)
+def sentences(text: str) -> tuple[str, ...]:
+    """The sentences of `text` (cached, as `stems`: a long conversation's context is read
+    again at every call)."""
+    return tuple(s.strip() for s in _SENTENCE.split(text) if len(s.strip()) > 1)
 
 
 def content_text(content: str | Sequence[Any]) -> str:
