@@ -46,6 +46,8 @@ LONG_ANSWER_TOKENS = 600
 # The paced scenario that measures streaming between turns: answers this long (6 s at 50
 # tokens/s), timed once every turn has started and before any has ended.
 STEADY_ANSWER_TOKENS = 300
+# Turns of the one conversation with the core team whose later turns' first token is timed.
+LONG_TEAM_TURNS = 30
 # Channels of one process to the same address share one connection unless each has a
 # subchannel pool of its own (then it has its own connection, as a client process would).
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
@@ -421,6 +423,29 @@ async def _ttft(target: str, key: str, samples: int) -> list[float]:
     return out
 
 
+async def _long_team(target: str, key: str, turns: int) -> list[float]:
+    """Time to first token of each turn of one conversation with the core team: what a
+    longer history costs (the team's saved state restored, the context read)."""
+    from convergio import AsyncClient
+    from convergio.conversation.v1 import conversation_pb2 as pb
+
+    out: list[float] = []
+    async with AsyncClient(target, api_key=key) as client:
+        cid = (
+            await client.conversations.create_conversation(team=pb.Team(preset="core"))
+        ).conversation.conversation_id
+        for turn in range(turns):
+            started = time.perf_counter()
+            first: float | None = None
+            async for event in client.conversations.send(
+                conversation_id=cid, content=f"Turn {turn}. {QUESTION}"
+            ):
+                if first is None and event.HasField("token_delta"):
+                    first = (time.perf_counter() - started) * 1000
+            out.append(first if first is not None else float("nan"))
+    return out
+
+
 def _rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
@@ -481,6 +506,7 @@ async def run(env: BenchEnv) -> list[Result]:
                 runs[(pace, n)] = await _turns(target, key, n, pid, redis_server.pid)
             if not pace:
                 ttfts = await _ttft(target, key, 20)
+                team_ttfts = await _long_team(target, key, LONG_TEAM_TURNS)
     long_n = counts[-1] if env.quick else 50
     async with _convergio(env, 0.0, LONG_ANSWER_TOKENS) as (pid, target, key, _):
         await _turns(target, key, 2)
@@ -637,6 +663,16 @@ async def run(env: BenchEnv) -> list[Result]:
             "ms",
             target="< 5 ms",
             ok=ttft - direct_ttft < 5,
+        )
+    )
+    results.append(
+        Result(
+            AREA,
+            f"time to first token p50, core team, turns {LONG_TEAM_TURNS - 4}-{LONG_TEAM_TURNS}",
+            statistics.median(team_ttfts[-5:]),
+            "ms",
+            baseline=statistics.median(team_ttfts[:5]),
+            extra={"baseline": "turns 1-5 of the same conversation", "all_ms": team_ttfts},
         )
     )
     results.append(
