@@ -79,3 +79,8 @@ def test_lists_that_hold_something_other_than_messages_are_kept() -> None:
         "messages": [],
         "message_buffer": 3,
     }
+
+
+def test_a_state_orjson_refuses_is_still_encoded() -> None:
+    state = {"agent_states": {"amy": {"counter": 2**70, "message_buffer": [message("hi")]}}}
+    assert unpack(json.loads(encode(state))) == state

@@ -10,6 +10,7 @@ used as it is.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,4 +81,9 @@ def unpack(stored: Mapping[str, Any]) -> Mapping[str, Any]:
 def encode(state: Mapping[str, Any]) -> str:
     """The state packed, as JSON (what the state holds beyond JSON, such as datetimes, as
     text)."""
-    return orjson.dumps(pack(state), default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    packed = pack(state)
+    try:
+        return orjson.dumps(packed, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        # What orjson refuses and the standard encoder takes (integers beyond 64 bits).
+        return json.dumps(packed, default=str)
