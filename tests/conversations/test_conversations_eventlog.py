@@ -296,3 +296,24 @@ async def test_tokens_join_the_waiting_delta_while_a_reader_here_is_behind(
     assert max(len(text.split()) for text in deltas) >= 3
     assert seen == list(range(seen[0], seen[0] + len(seen)))
     assert seen[-1] == sent[-1].sequence
+
+
+async def test_the_first_token_is_not_held_for_a_reader_behind(
+    paced_client: AsyncClient, paced: RunningServer
+) -> None:
+    # A reader here that takes nothing is behind from the turn's first events on: the first
+    # token still goes out alone, at once; the later ones wait for it and grow.
+    cid = await new_conversation(paced_client, agent="amy")
+    events = paced.server.context.components["conversations"].events
+    stuck = events.subscribe(TENANT, cid)
+    try:
+        sent = await collect(
+            paced_client.conversations.send(
+                conversation_id=cid, content="How do I plan a product launch?"
+            )
+        )
+    finally:
+        stuck.close()
+    deltas = [e.token_delta.text for e in sent if e.HasField("token_delta")]
+    assert len(deltas[0].split()) == 1
+    assert max(len(text.split()) for text in deltas[1:]) >= 3

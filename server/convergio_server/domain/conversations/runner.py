@@ -262,6 +262,9 @@ class TurnExecution:
         self._outbox_writer: asyncio.Task[None] | None = None
         self._outbox_failure: Exception | None = None
         self._holding: asyncio.Future[None] | None = None  # see `_hold`
+        # The turn's first token delta is never held: its readers are behind the turn's
+        # first events then, and the first token must not wait for them.
+        self._delta_logged = False
         # The sequence of the turn's first event (TurnStarted), once it is logged.
         self.first_logged: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         # While the turn runs, this process publishes its events straight to its readers.
@@ -419,8 +422,10 @@ class TurnExecution:
     async def _write_outbox(self) -> None:
         try:
             while self._outbox:
-                if self.runner.events.readers_behind(self.tenant_id, self.conversation.id) and all(
-                    type(body) is TokenDelta for body, _ in self._outbox
+                if (
+                    self._delta_logged
+                    and self.runner.events.readers_behind(self.tenant_id, self.conversation.id)
+                    and all(type(body) is TokenDelta for body, _ in self._outbox)
                 ):
                     await self._hold()
                 batch, self._outbox = self._outbox, []
@@ -439,6 +444,8 @@ class TurnExecution:
                     return
                 if not self.first_logged.done():
                     self.first_logged.set_result(logged[0].sequence)
+                if not self._delta_logged:
+                    self._delta_logged = any(type(body) is TokenDelta for body, _ in batch)
         finally:
             self._outbox_empty.set()
 
