@@ -236,7 +236,7 @@ async def test_a_reader_is_behind_while_events_wait_behind_the_one_it_writes(
     events = server.server.context.components["conversations"].events
     turn_id = "00000000-0000-4000-8000-000000000003"
     body = SpeakerSelected(agent="amy", round=1, policy="single", reason="")
-    caught_up: list[bool] = []
+    loop = asyncio.get_running_loop()
     reader = events.read(TENANT, cid, after=await events.last_sequence(TENANT, cid))
     with events.writing(TENANT, cid):
         first = asyncio.ensure_future(anext(reader))
@@ -246,16 +246,24 @@ async def test_a_reader_is_behind_while_events_wait_behind_the_one_it_writes(
         assert not events.readers_behind(TENANT, cid)
         await events.append(TENANT, cid, turn_id, body)  # waits behind the first
         assert events.readers_behind(TENANT, cid)
-        events.when_caught_up(TENANT, cid, lambda: caught_up.append(True))
-        assert not caught_up
+        waiter: asyncio.Future[None] = loop.create_future()
+        events.when_caught_up(TENANT, cid, waiter)
+        assert not waiter.done()
         await anext(reader)  # the first is written: the reader takes the second
-        assert caught_up and not events.readers_behind(TENANT, cid)
+        assert waiter.done() and not events.readers_behind(TENANT, cid)
         await events.append(TENANT, cid, turn_id, body)
         await events.append(TENANT, cid, turn_id, body)
         assert events.readers_behind(TENANT, cid)
-        events.when_caught_up(TENANT, cid, lambda: caught_up.append(True))
+        forgotten: asyncio.Future[None] = loop.create_future()
+        events.when_caught_up(TENANT, cid, forgotten)()  # it stopped waiting
+        waiter = loop.create_future()
+        events.when_caught_up(TENANT, cid, waiter)
         await reader.aclose()  # a reader that leaves is not waited for
-        assert caught_up == [True, True] and not events.readers_behind(TENANT, cid)
+        assert waiter.done() and not events.readers_behind(TENANT, cid)
+        assert not forgotten.done()
+        done: asyncio.Future[None] = loop.create_future()
+        events.when_caught_up(TENANT, cid, done)  # nobody is behind: at once
+        assert done.done()
 
 
 async def test_tokens_join_the_waiting_delta_while_a_reader_here_is_behind(

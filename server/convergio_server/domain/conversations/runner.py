@@ -458,13 +458,12 @@ class TurnExecution:
         loop = asyncio.get_running_loop()
         held = self._holding = loop.create_future()
         timer = loop.call_later(HOLD_SECONDS, _release, held)
-        self.runner.events.when_caught_up(
-            self.tenant_id, self.conversation.id, lambda: _release(held)
-        )
+        forget = self.runner.events.when_caught_up(self.tenant_id, self.conversation.id, held)
         try:
             await held
         finally:
             timer.cancel()
+            forget()
             self._holding = None
 
     def begin(self, first: list[EventBody]) -> None:

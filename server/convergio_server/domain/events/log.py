@@ -152,17 +152,18 @@ class _Channel:
     expect_local: bool = False
     # Subscribers that leave at the end of a turn (SendMessage streams).
     turn_bound: int = 0
-    # Subscribers with events waiting behind the one they are writing, and what to call
-    # once there are none.
+    # Subscribers with events waiting behind the one they are writing, and who waits for
+    # there to be none.
     behind: int = 0
-    on_caught_up: list[Callable[[], None]] = field(default_factory=list)
+    waiters: set[asyncio.Future[None]] = field(default_factory=set)
 
     def reader_caught_up(self) -> None:
         self.behind -= 1
-        if not self.behind and self.on_caught_up:
-            callbacks, self.on_caught_up = self.on_caught_up, []
-            for callback in callbacks:
-                callback()
+        if not self.behind and self.waiters:
+            waiters, self.waiters = self.waiters, set()
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
 
 class Subscription:
@@ -380,15 +381,17 @@ class EventLog:
         return channel is not None and channel.behind > 0
 
     def when_caught_up(
-        self, tenant_id: str, conversation_id: str, callback: Callable[[], None]
-    ) -> None:
-        """Call `callback` once no reader of the conversation in this process is behind (at
-        once if none is)."""
+        self, tenant_id: str, conversation_id: str, waiter: asyncio.Future[None]
+    ) -> Callable[[], None]:
+        """Complete `waiter` once no reader of the conversation in this process is behind
+        (at once if none is). Returns what forgets it (a waiter that stopped waiting)."""
         channel = self._channels.get((tenant_id, conversation_id))
         if channel is None or not channel.behind:
-            callback()
-        else:
-            channel.on_caught_up.append(callback)
+            if not waiter.done():
+                waiter.set_result(None)
+            return _nothing
+        channel.waiters.add(waiter)
+        return lambda: channel.waiters.discard(waiter)
 
     async def start(self, tenant_id: str, conversation_id: str) -> None:
         """A new conversation's log: its first event then takes one round trip instead of
@@ -621,6 +624,10 @@ class EventLog:
         tasks = [c.task for c in self._channels.values() if c.task is not None]
         self._channels.clear()
         await cancel_and_wait(tasks)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _with_sequence(raw: bytes, sequence: int) -> Event:
