@@ -402,6 +402,16 @@ async def _direct_ttft(samples: int) -> list[float]:
     return out
 
 
+async def _first_token_ms(client: Any, cid: str, content: str) -> float | None:
+    """Send one turn and read it to its end: ms from sending to its first token delta."""
+    started = time.perf_counter()
+    first: float | None = None
+    async for event in client.conversations.send(conversation_id=cid, content=content):
+        if first is None and event.HasField("token_delta"):
+            first = (time.perf_counter() - started) * 1000
+    return first
+
+
 async def _ttft(target: str, key: str, samples: int) -> list[float]:
     """Time to first token of turns sent one after the other on one open channel."""
     from convergio import AsyncClient
@@ -413,11 +423,7 @@ async def _ttft(target: str, key: str, samples: int) -> list[float]:
             cid = (
                 await client.conversations.create_conversation(team=pb.Team(single_agent="amy"))
             ).conversation.conversation_id
-            started = time.perf_counter()
-            first: float | None = None
-            async for event in client.conversations.send(conversation_id=cid, content=QUESTION):
-                if first is None and event.HasField("token_delta"):
-                    first = (time.perf_counter() - started) * 1000
+            first = await _first_token_ms(client, cid, QUESTION)
             if first is not None:
                 out.append(first)
     return out
@@ -435,13 +441,7 @@ async def _long_team(target: str, key: str, turns: int) -> list[float]:
             await client.conversations.create_conversation(team=pb.Team(preset="core"))
         ).conversation.conversation_id
         for turn in range(turns):
-            started = time.perf_counter()
-            first: float | None = None
-            async for event in client.conversations.send(
-                conversation_id=cid, content=f"Turn {turn}. {QUESTION}"
-            ):
-                if first is None and event.HasField("token_delta"):
-                    first = (time.perf_counter() - started) * 1000
+            first = await _first_token_ms(client, cid, f"Turn {turn}. {QUESTION}")
             out.append(first if first is not None else float("nan"))
     return out
 

@@ -538,7 +538,8 @@ _LEADING_FILLER = frozenset(
 def _topic(request: str) -> str:
     """The request's subject as a short quoted phrase: its first sentence without the
     leading question and filler words, at most twelve words."""
-    first = sentences(request)[0] if sentences(request) else request
+    split = sentences(request)
+    first = split[0] if split else request
     words = first.rstrip("?.!:; ").split()
     dropped = 0
     while words and dropped < 5 and words[0].lower().strip(",") in _LEADING_FILLER:
