@@ -149,6 +149,24 @@ async def test_group_turn_selects_speakers_by_expertise(conv: AsyncClient) -> No
     assert events[-1].turn_completed.message_count == len(completed)
 
 
+async def test_the_core_team_hands_a_loan_question_to_the_cfo_who_calculates(
+    conv: AsyncClient,
+) -> None:
+    cid = await new_conversation(conv, team=pb.Team(preset="core"))
+    events = await collect(
+        conv.conversations.send(
+            conversation_id=cid,
+            content="Calculate the monthly payment on a 200000 loan at 5% over 30 years",
+        )
+    )
+    first = next(e.speaker_selected for e in events if e.HasField("speaker_selected"))
+    assert first.agent == "amy" and "loan" in first.reason
+    call = next(e.tool_call for e in events if e.HasField("tool_call"))
+    assert call.agent == "amy" and call.tool == "financial_calculator"
+    result = next(e.tool_result for e in events if e.HasField("tool_result"))
+    assert "1,073.64" in result.content and not result.is_error
+
+
 async def test_each_speaker_is_announced_after_the_previous_one_finished(conv: AsyncClient) -> None:
     # A tool call makes the first speaker slower than the selector that picks the next one.
     cid = await new_conversation(conv, team=pb.Team(preset="core"))
