@@ -9,7 +9,7 @@ clients decode and time as they do the platform's (throughput and latency), and 
 model driven directly through an AutoGen AssistantAgent in this
 process (time to first token without the platform). Convergio (`convergio serve`) and the
 bare server each run in a process of their own on uvloop, as a server runs in production;
-the clients of both run in this process. Memory is the server process's.
+the clients of both run in this process, on uvloop too. Memory is the server process's.
 """
 
 from __future__ import annotations
