@@ -1,26 +1,43 @@
 """`convergio chat` streams a turn in the terminal: the speaking agent, tool calls and how
-the turn ended."""
+the turn ended. `convergio conversations` lists, shows, follows, cancels and deletes."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tests.conversations.conftest import FINANCE_QUESTION, member_key
-from tests.support.server import RunningServer
+import pytest
+from convergio import AsyncClient, errors
+from convergio.conversation.v1 import conversation_pb2 as pb
+from convergio.conversation.v1 import events_pb2
+
+from tests.conversations.conftest import (
+    FINANCE_QUESTION,
+    collect,
+    member_key,
+    new_conversation,
+    wait_streaming,
+)
+from tests.support.server import RunningServer, running_server, server_settings
 
 CONVERGIO = str(Path(sys.executable).parent / "convergio")
 
 
-async def run_chat(*args: str) -> tuple[int, str, str]:
+async def run_cli(*args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        CONVERGIO, "chat", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        CONVERGIO, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+async def run_chat(*args: str) -> tuple[int, str, str]:
+    return await run_cli("chat", *args)
 
 
 async def test_chat_streams_a_turn(server: RunningServer, streaming: None) -> None:
@@ -55,3 +72,98 @@ async def test_chat_reports_an_unknown_agent(server: RunningServer) -> None:
         "--target", server.target, "--api-key", key, "--agent", "nobody", "hi"
     )
     assert code == 1 and "nobody" in err
+
+
+async def test_conversations_list_show_turns_replay_and_delete(
+    server: RunningServer, streaming: None
+) -> None:
+    key = await member_key(server)
+    label = f"cli-{key[-6:]}"
+    async with AsyncClient(server.target, api_key=key) as client:
+        cid = await new_conversation(client, title="Loan", labels={"suite": label})
+        other = await new_conversation(client, title="Other")
+        turn = await collect(
+            client.conversations.send(conversation_id=cid, content=FINANCE_QUESTION)
+        )
+    turn_id = turn[0].turn_id
+    auth = ("--target", server.target, "--api-key", key)
+
+    code, out, err = await run_cli("conversations", "list", *auth, "--label", f"suite={label}")
+    assert code == 0, err
+    assert cid in out and other not in out and "Loan" in out and "idle" in out
+    code, out, _ = await run_cli("conversations", "list", *auth, "--json", "--limit", "1")
+    assert code == 0 and len(json.loads(out)) == 1
+    code, _, err = await run_cli("conversations", "list", *auth, "--label", "suite")
+    assert code == 2 and "KEY=VALUE" in err
+
+    code, out, err = await run_cli("conversations", "show", *auth, cid)
+    assert code == 0, err
+    assert "Loan" in out and "1 turn(s), 2 message(s)" in out
+    assert "user> [" in out and FINANCE_QUESTION in out and "amy> [" in out
+    code, out, _ = await run_cli("conversations", "show", *auth, cid, "--json")
+    shown = json.loads(out)
+    assert shown["conversation"]["conversation_id"] == cid
+    assert [m["role"] for m in shown["messages"]] == ["MESSAGE_ROLE_USER", "MESSAGE_ROLE_AGENT"]
+
+    code, out, _ = await run_cli("conversations", "turns", *auth, cid)
+    assert code == 0 and turn_id in out and "ended" in out and "completed" in out
+    code, out, _ = await run_cli("conversations", "follow", *auth, cid, "--replay")
+    assert code == 0
+    assert f"> {FINANCE_QUESTION}" in out and "[tool] financial_calculator(" in out
+    assert "[completed: 1 message(s)" in out
+
+    code, _, err = await run_cli("conversations", "cancel", *auth, cid)
+    assert code == 1 and "no turn is running or queued" in err
+    code, out, _ = await run_cli("conversations", "delete", *auth, cid)
+    assert code == 0 and cid in out
+    code, _, err = await run_cli("conversations", "show", *auth, cid)
+    assert code == 1 and "does not exist" in err
+
+
+@pytest.fixture
+async def slow(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, server: RunningServer
+) -> AsyncIterator[RunningServer]:
+    """A server whose offline model answers with at least 3,000 tokens at 60 a second: a
+    turn that is still running whatever the command line takes to start."""
+    settings = server_settings(
+        tmp_path, pg_dsn, redis_url, redis_prefix,
+        offline_tokens_per_second=60.0, offline_min_answer_tokens=3000,
+    )  # fmt: skip
+    async with running_server(settings) as running:
+        yield running
+
+
+async def test_conversations_follow_a_running_turn_and_cancel_it(
+    slow: RunningServer, streaming: None
+) -> None:
+    key = await member_key(slow)
+    auth = ("--target", slow.target, "--api-key", key)
+    async with AsyncClient(slow.target, api_key=key) as client:
+        await wait_streaming(client)
+        cid = await new_conversation(client)
+        stream = client.conversations.send(
+            conversation_id=cid, content="Explain the strategy for next year in detail"
+        )
+        started = await anext(stream)
+        follower = await asyncio.create_subprocess_exec(
+            CONVERGIO, "conversations", "follow", *auth, cid, "--turn", started.turn_id,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert follower.stdout is not None
+        first = await asyncio.wait_for(follower.stdout.readline(), 60)
+        while not first.strip():
+            first = await asyncio.wait_for(follower.stdout.readline(), 60)
+        assert b"Explain the strategy" in first  # the turn's message, then the answer live
+        code, out, err = await run_cli("conversations", "cancel", *auth, cid)
+        assert code == 0, err
+        assert started.turn_id in out and "ended (cancelled)" in out
+        rest, _ = await asyncio.wait_for(follower.communicate(), 60)
+        assert follower.returncode == 0
+        assert b"[cancelled: 0 message(s)" in rest and b"amy>" in rest
+        ended = [event async for event in stream]
+        assert ended[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_CANCELLED
+        with pytest.raises(errors.FailedPrecondition):
+            await client.conversations.cancel_turn(conversation_id=cid)
+        conversation = await client.conversations.get_conversation(conversation_id=cid)
+        assert conversation.conversation.status == pb.CONVERSATION_STATUS_IDLE

@@ -14,7 +14,7 @@ from pathlib import Path
 from convergio import AsyncClient
 
 # Modules of this package that add subcommands (missing ones are skipped).
-MODULES = ("chat", "flags", "cost", "kb")
+MODULES = ("chat", "conversations", "flags", "cost", "kb")
 
 
 def add_client_args(parser: argparse.ArgumentParser) -> None:

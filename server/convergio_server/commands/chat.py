@@ -104,11 +104,13 @@ async def _turn(
 
 
 class Renderer:
-    """Prints a turn's events for a human (or one JSON object per event with --json)."""
+    """Prints a turn's events for a human (or one JSON object per event with --json).
+    `show_user`: print each turn's message too (following turns someone else sent)."""
 
-    def __init__(self, out: TextIO, *, json_output: bool = False) -> None:
+    def __init__(self, out: TextIO, *, json_output: bool = False, show_user: bool = False) -> None:
         self.out = out
         self.json = json_output
+        self.show_user = show_user
         self.speaking = ""
         self.open_line = False
         self.streamed: set[str] = set()
@@ -136,7 +138,12 @@ class Renderer:
             self.out.write(MessageToJson(event, indent=None) + "\n")
             self.out.flush()
             return
-        if kind == "speaker_selected":
+        if kind == "turn_started":
+            if self.show_user:
+                started = event.turn_started
+                self.speaking = ""
+                self._line(f"\n{started.created_by or 'user'}> {started.content}")
+        elif kind == "speaker_selected":
             selected = event.speaker_selected
             self._speaker(selected.agent)
         elif kind == "token_delta":
