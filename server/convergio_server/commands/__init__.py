@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 from convergio import AsyncClient
+from google.protobuf import timestamp_pb2
 
 # Modules of this package that add subcommands (missing ones are skipped).
 MODULES = ("chat", "conversations", "flags", "cost", "kb")
@@ -44,3 +47,15 @@ def api_key(args: argparse.Namespace) -> str | None:
 
 def client_from_args(args: argparse.Namespace) -> AsyncClient:
     return AsyncClient(args.target, api_key=api_key(args))
+
+
+def enum_name(enum: Any, value: int, prefix: str) -> str:
+    """`STOP_REASON_COMPLETED` as `completed`, for tables."""
+    return str(enum.Name(value)).removeprefix(prefix).lower()
+
+
+def time_text(ts: timestamp_pb2.Timestamp) -> str:
+    """A timestamp as `2026-01-31 12:00:00` (UTC), or "" when it is not set."""
+    if not ts.seconds and not ts.nanos:
+        return ""
+    return ts.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M:%S")

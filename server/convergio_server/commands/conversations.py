@@ -16,17 +16,15 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import UTC
 from typing import Any
 
 from convergio import AsyncClient
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
-from google.protobuf import timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 
 from convergio_server.cli import print_table
-from convergio_server.commands import add_client_args, client_from_args
+from convergio_server.commands import add_client_args, client_from_args, enum_name, time_text
 from convergio_server.commands.chat import Renderer
 
 _STATUSES = {
@@ -103,16 +101,6 @@ def register(subparsers: Any) -> None:
     delete.set_defaults(handler=_delete)
 
 
-def _name(enum: Any, value: int, prefix: str) -> str:
-    return str(enum.Name(value)).removeprefix(prefix).lower()
-
-
-def _time(ts: timestamp_pb2.Timestamp) -> str:
-    if not ts.seconds and not ts.nanos:
-        return ""
-    return ts.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _dict(message: Any) -> dict[str, Any]:
     return MessageToDict(message, preserving_proto_field_name=True)
 
@@ -153,12 +141,12 @@ async def _list(args: argparse.Namespace) -> int:
             {
                 "id": c.conversation_id,
                 "title": c.title[:40],
-                "status": _name(pb.ConversationStatus, c.status, "CONVERSATION_STATUS_"),
+                "status": enum_name(pb.ConversationStatus, c.status, "CONVERSATION_STATUS_"),
                 "team": c.team.preset or c.team.single_agent or ",".join(c.participants),
                 "turns": c.turn_count,
                 "messages": c.message_count,
                 "cost_usd": c.cost_usd,
-                "updated": _time(c.update_time),
+                "updated": time_text(c.update_time),
             }
             for c in found
         ],
@@ -195,7 +183,7 @@ async def _show(args: argparse.Namespace) -> int:
         out = {"conversation": _dict(conversation), "messages": [_dict(m) for m in messages]}
         print(json.dumps(out, indent=2))
         return 0
-    status = _name(pb.ConversationStatus, conversation.status, "CONVERSATION_STATUS_")
+    status = enum_name(pb.ConversationStatus, conversation.status, "CONVERSATION_STATUS_")
     print(f"{conversation.title or '(untitled)'}  [{conversation.conversation_id}]")
     print(f"  team: {', '.join(conversation.participants)}")
     print(
@@ -209,10 +197,10 @@ async def _show(args: argparse.Namespace) -> int:
         labels = ", ".join(f"{k}={v}" for k, v in sorted(conversation.labels.items()))
         print(f"  labels: {labels}")
     for message in messages:
-        role = _name(events_pb2.MessageRole, message.role, "MESSAGE_ROLE_")
+        role = enum_name(events_pb2.MessageRole, message.role, "MESSAGE_ROLE_")
         who = "user" if role == "user" else message.source
         suffix = "" if role in ("user", "agent") else f" ({role})"
-        print(f"\n{who}{suffix}> [{_time(message.create_time)}]")
+        print(f"\n{who}{suffix}> [{time_text(message.create_time)}]")
         print(message.content)
     return 0
 
@@ -241,14 +229,14 @@ async def _turns(args: argparse.Namespace) -> int:
         rows.append(
             {
                 "turn": turn.turn_id,
-                "status": _name(pb.TurnStatus, turn.status, "TURN_STATUS_"),
-                "stop": _name(events_pb2.StopReason, turn.stop_reason, "STOP_REASON_")
+                "status": enum_name(pb.TurnStatus, turn.status, "TURN_STATUS_"),
+                "stop": enum_name(events_pb2.StopReason, turn.stop_reason, "STOP_REASON_")
                 if turn.stop_reason
                 else "",
                 "messages": turn.message_count,
                 "tokens": f"{turn.usage.prompt_tokens}+{turn.usage.completion_tokens}",
                 "cost_usd": turn.cost_usd,
-                "started": _time(turn.start_time),
+                "started": time_text(turn.start_time),
                 "seconds": took,
             }
         )
@@ -291,9 +279,9 @@ async def _cancel(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_dict(turn), indent=2))
         return 0
-    status = _name(pb.TurnStatus, turn.status, "TURN_STATUS_")
+    status = enum_name(pb.TurnStatus, turn.status, "TURN_STATUS_")
     if turn.stop_reason:
-        status += f" ({_name(events_pb2.StopReason, turn.stop_reason, 'STOP_REASON_')})"
+        status += f" ({enum_name(events_pb2.StopReason, turn.stop_reason, 'STOP_REASON_')})"
     print(f"turn {turn.turn_id}: {status}")
     return 0
 

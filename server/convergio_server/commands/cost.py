@@ -14,7 +14,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 
 from convergio_server.cli import print_table
-from convergio_server.commands import add_client_args, client_from_args
+from convergio_server.commands import add_client_args, client_from_args, enum_name, time_text
 
 _GROUPS = {
     "agent": cost_pb2.COST_GROUP_BY_AGENT,
@@ -34,19 +34,9 @@ _BREAKER_SCOPES = {
 }
 
 
-def _name(enum: Any, value: int, prefix: str) -> str:
-    return str(enum.Name(value)).removeprefix(prefix).lower()
-
-
 def _dump(message: Any) -> None:
     data = MessageToDict(message, preserving_proto_field_name=True)
     print(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _time(ts: timestamp_pb2.Timestamp) -> str:
-    if not ts.seconds and not ts.nanos:
-        return ""
-    return ts.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _parse_time(text: str | None) -> timestamp_pb2.Timestamp | None:
@@ -106,16 +96,16 @@ async def _ledger(args: argparse.Namespace) -> int:
         return 0
     rows = [
         {
-            "time": _time(e.time),
+            "time": time_text(e.time),
             "user": e.user,
             "conversation": e.conversation_id[:8],
             "agent": e.agent or "(selector)",
             "model": e.model,
-            "kind": _name(cost_pb2.ModelCallKind, e.call_kind, "MODEL_CALL_KIND_"),
+            "kind": enum_name(cost_pb2.ModelCallKind, e.call_kind, "MODEL_CALL_KIND_"),
             "tokens": f"{e.prompt_tokens}/{e.completion_tokens}",
             "cost_usd": e.cost_usd,
-            "price": _name(cost_pb2.PriceSource, e.price_source, "PRICE_SOURCE_"),
-            "outcome": _name(cost_pb2.CallOutcome, e.outcome, "CALL_OUTCOME_"),
+            "price": enum_name(cost_pb2.PriceSource, e.price_source, "PRICE_SOURCE_"),
+            "outcome": enum_name(cost_pb2.CallOutcome, e.outcome, "CALL_OUTCOME_"),
         }
         for e in result.entries
     ]
@@ -207,15 +197,15 @@ async def _budget_delete(args: argparse.Namespace) -> int:
 
 def _breaker_row(b: cost_pb2.CircuitBreaker) -> dict[str, Any]:
     return {
-        "scope": _name(cost_pb2.CircuitBreakerScope, b.scope, "CIRCUIT_BREAKER_SCOPE_"),
+        "scope": enum_name(cost_pb2.CircuitBreakerScope, b.scope, "CIRCUIT_BREAKER_SCOPE_"),
         "provider": b.provider,
-        "state": _name(cost_pb2.CircuitState, b.state, "CIRCUIT_STATE_"),
+        "state": enum_name(cost_pb2.CircuitState, b.state, "CIRCUIT_STATE_"),
         "failures": b.consecutive_failures,
         "spikes": b.cost_spikes,
         "probes_ok": b.half_open_successes,
         "avg_cost_usd": b.moving_average_cost_usd,
-        "cause": _name(cost_pb2.CircuitOpenCause, b.open_cause, "CIRCUIT_OPEN_CAUSE_"),
-        "next_probe": _time(b.next_probe_time),
+        "cause": enum_name(cost_pb2.CircuitOpenCause, b.open_cause, "CIRCUIT_OPEN_CAUSE_"),
+        "next_probe": time_text(b.next_probe_time),
         "reason": b.reason,
     }
 
@@ -265,12 +255,12 @@ async def _limits(args: argparse.Namespace) -> int:
     rows = [
         {
             "user": result.user,
-            "limit": _name(cost_pb2.RateLimitKind, s.kind, "RATE_LIMIT_KIND_"),
+            "limit": enum_name(cost_pb2.RateLimitKind, s.kind, "RATE_LIMIT_KIND_"),
             "window_s": s.window.seconds,
             "allowed": s.limit,
             "used": s.used,
             "remaining": s.remaining,
-            "resets": _time(s.reset_time),
+            "resets": time_text(s.reset_time),
         }
         for s in result.limits
     ]
