@@ -1,5 +1,6 @@
 """Conversation helpers on top of the generated facade: `send()` yields the events of a
-turn and survives a broken connection.
+turn, `follow()` those of a conversation (or of a turn someone else sent), and both survive
+a broken connection.
 
     async for event in client.conversations.send(conversation_id=cid, content="Hi"):
         if event.HasField("token_delta"):
@@ -112,14 +113,32 @@ class AsyncConversations(AsyncConversationService):
             timeout=timeout,
             metadata=metadata,
         )
+        return _events(stream)
 
-        async def events() -> AsyncIterator[_events_pb2.ConversationEvent]:
-            async with stream:
-                async for response in stream:
-                    if not response.event.HasField("heartbeat"):
-                        yield response.event
-
-        return events()
+    def follow(
+        self,
+        conversation_id: str,
+        *,
+        after_sequence: int = 0,
+        turn_id: str | None = None,
+        replay: bool = False,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> AsyncIterator[_events_pb2.ConversationEvent]:
+        """Yield the conversation's events after `after_sequence` (heartbeats left out):
+        those logged, then new ones as they happen, until the caller stops. With
+        `turn_id`, only that turn's, ending after its TurnCompleted; with `replay`, only
+        what is logged now. Re-attaches after a broken connection, as `send` does."""
+        return _events(
+            self.stream_events(
+                conversation_id=conversation_id,
+                after_sequence=after_sequence,
+                turn_id=turn_id,
+                mode=_pb.STREAM_EVENTS_MODE_REPLAY if replay else _pb.STREAM_EVENTS_MODE_FOLLOW,
+                timeout=timeout,
+                metadata=metadata,
+            )
+        )
 
 
 class Conversations(ConversationService):
@@ -150,7 +169,42 @@ class Conversations(ConversationService):
             timeout=timeout,
             metadata=metadata,
         )
-        with stream:
-            for response in stream:
-                if not response.event.HasField("heartbeat"):
-                    yield response.event
+        yield from _sync_events(stream)
+
+    def follow(
+        self,
+        conversation_id: str,
+        *,
+        after_sequence: int = 0,
+        turn_id: str | None = None,
+        replay: bool = False,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> Iterator[_events_pb2.ConversationEvent]:
+        """Yield the conversation's events; see `AsyncConversations.follow`."""
+        yield from _sync_events(
+            self.stream_events(
+                conversation_id=conversation_id,
+                after_sequence=after_sequence,
+                turn_id=turn_id,
+                mode=_pb.STREAM_EVENTS_MODE_REPLAY if replay else _pb.STREAM_EVENTS_MODE_FOLLOW,
+                timeout=timeout,
+                metadata=metadata,
+            )
+        )
+
+
+async def _events(stream: Any) -> AsyncIterator[_events_pb2.ConversationEvent]:
+    """The events of a SendMessage or StreamEvents stream, without heartbeats; the call is
+    cancelled when the caller stops early."""
+    async with stream:
+        async for response in stream:
+            if not response.event.HasField("heartbeat"):
+                yield response.event
+
+
+def _sync_events(stream: Any) -> Iterator[_events_pb2.ConversationEvent]:
+    with stream:
+        for response in stream:
+            if not response.event.HasField("heartbeat"):
+                yield response.event

@@ -248,16 +248,13 @@ async def test_a_broken_follow_stream_resumes_too(paced: RunningServer, streamin
             sender = asyncio.ensure_future(
                 collect(client.conversations.send(conversation_id=cid, content=LONG))
             )
-            follower = client.conversations.stream_events(conversation_id=cid)
             seen = []
-            async for response in follower:
-                if response.event.sequence:
-                    seen.append(response.event)
+            async for event in client.conversations.follow(cid):
+                seen.append(event)
                 if len(seen) == 5:
                     proxy.cut()  # both streams break; both re-attach
-                if response.event.HasField("turn_completed"):
+                if event.HasField("turn_completed"):
                     break
-            follower.cancel()
             sent = await sender
             assert [e.sequence for e in seen] == [e.sequence for e in sent]
             assert proxy.connections >= 2

@@ -74,10 +74,7 @@ async def test_a_turn_on_one_process_is_followed_on_another(sides: Sides) -> Non
     stream = sides.there.conversations.send(conversation_id=cid, content=FINANCE_QUESTION)
     first = await stream.__anext__()
     follower = [
-        r.event
-        async for r in sides.here.conversations.stream_events(
-            conversation_id=cid, turn_id=first.turn_id
-        )
+        event async for event in sides.here.conversations.follow(cid, turn_id=first.turn_id)
     ]
     direct = [first] + [event async for event in stream]
     assert [e.SerializeToString() for e in follower] == [e.SerializeToString() for e in direct]

@@ -298,9 +298,12 @@ async def test_the_sync_client_sends_too(server: RunningServer, streaming: None)
     async with AsyncClient(server.target, api_key=key) as client:
         cid = await new_conversation(client)
 
-    def chat() -> list[events_pb2.ConversationEvent]:
+    def chat() -> tuple[list[events_pb2.ConversationEvent], list[events_pb2.ConversationEvent]]:
         with Client(server.target, api_key=key) as sync_client:
-            return list(sync_client.conversations.send(conversation_id=cid, content="Hello"))
+            sent = list(sync_client.conversations.send(conversation_id=cid, content="Hello"))
+            return sent, list(sync_client.conversations.follow(cid, replay=True))
 
-    events = await asyncio.to_thread(chat)
+    events, replayed = await asyncio.to_thread(chat)
     assert kinds(events)[0] == "turn_started" and kinds(events)[-1] == "turn_completed"
+    # What was logged, again: the deltas included while the live window holds them.
+    assert [e.SerializeToString() for e in replayed] == [e.SerializeToString() for e in events]

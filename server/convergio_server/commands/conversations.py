@@ -250,19 +250,16 @@ async def _follow(args: argparse.Namespace) -> int:
     if args.after < 0:
         raise ValueError("--after must not be negative")
     render = Renderer(sys.stdout, json_output=args.json, show_user=True)
-    mode = pb.STREAM_EVENTS_MODE_REPLAY if args.replay else pb.STREAM_EVENTS_MODE_FOLLOW
     async with client_from_args(args) as client:
-        stream = client.conversations.stream_events(
-            conversation_id=args.conversation_id,
+        events = client.conversations.follow(
+            args.conversation_id,
             after_sequence=args.after,
             turn_id=args.turn or None,
-            mode=mode,
+            replay=args.replay,
         )
         try:
-            async with stream:
-                async for response in stream:
-                    if not response.event.HasField("heartbeat"):
-                        render.event(response.event)
+            async for event in events:
+                render.event(event)
         except (KeyboardInterrupt, asyncio.CancelledError):
             return 130
     return 0
