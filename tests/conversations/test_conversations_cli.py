@@ -167,3 +167,36 @@ async def test_conversations_follow_a_running_turn_and_cancel_it(
             await client.conversations.cancel_turn(conversation_id=cid)
         conversation = await client.conversations.get_conversation(conversation_id=cid)
         assert conversation.conversation.status == pb.CONVERSATION_STATUS_IDLE
+
+
+async def test_chat_on_a_busy_conversation_says_what_to_do_or_queues(
+    slow: RunningServer, streaming: None
+) -> None:
+    key = await member_key(slow)
+    auth = ("--target", slow.target, "--api-key", key)
+    async with AsyncClient(slow.target, api_key=key) as client:
+        await wait_streaming(client)
+        cid = await new_conversation(client)
+        running = client.conversations.send(conversation_id=cid, content="Tell me everything")
+        first = await anext(running)
+        code, _, err = await run_chat(*auth, "--conversation", cid, "Next")
+        assert code == 1
+        assert f"turn {first.turn_id} is running" in err and "--queue" in err
+        chat = await asyncio.create_subprocess_exec(
+            CONVERGIO, "chat", *auth, "--conversation", cid, "--queue", "Next",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert chat.stdout is not None
+        line = await asyncio.wait_for(chat.stdout.readline(), 60)
+        assert b"[queued at position 1]" in line
+        await client.conversations.cancel_turn(conversation_id=cid, turn_id=first.turn_id)
+        # The queued turn starts once the running one ended, and streams to the command.
+        line = await asyncio.wait_for(chat.stdout.readline(), 60)
+        while b"amy>" not in line:
+            line = await asyncio.wait_for(chat.stdout.readline(), 60)
+        await client.conversations.cancel_turn(conversation_id=cid)
+        rest, _ = await asyncio.wait_for(chat.communicate(), 60)
+        assert chat.returncode == 1  # the turn did not complete
+        assert b"[cancelled: 0 message(s)" in rest
+        async for _ in running:
+            pass

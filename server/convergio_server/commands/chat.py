@@ -3,6 +3,7 @@
     convergio chat --preset core "How should we price the new plan?"
     convergio chat --agent amy           # interactive: one message per line
     convergio chat --conversation ID     # go on with an existing conversation
+    convergio chat --conversation ID --queue "Next"   # after the turn running now
 
 Tokens are printed as they arrive, under the name of the agent speaking; tool calls and
 their results are shown as they happen, and each turn ends with how it ended and what it
@@ -16,7 +17,7 @@ import asyncio
 import sys
 from typing import Any, TextIO
 
-from convergio import AsyncClient
+from convergio import AsyncClient, errors
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
 
@@ -40,6 +41,11 @@ def register(subparsers: Any) -> None:
     )
     chat.add_argument("--title", default="", help="title of a new conversation")
     chat.add_argument("--max-turns", type=int, default=0, help="most agent replies per message")
+    chat.add_argument(
+        "--queue",
+        action="store_true",
+        help="when a turn is already running, wait for it and then send (else: an error)",
+    )
     chat.add_argument("message", nargs="?", help="the message; omit for an interactive prompt")
     chat.set_defaults(handler=run)
 
@@ -82,13 +88,25 @@ async def _turn(
 ) -> int:
     render = Renderer(out, json_output=args.json)
     events = client.conversations.send(
-        conversation_id=conversation_id, content=content, max_turns=args.max_turns or None
+        conversation_id=conversation_id,
+        content=content,
+        max_turns=args.max_turns or None,
+        if_busy=pb.BUSY_POLICY_ENQUEUE if args.queue else None,
     )
     turn_id = ""
     try:
         async for event in events:
             turn_id = turn_id or event.turn_id
             render.event(event)
+    except errors.FailedPrecondition as exc:
+        if exc.metadata.get("active_turn_id"):
+            print(
+                f"convergio: turn {exc.metadata['active_turn_id']} is running; wait for it, "
+                "cancel it (convergio conversations cancel), or send with --queue",
+                file=sys.stderr,
+            )
+            return 1
+        raise
     except (KeyboardInterrupt, asyncio.CancelledError):
         if turn_id:
             await client.conversations.cancel_turn(
