@@ -99,7 +99,7 @@ async def _turn(
             turn_id = turn_id or event.turn_id
             render.event(event)
     except errors.FailedPrecondition as exc:
-        if exc.metadata.get("active_turn_id"):
+        if exc.metadata.get("active_turn_id") and not args.queue:  # (else: the queue is full)
             print(
                 f"convergio: turn {exc.metadata['active_turn_id']} is running; wait for it, "
                 "cancel it (convergio conversations cancel), or send with --queue",
