@@ -17,7 +17,7 @@ from convergio import AsyncClient
 from google.protobuf import timestamp_pb2
 
 # Modules of this package that add subcommands (missing ones are skipped).
-MODULES = ("chat", "conversations", "flags", "cost", "kb")
+MODULES = ("chat", "conversations", "agents", "flags", "cost", "kb")
 
 
 def add_client_args(parser: argparse.ArgumentParser) -> None:
