@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Awaitable, Callable
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from convergio import AsyncClient
-from google.protobuf import timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 
 # Modules of this package that add subcommands (missing ones are skipped).
 MODULES = ("chat", "conversations", "agents", "flags", "cost", "kb")
@@ -59,3 +60,30 @@ def time_text(ts: timestamp_pb2.Timestamp) -> str:
     if not ts.seconds and not ts.nanos:
         return ""
     return ts.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def every_page(
+    fetch: Callable[[int, str], Awaitable[Any]],
+    field: str,
+    *,
+    page_size: int,
+    limit: int | None = None,
+) -> tuple[list[Any], bool]:
+    """The items of a paginated list, page after page, up to `limit` (None: all of them),
+    and whether more were left. `fetch(page_size, page_token)` asks for one page; `field`
+    names the response's list."""
+    found: list[Any] = []
+    token = ""
+    while limit is None or len(found) < limit:
+        size = page_size if limit is None else min(page_size, limit - len(found))
+        page = await fetch(size, token)
+        found += getattr(page, field)
+        token = page.next_page_token
+        if not token:
+            break
+    return found, bool(token)
+
+
+def as_dict(message: Any) -> dict[str, Any]:
+    """A message as JSON-ready data, with the proto's field names."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)

@@ -12,10 +12,8 @@ import argparse
 import json
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
 from convergio_server.cli import print_table
-from convergio_server.commands import add_client_args, client_from_args
+from convergio_server.commands import add_client_args, as_dict, client_from_args, every_page
 
 _PAGE = 100
 
@@ -41,24 +39,17 @@ def register(subparsers: Any) -> None:
     presets.set_defaults(handler=_presets)
 
 
-def _dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True)
-
-
 async def _list(args: argparse.Namespace) -> int:
-    found: list[Any] = []
-    token = ""
     async with client_from_args(args) as client:
-        while True:
-            page = await client.conversations.list_agents(
-                preset=args.preset or None, page_size=_PAGE, page_token=token or None
-            )
-            found += page.agents
-            token = page.next_page_token
-            if not token:
-                break
+        found, _ = await every_page(
+            lambda size, token: client.conversations.list_agents(
+                preset=args.preset or None, page_size=size, page_token=token
+            ),
+            "agents",
+            page_size=_PAGE,
+        )
     if args.json:
-        print(json.dumps([_dict(a) for a in found], indent=2))
+        print(json.dumps([as_dict(a) for a in found], indent=2))
         return 0
     print_table(
         [
@@ -80,7 +71,7 @@ async def _show(args: argparse.Namespace) -> int:
     async with client_from_args(args) as client:
         agent = (await client.conversations.get_agent(name=args.name)).agent
     if args.json:
-        print(json.dumps(_dict(agent), indent=2))
+        print(json.dumps(as_dict(agent), indent=2))
         return 0
     model = agent.default_model
     print(f"{agent.name} ({agent.display_name}): {agent.role}")
@@ -95,19 +86,16 @@ async def _show(args: argparse.Namespace) -> int:
 
 
 async def _presets(args: argparse.Namespace) -> int:
-    found: list[Any] = []
-    token = ""
     async with client_from_args(args) as client:
-        while True:
-            page = await client.conversations.list_team_presets(
-                page_size=_PAGE, page_token=token or None
-            )
-            found += page.presets
-            token = page.next_page_token
-            if not token:
-                break
+        found, _ = await every_page(
+            lambda size, token: client.conversations.list_team_presets(
+                page_size=size, page_token=token
+            ),
+            "presets",
+            page_size=_PAGE,
+        )
     if args.json:
-        print(json.dumps([_dict(p) for p in found], indent=2))
+        print(json.dumps([as_dict(p) for p in found], indent=2))
         return 0
     print_table(
         [{"preset": p.name, "agents": ",".join(p.agents), "for": p.description} for p in found],

@@ -18,13 +18,18 @@ import json
 import sys
 from typing import Any
 
-from convergio import AsyncClient
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
-from google.protobuf.json_format import MessageToDict
 
 from convergio_server.cli import print_table
-from convergio_server.commands import add_client_args, client_from_args, enum_name, time_text
+from convergio_server.commands import (
+    add_client_args,
+    as_dict,
+    client_from_args,
+    enum_name,
+    every_page,
+    time_text,
+)
 from convergio_server.commands.chat import Renderer
 
 _STATUSES = {
@@ -101,10 +106,6 @@ def register(subparsers: Any) -> None:
     delete.set_defaults(handler=_delete)
 
 
-def _dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True)
-
-
 def _labels(pairs: list[str]) -> dict[str, str]:
     labels = {}
     for pair in pairs:
@@ -119,22 +120,20 @@ async def _list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise ValueError("--limit must be at least 1")
     labels = _labels(args.label)
-    found: list[pb.Conversation] = []
-    token = ""
     async with client_from_args(args) as client:
-        while len(found) < args.limit:
-            page = await client.conversations.list_conversations(
+        found, more = await every_page(
+            lambda size, token: client.conversations.list_conversations(
                 status=_STATUSES[args.status] if args.status else None,
                 labels=labels or None,
-                page_size=min(_PAGE, args.limit - len(found)),
-                page_token=token or None,
-            )
-            found += page.conversations
-            token = page.next_page_token
-            if not token:
-                break
+                page_size=size,
+                page_token=token,
+            ),
+            "conversations",
+            page_size=_PAGE,
+            limit=args.limit,
+        )
     if args.json:
-        print(json.dumps([_dict(c) for c in found], indent=2))
+        print(json.dumps([as_dict(c) for c in found], indent=2))
         return 0
     print_table(
         [
@@ -152,25 +151,9 @@ async def _list(args: argparse.Namespace) -> int:
         ],
         ["id", "title", "status", "team", "turns", "messages", "cost_usd", "updated"],
     )
-    if token:
+    if more:
         print(f"(more than {len(found)}; raise --limit to see them)", file=sys.stderr)
     return 0
-
-
-async def _all_messages(client: AsyncClient, conversation_id: str, turn_id: str) -> list[Any]:
-    messages: list[Any] = []
-    token = ""
-    while True:
-        page = await client.conversations.list_messages(
-            conversation_id=conversation_id,
-            turn_id=turn_id or None,
-            page_size=_PAGE,
-            page_token=token or None,
-        )
-        messages += page.messages
-        token = page.next_page_token
-        if not token:
-            return messages
 
 
 async def _show(args: argparse.Namespace) -> int:
@@ -178,9 +161,18 @@ async def _show(args: argparse.Namespace) -> int:
         conversation = (
             await client.conversations.get_conversation(conversation_id=args.conversation_id)
         ).conversation
-        messages = await _all_messages(client, args.conversation_id, args.turn)
+        messages, _ = await every_page(
+            lambda size, token: client.conversations.list_messages(
+                conversation_id=args.conversation_id,
+                turn_id=args.turn or None,
+                page_size=size,
+                page_token=token,
+            ),
+            "messages",
+            page_size=_PAGE,
+        )
     if args.json:
-        out = {"conversation": _dict(conversation), "messages": [_dict(m) for m in messages]}
+        out = {"conversation": as_dict(conversation), "messages": [as_dict(m) for m in messages]}
         print(json.dumps(out, indent=2))
         return 0
     status = enum_name(pb.ConversationStatus, conversation.status, "CONVERSATION_STATUS_")
@@ -206,19 +198,16 @@ async def _show(args: argparse.Namespace) -> int:
 
 
 async def _turns(args: argparse.Namespace) -> int:
-    found: list[Any] = []
-    token = ""
     async with client_from_args(args) as client:
-        while True:
-            page = await client.conversations.list_turns(
-                conversation_id=args.conversation_id, page_size=_PAGE, page_token=token or None
-            )
-            found += page.turns
-            token = page.next_page_token
-            if not token:
-                break
+        found, _ = await every_page(
+            lambda size, token: client.conversations.list_turns(
+                conversation_id=args.conversation_id, page_size=size, page_token=token
+            ),
+            "turns",
+            page_size=_PAGE,
+        )
     if args.json:
-        print(json.dumps([_dict(t) for t in found], indent=2))
+        print(json.dumps([as_dict(t) for t in found], indent=2))
         return 0
     rows = []
     for turn in found:
@@ -274,7 +263,7 @@ async def _cancel(args: argparse.Namespace) -> int:
             )
         ).turn
     if args.json:
-        print(json.dumps(_dict(turn), indent=2))
+        print(json.dumps(as_dict(turn), indent=2))
         return 0
     status = enum_name(pb.TurnStatus, turn.status, "TURN_STATUS_")
     if turn.stop_reason:

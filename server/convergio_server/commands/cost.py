@@ -11,10 +11,16 @@ from typing import Any
 from convergio.common.v1 import common_pb2
 from convergio.cost.v1 import cost_pb2
 from google.protobuf import timestamp_pb2
-from google.protobuf.json_format import MessageToDict
 
 from convergio_server.cli import print_table
-from convergio_server.commands import add_client_args, client_from_args, enum_name, time_text
+from convergio_server.commands import (
+    add_client_args,
+    as_dict,
+    client_from_args,
+    enum_name,
+    every_page,
+    time_text,
+)
 
 _GROUPS = {
     "agent": cost_pb2.COST_GROUP_BY_AGENT,
@@ -35,7 +41,7 @@ _BREAKER_SCOPES = {
 
 
 def _dump(message: Any) -> None:
-    data = MessageToDict(message, preserving_proto_field_name=True)
+    data = as_dict(message)
     print(json.dumps(data, indent=2, sort_keys=True))
 
 
@@ -147,22 +153,18 @@ async def _budget_get(args: argparse.Namespace) -> int:
 
 
 async def _budget_list(args: argparse.Namespace) -> int:
-    budgets: list[cost_pb2.Budget] = []
     async with client_from_args(args) as client:
-        token = ""
-        while True:
-            page = await client.costs.list_budgets(
+        budgets, _ = await every_page(
+            lambda size, token: client.costs.list_budgets(
                 scope=_SCOPES.get(args.scope or "", common_pb2.BUDGET_SCOPE_UNSPECIFIED),
-                page_size=1000,
+                page_size=size,
                 page_token=token,
-            )
-            budgets += page.budgets
-            token = page.next_page_token
-            if not token:
-                break
+            ),
+            "budgets",
+            page_size=1000,
+        )
     if args.json:
-        print(json.dumps([MessageToDict(b, preserving_proto_field_name=True) for b in budgets],
-                         indent=2, sort_keys=True))  # fmt: skip
+        print(json.dumps([as_dict(b) for b in budgets], indent=2, sort_keys=True))
     else:
         print_table([_budget_row(b) for b in budgets], _BUDGET_COLUMNS)
     return 0
@@ -226,8 +228,7 @@ async def _breaker_get(args: argparse.Namespace) -> int:
             )
             breakers = [result.circuit_breaker]
     if args.json:
-        print(json.dumps([MessageToDict(b, preserving_proto_field_name=True) for b in breakers],
-                         indent=2, sort_keys=True))  # fmt: skip
+        print(json.dumps([as_dict(b) for b in breakers], indent=2, sort_keys=True))
     else:
         print_table([_breaker_row(b) for b in breakers], _BREAKER_COLUMNS)
     return 0

@@ -13,11 +13,10 @@ from typing import Any
 from convergio import AsyncClient
 from convergio.errors import NotFound
 from convergio.flag.v1 import flag_pb2
-from google.protobuf.json_format import MessageToDict
 
 from convergio_server.api.flag_messages import spec_from_pb, spec_to_pb
 from convergio_server.cli import print_table
-from convergio_server.commands import add_client_args, client_from_args
+from convergio_server.commands import add_client_args, as_dict, client_from_args, every_page
 from convergio_server.domain.errors import InvalidArgument as BadSeed
 from convergio_server.domain.flags.codec import parse_seed, to_seed
 from convergio_server.domain.flags.validation import normalize
@@ -37,7 +36,7 @@ _OUTCOMES = {
 
 
 def _as_json(message: Any) -> dict[str, Any]:
-    data: dict[str, Any] = MessageToDict(message, preserving_proto_field_name=True)
+    data: dict[str, Any] = as_dict(message)
     return data
 
 
@@ -72,16 +71,18 @@ def _row(flag: flag_pb2.Flag) -> dict[str, Any]:
 _FLAG_COLUMNS = ("key", "enabled", "strategy", "rollout", "groups", "variants", "version")
 
 
+async def _all_flags(client: AsyncClient) -> list[flag_pb2.Flag]:
+    flags, _ = await every_page(
+        lambda size, token: client.flags.list_flags(page_size=size, page_token=token),
+        "flags",
+        page_size=1000,
+    )
+    return flags
+
+
 async def _list(args: argparse.Namespace) -> int:
     async with client_from_args(args) as client:
-        flags: list[flag_pb2.Flag] = []
-        token = ""
-        while True:
-            page = await client.flags.list_flags(page_size=1000, page_token=token)
-            flags += page.flags
-            token = page.next_page_token
-            if not token:
-                break
+        flags = await _all_flags(client)
     if args.json:
         _dump([_as_json(f) for f in flags])
     else:
@@ -260,14 +261,7 @@ async def _import(args: argparse.Namespace) -> int:
 
 async def _export(args: argparse.Namespace) -> int:
     async with client_from_args(args) as client:
-        flags: list[flag_pb2.Flag] = []
-        token = ""
-        while True:
-            page = await client.flags.list_flags(page_size=1000, page_token=token)
-            flags += page.flags
-            token = page.next_page_token
-            if not token:
-                break
+        flags = await _all_flags(client)
     text = json.dumps(to_seed([spec_from_pb(f) for f in flags]), indent=2) + "\n"
     if args.file and args.file != "-":
         _write_text(Path(args.file), text)
