@@ -129,16 +129,8 @@ class AsyncConversations(AsyncConversationService):
         those logged, then new ones as they happen, until the caller stops. With
         `turn_id`, only that turn's, ending after its TurnCompleted; with `replay`, only
         what is logged now. Re-attaches after a broken connection, as `send` does."""
-        return _events(
-            self.stream_events(
-                conversation_id=conversation_id,
-                after_sequence=after_sequence,
-                turn_id=turn_id,
-                mode=_pb.STREAM_EVENTS_MODE_REPLAY if replay else _pb.STREAM_EVENTS_MODE_FOLLOW,
-                timeout=timeout,
-                metadata=metadata,
-            )
-        )
+        request = _follow_request(conversation_id, after_sequence, turn_id, replay)
+        return _events(self.stream_events(request, timeout=timeout, metadata=metadata))
 
 
 class Conversations(ConversationService):
@@ -182,16 +174,19 @@ class Conversations(ConversationService):
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> Iterator[_events_pb2.ConversationEvent]:
         """Yield the conversation's events; see `AsyncConversations.follow`."""
-        yield from _sync_events(
-            self.stream_events(
-                conversation_id=conversation_id,
-                after_sequence=after_sequence,
-                turn_id=turn_id,
-                mode=_pb.STREAM_EVENTS_MODE_REPLAY if replay else _pb.STREAM_EVENTS_MODE_FOLLOW,
-                timeout=timeout,
-                metadata=metadata,
-            )
-        )
+        request = _follow_request(conversation_id, after_sequence, turn_id, replay)
+        yield from _sync_events(self.stream_events(request, timeout=timeout, metadata=metadata))
+
+
+def _follow_request(
+    conversation_id: str, after_sequence: int, turn_id: str | None, replay: bool
+) -> _pb.StreamEventsRequest:
+    return _pb.StreamEventsRequest(
+        conversation_id=conversation_id,
+        after_sequence=after_sequence,
+        turn_id=turn_id or "",
+        mode=_pb.STREAM_EVENTS_MODE_REPLAY if replay else _pb.STREAM_EVENTS_MODE_FOLLOW,
+    )
 
 
 async def _events(stream: Any) -> AsyncIterator[_events_pb2.ConversationEvent]:
