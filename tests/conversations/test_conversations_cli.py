@@ -27,10 +27,14 @@ from tests.support.server import RunningServer, running_server, server_settings
 CONVERGIO = str(Path(sys.executable).parent / "convergio")
 
 
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
+async def start_cli(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
         CONVERGIO, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    process = await start_cli(*args)
     out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
@@ -146,10 +150,7 @@ async def test_conversations_follow_a_running_turn_and_cancel_it(
             conversation_id=cid, content="Explain the strategy for next year in detail"
         )
         started = await anext(stream)
-        follower = await asyncio.create_subprocess_exec(
-            CONVERGIO, "conversations", "follow", *auth, cid, "--turn", started.turn_id,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        follower = await start_cli("conversations", "follow", *auth, cid, "--turn", started.turn_id)
         assert follower.stdout is not None
         first = await asyncio.wait_for(follower.stdout.readline(), 60)
         while not first.strip():
@@ -182,10 +183,7 @@ async def test_chat_on_a_busy_conversation_says_what_to_do_or_queues(
         code, _, err = await run_chat(*auth, "--conversation", cid, "Next")
         assert code == 1
         assert f"turn {first.turn_id} is running" in err and "--queue" in err
-        chat = await asyncio.create_subprocess_exec(
-            CONVERGIO, "chat", *auth, "--conversation", cid, "--queue", "Next",
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        chat = await start_cli("chat", *auth, "--conversation", cid, "--queue", "Next")
         assert chat.stdout is not None
         line = await asyncio.wait_for(chat.stdout.readline(), 60)
         assert b"[queued at position 1]" in line
