@@ -134,12 +134,14 @@ class PgConversationStore:
 
     async def create(self, conversation: Conversation) -> Conversation:
         c = conversation
-        await self.pool.execute(
-            """
-            INSERT INTO conversations (tenant_id, id, title, team, participants, model,
+        # The stored row (its times and counters) in the same round trip.
+        row = await self.pool.fetchrow(
+            f"""
+            INSERT INTO conversations AS c (tenant_id, id, title, team, participants, model,
                 agent_models, max_turns_per_message, speaker_policy, labels,
                 turn_timeout_seconds, created_by)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            RETURNING {_CONVERSATION_COLUMNS}
             """,
             c.tenant_id,
             c.id,
@@ -154,9 +156,8 @@ class PgConversationStore:
             c.turn_timeout_seconds,
             c.created_by,
         )
-        found = await self.get(c.tenant_id, c.id)
-        assert found is not None
-        return found
+        assert row is not None
+        return _conversation(row)
 
     async def get(self, tenant_id: str, conversation_id: str) -> Conversation | None:
         row = await self.pool.fetchrow(
