@@ -10,12 +10,15 @@ that table and this class in step.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 class Settings(BaseSettings):
@@ -164,6 +167,14 @@ class Settings(BaseSettings):
         None, description="API key of the default endpoint (never logged or returned)"
     )
     openai_model: str = Field("", description="model name at the default endpoint")
+    # NoDecode: the environment gives a comma-separated list, not the JSON pydantic expects.
+    model_key_refs: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="comma-separated names of environment variables holding model API keys "
+        "that callers may name in a model endpoint's api_key_ref (sent to any base URL the "
+        "caller chooses); the server's own settings (CONVERGIO_*, DATABASE_URL, REDIS_URL) "
+        "are refused",
+    )
     model_timeout_seconds: float = Field(
         60.0, gt=0, description="timeout of one model call, retries included"
     )
@@ -216,6 +227,23 @@ class Settings(BaseSettings):
             raise ValueError("listen must be host:port, for example 127.0.0.1:50051")
         return value
 
+    @field_validator("model_key_refs", mode="before")
+    @classmethod
+    def _split_model_key_refs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            names = tuple(str(name).strip() for name in value if str(name).strip())
+            for name in names:
+                if not _ENV_NAME.match(name):
+                    raise ValueError(f"{name!r} is not an environment variable name")
+                if is_server_setting(name):
+                    # Offering one would let a caller send the server's own secrets
+                    # (database password, default API key) to a URL of its choosing.
+                    raise ValueError(f"{name} is a setting of the server and cannot be offered")
+            return names
+        return value
+
     @property
     def anonymous_flagd_tenant(self) -> str:
         """The tenant of flagd calls that carry no API key, or "" to refuse them."""
@@ -230,6 +258,21 @@ class Settings(BaseSettings):
     @property
     def embedded_redis(self) -> bool:
         return not self.redis_url
+
+
+def is_server_setting(name: str) -> bool:
+    """Whether the server reads the environment variable `name` as one of its settings
+    (pydantic-settings matches names without regard to case)."""
+    upper = name.upper()
+    if upper.startswith("CONVERGIO_"):
+        return True
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices) and upper in {
+            str(choice).upper() for choice in alias.choices
+        }:
+            return True
+    return False
 
 
 def load_settings(

@@ -33,7 +33,7 @@ from convergio_server.domain.models.openai_compat import OpenAICompatChatComplet
 from convergio_server.domain.models.selection import ModelInfoOverride, ModelSelection
 from convergio_server.domain.tools.base import ToolContext
 from convergio_server.domain.tools.registry import ToolRegistry
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from tests.models.openai_stub import Action, openai_stub
 
@@ -261,11 +261,14 @@ def test_selection_precedence_over_agent_and_settings(tmp_path: Path) -> None:
     assert made.model_info["vision"] is True and made.model_info["family"] == "mistral"
 
 
-def test_api_keys_come_from_named_secrets_only(tmp_path: Path) -> None:
+def test_api_keys_come_from_offered_secrets_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVERGIO_MODEL_KEY_REFS", "TEAM_KEY, MISSING_KEY")
     configured = settings(
         tmp_path, openai_base_url="https://api.example/v1", openai_api_key=SecretStr("sk-default")
     )
-    env = {"TEAM_KEY": "sk-team"}
+    env = {"TEAM_KEY": "sk-team", "DATABASE_URL": "postgresql://u:secret@db/x"}
     default = resolve_selection(ModelSelection(provider="openai"), configured)
     assert resolve_api_key(default, configured, env) == "sk-default"
     named = ModelSelection(provider="openai", api_key_ref="TEAM_KEY")
@@ -280,10 +283,52 @@ def test_api_keys_come_from_named_secrets_only(tmp_path: Path) -> None:
         create_model_client(ModelSelection(provider="openai", base_url="ftp://x"), configured)
 
 
+@pytest.mark.parametrize("name", ["DATABASE_URL", "database_url", "HOME", "NOT_SET_ANYWHERE"])
+def test_an_unoffered_key_ref_is_refused_at_call_time(tmp_path: Path, name: str) -> None:
+    """A selection stored before keys had to be offered (or from a roster file) never
+    went through `check_selection`: the call itself refuses it."""
+    configured = settings(tmp_path, model_key_refs="TEAM_KEY")
+    env = {"TEAM_KEY": "sk-team", "DATABASE_URL": "postgresql://u:secret@db/x", "HOME": "/root"}
+    stored = ModelSelection(provider="openai", base_url="https://evil.example/v1", api_key_ref=name)
+    with pytest.raises(ModelError) as info:
+        resolve_api_key(stored, configured, env)
+    assert info.value.kind == "configuration"
+    assert "CONVERGIO_MODEL_KEY_REFS" in str(info.value) and "secret" not in str(info.value)
+    with pytest.raises(ModelError):
+        create_model_client(stored, configured, environ=env)
+
+
+@pytest.mark.parametrize(
+    "name", ["CONVERGIO_OPENAI_API_KEY", "convergio_openai_api_key", "DATABASE_URL", "REDIS_URL"]
+)
+def test_the_servers_own_settings_are_never_offered(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValidationError, match="model_key_refs"):
+        settings(tmp_path, model_key_refs=f"TEAM_KEY,{name}")
+    # Settings built without validation (or another ModelSettings) still cannot offer them.
+    listed = Settings.model_construct(data_dir=tmp_path, openai_base_url="", model_key_refs=(name,))
+    env = {name: "secret-value"}
+    with pytest.raises(ModelError):
+        resolve_api_key(ModelSelection(api_key_ref=name), listed, env)
+    with pytest.raises(InvalidArgument):
+        check_selection(ModelSelection(api_key_ref=name), listed, environ=env)
+
+
+def test_model_key_refs_is_a_comma_separated_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert settings(tmp_path).model_key_refs == ()
+    monkeypatch.setenv("CONVERGIO_MODEL_KEY_REFS", " TEAM_KEY,OTHER_KEY ,")
+    assert settings(tmp_path).model_key_refs == ("TEAM_KEY", "OTHER_KEY")
+    with pytest.raises(ValidationError, match="not an environment variable name"):
+        settings(tmp_path, model_key_refs="TEAM KEY")
+
+
 @pytest.mark.parametrize(
     ("selection", "field"),
     [
         (ModelSelection(api_key_ref="NOT_SET_ANYWHERE"), "model.endpoint.api_key_ref"),
+        (ModelSelection(api_key_ref="DATABASE_URL"), "model.endpoint.api_key_ref"),
+        (ModelSelection(api_key_ref="LISTED_NOT_SET"), "model.endpoint.api_key_ref"),
         (ModelSelection(base_url="localhost:11434"), "model.endpoint.base_url"),
         (ModelSelection(temperature=2.5), "model.temperature"),
         (ModelSelection(max_output_tokens=-1), "model.max_output_tokens"),
@@ -293,9 +338,21 @@ def test_api_keys_come_from_named_secrets_only(tmp_path: Path) -> None:
 def test_check_selection_names_the_field(
     tmp_path: Path, selection: ModelSelection, field: str
 ) -> None:
+    offering = settings(tmp_path, model_key_refs="K,LISTED_NOT_SET")
+    env = {"K": "v", "DATABASE_URL": "postgresql://u:secret@db/x"}
     with pytest.raises(InvalidArgument) as info:
-        check_selection(selection, settings(tmp_path), environ={})
+        check_selection(selection, offering, environ=env)
     assert info.value.violations[0].field == field
-    check_selection(
-        ModelSelection(provider="openai", api_key_ref="K"), settings(tmp_path), environ={"K": "v"}
-    )
+    check_selection(ModelSelection(provider="openai", api_key_ref="K"), offering, environ=env)
+
+
+def test_an_unoffered_key_ref_gets_the_same_answer_whether_set_or_not(tmp_path: Path) -> None:
+    """The answer must not tell a caller which variables the server's environment holds."""
+    env = {"DATABASE_URL": "postgresql://u:secret@db/x"}
+    answers = []
+    for name in ("DATABASE_URL", "NOT_SET_ANYWHERE"):
+        with pytest.raises(InvalidArgument) as info:
+            check_selection(ModelSelection(api_key_ref=name), settings(tmp_path), environ=env)
+        answers.append(info.value.violations[0].description)
+    assert answers[0] == answers[1]
+    assert "CONVERGIO_MODEL_KEY_REFS" in answers[0]

@@ -4,18 +4,23 @@ Precedence of a selection's empty fields: the agent's default model (from the ro
 the server settings. With nothing configured the provider is `offline`; with any of
 `CONVERGIO_OPENAI_BASE_URL`, `CONVERGIO_OPENAI_API_KEY` or `CONVERGIO_OPENAI_MODEL` set,
 the default provider is `openai` at that endpoint.
+
+A selection's `api_key_ref` may name only a key the operator offers in
+`CONVERGIO_MODEL_KEY_REFS`: the key goes to whatever base URL the selection names, so any
+other environment variable (a database URL, the server's own settings) must stay out of reach.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
 from autogen_core.models import ChatCompletionClient, ModelInfo
 
+from convergio_server.config import is_server_setting
 from convergio_server.domain.agents.roster import AgentSpec
 from convergio_server.domain.errors import InvalidArgument
 from convergio_server.domain.models.errors import ModelError
@@ -33,6 +38,10 @@ from convergio_server.domain.models.selection import (
 
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 _SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Says nothing of whether the variable exists: callers must not probe the environment.
+NOT_OFFERED = (
+    "names no model key this server offers; the operator lists them in CONVERGIO_MODEL_KEY_REFS"
+)
 
 
 class ModelSettings(Protocol):
@@ -55,6 +64,9 @@ class ModelSettings(Protocol):
 
     @property
     def offline_min_answer_tokens(self) -> int: ...
+
+    @property
+    def model_key_refs(self) -> Collection[str]: ...
 
     # `openai_api_key` is a pydantic SecretStr or None; read through `_default_key`.
 
@@ -93,23 +105,37 @@ def resolve_selection(
     return resolved
 
 
+def key_ref_offered(name: str, settings: ModelSettings) -> bool:
+    """Whether `api_key_ref` `name` is a key the operator offers to selections. The
+    server's own settings never are, even when listed."""
+    return (
+        bool(_SECRET_NAME.match(name))
+        and not is_server_setting(name)
+        and name in settings.model_key_refs
+    )
+
+
 def resolve_api_key(
     selection: ModelSelection,
     settings: ModelSettings,
     environ: Mapping[str, str] | None = None,
 ) -> str:
-    """The API key for `selection`: the secret named by `api_key_ref` (an environment
-    variable), else the server's default key, but only for the server's default endpoint:
-    a caller-chosen base URL never receives the deployment's key. Never logged, never
-    returned to clients."""
+    """The API key for `selection`: the offered key named by `api_key_ref` (an environment
+    variable listed in `model_key_refs`), else the server's default key, but only for the
+    server's default endpoint: a caller-chosen base URL never receives the deployment's key.
+    Never logged, never returned to clients."""
     env = os.environ if environ is None else environ
-    if selection.api_key_ref:
-        if not _SECRET_NAME.match(selection.api_key_ref) or selection.api_key_ref not in env:
+    name = selection.api_key_ref
+    if name:
+        # Checked again here, not only when a selection is stored: selections stored
+        # earlier and roster files never went through `check_selection`.
+        if not key_ref_offered(name, settings):
+            raise ModelError(f"api_key_ref {name!r} {NOT_OFFERED}", kind="configuration")
+        if name not in env:
             raise ModelError(
-                f"no secret named {selection.api_key_ref!r} is configured on the server",
-                kind="configuration",
+                f"model key {name!r} is offered but not set on the server", kind="configuration"
             )
-        return env[selection.api_key_ref]
+        return env[name]
     if selection.base_url and selection.base_url != settings.openai_base_url:
         return ""
     return _default_key(settings)
@@ -131,13 +157,14 @@ def check_selection(
         raise InvalidArgument.for_field(
             f"{field}.endpoint.base_url", "must be an http:// or https:// URL"
         )
-    if selection.api_key_ref and (
-        not _SECRET_NAME.match(selection.api_key_ref) or selection.api_key_ref not in env
-    ):
-        raise InvalidArgument.for_field(
-            f"{field}.endpoint.api_key_ref",
-            f"no secret named {selection.api_key_ref!r} is configured on the server",
-        )
+    if selection.api_key_ref:
+        if not key_ref_offered(selection.api_key_ref, settings):
+            raise InvalidArgument.for_field(f"{field}.endpoint.api_key_ref", NOT_OFFERED)
+        if selection.api_key_ref not in env:
+            raise InvalidArgument.for_field(
+                f"{field}.endpoint.api_key_ref",
+                "names a model key that is offered but not set on the server",
+            )
     if selection.temperature is not None and not 0 <= selection.temperature <= 2:
         raise InvalidArgument.for_field(f"{field}.temperature", "must be from 0 to 2")
     if not 0 <= selection.max_output_tokens <= 1_000_000:
