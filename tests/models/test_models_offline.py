@@ -160,6 +160,96 @@ async def test_calls_a_tool_with_valid_json_arguments_then_answers_with_the_resu
     )
 
 
+async def test_tool_calls_have_ids_of_their_own_and_the_same_arguments() -> None:
+    # Several agents of a turn ask for the same calls: clients pair each call with its
+    # result by id, so an id names one call only.
+    registry = ToolRegistry.builtin()
+    tools = registry.autogen_tools(registry.names(), ToolContext(tenant_id="t"))
+    schemas = [t.schema for t in tools if isinstance(t, BaseTool)]
+    question = (
+        "Search the knowledge base for the pricing strategy and compute the NPV of "
+        "-1000, 300, 400, 500 at 8%"
+    )
+    calls: list[FunctionCall] = []
+    for name in ("domik", "amy", "amy"):
+        result = await OfflineChatCompletionClient().create(ask(question, name), tools=schemas)
+        assert isinstance(result.content, list) and len(result.content) == 2
+        calls.extend(result.content)
+    assert len({c.id for c in calls}) == len(calls)
+    assert len({(c.name, c.arguments) for c in calls}) == 2  # the same calls, new ids
+
+
+async def test_the_core_team_makes_tool_calls_with_distinct_ids() -> None:
+    registry = ToolRegistry.builtin()
+    ctx = ToolContext(tenant_id="t", conversation_id="c")
+    agents: list[ChatAgent | Team] = [
+        AssistantAgent(
+            spec.name,
+            model_client=OfflineChatCompletionClient(),
+            system_message=spec.system_message,
+            description=spec.selector_description,
+            tools=registry.autogen_tools(spec.tools, ctx),
+            model_client_stream=True,
+            reflect_on_tool_use=True,
+        )
+        for spec in ROSTER.ordered(ROSTER.preset("core").agents)
+    ]
+    team = SelectorGroupChat(
+        agents,
+        model_client=OfflineChatCompletionClient(),
+        termination_condition=MaxMessageTermination(6),
+    )
+    task = (
+        "Search the knowledge base for the pricing strategy and compute the NPV of "
+        "-1000, 300, 400, 500 at 8%"
+    )
+    events = [e async for e in team.run_stream(task=task)]
+    requests = [e for e in events if isinstance(e, ToolCallRequestEvent)]
+    assert len({e.source for e in requests}) >= 2  # several agents call the same tools
+    ids = [call.id for e in requests for call in e.content]
+    assert len(ids) >= 4 and len(set(ids)) == len(ids)
+    results = [
+        r.call_id for e in events if isinstance(e, ToolCallExecutionEvent) for r in e.content
+    ]
+    assert sorted(results) == sorted(ids)  # every result answers exactly one call
+
+
+async def test_a_compound_interest_question_is_answered_with_the_future_value() -> None:
+    registry = ToolRegistry.builtin()
+    spec = ROSTER.get("amy")
+    agent = AssistantAgent(
+        "amy",
+        model_client=OfflineChatCompletionClient(),
+        system_message=spec.system_message,
+        tools=registry.autogen_tools(spec.tools, ToolContext(tenant_id="t")),
+        reflect_on_tool_use=True,
+    )
+    task = "If I invest 10000 at 7% annual interest compounded for 10 years, how much will I have?"
+    events = [e async for e in agent.run_stream(task=task)]
+    requests = [e for e in events if isinstance(e, ToolCallRequestEvent)]
+    executions = [e for e in events if isinstance(e, ToolCallExecutionEvent)]
+    texts = [e for e in events if isinstance(e, TextMessage) and e.source == "amy"]
+    assert [c.name for c in requests[0].content] == ["financial_calculator"]
+    assert json.loads(requests[0].content[0].arguments)["operation"] == "future_value"
+    outcome = executions[0].content[0]
+    assert outcome.is_error is False and "Future value = 19,671.51 " in outcome.content
+    assert len(texts) == 1 and "19,671.51" in texts[0].content and "NPV" not in texts[0].content
+
+
+async def test_no_computing_tool_call_for_a_request_without_numbers() -> None:
+    # Arguments come from the request: with no numbers in it, a calculation could only fail.
+    registry = ToolRegistry.builtin()
+    tools = registry.autogen_tools(registry.names(), ToolContext(tenant_id="t"))
+    schemas = [t.schema for t in tools if isinstance(t, BaseTool)]
+    for question in ("What is the future value of our brand?", "Should we even launch it?"):
+        result = await OfflineChatCompletionClient().create(ask(question), tools=schemas)
+        assert isinstance(result.content, str), result.content
+    forced = await OfflineChatCompletionClient().create(
+        ask("What is the future value of our brand?"), tools=[CALCULATOR], tool_choice="required"
+    )
+    assert isinstance(forced.content, list) and forced.content[0].name == "financial_calculator"
+
+
 async def test_a_failed_tool_is_acknowledged() -> None:
     call = FunctionCall(id="c1", name="financial_calculator", arguments="{}")
     messages = [
@@ -426,6 +516,39 @@ async def test_cancelling_an_agent_run_stops_the_stream() -> None:
         ),
         (
             "Monthly loan payment for 200,000 at 5% over 30 years",
+            "financial_calculator",
+            {"operation": "loan_payment", "rate": 0.05, "values": [200000, 30]},
+        ),
+        (
+            "If I invest 10000 at 7% annual interest compounded for 10 years, how much will "
+            "I have?",
+            "financial_calculator",
+            {"operation": "future_value", "rate": 0.07, "values": [10000, 10]},
+        ),
+        (
+            "What will 5000 be worth in 8 years at 4% compounded monthly?",
+            "financial_calculator",
+            {
+                "operation": "future_value",
+                "rate": 0.04,
+                "values": [5000, 8],
+                "periods_per_year": 12,
+            },
+        ),
+        (
+            "If I invest 500 a month at 6% for 20 years, how much will I have?",
+            "financial_calculator",
+            {
+                "operation": "future_value",
+                "rate": 0.06,
+                "values": [0, 20],
+                "periods_per_year": 12,
+                "contribution": 500,
+            },
+        ),
+        (
+            # Named outright, the operation wins over the compounding.
+            "Calculate the monthly payment on a 200000 loan at 5% compounded monthly over 30 years",
             "financial_calculator",
             {"operation": "loan_payment", "rate": 0.05, "values": [200000, 30]},
         ),

@@ -10,12 +10,17 @@ It is not a language model and does not reason. It composes answers from what it
   injected documents, tool results) are quoted, ranked by keyword overlap with the request;
 - when `tools=` offers a tool whose name or description matches the request, it returns a
   `FunctionCall` with JSON arguments built from the tool's parameter schema (numbers,
-  percentages, enum values and queries read from the request); once the results are in
-  the context it answers with them;
+  percentages, enum values and queries read from the request); a compound-growth question
+  ("how much will 10000 at 7% compounded for 10 years be worth?") picks a `future_value`
+  operation and reads principal, years, compounding and contributions by their meaning;
+  a tool that computes on a list of numbers is not called for a request without numbers;
+  once the results are in the context it answers with them;
 - asked AutoGen's speaker-selection prompt ("select the next role from [...]"), it answers
   with one candidate name, chosen by keyword overlap of the roles with the conversation.
 
-Same input, same output. Usage is counted with the word/punctuation tokenizer of `text.py`.
+Same input, same output, except the ids of tool calls: each call gets an id of its own, since
+clients pair calls with their results by id and several agents of a turn may make the same
+call. Usage is counted with the word/punctuation tokenizer of `text.py`.
 `create_stream` yields one word at a time and then the `CreateResult`; `tokens_per_second`
 paces it (0 = as fast as possible). The cancellation token is checked before every chunk
 and interrupts a paced wait at once.
@@ -28,6 +33,7 @@ import asyncio
 import json
 import re
 import time
+import uuid
 import zlib
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,7 +56,12 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, Field
 
-from convergio_server.domain.models.arguments import TOOL_THRESHOLD, fill_arguments, tool_score
+from convergio_server.domain.models.arguments import (
+    TOOL_THRESHOLD,
+    extract_numbers,
+    fill_arguments,
+    tool_score,
+)
 from convergio_server.domain.models.text import (
     content_text,
     count_message_tokens,
@@ -418,20 +429,150 @@ def _tool_calls(
         ),
         key=lambda item: (-item[0], item[1]),
     )
-    chosen = [s for score, _, s in scored if score >= TOOL_THRESHOLD][:2]
+    numbers = extract_numbers(request)
+    has_numbers = bool(numbers.plain or numbers.percents)
+    chosen = [
+        s for score, _, s in scored if score >= TOOL_THRESHOLD and (has_numbers or not _computes(s))
+    ][:2]
     if not chosen and forced:
         chosen = [scored[0][2]]
     calls: list[FunctionCall] = []
-    for position, schema in enumerate(chosen):
+    for schema in chosen:
         parameters: Mapping[str, Any] = schema.get("parameters") or {}
-        arguments = json.dumps(fill_arguments(parameters, request), sort_keys=True)
-        digest = zlib.crc32(f"{index}:{schema['name']}:{arguments}".encode())
+        filled = _compound_growth(parameters, fill_arguments(parameters, request), request)
+        arguments = json.dumps(filled, sort_keys=True)
         calls.append(
-            FunctionCall(
-                id=f"call_{digest:08x}_{position}", name=schema["name"], arguments=arguments
-            )
+            FunctionCall(id=f"call_{uuid.uuid4().hex}", name=schema["name"], arguments=arguments)
         )
     return calls
+
+
+def _computes(schema: ToolSchema) -> bool:
+    """Whether the tool computes on a list of numbers. Its arguments come from the request
+    alone, so for a request without numbers ("what is the future of the product?") a call
+    could only fail."""
+    parameters: Mapping[str, Any] = schema.get("parameters") or {}
+    properties: Mapping[str, Any] = parameters.get("properties") or {}
+    for prop in properties.values():
+        if isinstance(prop, Mapping) and prop.get("type") == "array":
+            items = prop.get("items")
+            if isinstance(items, Mapping) and items.get("type") in ("number", "integer"):
+                return True
+    return False
+
+
+# ------------------------------------------------------------ compound growth questions
+
+_FUTURE_VALUE = "future_value"
+# Ways of asking what an amount grows to without saying "future value".
+_GROWTH_CUE = re.compile(
+    r"\bfuture value\b|\bcompound(?:ed|ing)?\b|\bbe worth\b|\bgrows? (?:in)?to\b"
+    r"|\bend up with\b|\bhow much(?: money)? (?:will|would) (?:i|we|you|they) have\b(?! to\b)",
+    re.IGNORECASE,
+)
+_PER_YEAR = {
+    "annually": 1,
+    "annual": 1,
+    "yearly": 1,
+    "year": 1,
+    "semi-annually": 2,
+    "semiannually": 2,
+    "semi-annual": 2,
+    "semiannual": 2,
+    "half-yearly": 2,
+    "quarterly": 4,
+    "quarter": 4,
+    "monthly": 12,
+    "month": 12,
+    "weekly": 52,
+    "week": 52,
+    "daily": 365,
+    "day": 365,
+}
+_FREQUENCY = "|".join(sorted((re.escape(word) for word in _PER_YEAR), key=len, reverse=True))
+_COMPOUNDED = re.compile(
+    rf"\bcompound(?:ed|ing)?\s+(?:every\s+|each\s+|per\s+|a\s+)?(?P<a>{_FREQUENCY})\b"
+    rf"|\b(?P<b>{_FREQUENCY})\s+compounding\b",
+    re.IGNORECASE,
+)
+_AMOUNT = r"\$?\d[\d,]*(?:\.\d+)?\s*(?:k|m|bn)?\b"
+_CONTRIBUTION = re.compile(
+    rf"\b(?:add(?:s|ing)?|contribut(?:e|es|ing)|deposit(?:s|ing)?|sav(?:e|es|ing)"
+    rf"|put(?:s|ting)?(?:\s+(?:in|away|aside))?|invest(?:s|ing)?|plus)"
+    rf"\s+(?:another\s+|an\s+extra\s+)?(?P<amount>{_AMOUNT})\s*"
+    rf"(?:each|every|a|an|per)\s+(?P<frequency>{_FREQUENCY})\b"
+    rf"|\b(?P<adjective>{_FREQUENCY})\s+(?:contributions?|deposits?|savings|payments?)"
+    rf"\s+of\s+(?P<amount2>{_AMOUNT})",
+    re.IGNORECASE,
+)
+_DURATION = re.compile(
+    r"(?<![\w.])(?P<number>\d+(?:\.\d+)?)\s*-?\s*(?P<unit>years?|yrs?|months?)\b",
+    re.IGNORECASE,
+)
+
+
+def _compound_growth(
+    parameters: Mapping[str, Any], arguments: dict[str, Any], request: str
+) -> dict[str, Any]:
+    """`arguments` for a compound-growth question to a tool with a `future_value`
+    operation: that operation, with principal and years read by their meaning, not
+    their order ("in 10 years, what will 10000 be worth?")."""
+    properties: Mapping[str, Any] = parameters.get("properties") or {}
+    if _GROWTH_CUE.search(request) is None:
+        return arguments
+    for name, prop in properties.items():
+        if not isinstance(prop, Mapping) or _FUTURE_VALUE not in (prop.get("enum") or ()):
+            continue
+        # Read as if it said "future value", so that an operation the request names
+        # outright ("NPV", "loan payment") still wins.
+        mentioned = f"{request} (future value)"
+        if fill_arguments({"properties": {name: prop}}, mentioned).get(name) != _FUTURE_VALUE:
+            return arguments
+        filled = {**arguments, name: _FUTURE_VALUE}
+        if "values" in properties:
+            filled.update(_growth_terms(request, properties))
+        return filled
+    return arguments
+
+
+def _growth_terms(request: str, properties: Mapping[str, Any]) -> dict[str, Any]:
+    terms: dict[str, Any] = {}
+    rest = request
+    can_compound = "periods_per_year" in properties
+    per_year: int | None = None
+    compounded = _COMPOUNDED.search(request)
+    if compounded is not None and can_compound:
+        per_year = _PER_YEAR[(compounded["a"] or compounded["b"]).lower()]
+    contribution = _CONTRIBUTION.search(rest)
+    if contribution is not None and "contribution" in properties:
+        amount = extract_numbers(contribution["amount"] or contribution["amount2"]).plain
+        every = _PER_YEAR[(contribution["frequency"] or contribution["adjective"]).lower()]
+        if amount:
+            if per_year is None:
+                per_year = every if can_compound else 1
+            # Paid at another pace than interest compounds: spread over the periods.
+            terms["contribution"] = round(amount[0] * every / per_year, 2)
+            rest = rest[: contribution.start()] + " " + rest[contribution.end() :]
+    if per_year is not None and per_year != 1:
+        terms["periods_per_year"] = per_year
+    years: float | None = None
+    duration = _DURATION.search(rest)
+    if duration is not None:
+        years = float(duration["number"])
+        if duration["unit"].lower().startswith("m"):
+            years /= 12
+        rest = rest[: duration.start()] + " " + rest[duration.end() :]
+    amounts = extract_numbers(rest).plain
+    if not amounts and "contribution" not in terms:
+        return terms  # nothing invested: let the tool say what is missing
+    # Only contributions ("500 a month for 20 years") start from nothing.
+    principal = amounts.pop(0) if amounts else 0.0
+    if years is None:
+        if not amounts:
+            return terms
+        years = amounts.pop(0)
+    terms["values"] = [principal, years]
+    return terms
 
 
 def _system_text(messages: Sequence[LLMMessage]) -> str:

@@ -69,7 +69,9 @@ class SearchKnowledgeBaseTool(ConvergioTool[SearchKnowledgeBaseArgs]):
 
 # ------------------------------------------------------------------------- calculator
 
-Operation = Literal["npv", "irr", "roi", "cagr", "break_even", "loan_payment", "expression"]
+Operation = Literal[
+    "npv", "irr", "roi", "cagr", "break_even", "loan_payment", "future_value", "expression"
+]
 
 
 class FinancialCalculatorArgs(BaseModel):
@@ -81,6 +83,8 @@ class FinancialCalculatorArgs(BaseModel):
             "roi: values = [investment, final value]; cagr: values = [start, end, years]; "
             "break_even: values = [fixed costs, price per unit, variable cost per unit]; "
             "loan_payment: rate = annual rate + values = [principal, years]; "
+            "future_value (compound interest): rate = annual interest rate + values = "
+            "[principal, years], optionally periods_per_year and contribution; "
             "expression: an arithmetic expression"
         )
     )
@@ -93,6 +97,24 @@ class FinancialCalculatorArgs(BaseModel):
     expression: str | None = Field(
         None, max_length=500, description="for operation=expression, e.g. (1200-950)/950*100"
     )
+    periods_per_year: int | None = Field(
+        None,
+        ge=1,
+        le=365,
+        description=(
+            "for operation=future_value: how often interest compounds in a year "
+            "(1 yearly, the default; 4 quarterly; 12 monthly; 365 daily)"
+        ),
+    )
+    contribution: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "for operation=future_value: the amount added at the end of every compounding "
+            "period (default 0)"
+        ),
+    )
 
 
 _NEEDS: dict[str, tuple[int, str]] = {
@@ -102,6 +124,7 @@ _NEEDS: dict[str, tuple[int, str]] = {
     "cagr": (3, "[start value, end value, years]"),
     "break_even": (3, "[fixed costs, price per unit, variable cost per unit]"),
     "loan_payment": (2, "[principal, years]"),
+    "future_value": (2, "[principal, years]"),
 }
 
 
@@ -110,7 +133,8 @@ class FinancialCalculatorTool(ConvergioTool[FinancialCalculatorArgs]):
     description = (
         "Financial calculator: net present value (npv), internal rate of return (irr), "
         "return on investment (roi), compound annual growth rate (cagr), break-even units, "
-        "monthly loan payment, or an arithmetic expression. Exact decimal arithmetic."
+        "monthly loan payment, future value of an investment with compound interest "
+        "(future_value), or an arithmetic expression. Exact decimal arithmetic."
     )
     args_model = FinancialCalculatorArgs
     timeout_seconds = 5.0
@@ -123,6 +147,12 @@ class FinancialCalculatorTool(ConvergioTool[FinancialCalculatorArgs]):
 
     def calculate(self, args: FinancialCalculatorArgs) -> str:
         op = args.operation
+        if op != "future_value" and (
+            args.periods_per_year is not None or args.contribution is not None
+        ):
+            raise finance.CalculationError(
+                "periods_per_year and contribution apply only to operation future_value"
+            )
         if op == "expression":
             if not args.expression:
                 raise finance.CalculationError("operation expression needs `expression`")
@@ -167,6 +197,8 @@ class FinancialCalculatorTool(ConvergioTool[FinancialCalculatorArgs]):
                 f"{finance.money(values[1] - values[2])}); revenue at break-even "
                 f"{finance.money(units * values[1])}."
             )
+        if op == "future_value":
+            return _future_value(values, rate, args.periods_per_year, args.contribution)
         # loan_payment
         annual = rate if rate is not None else Decimal(0)
         payment = finance.loan_payment(values[0], annual, values[1])
@@ -176,6 +208,46 @@ class FinancialCalculatorTool(ConvergioTool[FinancialCalculatorArgs]):
             f"over {months} months at {finance.percent(annual)} a year; total paid "
             f"{finance.money(payment * months)}."
         )
+
+
+_COMPOUNDING = {
+    1: "yearly",
+    2: "twice a year",
+    4: "quarterly",
+    12: "monthly",
+    52: "weekly",
+    365: "daily",
+}
+
+
+def _future_value(
+    values: list[Decimal],
+    rate: Decimal | None,
+    periods_per_year: int | None,
+    contribution: float | None,
+) -> str:
+    if rate is None:
+        raise finance.CalculationError(
+            "future_value needs `rate`, the annual interest rate (e.g. 0.07 for 7%)"
+        )
+    principal, years = values[0], values[1]
+    per_year = periods_per_year or 1
+    added = Decimal(str(contribution)) if contribution is not None else Decimal(0)
+    value = finance.future_value(principal, rate, years, per_year, added)
+    periods = years * per_year
+    compounded = _COMPOUNDING.get(per_year, f"{per_year} times a year")
+    text = (
+        f"Future value = {finance.money(value)} after {years.normalize():f} years: "
+        f"{finance.money(principal)} at {finance.percent(rate)} a year compounded "
+        f"{compounded}"
+    )
+    paid_in = principal
+    if added:
+        paid_in += added * periods
+        text += (
+            f", plus {finance.money(added)} at the end of each of {periods.normalize():f} periods"
+        )
+    return f"{text}; interest earned {finance.money(value - paid_in)}."
 
 
 # ------------------------------------------------------------------- conversation cost

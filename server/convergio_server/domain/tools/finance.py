@@ -1,17 +1,20 @@
-"""Financial arithmetic in Decimal: NPV, IRR, ROI, CAGR, break-even, loan payment, and a
-safe evaluator for plain arithmetic expressions (numbers, + - * / ** %, parentheses; no
-names, calls or attributes)."""
+"""Financial arithmetic in Decimal: NPV, IRR, ROI, CAGR, break-even, loan payment, future
+value with compound interest, and a safe evaluator for plain arithmetic expressions
+(numbers, + - * / ** %, parentheses; no names, calls or attributes)."""
 
 from __future__ import annotations
 
 import ast
 import operator
 from collections.abc import Callable, Sequence
-from decimal import Decimal, DivisionByZero, InvalidOperation, localcontext
+from decimal import Decimal, DivisionByZero, InvalidOperation, Overflow, localcontext
 
 CENT = Decimal("0.01")
 MAX_EXPRESSION_CHARS = 500
 MAX_EXPONENT = 100
+MAX_YEARS = 1000
+# Results are reported to the cent; more digits than this do not fit the precision.
+MAX_DIGITS = 24
 
 
 class CalculationError(ValueError):
@@ -87,6 +90,44 @@ def loan_payment(principal: Decimal, annual_rate: Decimal, years: Decimal) -> De
         return principal / months
     factor = (1 + monthly) ** months
     return principal * monthly * factor / (factor - 1)
+
+
+def future_value(
+    principal: Decimal,
+    annual_rate: Decimal,
+    years: Decimal,
+    periods_per_year: int = 1,
+    contribution: Decimal = Decimal(0),
+) -> Decimal:
+    """What `principal` grows to in `years` at `annual_rate` compounded `periods_per_year`
+    times a year, with `contribution` added at the end of every period."""
+    if principal < 0 or contribution < 0:
+        raise CalculationError("the principal and the contribution cannot be negative")
+    if years <= 0 or years > MAX_YEARS:
+        raise CalculationError(f"years must be more than 0 and at most {MAX_YEARS}")
+    if periods_per_year < 1:
+        raise CalculationError("periods_per_year must be at least 1")
+    if annual_rate <= -1:
+        raise CalculationError("rate must be greater than -100%")
+    periods = years * periods_per_year
+    # A fractional period compounds the principal fine, but a contribution at its end
+    # would be an invention.
+    if contribution and periods != periods.to_integral_value():
+        raise CalculationError(
+            "with a contribution, years times periods_per_year must be a whole number of periods"
+        )
+    with localcontext() as context:
+        context.prec = 34
+        rate = annual_rate / periods_per_year
+        try:
+            growth = (1 + rate) ** periods
+        except (InvalidOperation, Overflow) as exc:
+            raise CalculationError("the future value is too large to compute") from exc
+        saved = contribution * periods if rate == 0 else contribution * (growth - 1) / rate
+        value = principal * growth + saved
+    if value.adjusted() >= MAX_DIGITS:
+        raise CalculationError(f"the future value has more than {MAX_DIGITS} digits")
+    return value
 
 
 _BINARY: dict[type[ast.operator], Callable[[Decimal, Decimal], Decimal]] = {
