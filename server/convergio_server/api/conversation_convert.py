@@ -21,6 +21,7 @@ from convergio_server.domain.conversations.model import (
     Turn,
 )
 from convergio_server.domain.conversations.team import selection_from_json, selection_to_json
+from convergio_server.domain.errors import InvalidArgument
 from convergio_server.domain.events.model import (
     Event,
     EventBody,
@@ -181,12 +182,25 @@ def selection_from_pb(message: common_pb2.ModelSelection) -> dict[str, Any]:
 
 
 def team_from_pb(team: pb.Team) -> TeamSpec:
+    # A member field set but empty is a caller's mistake, not a request for the default team.
     which = team.WhichOneof("members")
     if which == "agents":
+        if not team.agents.names:
+            raise InvalidArgument.for_field(
+                "team.agents.names", "must hold 1 to 20 distinct agent names (see ListAgents)"
+            )
         return TeamSpec(agents=tuple(team.agents.names))
     if which == "single_agent":
+        if not team.single_agent:
+            raise InvalidArgument.for_field(
+                "team.single_agent", "is empty: name an agent (see ListAgents)"
+            )
         return TeamSpec(single_agent=team.single_agent)
     if which == "preset":
+        if not team.preset:
+            raise InvalidArgument.for_field(
+                "team.preset", "is empty: name a preset (see ListTeamPresets)"
+            )
         return TeamSpec(preset=team.preset)
     return TeamSpec(preset="core")
 

@@ -16,6 +16,10 @@ from convergio_server.storage import redis as redis_store
 DOMAIN = "convergio.dev"
 DETAILS_KEY = "grpc-status-details-bin"
 log = logging.getLogger(__name__)
+# Status messages and details travel in trailing metadata, where a client refuses more than
+# 8 KiB in all: an error that repeats a caller's oversized input must still arrive whole.
+MAX_MESSAGE_CHARS = 1000
+MAX_DETAIL_CHARS = 300
 
 _CODES: dict[type[de.DomainError], grpc.StatusCode] = {
     de.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -45,22 +49,29 @@ def rich_status(
 ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]:
     """The code, message and trailing metadata (with the encoded google.rpc.Status)."""
     code = status_code_for(error)
-    status = status_pb2.Status(code=code.value[0], message=error.message)
+    message = clip(error.message, MAX_MESSAGE_CHARS)
+    status = status_pb2.Status(code=code.value[0], message=message)
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
     for key, value in error.metadata.items():
-        info.metadata[key] = value
+        info.metadata[clip(key, MAX_DETAIL_CHARS)] = clip(value, MAX_DETAIL_CHARS)
     info.metadata["request_id"] = request_id
     status.details.add().Pack(info)
     if isinstance(error, de.InvalidArgument) and error.violations:
         bad = error_details_pb2.BadRequest()
         for v in error.violations:
-            bad.field_violations.add(field=v.field, description=v.description)
+            bad.field_violations.add(
+                field=clip(v.field, MAX_DETAIL_CHARS),
+                description=clip(v.description, MAX_DETAIL_CHARS),
+            )
         status.details.add().Pack(bad)
     if isinstance(error, de.QuotaExceeded):
         if error.violations:
             quota = error_details_pb2.QuotaFailure()
             for q in error.violations:
-                quota.violations.add(subject=q.subject, description=q.description)
+                quota.violations.add(
+                    subject=clip(q.subject, MAX_DETAIL_CHARS),
+                    description=clip(q.description, MAX_DETAIL_CHARS),
+                )
             status.details.add().Pack(quota)
     retry_after = getattr(error, "retry_after_seconds", None)
     if isinstance(error, de.QuotaExceeded | de.Unavailable) and retry_after is not None:
@@ -72,7 +83,11 @@ def rich_status(
         (DETAILS_KEY, status.SerializeToString()),
         ("x-request-id", request_id),
     )
-    return code, error.message, metadata
+    return code, message, metadata
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def translate(exc: BaseException) -> de.DomainError | None:

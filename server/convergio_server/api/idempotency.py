@@ -28,7 +28,10 @@ async def once(
     request: Message,
     response_type: type[R],
     act: Callable[[], Awaitable[R]],
+    replayed: Callable[[R], Awaitable[None]] | None = None,
 ) -> R:
+    """`act` once per request_id; a repeat gets the first call's response, after
+    `replayed` (when given) had a chance to refuse it (what it created is gone)."""
     request_id: str = getattr(request, "request_id", "")
     if not request_id:
         return await act()
@@ -49,7 +52,10 @@ async def once(
     if recorded.response is None:
         recorded = await store.wait(tenant_id, method, request_id, _WAIT_SECONDS)
         if recorded is None:  # the first call failed and released its claim: act now
-            return await once(store, tenant_id, method, request, response_type, act)
+            return await once(store, tenant_id, method, request, response_type, act, replayed)
         if recorded.response is None:
             raise Aborted("a request with this request_id is still being processed; retry later")
-    return response_type.FromString(recorded.response)
+    response = response_type.FromString(recorded.response)
+    if replayed is not None:
+        await replayed(response)
+    return response

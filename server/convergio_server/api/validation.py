@@ -9,11 +9,10 @@ Rules common to every request are found from the message's fields
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from google.protobuf.descriptor import Descriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from convergio_server.domain.errors import FieldViolation, InvalidArgument
@@ -23,6 +22,14 @@ Rule = Callable[[Message], Iterable[FieldViolation]]
 MAX_PAGE_SIZE = 1000
 MAX_REQUEST_ID = 128
 _KEY_RE = re.compile(r"^[a-z0-9_.-]{1,128}$")
+# The only spelling of an id the stores know (Python's uuid also takes braces, "urn:uuid:"
+# and no hyphens; PostgreSQL rejects some of those, and Redis keys would differ).
+_UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+# At most this many problems of the walk below are reported (a huge request could have
+# thousands).
+_MAX_WALK_VIOLATIONS = 10
 
 
 def _get(message: Message, path: str) -> object:
@@ -51,7 +58,9 @@ def required(*paths: str) -> Rule:
 
 
 def uuid_field(path: str, *, optional: bool = False) -> Rule:
-    """The field holds a resource id: a UUID such as 0b0e7a3c-6a1f-4a57-9a1e-5c1f3f0b2d4e."""
+    """The field holds a resource id: a UUID such as 0b0e7a3c-6a1f-4a57-9a1e-5c1f3f0b2d4e
+    (upper-case hex is taken and lowered in the request, as the ids are stored)."""
+    parent_path, _, name = path.rpartition(".")
 
     def rule(message: Message) -> Iterable[FieldViolation]:
         value = _get(message, path)
@@ -60,10 +69,16 @@ def uuid_field(path: str, *, optional: bool = False) -> Rule:
             if not optional:
                 yield FieldViolation(path, "is required")
             return
-        try:
-            uuid.UUID(value)
-        except ValueError:
-            yield FieldViolation(path, f"{value[:64]!r} is not a valid id (expected a UUID)")
+        if not _UUID_RE.match(value):
+            yield FieldViolation(
+                path,
+                f"{value[:64]!r} is not a valid id (expected a UUID such as "
+                "0b0e7a3c-6a1f-4a57-9a1e-5c1f3f0b2d4e)",
+            )
+            return
+        if value != value.lower():
+            parent = _get(message, parent_path) if parent_path else message
+            setattr(parent, name, value.lower())
 
     return rule
 
@@ -102,9 +117,56 @@ def in_range(path: str, low: float, high: float) -> Rule:
     return rule
 
 
+def _scalar_violation(field: FieldDescriptor, value: object, path: str) -> FieldViolation | None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            return FieldViolation(path, "must not contain NUL characters (\\u0000)")
+    elif field.enum_type is not None and value not in field.enum_type.values_by_number:
+        known = ", ".join(v.name for v in field.enum_type.values if v.number)
+        return FieldViolation(path, f"{value} is not a known value; use one of {known}")
+    return None
+
+
+def _walk(message: Message, prefix: str, out: list[FieldViolation]) -> None:
+    """Text no store can hold (NUL characters) and enum numbers this server does not know,
+    anywhere in the request (proto3 keeps unknown enum numbers as they came)."""
+    for field, value in message.ListFields():
+        if len(out) >= _MAX_WALK_VIOLATIONS:
+            return
+        path = prefix + field.name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                where = f"{path}[{str(key)[:40]!r}]"
+                if isinstance(key, str) and "\x00" in key:
+                    out.append(FieldViolation(path, "keys must not contain NUL characters"))
+                if value_field.message_type is not None:
+                    _walk(item, where + ".", out)
+                else:
+                    found = _scalar_violation(value_field, item, where)
+                    if found is not None:
+                        out.append(found)
+            continue
+        repeated = field.label == FieldDescriptor.LABEL_REPEATED  # type: ignore[attr-defined]
+        for index, item in enumerate(value if repeated else [value]):
+            where = f"{path}[{index}]" if repeated else path
+            if field.message_type is not None:
+                _walk(item, where + ".", out)
+            else:
+                found = _scalar_violation(field, item, where)
+                if found is not None:
+                    out.append(found)
+
+
+def _checked_everywhere(message: Message) -> Iterable[FieldViolation]:
+    out: list[FieldViolation] = []
+    _walk(message, "", out)
+    return out
+
+
 def _common_rules(descriptor: Descriptor | Any) -> list[Rule]:
     names = set(descriptor.fields_by_name)
-    rules: list[Rule] = []
+    rules: list[Rule] = [_checked_everywhere]
     if "page_size" in names:
 
         def page_size(message: Message) -> Iterable[FieldViolation]:

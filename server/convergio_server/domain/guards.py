@@ -7,7 +7,7 @@ it is wired in, `NoGuards` admits everything and records nothing.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -80,9 +80,12 @@ class Guards(Protocol):
         while the conversation is being read. Never raises: `admit_turn` reports."""
         ...
 
-    async def admit_turn(self, scope: TurnScope, content: str) -> Admission:
-        """Rate limit, breaker, budgets and input screening before a turn starts.
-        Raises QuotaExceeded, Unavailable or InvalidArgument to refuse it."""
+    async def admit_turn(
+        self, scope: TurnScope, content: str, documents: Sequence[str] = ()
+    ) -> Admission:
+        """Rate limit, breaker, budgets and input screening (of the message and of the
+        documents sent with it) before a turn starts. Raises QuotaExceeded, Unavailable or
+        InvalidArgument to refuse it."""
         ...
 
     def wrap_model_client(self, client: Any, call: CallInfo) -> Any:
@@ -110,7 +113,9 @@ class NoGuards:
     async def prepare(self, scope: TurnScope) -> None:
         return None
 
-    async def admit_turn(self, scope: TurnScope, content: str) -> Admission:
+    async def admit_turn(
+        self, scope: TurnScope, content: str, documents: Sequence[str] = ()
+    ) -> Admission:
         return Admission()
 
     def wrap_model_client(self, client: Any, call: CallInfo) -> Any:

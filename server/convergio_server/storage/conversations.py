@@ -237,7 +237,59 @@ class PgConversationStore:
         # lock the conversation, decide (a repeated request, runs now, queued, busy), and
         # when admitted add the turn, its user message if it runs now (a queued turn's
         # enters the transcript when it starts) and the conversation's counters.
-        row: Any = await self.pool.fetchrow(
+        try:
+            row: Any = await self._admit(turn, enqueue, max_queued)
+        except asyncpg.UniqueViolationError:
+            row = None  # a call with the same request_id added its turn meanwhile
+        if row is None or row["outcome"] in ("BUSY", "FULL"):
+            # The statement's snapshot predates a concurrent call with the same request_id
+            # (it waited for that call's lock): its turn is the one to re-attach to.
+            existing = await self._turn_of_request(turn)
+            if existing is not None:
+                return Admitted(existing, existing=True)
+        if row is None:
+            raise NotFound(
+                f"conversation {turn.conversation_id} does not exist",
+                metadata={"conversation_id": turn.conversation_id},
+            )
+        outcome = row["outcome"]
+        if outcome == "EXISTING":
+            found = str(row["existing"])
+            existing = await self.get_turn(turn.tenant_id, turn.conversation_id, found)
+            if existing is None:  # deleted since, with its conversation
+                raise NotFound(
+                    f"conversation {turn.conversation_id} does not exist",
+                    metadata={"conversation_id": turn.conversation_id},
+                )
+            return Admitted(existing, existing=True)
+        if outcome == "BUSY":
+            return Admitted(turn, existing=False, busy=True)
+        if outcome == "FULL":
+            return Admitted(turn, existing=False, busy=True, queue_full=True)
+        admitted = dataclasses.replace(
+            turn,
+            status=outcome,
+            create_time=row["create_time"],
+            start_time=row["start_time"],
+        )
+        return Admitted(
+            admitted, existing=False, position=row["queued"] + 1 if outcome == QUEUED else 0
+        )
+
+    async def _turn_of_request(self, turn: Turn) -> Turn | None:
+        found = await self.pool.fetchval(
+            "SELECT id FROM turns WHERE tenant_id = $1 AND conversation_id = $2 "
+            "AND request_id = $3",
+            turn.tenant_id,
+            turn.conversation_id,
+            turn.request_id,
+        )
+        if found is None:
+            return None
+        return await self.get_turn(turn.tenant_id, turn.conversation_id, str(found))
+
+    async def _admit(self, turn: Turn, enqueue: bool, max_queued: int) -> Any:
+        return await self.pool.fetchrow(
             """
             WITH state AS (
                 SELECT c.active_turn_id,
@@ -288,34 +340,6 @@ class PgConversationStore:
             turn.created_by,
             enqueue,
             max_queued,
-        )
-        if row is None:
-            raise NotFound(
-                f"conversation {turn.conversation_id} does not exist",
-                metadata={"conversation_id": turn.conversation_id},
-            )
-        outcome = row["outcome"]
-        if outcome == "EXISTING":
-            found = str(row["existing"])
-            existing = await self.get_turn(turn.tenant_id, turn.conversation_id, found)
-            if existing is None:  # deleted since, with its conversation
-                raise NotFound(
-                    f"conversation {turn.conversation_id} does not exist",
-                    metadata={"conversation_id": turn.conversation_id},
-                )
-            return Admitted(existing, existing=True)
-        if outcome == "BUSY":
-            return Admitted(turn, existing=False, busy=True)
-        if outcome == "FULL":
-            return Admitted(turn, existing=False, busy=True, queue_full=True)
-        admitted = dataclasses.replace(
-            turn,
-            status=outcome,
-            create_time=row["create_time"],
-            start_time=row["start_time"],
-        )
-        return Admitted(
-            admitted, existing=False, position=row["queued"] + 1 if outcome == QUEUED else 0
         )
 
     async def get_for_request(

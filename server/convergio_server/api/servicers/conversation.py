@@ -34,7 +34,7 @@ from convergio_server.domain.conversations.model import CANCEL, CONTINUE
 from convergio_server.domain.conversations.runner import RunnerConfig, TurnRunner
 from convergio_server.domain.conversations.service import ConversationService, ServiceConfig
 from convergio_server.domain.conversations.team import AutogenTeamBuilder, selection_from_json
-from convergio_server.domain.errors import InvalidArgument
+from convergio_server.domain.errors import FailedPrecondition, InvalidArgument
 from convergio_server.domain.events.log import EventLog
 from convergio_server.domain.events.model import TurnCompleted
 from convergio_server.domain.features import AllOn, FeatureGate
@@ -95,6 +95,15 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             )
             return pb.CreateConversationResponse(conversation=conversation_pb(conversation))
 
+        async def replayed(response: pb.CreateConversationResponse) -> None:
+            created = response.conversation.conversation_id
+            if not await self.service.exists(principal, created):
+                raise FailedPrecondition(
+                    f"request_id {request.request_id!r} created conversation {created}, "
+                    "which has been deleted since; use a new request_id to create another",
+                    metadata={"conversation_id": created},
+                )
+
         return await once(
             self.ctx.idempotency,
             principal.tenant_id,
@@ -102,6 +111,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             request,
             pb.CreateConversationResponse,
             act,
+            replayed,
         )
 
     async def GetConversation(

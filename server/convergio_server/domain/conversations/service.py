@@ -223,6 +223,9 @@ class ConversationService:
             raise _no_conversation(conversation_id)
         return conversation
 
+    async def exists(self, principal: Principal, conversation_id: str) -> bool:
+        return await self.store.get(principal.tenant_id, conversation_id) is not None
+
     async def get(self, principal: Principal, conversation_id: str) -> Conversation:
         conversation = await self._find(principal, conversation_id)
         conversation.last_sequence = await self.events.last_sequence(
@@ -418,11 +421,12 @@ class ConversationService:
         if earlier_id is not None:
             earlier = await self.store.get_turn(principal.tenant_id, conversation_id, earlier_id)
             if earlier is not None:
+                _check_same_message(earlier, turn)
                 return await self._attach(principal, earlier)
         # The guards and the run lease at once: two round trips to Redis in the time of one.
         holder = f"{self.runner.owner}|{turn.id}"
         guarded, leased = await asyncio.gather(
-            self.guards().admit_turn(scope, content),
+            self.guards().admit_turn(scope, content, [d.get("content", "") for d in documents]),
             self.leases.acquire_if_free(principal.tenant_id, conversation_id, holder),
             return_exceptions=True,
         )
@@ -454,6 +458,7 @@ class ConversationService:
             prepared.discard()
             prepared = None
         if admitted.existing:
+            _check_same_message(admitted.turn, turn)
             return await self._attach(principal, admitted.turn)
         if admitted.busy:
             detail = (
@@ -565,8 +570,12 @@ class ConversationService:
         ):
             if event is None:
                 conversation = await self.store.get(principal.tenant_id, conversation_id)
-                if conversation is not None:
-                    await self._reap_orphans(principal, conversation)
+                if conversation is None:  # deleted meanwhile: nothing more will come
+                    raise NotFound(
+                        f"conversation {conversation_id} was deleted",
+                        metadata={"conversation_id": conversation_id},
+                    )
+                await self._reap_orphans(principal, conversation)
                 if time.monotonic() - quiet_since >= heartbeat:
                     quiet_since = time.monotonic()
                     yield None
@@ -767,6 +776,16 @@ class ConversationService:
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _check_same_message(earlier: Turn, turn: Turn) -> None:
+    """A repeated request_id re-attaches to its turn only when it repeats the same message
+    (a retry); reused for another message, it would silently drop that message."""
+    if (earlier.content, earlier.options.documents) != (turn.content, turn.options.documents):
+        raise InvalidArgument.for_field(
+            "request_id",
+            f"was already used for a different message (turn {earlier.id}); use a new request_id",
+        )
 
 
 def _no_conversation(conversation_id: str) -> NotFound:

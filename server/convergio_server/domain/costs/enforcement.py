@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -103,11 +103,18 @@ class CostGuards:
         except Exception as exc:  # admit_turn loads again and reports what is wrong
             log.debug("budgets not preloaded: %s", exc)
 
-    async def admit_turn(self, scope: TurnScope, content: str) -> Admission:
+    async def admit_turn(
+        self, scope: TurnScope, content: str, documents: Sequence[str] = ()
+    ) -> Admission:
         principal = scope.principal
         if not self.active(principal):
             return Admission()
         findings = self.screener.check_user_message(content)
+        # Documents reach every agent as the message does: screened the same way.
+        for index, document in enumerate(documents):
+            findings += self.screener.check_user_message(
+                document, f"documents[{index}].content", f"document {index + 1}"
+            )
         tenant, user = principal.tenant_id, principal.name
         budgets, limit = self.budgets, self.limits.turns
         # One round trip: budgets spent?, the rate limit, the tenant breaker, in that

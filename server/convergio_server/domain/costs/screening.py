@@ -71,17 +71,20 @@ class Screener:
             if rule.pattern.search(text)
         ]
 
-    def check_user_message(self, text: str) -> list[Finding]:
-        """Raises InvalidArgument (INPUT_BLOCKED) when blocking; else returns the findings."""
+    def check_user_message(
+        self, text: str, field: str = "content", what: str = "the message"
+    ) -> list[Finding]:
+        """Raises InvalidArgument (INPUT_BLOCKED) when blocking; else returns the findings.
+        `field` and `what` name the text in the refusal (a document sent with the message)."""
         found = self.findings(text)
         if found and self.action == "block":
             first = found[0]
             raise InvalidArgument(
-                f"the message was blocked by input screening: {first.detail} "
+                f"{what} was blocked by input screening: {first.detail} "
                 f"(rule {first.rule}); rephrase it without that content",
                 reason="INPUT_BLOCKED",
                 metadata={"category": first.category.upper(), "rule": first.rule},
-                violations=[FieldViolation("content", f"{first.detail} (rule {first.rule})")],
+                violations=[FieldViolation(field, f"{first.detail} (rule {first.rule})")],
             )
         return found
 
