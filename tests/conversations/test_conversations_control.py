@@ -5,11 +5,13 @@ long enough to act on them mid-way."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 from convergio import AsyncClient, errors
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
+from convergio.flag.v1 import flag_pb2
 
 from tests.conversations.conftest import (
     FINANCE_QUESTION,
@@ -33,6 +35,42 @@ async def first_delta(stream: object) -> list[events_pb2.ConversationEvent]:
         if event.HasField("token_delta"):
             return seen
     raise AssertionError(f"the turn ended before any token: {kinds(seen)}")
+
+
+async def test_a_cancelled_turn_without_token_streaming_keeps_its_usage(
+    paced: RunningServer,
+) -> None:
+    # A tenant of its own with `true_streaming` off: the model's answer comes in one piece,
+    # and a cancel mid-answer must still count the prompt and what was generated.
+    tenant = f"no-streaming-{uuid.uuid4().hex[:8]}"
+    _, token = await paced.server.keys.create(tenant, "no streaming", ["admin"])
+    async with AsyncClient(paced.target, api_key=token) as client:
+        try:
+            version = (await client.flags.get_flag(key="true_streaming")).flag.version
+        except errors.NotFound:
+            version = 0
+        await client.flags.upsert_flag(
+            flag=flag_pb2.Flag(
+                key="true_streaming", enabled=True, strategy=flag_pb2.FLAG_STRATEGY_OFF
+            ),
+            expected_version=version,
+        )
+        for _ in range(200):  # until this server's flag cache has the change
+            if not (await client.flags.evaluate_flag(key="true_streaming")).evaluation.value:
+                break
+            await asyncio.sleep(0.05)
+        cid = await new_conversation(client)
+        stream = client.conversations.send(conversation_id=cid, content=LONG)
+        started = await stream.__anext__()
+        await asyncio.sleep(0.5)  # at 60 tokens/s, about 30 tokens of the answer exist
+        await client.conversations.cancel_turn(conversation_id=cid, turn_id=started.turn_id)
+        rest = [event async for event in stream]
+    assert "token_delta" not in kinds(rest)
+    usage = rest[-1].turn_completed.usage
+    assert rest[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_CANCELLED
+    assert usage.prompt_tokens > 0
+    assert usage.completion_tokens > 0
+    assert usage.model_calls == 1
 
 
 async def test_cancel_stops_the_turn_and_keeps_the_usage(paced_client: AsyncClient) -> None:

@@ -362,6 +362,21 @@ async def test_cancellation_interrupts_a_paced_wait() -> None:
         await task
 
 
+async def test_a_cancelled_call_without_streaming_is_billed_for_what_it_generated() -> None:
+    # 100 tokens/s: after about 0.3 s about 30 tokens of the answer exist.
+    model = OfflineChatCompletionClient(tokens_per_second=100.0, min_completion_tokens=400)
+    token = CancellationToken()
+    messages = ask("Tell me about budgeting")
+    task = asyncio.ensure_future(model.create(messages, cancellation_token=token))
+    await asyncio.sleep(0.3)
+    token.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    usage = model.total_usage()
+    assert usage.prompt_tokens == model.count_tokens(messages)
+    assert 10 <= usage.completion_tokens < 400
+
+
 def selector_prompt(participants: list[str], history: str) -> str:
     roles = "\n".join(f"{n}: {ROSTER.get(n).selector_description}" for n in participants)
     return (

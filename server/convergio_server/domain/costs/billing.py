@@ -109,6 +109,8 @@ class BilledModelClient(DelegatingChatCompletionClient):
         )
         result: CreateResult | None = None
         outcome, error = "OK", None
+        # A call cancelled mid-answer reports what it generated in its usage counters only.
+        before = self._inner.total_usage().completion_tokens
         try:
             result = await self._inner.create(
                 messages,
@@ -126,7 +128,8 @@ class BilledModelClient(DelegatingChatCompletionClient):
             outcome, error = "ERROR", exc
             raise
         finally:
-            await self._finish(ticket, result, 0, outcome, error)
+            generated = max(0, self._inner.total_usage().completion_tokens - before)
+            await self._finish(ticket, result, generated, outcome, error)
 
     async def create_stream(
         self,
