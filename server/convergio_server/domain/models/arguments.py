@@ -40,6 +40,7 @@ _ENUM_ALIASES: dict[str, tuple[str, ...]] = {
     "break_even": ("breakeven", "break-even", "break even"),
     "loan_payment": ("mortgage", "monthly payment", "installment", "loan"),
     "expression": ("calculate", "compute", "evaluate"),
+    "future_value": ("be worth", "grow to", "grows to", "compound interest", "end up with"),
 }
 
 

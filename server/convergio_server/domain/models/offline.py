@@ -429,10 +429,15 @@ def _tool_calls(
     ):
         return []
     request = message_text(messages[index])
+    numbers = extract_numbers(request)
+    # "What will 10,000 be worth at 7% in 10 years?" names no tool word, yet asks for a
+    # computation: a growth question with a rate counts for a tool that offers future_value.
+    growth = bool(numbers.percents and _GROWTH_CUE.search(request))
     scored = sorted(
         (
             (
-                tool_score(s["name"], s.get("description", ""), request, s.get("parameters")),
+                tool_score(s["name"], s.get("description", ""), request, s.get("parameters"))
+                + (1 if growth and _FUTURE_VALUE in json.dumps(s.get("parameters") or {}) else 0),
                 position,
                 s,
             )
@@ -440,7 +445,6 @@ def _tool_calls(
         ),
         key=lambda item: (-item[0], item[1]),
     )
-    numbers = extract_numbers(request)
     has_numbers = bool(numbers.plain or numbers.percents)
     chosen = [
         s for score, _, s in scored if score >= TOOL_THRESHOLD and (has_numbers or not _computes(s))
