@@ -73,6 +73,32 @@ async def test_a_cancelled_turn_without_token_streaming_keeps_its_usage(
     assert usage.model_calls == 1
 
 
+async def test_the_turn_after_a_cancelled_team_turn_is_answered(
+    paced_client: AsyncClient,
+) -> None:
+    # The cancelled turn's finished replies are replayed to the team before the next
+    # message; they used to count as that message's replies and end its turn at once.
+    cid = await new_conversation(paced_client, team=pb.Team(preset="core"))
+    stream = paced_client.conversations.send(
+        conversation_id=cid,
+        content="Give a full review of our pricing, security and execution",
+        max_turns=20,
+    )
+    async for event in stream:
+        if event.HasField("message_completed"):
+            await paced_client.conversations.cancel_turn(conversation_id=cid, turn_id=event.turn_id)
+            break
+    await collect(stream)
+    events = await collect(
+        paced_client.conversations.send(
+            conversation_id=cid, content="Short check on costs", max_turns=3
+        )
+    )
+    assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+    assert kinds(events).count("message_completed") >= 1
+    assert events[-1].turn_completed.usage.model_calls >= 1
+
+
 async def test_cancel_stops_the_turn_and_keeps_the_usage(paced_client: AsyncClient) -> None:
     cid = await new_conversation(paced_client)
     stream = paced_client.conversations.send(conversation_id=cid, content=LONG)

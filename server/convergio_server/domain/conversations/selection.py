@@ -167,8 +167,10 @@ class PlanComplete(TerminationCondition):
         if self._terminated:
             raise TerminatedException("the plan was already complete")
         for message in messages:
-            if isinstance(message, BaseChatMessage) and message.source != "user":
-                self._replies += 1
+            if isinstance(message, BaseChatMessage):
+                # Only replies to the turn's message count: a task that replays an earlier
+                # (cancelled) turn's replies before the message must not complete the plan.
+                self._replies = 0 if message.source == "user" else self._replies + 1
         if self._replies >= len(self._plan.speakers):
             self._terminated = True
             return StopMessage(content="plan complete", source="PlanComplete")
