@@ -27,6 +27,8 @@ from convergio_server.storage.keys import PgKeyStore
 from convergio_server.telemetry import start_metrics_server
 
 log = logging.getLogger(__name__)
+# At most this long of the grace period goes to ending the work still running (see `stop`).
+STOP_WORK_SECONDS = 2.0
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -135,7 +137,18 @@ class ConvergioServer:
         """Stop accepting calls, let open ones finish within the grace period, close."""
         grace = self.settings.grace_period_seconds if grace is None else grace
         await self.health.stop()
-        await self.server.stop(grace)
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        # Work still running near the end of the grace period (turns) is ended while its
+        # streams are open, so that clients get its last events; then gRPC cancels the rest.
+        margin = min(grace / 2, STOP_WORK_SECONDS)
+        done, _ = await asyncio.wait({stopping}, timeout=grace - margin)
+        if not done:
+            try:
+                async with asyncio.timeout(margin):
+                    await self.context.stop_work()
+            except TimeoutError:
+                log.warning("running work did not end within the grace period")
+        await stopping
         await self.context.close()
         if self._metrics is not None:
             self._metrics.shutdown()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from convergio import AsyncClient
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
+from convergio.cost.v1 import cost_pb2
 from convergio_server.storage.redis import Keys
 
 from tests.conversations.conftest import (
@@ -173,3 +175,42 @@ async def test_a_turn_whose_lease_another_process_took_is_ended(
     done = rest[-1].turn_completed
     assert done.stop_reason == events_pb2.STOP_REASON_ERROR
     assert "lost the turn's lease" in done.stop_detail
+
+
+async def test_a_stopping_server_ends_its_turns_on_their_open_streams(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
+) -> None:
+    settings = server_settings(
+        tmp_path / "stopping",
+        pg_dsn,
+        redis_url,
+        redis_prefix,
+        offline_tokens_per_second=40.0,
+        offline_min_answer_tokens=2000,
+    )
+    async with running_server(settings) as running:
+        # A tenant of its own: its breaker counts these turns only.
+        tenant = f"stopping-{uuid.uuid4().hex[:8]}"
+        _, key = await running.server.keys.create(tenant, "stopping", ["member", "operator"])
+        async with AsyncClient(running.target, api_key=key) as client:
+            cids = [await new_conversation(client) for _ in range(6)]
+            streams = [client.conversations.send(conversation_id=c, content=LONG) for c in cids]
+            for stream in streams:
+                await stream.__anext__()
+            # As on SIGTERM: the streams are still open when the turns are ended.
+            stopping = asyncio.ensure_future(running.server.stop(3.0))
+            ends = await asyncio.gather(*(collect(stream) for stream in streams))
+            await stopping
+    for events in ends:
+        assert kinds(events)[-2:] == ["error", "turn_completed"]
+        assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_ERROR
+        assert events[-2].error.retryable
+        assert "stopped" in events[-2].error.message
+    # Six turns ended by a stopping server are no failures of the tenant's.
+    settings = server_settings(tmp_path / "after", pg_dsn, redis_url, redis_prefix)
+    async with running_server(settings) as after, AsyncClient(after.target, api_key=key) as client:
+        breaker = await client.costs.get_circuit_breaker(
+            scope=cost_pb2.CIRCUIT_BREAKER_SCOPE_TENANT
+        )
+        assert breaker.circuit_breaker.state == cost_pb2.CIRCUIT_STATE_CLOSED
+        assert breaker.circuit_breaker.consecutive_failures == 0

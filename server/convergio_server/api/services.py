@@ -34,6 +34,10 @@ class ServiceContext:
     idempotency: PgIdempotencyStore = field(init=False)
     redis_keys: Keys = field(init=False)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Work to end while the calls still open can carry its last messages (running turns end
+    # with their Error and TurnCompleted on their streams), before gRPC cancels those calls
+    # at the end of the grace period.
+    stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Async start-up work (loading caches, importing files), run in order before the server
     # accepts calls.
     starters: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -43,6 +47,10 @@ class ServiceContext:
     def __post_init__(self) -> None:
         self.idempotency = PgIdempotencyStore(self.infra.pool)
         self.redis_keys = Keys(self.settings.redis_prefix)
+
+    async def stop_work(self) -> None:
+        for stopper in reversed(self.stoppers):
+            await stopper()
 
     async def close(self) -> None:
         for closer in reversed(self.closers):

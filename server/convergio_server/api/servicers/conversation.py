@@ -385,6 +385,7 @@ def build(ctx: ServiceContext) -> ConversationServicer:
             await blocking.aclose()
 
     ctx.closers.append(close)
+    ctx.stoppers.append(runner.close)
     return ConversationServicer(ctx, service, cancels)
 
 

@@ -113,6 +113,7 @@ class _Answered:
 
 
 UNAVAILABLE_CODE = 14
+SERVER_STOPPED = "the server running the turn stopped before it ended"
 INTERNAL_CODE = 13
 
 
@@ -273,6 +274,7 @@ class TurnExecution:
         self.missed: list[TextMessage] = []
         self.speaker_announced = False  # the single agent's SpeakerSelected went with TurnStarted
         self.lease_released = False  # renewed by the runner until then
+        self.server_stopping = False  # ended because this process is shutting down
 
     @property
     def tenant_id(self) -> str:
@@ -674,7 +676,15 @@ class TurnExecution:
                 await pumping
         self._emit_delta()
         if self.stop is not None:
-            return TurnOutcome(stop_reason=self.stop[0], stop_detail=self.stop[1]), None
+            outcome = TurnOutcome(stop_reason=self.stop[0], stop_detail=self.stop[1])
+            if self.server_stopping:  # said as the reaper of another process says it
+                return outcome, ErrorOccurred(
+                    code=UNAVAILABLE_CODE,
+                    reason="UNAVAILABLE",
+                    message=f"{SERVER_STOPPED}; send the message again",
+                    retryable=True,
+                )
+            return outcome, None
         if failure is not None:
             # AutoGen passes an agent's exception on as text: prefer the call's own error.
             cause = team.meter.failure or failure
@@ -787,7 +797,9 @@ class TurnExecution:
             await runner.guards_for().turn_finished(
                 TurnScope(self.principal, self.conversation.id, self.turn.id),
                 outcome.cost_usd,
-                outcome.stop_reason == ERROR,
+                # An operator stopping the server is no failure of the tenant's turns: the
+                # breaker must not open for it.
+                outcome.stop_reason == ERROR and not self.server_stopping,
             )
         if next_turn is not None:
             await runner.start_promoted(next_turn)
@@ -1089,7 +1101,8 @@ class TurnRunner:
         """Stop every local turn (the server is shutting down): they end with ERROR."""
         executions = list(self.local.values())
         for execution in executions:
-            execution.cancel(ERROR, "the server running the turn stopped")
+            execution.server_stopping = True
+            execution.cancel(ERROR, SERVER_STOPPED)
         for execution in executions:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):

@@ -33,7 +33,7 @@ from convergio_server.domain.conversations.model import (
     TurnOutcome,
     money,
 )
-from convergio_server.domain.conversations.runner import Leases, TurnRunner
+from convergio_server.domain.conversations.runner import SERVER_STOPPED, Leases, TurnRunner
 from convergio_server.domain.conversations.selection import policy_names
 from convergio_server.domain.conversations.store import Admitted, ConversationStore
 from convergio_server.domain.errors import (
@@ -664,7 +664,7 @@ class ConversationService:
         )
         if turn is None or turn.status == ENDED:
             return False
-        message = "the server running the turn stopped before it ended"
+        message = SERVER_STOPPED
         error = ErrorOccurred(code=14, reason="UNAVAILABLE", message=message, retryable=True)
         ended, next_turn = await self.store.finish_turn(
             conversation.tenant_id,
