@@ -13,6 +13,7 @@ from convergio import AsyncClient, errors
 from convergio.common.v1 import common_pb2
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
+from convergio_server.domain.conversations.service import idle_tick
 
 from tests.conversations.conftest import collect, kinds, new_conversation
 
@@ -230,3 +231,15 @@ async def test_a_follower_of_a_deleted_conversation_is_told_it_is_gone(
     with pytest.raises(errors.NotFound) as gone:
         await asyncio.wait_for(follower, 30)
     assert "deleted" in gone.value.message
+
+
+@pytest.mark.parametrize(
+    ("heartbeat", "lease"), [(15.0, 10.0), (15.0, 15.0), (15.0, 4.0), (5.0, 10.0), (30.0, 7.0)]
+)
+def test_an_idle_stream_wakes_for_every_lease_period_and_on_each_heartbeat(
+    heartbeat: float, lease: float
+) -> None:
+    tick = idle_tick(heartbeat, lease)
+    assert tick <= lease  # a dead process's turn is noticed within a lease period
+    wakes = heartbeat / tick
+    assert abs(wakes - round(wakes)) < 1e-9  # the heartbeat falls on a wake-up

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 import uuid
@@ -558,7 +559,7 @@ class ConversationService:
             await self.get(principal, conversation_id)
         # Wake up at least once per lease period to notice a turn whose process died.
         heartbeat = self.config.heartbeat_seconds
-        tick = min(heartbeat, self.config.lease_seconds)
+        tick = idle_tick(heartbeat, self.config.lease_seconds)
         quiet_since = time.monotonic()
         async for event in self.events.read(
             principal.tenant_id,
@@ -576,7 +577,8 @@ class ConversationService:
                         metadata={"conversation_id": conversation_id},
                     )
                 await self._reap_orphans(principal, conversation)
-                if time.monotonic() - quiet_since >= heartbeat:
+                # (half a tick of slack: a wake-up a little early still sends it on time)
+                if time.monotonic() - quiet_since >= heartbeat - tick / 2:
                     quiet_since = time.monotonic()
                     yield None
                 continue
@@ -776,6 +778,15 @@ class ConversationService:
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def idle_tick(heartbeat: float, lease: float) -> float:
+    """How often an idle stream wakes: at least once per lease period (to notice a turn
+    whose process died), and a whole number of times per heartbeat, so that heartbeats go
+    out on time (with a 10 s lease, a 15 s heartbeat used to go out every 20 s)."""
+    if heartbeat <= lease:
+        return heartbeat
+    return heartbeat / math.ceil(heartbeat / lease)
 
 
 def _check_same_message(earlier: Turn, turn: Turn) -> None:
