@@ -11,6 +11,7 @@ The generated messages live in `convergio.<area>.v1` (e.g.
 
 from convergio._runtime import AsyncStream, RetryPolicy, Stream
 from convergio.client import AsyncClient, Client, __version__
+from convergio.conversations import AsyncEventStream, EventStream
 from convergio.errors import (
     Aborted,
     AlreadyExists,
@@ -38,12 +39,14 @@ __all__ = [
     "Aborted",
     "AlreadyExists",
     "AsyncClient",
+    "AsyncEventStream",
     "AsyncStream",
     "Cancelled",
     "Client",
     "ConvergioError",
     "DataLoss",
     "DeadlineExceeded",
+    "EventStream",
     "FailedPrecondition",
     "FieldViolation",
     "Internal",

@@ -14,6 +14,12 @@ stream is retried only while it has not delivered a message: once the caller
 has seen messages, a plain retry would replay them. A `StreamResumer`
 registered for the method (`register_resumer`) can continue such a stream
 instead, e.g. by re-attaching after the last sequence number it observed.
+
+A stream with a resumer that broke after delivering messages is not bound by
+`max_attempts`: a server restart (drain, then a new process) or a network cut
+lasts seconds, far longer than a few quick retries. It keeps re-attaching for
+`RetryPolicy.resume_window_seconds` counted from the break, and the window
+starts again once the stream delivers messages again.
 """
 
 from __future__ import annotations
@@ -68,22 +74,34 @@ class RetryPolicy:
     turns retries off. The wait before retry n is uniformly random in
     [0, min(max_backoff, initial_backoff * multiplier ** (n - 1))] seconds,
     unless the server says how long to wait (google.rpc.RetryInfo).
+
+    `resume_window_seconds` applies instead of `max_attempts` to a stream that
+    can resume (conversation streams) once it has delivered messages: when it
+    breaks, it keeps re-attaching, with the same backoff, for that many
+    seconds from the break, enough to outlast a server restart; 0 turns
+    re-attaching off. The call's timeout, when it has one, still bounds it.
     """
 
     max_attempts: int = 4
     initial_backoff: float = 0.1
     max_backoff: float = 2.0
     multiplier: float = 2.0
+    resume_window_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
             raise ValueError("backoffs must be >= 0 and multiplier >= 1")
+        if self.resume_window_seconds < 0:
+            raise ValueError("resume_window_seconds must be >= 0")
 
     def backoff(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (1 for the first retry)."""
-        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        try:
+            ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        except OverflowError:  # the many retries of a long resume window
+            ceiling = self.max_backoff
         return random.uniform(0.0, ceiling)
 
 
@@ -167,6 +185,10 @@ class _Attempts:
         self.policy = policy
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.count = 1
+        # Set once a resumable stream has delivered: from then on its breaks are
+        # bounded by the resume window, not by max_attempts.
+        self.resumable = False
+        self.broken_at: float | None = None
 
     def remaining(self) -> float | None:
         if self.deadline is None:
@@ -177,19 +199,30 @@ class _Attempts:
         """Seconds to wait before the next attempt, or None to give up."""
         if not idempotent or error.code not in RETRYABLE_CODES:
             return None
-        if self.count >= self.policy.max_attempts:
+        now = time.monotonic()
+        window_end: float | None = None
+        if self.resumable:
+            if self.broken_at is None:
+                self.broken_at = now
+            window_end = self.broken_at + self.policy.resume_window_seconds
+        elif self.count >= self.policy.max_attempts:
             return None
         delay = error.retry_delay
         if delay is None:
             delay = self.policy.backoff(self.count)
-        if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+        if window_end is not None and now + delay >= window_end:
+            return None
+        if self.deadline is not None and now + delay >= self.deadline:
             return None
         self.count += 1
         return delay
 
-    def progressed(self) -> None:
-        # A stream that delivered messages earns a fresh set of attempts.
+    def progressed(self, resumable: bool) -> None:
+        # A stream that delivered messages earns a fresh set of attempts, and a
+        # resumable one a fresh window counted from its next break.
         self.count = 1
+        self.resumable = resumable
+        self.broken_at = None
 
 
 class _Base:
@@ -396,7 +429,7 @@ class _StreamState(Generic[RespT]):
     def _received(self, message: RespT) -> RespT:
         if not self._delivered:
             self._delivered = True
-            self._attempts.progressed()
+            self._attempts.progressed(resumable=self._resumer is not None)
         if self._resumer is not None:
             self._resumer.observe(message)
         return message

@@ -8,13 +8,23 @@ a broken connection.
 
 When the stream breaks with UNAVAILABLE after events were delivered, the client
 re-attaches with StreamEvents(after_sequence = last sequence seen, turn_id) and goes on
-where it stopped: no event twice, none missing. Before any event, SendMessage is simply
-retried with the same request_id, which the server turns into a re-attach as well.
+where it stopped: no event twice, none missing. It keeps trying for the client's
+`RetryPolicy.resume_window_seconds` from the break, so that a server restart is outlasted.
+Before any event, SendMessage is simply retried with the same request_id, which the server
+turns into a re-attach as well.
+
+Both return a stream (`AsyncEventStream` / `EventStream`): leaving the loop early does not
+end the call by itself; `cancel()` does, and so does leaving an `async with` / `with` block:
+
+    async with client.conversations.send(conversation_id=cid, content="Hi") as events:
+        async for event in events:
+            break  # the call ends here (a turn sent with on_disconnect=CANCEL stops)
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
+from types import TracebackType
 from typing import Any
 
 from google.protobuf.message import Message
@@ -24,7 +34,7 @@ from convergio._services import AsyncConversationService, ConversationService
 from convergio.conversation.v1 import conversation_pb2 as _pb
 from convergio.conversation.v1 import events_pb2 as _events_pb2
 
-__all__ = ["AsyncConversations", "Conversations"]
+__all__ = ["AsyncConversations", "AsyncEventStream", "Conversations", "EventStream"]
 
 _SERVICE = "/convergio.conversation.v1.ConversationService/"
 
@@ -99,9 +109,10 @@ class AsyncConversations(AsyncConversationService):
         max_turns: int | None = None,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
-    ) -> AsyncIterator[_events_pb2.ConversationEvent]:
+    ) -> AsyncEventStream:
         """Send a message and yield the turn's events up to its TurnCompleted (heartbeats
-        left out), re-attaching after a broken connection."""
+        left out), re-attaching after a broken connection. Leaving the loop early leaves
+        the call open: use the stream as an async context manager, or `cancel()` it."""
         stream = self.send_message(
             conversation_id=conversation_id,
             content=content,
@@ -113,7 +124,7 @@ class AsyncConversations(AsyncConversationService):
             timeout=timeout,
             metadata=metadata,
         )
-        return _events(stream)
+        return AsyncEventStream(stream)
 
     def follow(
         self,
@@ -124,13 +135,14 @@ class AsyncConversations(AsyncConversationService):
         replay: bool = False,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
-    ) -> AsyncIterator[_events_pb2.ConversationEvent]:
+    ) -> AsyncEventStream:
         """Yield the conversation's events after `after_sequence` (heartbeats left out):
-        those logged, then new ones as they happen, until the caller stops. With
-        `turn_id`, only that turn's, ending after its TurnCompleted; with `replay`, only
-        what is logged now. Re-attaches after a broken connection, as `send` does."""
+        those logged, then new ones as they happen, until the stream is cancelled (or its
+        `async with` block left). With `turn_id`, only that turn's, ending after its
+        TurnCompleted; with `replay`, only what is logged now. Re-attaches after a broken
+        connection, as `send` does."""
         request = _follow_request(conversation_id, after_sequence, turn_id, replay)
-        return _events(self.stream_events(request, timeout=timeout, metadata=metadata))
+        return AsyncEventStream(self.stream_events(request, timeout=timeout, metadata=metadata))
 
 
 class Conversations(ConversationService):
@@ -148,7 +160,7 @@ class Conversations(ConversationService):
         max_turns: int | None = None,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
-    ) -> Iterator[_events_pb2.ConversationEvent]:
+    ) -> EventStream:
         """Send a message and yield the turn's events; see `AsyncConversations.send`."""
         stream = self.send_message(
             conversation_id=conversation_id,
@@ -161,7 +173,7 @@ class Conversations(ConversationService):
             timeout=timeout,
             metadata=metadata,
         )
-        yield from _sync_events(stream)
+        return EventStream(stream)
 
     def follow(
         self,
@@ -172,10 +184,10 @@ class Conversations(ConversationService):
         replay: bool = False,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
-    ) -> Iterator[_events_pb2.ConversationEvent]:
+    ) -> EventStream:
         """Yield the conversation's events; see `AsyncConversations.follow`."""
         request = _follow_request(conversation_id, after_sequence, turn_id, replay)
-        yield from _sync_events(self.stream_events(request, timeout=timeout, metadata=metadata))
+        return EventStream(self.stream_events(request, timeout=timeout, metadata=metadata))
 
 
 def _follow_request(
@@ -189,17 +201,79 @@ def _follow_request(
     )
 
 
-async def _events(stream: Any) -> AsyncIterator[_events_pb2.ConversationEvent]:
-    """The events of a SendMessage or StreamEvents stream, without heartbeats; the call is
-    cancelled when the caller stops early."""
-    async with stream:
-        async for response in stream:
+class AsyncEventStream(AsyncIterator[_events_pb2.ConversationEvent]):
+    """The events of `AsyncConversations.send` or `follow`, heartbeats left out.
+
+    As the SDK's other streams: `cancel()` (or `aclose()`) ends the call, and so does
+    leaving an `async with` block. Leaving an `async for` loop with `break` does not:
+    the call stays open (a turn sent with on_disconnect=CANCEL goes on) until one of
+    those, and iterating again goes on where the loop stopped.
+    """
+
+    def __init__(self, stream: _runtime.AsyncStream[Any]) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> AsyncEventStream:
+        return self
+
+    async def __anext__(self) -> _events_pb2.ConversationEvent:
+        while True:
+            response = await self._stream.__anext__()
             if not response.event.HasField("heartbeat"):
-                yield response.event
+                event: _events_pb2.ConversationEvent = response.event
+                return event
+
+    def cancel(self) -> None:
+        """End the call; iteration stops without an error."""
+        self._stream.cancel()
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    async def __aenter__(self) -> AsyncEventStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.cancel()
 
 
-def _sync_events(stream: Any) -> Iterator[_events_pb2.ConversationEvent]:
-    with stream:
-        for response in stream:
+class EventStream(Iterator[_events_pb2.ConversationEvent]):
+    """The events of `Conversations.send` or `follow`, heartbeats left out; the
+    synchronous `AsyncEventStream`: `cancel()` / `close()`, or a `with` block, end the
+    call, leaving a `for` loop does not."""
+
+    def __init__(self, stream: _runtime.Stream[Any]) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> _events_pb2.ConversationEvent:
+        while True:
+            response = next(self._stream)
             if not response.event.HasField("heartbeat"):
-                yield response.event
+                event: _events_pb2.ConversationEvent = response.event
+                return event
+
+    def cancel(self) -> None:
+        """End the call; iteration stops without an error."""
+        self._stream.cancel()
+
+    def close(self) -> None:
+        self.cancel()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.cancel()

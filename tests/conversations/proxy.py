@@ -1,5 +1,6 @@
 """A TCP proxy for tests that need a connection to break mid-stream: `cut()` closes every
-open connection (the client sees UNAVAILABLE) while new ones are still accepted."""
+open connection (the client sees UNAVAILABLE) while new ones are still accepted; `stop()`
+also refuses new ones, as a server that is restarting does, until `start()` again."""
 
 from __future__ import annotations
 
@@ -14,15 +15,25 @@ class Proxy:
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
+        self.listen_port = 0  # chosen on the first start, kept across restarts
 
     @property
     def target(self) -> str:
-        assert self.server is not None
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return f"127.0.0.1:{self.listen_port}"
 
     async def start(self) -> Proxy:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.listen_port)
+        self.listen_port = self.server.sockets[0].getsockname()[1]
         return self
+
+    async def stop(self) -> None:
+        """Close every connection and refuse new ones until `start()`."""
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await self.server.wait_closed()
+            self.server = None
+        self.cut()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -46,8 +57,4 @@ class Proxy:
         self.writers.clear()
 
     async def close(self) -> None:
-        self.cut()
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await self.server.wait_closed()
+        await self.stop()

@@ -5,10 +5,11 @@ long enough to act on them mid-way."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
-from convergio import AsyncClient, errors
+from convergio import AsyncClient, Client, RetryPolicy, errors
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
 from convergio.flag.v1 import flag_pb2
@@ -324,3 +325,130 @@ async def test_a_broken_follow_stream_resumes_too(paced: RunningServer, streamin
             assert proxy.connections >= 2
     finally:
         await proxy.close()
+
+
+async def test_a_restart_long_outage_is_outlasted(paced: RunningServer, streaming: None) -> None:
+    # The proxy refuses connections for 3 s, as a restarting server does: far longer than
+    # the few quick retries of a unary call, well within the stream's resume window.
+    proxy = await Proxy(paced.target).start()
+    try:
+        async with AsyncClient(proxy.target, api_key=await member_key(paced)) as client:
+            cid = await new_conversation(client)
+            events = client.conversations.send(conversation_id=cid, content=LONG)
+            seen = await first_delta(events)
+            await proxy.stop()
+            await asyncio.sleep(3)
+            await proxy.start()
+            async with asyncio.timeout(60):
+                seen += [event async for event in events]
+            assert proxy.connections >= 2
+            sequences = [e.sequence for e in seen]
+            assert sequences == list(range(sequences[0], sequences[0] + len(seen)))
+            assert kinds(seen)[-1] == "turn_completed"
+            assert seen[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+            completed = next(e.message_completed for e in seen if e.HasField("message_completed"))
+            text = "".join(e.token_delta.text for e in seen if e.HasField("token_delta"))
+            assert text == completed.content
+    finally:
+        await proxy.close()
+
+
+async def test_an_outage_longer_than_the_resume_window_raises(
+    paced: RunningServer, streaming: None
+) -> None:
+    proxy = await Proxy(paced.target).start()
+    key = await member_key(paced)
+    try:
+        async with AsyncClient(
+            proxy.target, api_key=key, retry=RetryPolicy(resume_window_seconds=0.5)
+        ) as client:
+            cid = await new_conversation(client)
+            events = client.conversations.send(conversation_id=cid, content=LONG)
+            seen = await first_delta(events)
+            await proxy.stop()
+            started = time.monotonic()
+            with pytest.raises(errors.Unavailable):
+                async with asyncio.timeout(2.5):  # before the proxy would be back
+                    [event async for event in events]
+            assert time.monotonic() - started < 2.5
+    finally:
+        await proxy.close()
+    async with AsyncClient(paced.target, api_key=key) as direct:
+        await direct.conversations.cancel_turn(conversation_id=cid, turn_id=seen[0].turn_id)
+
+
+async def turn_ended_within(client: AsyncClient, cid: str, turn_id: str, seconds: float) -> pb.Turn:
+    async with asyncio.timeout(seconds):
+        while True:
+            turn = (await client.conversations.get_turn(conversation_id=cid, turn_id=turn_id)).turn
+            if turn.status == pb.TURN_STATUS_ENDED:
+                return turn
+            await asyncio.sleep(0.05)
+
+
+# A LONG turn runs for about a second on the paced server: it ends DISCONNECTED (not
+# COMPLETED) only if leaving the stream ended the call while the turn was running.
+PROMPTLY = 2.0
+
+
+async def test_leaving_an_async_with_block_ends_the_call(paced_client: AsyncClient) -> None:
+    cid = await new_conversation(paced_client)
+    async with paced_client.conversations.send(
+        conversation_id=cid, content=LONG, on_disconnect=pb.DISCONNECT_POLICY_CANCEL
+    ) as events:
+        async for event in events:
+            turn_id = event.turn_id
+            break
+    turn = await turn_ended_within(paced_client, cid, turn_id, PROMPTLY)
+    assert turn.stop_reason == events_pb2.STOP_REASON_DISCONNECTED
+
+    # The same with cancel(), after which iterating ends at once.
+    events = paced_client.conversations.send(
+        conversation_id=cid, content=LONG, on_disconnect=pb.DISCONNECT_POLICY_CANCEL
+    )
+    async for event in events:
+        turn_id = event.turn_id
+        break
+    events.cancel()
+    assert [event async for event in events] == []
+    turn = await turn_ended_within(paced_client, cid, turn_id, PROMPTLY)
+    assert turn.stop_reason == events_pb2.STOP_REASON_DISCONNECTED
+
+    # And with follow(): leaving its block ends its call too, not the turn it followed.
+    events = paced_client.conversations.send(conversation_id=cid, content=LONG)
+    turn_id = (await events.__anext__()).turn_id
+    async with paced_client.conversations.follow(cid, turn_id=turn_id) as followed:
+        async for _ in followed:
+            break
+    rest = [event async for event in events]
+    assert rest[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+
+
+def _sync_send_and_leave(target: str, key: str, cid: str) -> tuple[str, pb.Turn]:
+    with Client(target, api_key=key) as client:
+        with client.conversations.send(
+            conversation_id=cid, content=LONG, on_disconnect=pb.DISCONNECT_POLICY_CANCEL
+        ) as events:
+            for event in events:
+                turn_id = event.turn_id
+                break
+        left = time.monotonic()
+        while time.monotonic() - left < PROMPTLY:
+            turn = client.conversations.get_turn(conversation_id=cid, turn_id=turn_id).turn
+            if turn.status == pb.TURN_STATUS_ENDED:
+                break
+            time.sleep(0.05)
+    return turn_id, turn
+
+
+async def test_leaving_a_with_block_ends_the_call_of_the_sync_client(
+    paced: RunningServer, streaming: None
+) -> None:
+    key = await member_key(paced)
+    async with AsyncClient(paced.target, api_key=key) as client:
+        await wait_streaming(client)
+        cid = await new_conversation(client)
+    # In a thread: the server runs on this test's event loop.
+    _, turn = await asyncio.to_thread(_sync_send_and_leave, paced.target, key, cid)
+    assert turn.status == pb.TURN_STATUS_ENDED
+    assert turn.stop_reason == events_pb2.STOP_REASON_DISCONNECTED

@@ -450,6 +450,115 @@ async def test_registered_resumer_continues_a_broken_stream(
     assert [a.request.value for a in harness.fake.attempts[COUNT.name]] == ["", "2"]
 
 
+# UNAVAILABLE with a RetryInfo of 1 s: the waits between attempts are exact, so a fake clock
+# tells how long a stream kept trying.
+RESTARTING = rich_abort(
+    grpc.StatusCode.UNAVAILABLE,
+    "restarting",
+    error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1)),
+)
+
+
+class FakeClock:
+    """Stands for `time` in `_runtime`; the client's backoff waits advance it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(client: convergio.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(_runtime, "time", fake)
+    client._invoker.sleep = fake.sleep
+    monkeypatch.setitem(_runtime._RESUMERS, COUNT.name, _ResumeAfterLast)
+    return fake
+
+
+async def test_resumed_stream_keeps_trying_within_its_window(
+    harness: Harness, clock: FakeClock
+) -> None:
+    # A break, 8 failed re-attaches (8 s, more than max_attempts), a re-attach that
+    # delivers, then again: the window (10 s) counts from each break, not from the first.
+    policy = convergio.RetryPolicy(max_attempts=2, resume_window_seconds=10)
+    harness.fake.scripts[COUNT.name] = Script(
+        failures=[None, *[RESTARTING] * 8, None, *[RESTARTING] * 8],
+        messages=2,
+        fail_after=RESTARTING,
+        fail_after_times=2,
+    )
+    async with convergio.AsyncClient(harness.target, retry=policy) as client:
+        client._invoker.sleep = clock.sleep
+        start = clock.now
+        values = [m.value async for m in client._invoker.stream(COUNT, wrappers_pb2.StringValue())]
+    assert values == [0, 1, 2, 3, 4, 5]
+    assert harness.fake.calls(COUNT.name) == 19
+    assert clock.now - start == 18
+
+
+async def test_resumed_stream_gives_up_when_its_window_has_passed(
+    harness: Harness, client: convergio.AsyncClient, clock: FakeClock
+) -> None:
+    harness.fake.scripts[COUNT.name] = Script(
+        failures=[None, *[RESTARTING] * 100], messages=2, fail_after=RESTARTING
+    )
+    policy = convergio.RetryPolicy(resume_window_seconds=5)
+    async with convergio.AsyncClient(harness.target, retry=policy) as short:
+        short._invoker.sleep = clock.sleep
+        start = clock.now
+        received: list[int] = []
+        with pytest.raises(convergio.Unavailable):
+            async for message in short._invoker.stream(COUNT, wrappers_pb2.StringValue()):
+                received.append(message.value)
+    assert received == [0, 1]
+    # Re-attaches at 1, 2, 3 and 4 s after the break; one at 5 s would be past the window.
+    assert harness.fake.calls(COUNT.name) == 5
+    assert clock.now - start == 4
+
+
+async def test_resume_window_is_bounded_by_the_call_deadline(
+    harness: Harness, client: convergio.AsyncClient, clock: FakeClock
+) -> None:
+    harness.fake.scripts[COUNT.name] = Script(
+        failures=[None, *[RESTARTING] * 100], messages=2, fail_after=RESTARTING
+    )
+    with pytest.raises(convergio.Unavailable):
+        async for _ in client._invoker.stream(COUNT, wrappers_pb2.StringValue(), timeout=3.5):
+            pass
+    assert harness.fake.calls(COUNT.name) == 4  # at 0, then 1, 2 and 3 s
+
+
+async def test_resumed_stream_does_not_retry_what_retrying_cannot_fix(
+    harness: Harness, client: convergio.AsyncClient, clock: FakeClock
+) -> None:
+    harness.fake.scripts[COUNT.name] = Script(
+        failures=[None, Failure(grpc.StatusCode.NOT_FOUND, "gone")],
+        messages=2,
+        fail_after=UNAVAILABLE,
+    )
+    with pytest.raises(convergio.NotFound):
+        async for _ in client._invoker.stream(COUNT, wrappers_pb2.StringValue()):
+            pass
+    assert harness.fake.calls(COUNT.name) == 2
+
+
+async def test_resumable_stream_that_never_started_keeps_the_short_policy(
+    harness: Harness, client: convergio.AsyncClient, clock: FakeClock
+) -> None:
+    # Nothing broke: the server was not reached at all, and the caller hears so quickly.
+    harness.fake.scripts[COUNT.name] = Script(failures=[UNAVAILABLE] * 10)
+    with pytest.raises(convergio.Unavailable):
+        async for _ in client._invoker.stream(COUNT, wrappers_pb2.StringValue()):
+            pass
+    assert harness.fake.calls(COUNT.name) == FAST.max_attempts
+
+
 async def test_stream_errors_are_typed(harness: Harness, client: convergio.AsyncClient) -> None:
     harness.fake.scripts[WATCH_APPROVALS] = Script(
         failures=[
@@ -534,9 +643,13 @@ async def test_sync_client(harness: Harness) -> None:
 def test_retry_policy_validates() -> None:
     with pytest.raises(ValueError):
         convergio.RetryPolicy(max_attempts=0)
+    with pytest.raises(ValueError):
+        convergio.RetryPolicy(resume_window_seconds=-1)
     policy = convergio.RetryPolicy(initial_backoff=0.1, max_backoff=0.3, multiplier=2)
     for retry in range(1, 6):
         assert 0 <= policy.backoff(retry) <= min(0.3, 0.1 * 2 ** (retry - 1))
+    # A long resume window with short waits makes many retries.
+    assert 0 <= policy.backoff(5000) <= 0.3
 
 
 def test_code_values_match_google_rpc() -> None:
