@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from convergio_server.infrastructure import StartupError, open_infrastructure
 from convergio_server.logs import configure_logging
 
 EXIT_UNAVAILABLE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # as a process killed by SIGPIPE, what `yes | head -1` gives
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -316,7 +318,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
     try:
-        return _run(handler(args))
+        code = _run(handler(args))
+        sys.stdout.flush()  # here, so that a closed pipe is met inside this `try`
+        return code
+    except BrokenPipeError:
+        # The reader of stdout left (`... | head -1`): nothing more to say. stdout now
+        # points at /dev/null, else the interpreter's own flush at exit fails again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         return 130
     except ValueError as exc:  # bad settings

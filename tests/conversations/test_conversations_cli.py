@@ -4,9 +4,14 @@ the turn ended. `convergio conversations` lists, shows, follows, cancels and del
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
+import select
 import subprocess
 import sys
+import termios
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +19,7 @@ import pytest
 from convergio import AsyncClient, errors
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
+from convergio_server.domain.conversations.service import MAX_CONTENT_BYTES
 
 from tests.conversations.conftest import (
     FINANCE_QUESTION,
@@ -67,7 +73,9 @@ async def test_chat_streams_a_turn(server: RunningServer, streaming: None) -> No
         "Thanks",
     )
     assert code == 0
-    assert '"turnCompleted"' in out.splitlines()[-1]
+    assert json.loads(out.splitlines()[-1])["turn_completed"]["stop_reason"] == (
+        "STOP_REASON_COMPLETED"
+    )
 
 
 async def test_chat_reports_an_unknown_agent(server: RunningServer) -> None:
@@ -198,3 +206,113 @@ async def test_chat_on_a_busy_conversation_says_what_to_do_or_queues(
         assert b"[cancelled: 0 message(s)" in rest
         async for _ in running:
             pass
+
+
+async def test_chat_json_writes_only_json_to_stdout(server: RunningServer, streaming: None) -> None:
+    key = await member_key(server)
+    chat = await asyncio.create_subprocess_exec(
+        CONVERGIO, "chat", "--target", server.target, "--api-key", key, "--agent", "amy", "--json",
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    typed = b"x" * (MAX_CONTENT_BYTES + 1) + b"\nHi\n"
+    out, err = await asyncio.wait_for(chat.communicate(typed), 120)
+    assert chat.returncode == 0, err
+    assert err.decode().count("you> ") == 3  # the prompt, on stderr
+    assert f"{MAX_CONTENT_BYTES + 1:,} bytes" in err.decode() and "not sent" in err.decode()
+    events = [json.loads(line) for line in out.decode().splitlines()]
+    assert events[0]["turn_started"]["content"] == "Hi"  # the long line was not sent
+    assert events[0]["conversation_id"] and events[-1]["turn_completed"]["message_count"] == 1
+
+
+async def test_chat_checks_what_it_can_before_creating_a_conversation(
+    server: RunningServer,
+) -> None:
+    key = await member_key(server)
+    auth = ("--target", server.target, "--api-key", key)
+    async with AsyncClient(server.target, api_key=key) as client:
+        before = await client.conversations.list_conversations(page_size=100)
+    for args, named in [
+        (("--max-turns", "99", "Hi"), "--max-turns must be 1 to 50"),
+        (("--max-turns", "0", "Hi"), "--max-turns must be 1 to 50"),
+        (("x" * (MAX_CONTENT_BYTES + 1),), f"MESSAGE is {MAX_CONTENT_BYTES + 1:,} bytes"),
+        (("é" * (MAX_CONTENT_BYTES // 2 + 1),), f"MESSAGE is {MAX_CONTENT_BYTES + 2:,} bytes"),
+        (("  ",), "MESSAGE is empty"),
+    ]:
+        code, out, err = await run_chat(*auth, "--agent", "amy", *args)
+        assert (code, out) == (2, ""), err
+        assert err.startswith(f"convergio chat: error: {named}") and err.count("\n") == 1
+    async with AsyncClient(server.target, api_key=key) as client:
+        after = await client.conversations.list_conversations(page_size=100)
+    assert [c.conversation_id for c in after.conversations] == [
+        c.conversation_id for c in before.conversations
+    ]
+
+
+async def test_commands_whose_reader_left_end_quietly(
+    server: RunningServer, streaming: None
+) -> None:
+    key = await member_key(server)
+    async with AsyncClient(server.target, api_key=key) as client:
+        cid = await new_conversation(client)
+        await collect(client.conversations.send(conversation_id=cid, content=FINANCE_QUESTION))
+    auth = ("--target", server.target, "--api-key", key)
+    for args in [
+        ("conversations", "list", *auth),
+        ("conversations", "show", *auth, cid),
+        ("conversations", "follow", *auth, cid, "--replay"),
+        ("conversations", "follow", *auth, cid, "--replay", "--json"),
+    ]:
+        # As `convergio ... | head -1` once head has its line: the pipe has no reader.
+        reader, writer = os.pipe()
+        os.close(reader)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                CONVERGIO, *args, stdout=writer, stderr=subprocess.PIPE
+            )
+        finally:
+            os.close(writer)
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+        assert (process.returncode, err.decode()) == (141, ""), args
+
+
+def _read_until(terminal: int, wanted: bytes, seconds: float) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while wanted not in seen and time.monotonic() < deadline:
+        if select.select([terminal], [], [], 0.1)[0]:
+            try:
+                seen += os.read(terminal, 4096)
+            except OSError:  # the other side is gone
+                break
+    return seen
+
+
+def _take_the_terminal() -> None:
+    """In the child, after setsid: its stdin's terminal becomes its controlling one, so
+    that ^C typed there sends it SIGINT, as in a shell."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+async def test_chat_leaves_at_once_on_ctrl_c_at_the_prompt(server: RunningServer) -> None:
+    key = await member_key(server)
+    async with AsyncClient(server.target, api_key=key) as client:
+        cid = await new_conversation(client)
+    main, terminal = os.openpty()
+    try:
+        chat = await asyncio.create_subprocess_exec(
+            CONVERGIO, "chat", "--target", server.target, "--api-key", key, "--conversation", cid,
+            stdin=terminal, stdout=terminal, stderr=terminal,
+            start_new_session=True, preexec_fn=_take_the_terminal,
+        )  # fmt: skip
+        os.close(terminal)
+        try:
+            seen = await asyncio.to_thread(_read_until, main, b"you> ", 60)
+            assert b"you> " in seen, seen
+            os.write(main, b"\x03")
+            assert await asyncio.wait_for(chat.wait(), 3) == 130
+        finally:
+            if chat.returncode is None:
+                chat.kill()
+                await chat.wait()
+    finally:
+        os.close(main)

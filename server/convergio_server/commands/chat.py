@@ -7,13 +7,15 @@
 
 Tokens are printed as they arrive, under the name of the agent speaking; tool calls and
 their results are shown as they happen, and each turn ends with how it ended and what it
-used. Ctrl-C during a turn cancels it; Ctrl-D (or /quit) leaves.
+used. Ctrl-C during a turn cancels it; Ctrl-C at the prompt, Ctrl-D or /quit leaves.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import sys
 from typing import Any, TextIO
 
@@ -21,7 +23,10 @@ from convergio import AsyncClient, errors
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
 
-from convergio_server.commands import add_client_args, client_from_args
+from convergio_server.commands import add_client_args, as_dict, client_from_args
+from convergio_server.domain.conversations.service import MAX_CONTENT_BYTES, MAX_TURNS_LIMIT
+
+EXIT_USAGE = 2  # as argparse exits on a bad option
 
 
 def register(subparsers: Any) -> None:
@@ -40,7 +45,13 @@ def register(subparsers: Any) -> None:
         "--agents", help="start a conversation with these agents, comma separated (amy,luca)"
     )
     chat.add_argument("--title", default="", help="title of a new conversation")
-    chat.add_argument("--max-turns", type=int, default=0, help="most agent replies per message")
+    chat.add_argument(
+        "--max-turns",
+        type=int,
+        default=None,
+        help=f"most agent replies per message, 1 to {MAX_TURNS_LIMIT} "
+        "(default: the conversation's)",
+    )
     chat.add_argument(
         "--queue",
         action="store_true",
@@ -51,22 +62,100 @@ def register(subparsers: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    # Checked here, before a conversation is created: a message the server would refuse
+    # must not leave an empty conversation behind, nor use up the hourly quota of new ones.
+    problem = _max_turns_problem(args.max_turns)
+    if problem is None and args.message is not None:
+        problem = _content_problem("MESSAGE", args.message)
+    if problem is not None:
+        print(f"convergio chat: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     async with client_from_args(args) as client:
         conversation_id = args.conversation or await _create(client, args)
-        if args.message:
+        if args.message is not None:
             return await _turn(client, conversation_id, args.message, args, sys.stdout)
         print(f"conversation {conversation_id} (Ctrl-D to leave)", file=sys.stderr)
+        lines = LineReader(sys.stdin)
         status = 0
         while True:
+            # The prompt goes to stderr so that stdout holds only the answers (with --json,
+            # only JSON lines).
+            print("you> ", end="", file=sys.stderr, flush=True)
             try:
-                line = await asyncio.to_thread(input, "you> ")
+                line = await lines.readline()
             except EOFError:
                 print(file=sys.stderr)
                 return status
+            except asyncio.CancelledError:  # Ctrl-C at the prompt
+                print(file=sys.stderr)
+                return 130
             if line.strip() in ("/quit", "/exit"):
                 return status
-            if line.strip():
-                status = await _turn(client, conversation_id, line, args, sys.stdout)
+            if not line.strip():
+                continue
+            problem = _content_problem("the message", line)
+            if problem is not None:
+                print(f"convergio: {problem}; not sent", file=sys.stderr)
+                status = EXIT_USAGE
+                continue
+            status = await _turn(client, conversation_id, line, args, sys.stdout)
+
+
+def _max_turns_problem(max_turns: int | None) -> str | None:
+    if max_turns is not None and not 1 <= max_turns <= MAX_TURNS_LIMIT:
+        return f"--max-turns must be 1 to {MAX_TURNS_LIMIT}, not {max_turns}"
+    return None
+
+
+def _content_problem(name: str, content: str) -> str | None:
+    """What the server would refuse in a message's content (it measures it stripped)."""
+    size = len(content.strip().encode())
+    if size == 0:
+        return f"{name} is empty"
+    if size > MAX_CONTENT_BYTES:
+        return f"{name} is {size:,} bytes of UTF-8; at most {MAX_CONTENT_BYTES:,}"
+    return None
+
+
+class LineReader:
+    """Lines of a terminal or a pipe, read in the event loop rather than in a thread:
+    a thread blocked in `input()` holds the process up until Enter, and Ctrl-C at the
+    prompt must end the command at once."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.fd = stream.fileno()
+        self.encoding = getattr(stream, "encoding", None) or "utf-8"
+        self.pending = b""
+        self.ended = False
+
+    async def readline(self) -> str:
+        """The next line without its end; EOFError when there are no more."""
+        while b"\n" not in self.pending and not self.ended:
+            chunk = await self._read()
+            self.ended = not chunk
+            self.pending += chunk
+        if not self.pending:
+            raise EOFError
+        line, _, self.pending = self.pending.partition(b"\n")
+        return line.decode(self.encoding, errors="replace").removesuffix("\r")
+
+    async def _read(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        try:
+            loop.add_reader(self.fd, readable)
+        except (OSError, ValueError):  # a regular file (`< file`): reading it never waits
+            return os.read(self.fd, 65536)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(self.fd)
+        return os.read(self.fd, 65536)
 
 
 async def _create(client: AsyncClient, args: argparse.Namespace) -> str:
@@ -90,7 +179,7 @@ async def _turn(
     events = client.conversations.send(
         conversation_id=conversation_id,
         content=content,
-        max_turns=args.max_turns or None,
+        max_turns=args.max_turns,
         if_busy=pb.BUSY_POLICY_ENQUEUE if args.queue else None,
     )
     turn_id = ""
@@ -150,10 +239,8 @@ class Renderer:
         kind = event.WhichOneof("kind")
         if kind == "turn_completed":
             self.stop = event.turn_completed.stop_reason
-        if self.json:
-            from google.protobuf.json_format import MessageToJson
-
-            self.out.write(MessageToJson(event, indent=None) + "\n")
+        if self.json:  # the proto's field names, as every other command's --json
+            self.out.write(json.dumps(as_dict(event)) + "\n")
             self.out.flush()
             return
         if kind == "turn_started":
