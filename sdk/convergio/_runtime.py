@@ -80,6 +80,11 @@ class RetryPolicy:
     breaks, it keeps re-attaching, with the same backoff, for that many
     seconds from the break, enough to outlast a server restart; 0 turns
     re-attaching off. The call's timeout, when it has one, still bounds it.
+
+    `max_retry_delay` is the longest wait the server may ask for (RetryInfo)
+    that the client sits out by itself; a longer one (an open circuit breaker,
+    say) is raised at once, with its `retry_delay`, so that the caller decides
+    instead of waiting in silence.
     """
 
     max_attempts: int = 4
@@ -87,6 +92,7 @@ class RetryPolicy:
     max_backoff: float = 2.0
     multiplier: float = 2.0
     resume_window_seconds: float = 60.0
+    max_retry_delay: float = 5.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -95,6 +101,8 @@ class RetryPolicy:
             raise ValueError("backoffs must be >= 0 and multiplier >= 1")
         if self.resume_window_seconds < 0:
             raise ValueError("resume_window_seconds must be >= 0")
+        if self.max_retry_delay < 0:
+            raise ValueError("max_retry_delay must be >= 0")
 
     def backoff(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (1 for the first retry)."""
@@ -210,6 +218,8 @@ class _Attempts:
         delay = error.retry_delay
         if delay is None:
             delay = self.policy.backoff(self.count)
+        elif delay > self.policy.max_retry_delay:
+            return None
         if window_end is not None and now + delay >= window_end:
             return None
         if self.deadline is not None and now + delay >= self.deadline:

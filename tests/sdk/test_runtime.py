@@ -303,6 +303,24 @@ async def test_retry_gives_up_when_the_deadline_would_pass(
     assert harness.fake.calls(ECHO.name) == 1
 
 
+async def test_a_long_wait_asked_by_the_server_is_raised_at_once(
+    harness: Harness, client: convergio.AsyncClient
+) -> None:
+    # An open breaker says "retry in 52 s": the caller hears of it now instead of waiting.
+    breaker = rich_abort(
+        grpc.StatusCode.UNAVAILABLE,
+        "breaker open",
+        error_details_pb2.ErrorInfo(reason="CIRCUIT_OPEN", domain="convergio.dev"),
+        error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=52)),
+    )
+    harness.fake.scripts[ECHO.name] = Script(failures=[breaker])
+    with pytest.raises(convergio.Unavailable) as caught:
+        await client._invoker.unary(ECHO, wrappers_pb2.StringValue(value="x"))
+    assert caught.value.retry_delay == 52
+    assert caught.value.reason == "CIRCUIT_OPEN"
+    assert harness.fake.calls(ECHO.name) == 1
+
+
 async def test_request_id_filled_once_and_kept_across_retries(
     harness: Harness, client: convergio.AsyncClient
 ) -> None:
