@@ -5,8 +5,10 @@ long enough to act on them mid-way."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 from convergio import AsyncClient, Client, RetryPolicy, errors
@@ -38,14 +40,13 @@ async def first_delta(stream: object) -> list[events_pb2.ConversationEvent]:
     raise AssertionError(f"the turn ended before any token: {kinds(seen)}")
 
 
-async def test_a_cancelled_turn_without_token_streaming_keeps_its_usage(
-    paced: RunningServer,
-) -> None:
-    # A tenant of its own with `true_streaming` off: the model's answer comes in one piece,
-    # and a cancel mid-answer must still count the prompt and what was generated.
+@contextlib.asynccontextmanager
+async def without_streaming(server: RunningServer) -> AsyncIterator[AsyncClient]:
+    """A client of a tenant of its own with `true_streaming` off: answers come in one
+    piece."""
     tenant = f"no-streaming-{uuid.uuid4().hex[:8]}"
-    _, token = await paced.server.keys.create(tenant, "no streaming", ["admin"])
-    async with AsyncClient(paced.target, api_key=token) as client:
+    _, token = await server.server.keys.create(tenant, "no streaming", ["admin"])
+    async with AsyncClient(server.target, api_key=token) as client:
         try:
             version = (await client.flags.get_flag(key="true_streaming")).flag.version
         except errors.NotFound:
@@ -60,6 +61,14 @@ async def test_a_cancelled_turn_without_token_streaming_keeps_its_usage(
             if not (await client.flags.evaluate_flag(key="true_streaming")).evaluation.value:
                 break
             await asyncio.sleep(0.05)
+        yield client
+
+
+async def test_a_cancelled_turn_without_token_streaming_keeps_its_usage(
+    paced: RunningServer,
+) -> None:
+    # A cancel mid-answer must still count the prompt and what was generated.
+    async with without_streaming(paced) as client:
         cid = await new_conversation(client)
         stream = client.conversations.send(conversation_id=cid, content=LONG)
         started = await stream.__anext__()
@@ -72,6 +81,26 @@ async def test_a_cancelled_turn_without_token_streaming_keeps_its_usage(
     assert usage.prompt_tokens > 0
     assert usage.completion_tokens > 0
     assert usage.model_calls == 1
+
+
+async def test_a_team_speaker_is_announced_when_chosen_without_token_streaming(
+    paced: RunningServer,
+) -> None:
+    # Without streamed tokens the speaker's first words come with its whole message: the
+    # selection must not wait for them (a client shows who is answering meanwhile).
+    async with without_streaming(paced) as client:
+        cid = await new_conversation(client, team=pb.Team(preset="core"))
+        stream = client.conversations.send(conversation_id=cid, content=LONG, max_turns=3)
+        seen = []
+        async for event in stream:
+            seen.append(event)
+            if event.HasField("speaker_selected"):
+                break
+        await client.conversations.cancel_turn(conversation_id=cid, turn_id=seen[0].turn_id)
+        rest = [event async for event in stream]
+    assert kinds(seen) == ["turn_started", "speaker_selected"]
+    assert "message_completed" not in kinds(rest)
+    assert rest[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_CANCELLED
 
 
 async def test_the_turn_after_a_cancelled_team_turn_is_answered(

@@ -90,6 +90,7 @@ END_RETRY_SECONDS = 120.0
 _END = object()
 _CANCEL = object()
 _FLUSH = object()  # the coalescing window of the pending token chunks has closed
+_SELECTED = object()  # the team's selector chose a speaker
 
 
 @dataclass(slots=True)
@@ -245,6 +246,7 @@ class TurnExecution:
         self._timer: asyncio.TimerHandle | None = None
         self._plan: Plan | None = None
         self._announced = 0  # the plan's selections announced so far
+        self._spoken = 0  # the speakers whose message is complete
         self.stop: tuple[str, str] | None = None
         self.done = asyncio.Event()
         self.started = time.monotonic()
@@ -369,6 +371,15 @@ class TurnExecution:
             self._announced += 1
             if selection.agent == source:
                 break
+
+    def _announce_next(self) -> None:
+        """Announce the next selection once the speaker before it has finished its message,
+        without waiting for the new speaker's first words."""
+        selections = self._plan.selections if self._plan is not None else []
+        if self._announced < len(selections) and self._announced <= self._spoken:
+            self._emit_delta()
+            self.post(selections[self._announced])
+            self._announced += 1
 
     def put(self, item: Any) -> None:
         """Queue an item for the turn's loop (`_drive`)."""
@@ -579,6 +590,8 @@ class TurnExecution:
                 )
             )
         self._plan = team.plan
+        if team.plan is not None:
+            team.plan.on_select = lambda: self.put(_SELECTED)
         # Per agent, the id its streamed text went out under, for the message made of it.
         streamed: dict[str, str] = {}
         pending_usage: dict[str, Usage] = {}
@@ -617,6 +630,9 @@ class TurnExecution:
                     continue
                 if item is _FLUSH:
                     self._on_window_closed()
+                    continue
+                if item is _SELECTED:
+                    self._announce_next()
                     continue
                 if item is _END or item is _CANCEL:
                     break
@@ -666,6 +682,8 @@ class TurnExecution:
                     await self._complete_message(
                         team, message_id or item.id, source, role, item.content, usage
                     )
+                    self._spoken += 1
+                    self._announce_next()
         finally:
             if self._timer is not None:
                 self._timer.cancel()

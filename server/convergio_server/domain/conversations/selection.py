@@ -43,6 +43,9 @@ class Plan:
     seconds: float = 0.0
     spoken: int = 0
     selections: list[SpeakerSelected] = field(default_factory=list)
+    # Told of each selection as it is made (the turn announces it without waiting for the
+    # speaker's first words, which never come in pieces when tokens are not streamed).
+    on_select: Callable[[], None] | None = None
 
     def next_selection(self) -> SpeakerSelected | None:
         """The selection of the next planned speaker (recorded), or None when spoken out."""
@@ -59,6 +62,8 @@ class Plan:
             selection_duration=self.seconds if self.spoken == 1 else 0.0,
         )
         self.selections.append(selection)
+        if self.on_select is not None:
+            self.on_select()
         return selection
 
 
