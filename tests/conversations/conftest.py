@@ -33,11 +33,14 @@ async def collect(
 # The tenant of these tests: its flags are changed here, so that other areas' tests see the
 # development tenant's flags untouched.
 TENANT = "conversation-tests"
+# The tenant of turns with priced models: among TENANT's free turns they would count as
+# cost spikes and open TENANT's circuit breaker for the tests after them.
+PRICED_TENANT = "conversation-tests-priced"
 
 
-async def switch_on(server: RunningServer, key: str) -> None:
-    """Turn a platform flag on for every caller of the test tenant, as an operator would."""
-    _, token = await server.server.keys.create(TENANT, "conversation tests admin", ["admin"])
+async def switch_on(server: RunningServer, key: str, tenant: str = TENANT) -> None:
+    """Turn a platform flag on for every caller of a test tenant, as an operator would."""
+    _, token = await server.server.keys.create(tenant, "conversation tests admin", ["admin"])
     async with AsyncClient(server.target, api_key=token) as client:
         try:
             version = (await client.flags.get_flag(key=key)).flag.version
@@ -54,6 +57,12 @@ async def switch_on(server: RunningServer, key: str) -> None:
 async def streaming(server: RunningServer) -> None:
     """The `true_streaming` flag on for every caller of the test tenant."""
     await switch_on(server, "true_streaming")
+
+
+@pytest.fixture(scope="session")
+async def priced_streaming(server: RunningServer) -> None:
+    """The same for the tenant of priced turns."""
+    await switch_on(server, "true_streaming", PRICED_TENANT)
 
 
 async def wait_flag(client: AsyncClient, key: str) -> None:
@@ -92,10 +101,10 @@ async def paced(
         yield running
 
 
-async def member_key(server: RunningServer) -> str:
+async def member_key(server: RunningServer, tenant: str = TENANT) -> str:
     """A member key of its own: rate limits count per principal, so each test gets one."""
     _, token = await server.server.keys.create(
-        TENANT, f"conversations-{uuid.uuid4().hex[:8]}", ["member"]
+        tenant, f"conversations-{uuid.uuid4().hex[:8]}", ["member"]
     )
     return token
 
@@ -104,6 +113,15 @@ async def member_key(server: RunningServer) -> str:
 async def conv(server: RunningServer, streaming: None) -> AsyncIterator[AsyncClient]:
     """A client of the main server with a fresh member key."""
     async with AsyncClient(server.target, api_key=await member_key(server)) as sdk_client:
+        yield sdk_client
+
+
+@pytest.fixture
+async def priced_conv(server: RunningServer, priced_streaming: None) -> AsyncIterator[AsyncClient]:
+    """A client of the main server with a fresh member key of the priced turns' tenant."""
+    async with AsyncClient(
+        server.target, api_key=await member_key(server, PRICED_TENANT)
+    ) as sdk_client:
         yield sdk_client
 
 

@@ -13,7 +13,13 @@ from convergio import AsyncClient
 from convergio.common.v1 import common_pb2
 from convergio.errors import InvalidArgument
 
-from tests.conversations.conftest import collect, kinds, member_key, new_conversation
+from tests.conversations.conftest import (
+    PRICED_TENANT,
+    collect,
+    kinds,
+    member_key,
+    new_conversation,
+)
 from tests.models.openai_stub import Action, openai_stub
 from tests.support.server import RunningServer, running_server, server_settings
 
@@ -53,12 +59,12 @@ async def keyed(
             yield running
 
 
-async def test_an_unoffered_variable_is_refused_on_create(conv: AsyncClient) -> None:
+async def test_an_unoffered_variable_is_refused_on_create(priced_conv: AsyncClient) -> None:
     assert os.environ.get("DATABASE_URL"), "the tests run with DATABASE_URL set"
     async with openai_stub() as stub:
         with pytest.raises(InvalidArgument) as refused:
             await new_conversation(
-                conv, agent="amy", model=_caller_model(stub.base_url, "DATABASE_URL")
+                priced_conv, agent="amy", model=_caller_model(stub.base_url, "DATABASE_URL")
             )
     violations = refused.value.field_violations
     assert [v.field for v in violations] == ["model.endpoint.api_key_ref"]
@@ -66,11 +72,11 @@ async def test_an_unoffered_variable_is_refused_on_create(conv: AsyncClient) -> 
     assert not stub.requests
 
 
-async def test_an_unset_variable_gets_the_same_answer(conv: AsyncClient) -> None:
+async def test_an_unset_variable_gets_the_same_answer(priced_conv: AsyncClient) -> None:
     answers = []
     for name in ("DATABASE_URL", "NO_SUCH_VARIABLE_ANYWHERE"):
         with pytest.raises(InvalidArgument) as refused:
-            await new_conversation(conv, model=_caller_model("http://127.0.0.1:9/v1", name))
+            await new_conversation(priced_conv, model=_caller_model("http://127.0.0.1:9/v1", name))
         answers.append(refused.value.field_violations[0].description)
     assert answers[0] == answers[1]
 
@@ -78,7 +84,7 @@ async def test_an_unset_variable_gets_the_same_answer(conv: AsyncClient) -> None
 async def test_an_offered_key_is_sent_to_the_callers_endpoint(keyed: RunningServer) -> None:
     async with (
         openai_stub() as stub,
-        AsyncClient(keyed.target, api_key=await member_key(keyed)) as client,
+        AsyncClient(keyed.target, api_key=await member_key(keyed, PRICED_TENANT)) as client,
     ):
         stub.then(Action("text", text="Keyed answer"), Action("text", text="Unkeyed answer"))
         cid = await new_conversation(client, model=_caller_model(stub.base_url, OFFERED))
@@ -99,10 +105,14 @@ async def test_a_stored_key_ref_no_longer_offered_is_refused_at_call_time(
     """A conversation stored while its key was offered (or before keys had to be) runs on a
     server that does not offer it: the turn fails and the endpoint gets nothing."""
     async with openai_stub() as stub:
-        async with AsyncClient(keyed.target, api_key=await member_key(keyed)) as client:
+        async with AsyncClient(
+            keyed.target, api_key=await member_key(keyed, PRICED_TENANT)
+        ) as client:
             cid = await new_conversation(client, model=_caller_model(stub.base_url, OFFERED))
         assert OFFERED not in server.settings.model_key_refs
-        async with AsyncClient(server.target, api_key=await member_key(server)) as client:
+        async with AsyncClient(
+            server.target, api_key=await member_key(server, PRICED_TENANT)
+        ) as client:
             events = await collect(client.conversations.send(conversation_id=cid, content="Hi"))
     assert not stub.requests
     errors = [e.error for e in events if e.HasField("error")]

@@ -10,16 +10,22 @@ from convergio.common.v1 import common_pb2
 from convergio.conversation.v1 import events_pb2
 from convergio.errors import InvalidArgument
 
-from tests.conversations.conftest import collect, kinds, member_key, new_conversation
+from tests.conversations.conftest import (
+    PRICED_TENANT,
+    collect,
+    kinds,
+    member_key,
+    new_conversation,
+)
 from tests.models.openai_stub import Action, openai_stub
 from tests.support.server import RunningServer
 
 
-async def test_a_turn_streams_an_endpoints_tool_call_and_answer(conv: AsyncClient) -> None:
+async def test_a_turn_streams_an_endpoints_tool_call_and_answer(priced_conv: AsyncClient) -> None:
     async with openai_stub() as stub:
         stub.then(Action("tool"), Action("text", text="At 8% the NPV is about 11 euros"))
         cid = await new_conversation(
-            conv,
+            priced_conv,
             agent="amy",
             model=common_pb2.ModelSelection(
                 provider=common_pb2.MODEL_PROVIDER_OPENAI,
@@ -28,7 +34,7 @@ async def test_a_turn_streams_an_endpoints_tool_call_and_answer(conv: AsyncClien
             ),
         )
         events = await collect(
-            conv.conversations.send(conversation_id=cid, content="What is the NPV at 8%?")
+            priced_conv.conversations.send(conversation_id=cid, content="What is the NPV at 8%?")
         )
     names = kinds(events)
     assert names[-1] == "turn_completed", names
@@ -67,7 +73,7 @@ async def _last_request_after_turns(server: RunningServer, info: common_pb2.Mode
     are rate-limited per key); the text of the messages of the last request it got."""
     async with (
         openai_stub() as stub,
-        AsyncClient(server.target, api_key=await member_key(server)) as client,
+        AsyncClient(server.target, api_key=await member_key(server, PRICED_TENANT)) as client,
     ):
         stub.then(*(Action("text", text=f"Noted {i}") for i in range(5)))
         cid = await new_conversation(
@@ -85,7 +91,7 @@ async def _last_request_after_turns(server: RunningServer, info: common_pb2.Mode
 
 
 async def test_a_models_context_window_bounds_what_its_calls_carry(
-    server: RunningServer, streaming: None
+    server: RunningServer, priced_streaming: None
 ) -> None:
     small = await _last_request_after_turns(
         server, common_pb2.ModelInfo(function_calling=True, context_window_tokens=4000)
@@ -98,21 +104,21 @@ async def test_a_models_context_window_bounds_what_its_calls_carry(
     assert all(f"Turn {i}:" in large for i in range(5))
 
 
-async def test_a_context_window_out_of_range_is_refused(conv: AsyncClient) -> None:
+async def test_a_context_window_out_of_range_is_refused(priced_conv: AsyncClient) -> None:
     with pytest.raises(InvalidArgument) as refused:
         await new_conversation(
-            conv,
+            priced_conv,
             agent="amy",
             model=_local_model(common_pb2.ModelInfo(context_window_tokens=10)),
         )
     assert "context_window_tokens" in str(refused.value)
 
 
-async def test_a_context_window_is_kept_with_the_conversation(conv: AsyncClient) -> None:
+async def test_a_context_window_is_kept_with_the_conversation(priced_conv: AsyncClient) -> None:
     selection = _local_model(
         common_pb2.ModelInfo(function_calling=True, context_window_tokens=8192),
         base_url="http://127.0.0.1:9/v1",
     )
-    cid = await new_conversation(conv, agent="amy", model=selection)
-    got = await conv.conversations.get_conversation(conversation_id=cid)
+    cid = await new_conversation(priced_conv, agent="amy", model=selection)
+    got = await priced_conv.conversations.get_conversation(conversation_id=cid)
     assert got.conversation.model.endpoint.model_info.context_window_tokens == 8192
