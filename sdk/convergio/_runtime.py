@@ -32,7 +32,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, Protocol, Self, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -413,6 +413,48 @@ class Invoker(_Base):
             channel.close()
 
 
+class AsyncCancelOnExit:
+    """`aclose()` and `async with` for a stream that ends with `cancel()`."""
+
+    def cancel(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.cancel()
+
+
+class CancelOnExit:
+    """`close()` and `with` for a stream that ends with `cancel()`."""
+
+    def cancel(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.cancel()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.cancel()
+
+
 class _StreamState(Generic[RespT]):
     """What the sync and async streams share: the current call's method and
     request, attempt counting, and the decision to retry or resume."""
@@ -460,7 +502,7 @@ class _StreamState(Generic[RespT]):
         return delay
 
 
-class AsyncStream(_StreamState[RespT], AsyncIterator[RespT]):
+class AsyncStream(_StreamState[RespT], AsyncCancelOnExit, AsyncIterator[RespT]):
     """The responses of a server-streaming call, read with `async for`.
 
     Stop reading early with `cancel()`, or use the stream as an async context
@@ -523,22 +565,8 @@ class AsyncStream(_StreamState[RespT], AsyncIterator[RespT]):
         if self._call is not None:
             self._call.cancel()
 
-    async def aclose(self) -> None:
-        self.cancel()
 
-    async def __aenter__(self) -> AsyncStream[RespT]:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.cancel()
-
-
-class Stream(_StreamState[RespT], Iterator[RespT]):
+class Stream(_StreamState[RespT], CancelOnExit, Iterator[RespT]):
     """The responses of a server-streaming call, read with `for`.
 
     Stop reading early with `cancel()`, or use the stream as a context manager
@@ -595,17 +623,3 @@ class Stream(_StreamState[RespT], Iterator[RespT]):
         self._cancelled = True
         if self._call is not None:
             self._call.cancel()
-
-    def close(self) -> None:
-        self.cancel()
-
-    def __enter__(self) -> Stream[RespT]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.cancel()

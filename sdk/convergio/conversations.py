@@ -24,7 +24,6 @@ end the call by itself; `cancel()` does, and so does leaving an `async with` / `
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from types import TracebackType
 from typing import Any
 
 from google.protobuf.message import Message
@@ -201,7 +200,7 @@ def _follow_request(
     )
 
 
-class AsyncEventStream(AsyncIterator[_events_pb2.ConversationEvent]):
+class AsyncEventStream(_runtime.AsyncCancelOnExit, AsyncIterator[_events_pb2.ConversationEvent]):
     """The events of `AsyncConversations.send` or `follow`, heartbeats left out.
 
     As the SDK's other streams: `cancel()` (or `aclose()`) ends the call, and so does
@@ -227,22 +226,8 @@ class AsyncEventStream(AsyncIterator[_events_pb2.ConversationEvent]):
         """End the call; iteration stops without an error."""
         self._stream.cancel()
 
-    async def aclose(self) -> None:
-        self.cancel()
 
-    async def __aenter__(self) -> AsyncEventStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.cancel()
-
-
-class EventStream(Iterator[_events_pb2.ConversationEvent]):
+class EventStream(_runtime.CancelOnExit, Iterator[_events_pb2.ConversationEvent]):
     """The events of `Conversations.send` or `follow`, heartbeats left out; the
     synchronous `AsyncEventStream`: `cancel()` / `close()`, or a `with` block, end the
     call, leaving a `for` loop does not."""
@@ -263,17 +248,3 @@ class EventStream(Iterator[_events_pb2.ConversationEvent]):
     def cancel(self) -> None:
         """End the call; iteration stops without an error."""
         self._stream.cancel()
-
-    def close(self) -> None:
-        self.cancel()
-
-    def __enter__(self) -> EventStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.cancel()

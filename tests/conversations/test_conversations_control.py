@@ -30,6 +30,18 @@ from tests.support.server import RunningServer
 LONG = "Explain the strategy for next year in detail"
 
 
+def assert_whole_turn(seen: list[events_pb2.ConversationEvent]) -> None:
+    """One turn's events, each once and none missing, to its completion; its streamed text
+    is its message."""
+    sequences = [e.sequence for e in seen]
+    assert sequences == list(range(sequences[0], sequences[0] + len(seen)))
+    assert kinds(seen)[-1] == "turn_completed"
+    assert seen[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+    completed = next(e.message_completed for e in seen if e.HasField("message_completed"))
+    text = "".join(e.token_delta.text for e in seen if e.HasField("token_delta"))
+    assert text == completed.content
+
+
 async def first_delta(stream: object) -> list[events_pb2.ConversationEvent]:
     """Read events until the first token delta."""
     seen: list[events_pb2.ConversationEvent] = []
@@ -257,12 +269,7 @@ async def test_broken_connection_resumes_without_gap_or_duplicate(
             proxy.cut()  # the client sees UNAVAILABLE and re-attaches through a new connection
             seen += [event async for event in stream]
             assert proxy.connections >= 2
-            sequences = [e.sequence for e in seen]
-            assert sequences == list(range(sequences[0], sequences[0] + len(seen)))
-            assert kinds(seen)[-1] == "turn_completed"
-            completed = next(e.message_completed for e in seen if e.HasField("message_completed"))
-            text = "".join(e.token_delta.text for e in seen if e.HasField("token_delta"))
-            assert text == completed.content
+            assert_whole_turn(seen)
     finally:
         await proxy.close()
 
@@ -371,13 +378,7 @@ async def test_a_restart_long_outage_is_outlasted(paced: RunningServer, streamin
             async with asyncio.timeout(60):
                 seen += [event async for event in events]
             assert proxy.connections >= 2
-            sequences = [e.sequence for e in seen]
-            assert sequences == list(range(sequences[0], sequences[0] + len(seen)))
-            assert kinds(seen)[-1] == "turn_completed"
-            assert seen[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
-            completed = next(e.message_completed for e in seen if e.HasField("message_completed"))
-            text = "".join(e.token_delta.text for e in seen if e.HasField("token_delta"))
-            assert text == completed.content
+            assert_whole_turn(seen)
     finally:
         await proxy.close()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 
 import pytest
 from autogen_agentchat.agents import AssistantAgent
@@ -179,10 +180,11 @@ async def test_tool_calls_have_ids_of_their_own_and_the_same_arguments() -> None
     assert len({(c.name, c.arguments) for c in calls}) == 2  # the same calls, new ids
 
 
-async def test_the_core_team_makes_tool_calls_with_distinct_ids() -> None:
+def offline_agents(names: Sequence[str]) -> list[ChatAgent | Team]:
+    """Roster agents on the offline model with their tools, streaming, as a team has them."""
     registry = ToolRegistry.builtin()
     ctx = ToolContext(tenant_id="t", conversation_id="c")
-    agents: list[ChatAgent | Team] = [
+    return [
         AssistantAgent(
             spec.name,
             model_client=OfflineChatCompletionClient(),
@@ -192,8 +194,12 @@ async def test_the_core_team_makes_tool_calls_with_distinct_ids() -> None:
             model_client_stream=True,
             reflect_on_tool_use=True,
         )
-        for spec in ROSTER.ordered(ROSTER.preset("core").agents)
+        for spec in ROSTER.ordered(names)
     ]
+
+
+async def test_the_core_team_makes_tool_calls_with_distinct_ids() -> None:
+    agents = offline_agents(ROSTER.preset("core").agents)
     team = SelectorGroupChat(
         agents,
         model_client=OfflineChatCompletionClient(),
@@ -466,20 +472,7 @@ async def test_assistant_agent_streams_calls_tools_and_reports_usage() -> None:
 
 
 async def test_selector_group_chat_runs_end_to_end_offline() -> None:
-    registry = ToolRegistry.builtin()
-    ctx = ToolContext(tenant_id="t", conversation_id="c")
-    agents: list[ChatAgent | Team] = [
-        AssistantAgent(
-            spec.name,
-            model_client=OfflineChatCompletionClient(),
-            system_message=spec.system_message,
-            description=spec.selector_description,
-            tools=registry.autogen_tools(spec.tools, ctx),
-            model_client_stream=True,
-            reflect_on_tool_use=True,
-        )
-        for spec in ROSTER.ordered(["ali", "amy", "luca"])
-    ]
+    agents = offline_agents(["ali", "amy", "luca"])
     team = SelectorGroupChat(
         agents,
         model_client=OfflineChatCompletionClient(),

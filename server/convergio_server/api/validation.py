@@ -140,22 +140,20 @@ def _walk(message: Message, prefix: str, out: list[FieldViolation]) -> None:
                 where = f"{path}[{str(key)[:40]!r}]"
                 if isinstance(key, str) and "\x00" in key:
                     out.append(FieldViolation(path, "keys must not contain NUL characters"))
-                if value_field.message_type is not None:
-                    _walk(item, where + ".", out)
-                else:
-                    found = _scalar_violation(value_field, item, where)
-                    if found is not None:
-                        out.append(found)
+                _check(value_field, item, where, out)
             continue
         repeated = field.label == FieldDescriptor.LABEL_REPEATED  # type: ignore[attr-defined]
         for index, item in enumerate(value if repeated else [value]):
-            where = f"{path}[{index}]" if repeated else path
-            if field.message_type is not None:
-                _walk(item, where + ".", out)
-            else:
-                found = _scalar_violation(field, item, where)
-                if found is not None:
-                    out.append(found)
+            _check(field, item, f"{path}[{index}]" if repeated else path, out)
+
+
+def _check(field: FieldDescriptor, value: Any, path: str, out: list[FieldViolation]) -> None:
+    if field.message_type is not None:
+        _walk(value, path + ".", out)
+        return
+    found = _scalar_violation(field, value, path)
+    if found is not None:
+        out.append(found)
 
 
 def _checked_everywhere(message: Message) -> Iterable[FieldViolation]:
