@@ -192,6 +192,32 @@ async def test_counters_lost_by_redis_are_seeded_again_from_the_ledger(
     await guards.budgets.reserve(new_scope(tenant), Decimal("0.001"))
 
 
+async def test_a_limit_set_after_redis_lost_its_counters_counts_what_the_ledger_knows(
+    guards: CostGuards, tenant: str, server: RunningServer
+) -> None:
+    # Only a daily limit: the month's counter counts too, without a limit of its own.
+    await set_budget(guards, tenant, tenant_daily("1.00"))
+    store = guards.budgets.store
+    assert isinstance(store, PgCostStore)
+    await store.insert_entries([ledger_entry(tenant, Decimal("0.600"))])
+    keys = [
+        k
+        async for k in server.infra.redis.scan_iter(
+            match=f"{server.settings.redis_prefix}:cost:{tenant}:spent:*"
+        )
+    ]
+    if keys:  # Redis lost the tenant's counters
+        await server.infra.redis.delete(*keys)
+    reservation = await guards.budgets.reserve(new_scope(tenant), Decimal("0.010"))
+    await guards.budgets.settle(reservation, Decimal("0.010"))
+    # A monthly limit below what the ledger says this month already cost.
+    monthly = BudgetLimits("TENANT", "", Decimal("1.00"), Decimal("0.60"), None, None)
+    await set_budget(guards, tenant, monthly)
+    with pytest.raises(QuotaExceeded) as refused:
+        await guards.budgets.reserve(new_scope(tenant), Decimal("0.010"))
+    assert "monthly" in refused.value.violations[0].subject
+
+
 def ledger_entry(tenant: str, cost: Decimal) -> LedgerEntry:
     return LedgerEntry(
         entry_id=str(uuid.uuid4()), tenant_id=tenant, time=datetime.now(UTC), principal="alice",

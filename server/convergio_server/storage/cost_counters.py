@@ -69,11 +69,12 @@ end
 local function budget_room(keys, first, limits, amount, seeds)
   for i = 1, #limits do
     local limit = limits[i]
-    if limit >= 0 then
+    local seeded = string.sub(seeds, i, i) == '1'
+    if limit >= 0 or seeded then
       local raw = redis.call('GET', keys[first + i - 1])
-      if not raw and string.sub(seeds, i, i) == '1' then return -i, 0 end
+      if not raw and seeded then return -i, 0 end
       local cur = tonumber(raw or '0')
-      if cur + amount > limit then return i, cur end
+      if limit >= 0 and cur + amount > limit then return i, cur end
     end
   end
   return 0, 0

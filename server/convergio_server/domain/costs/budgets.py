@@ -202,11 +202,11 @@ class Budgets:
             subject_part = b.subject or "-"
             for period, limit in (("DAILY", b.daily), ("MONTHLY", b.monthly), ("TOTAL", b.total)):
                 key = self.counters.counter_key(tenant, b.scope, subject_part, period, ids[period])
+                # Seeded from the ledger when missing even without a limit: a limit set
+                # later must find what the period already cost, not what was counted since
+                # Redis lost its data.
                 counter = Counter(
-                    key,
-                    None if limit is None else to_nanos(limit),
-                    _TTL[period],
-                    seed=limit is not None,
+                    key, None if limit is None else to_nanos(limit), _TTL[period], seed=True
                 )
                 out.append(
                     Applied(b.scope, b.subject, period, ids[period], limit, b.thresholds, counter)
