@@ -54,6 +54,9 @@ async def test_a_turn_streams_an_endpoints_tool_call_and_answer(priced_conv: Asy
     assert (done.usage.model_calls, done.usage.prompt_tokens) == (2, 22)
     assert done.usage.completion_tokens == 14
     assert all(request.body.get("stream") for request in stub.requests)
+    # No max_output_tokens chosen: the endpoint is sent the cap the cost guards reserve
+    # for (an uncapped answer could spend past a budget).
+    assert all(request.body.get("max_tokens") == 4096 for request in stub.requests)
 
 
 def _local_model(

@@ -5,7 +5,7 @@ speaker policy, or the single agent alone."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from decimal import Decimal
 from typing import Any
 
@@ -126,7 +126,14 @@ class AutogenTeamBuilder:
         chosen = selection_from_json(conversation.model)
         if own is not None:
             chosen = own.over(chosen)
-        return resolve_selection(chosen, self.settings, agent)
+        resolved = resolve_selection(chosen, self.settings, agent)
+        if not resolved.max_output_tokens:
+            # The cap the cost guards reserve for is the one the provider is sent: without
+            # it a model could answer at any length and spend past a budget.
+            resolved = replace(
+                resolved, max_output_tokens=self.settings.cost_default_max_output_tokens
+            )
+        return resolved
 
     def _client(
         self,
