@@ -243,3 +243,14 @@ def test_an_idle_stream_wakes_for_every_lease_period_and_on_each_heartbeat(
     assert tick <= lease  # a dead process's turn is noticed within a lease period
     wakes = heartbeat / tick
     assert abs(wakes - round(wakes)) < 1e-9  # the heartbeat falls on a wake-up
+
+
+async def test_a_label_key_or_id_ending_in_a_newline_is_refused(conv: AsyncClient) -> None:
+    # A pattern's `$` matches before a final newline; the checks end at the text's end.
+    with pytest.raises(errors.InvalidArgument) as label:
+        await conv.conversations.create_conversation(labels={"team\n": "x"})
+    assert field_of(label).startswith("labels")
+    cid = await new_conversation(conv)
+    with pytest.raises(errors.InvalidArgument) as bad_id:
+        await conv.conversations.get_conversation(conversation_id=cid + "\n")
+    assert field_of(bad_id) == "conversation_id"

@@ -67,4 +67,5 @@ RULES: dict[str, Sequence[Rule]] = {
     _FLAG + "DeleteFlag": [key_field("key"), non_negative("expected_version")],
     _FLAG + "EvaluateFlag": [key_field("key")],
     _FLAG + "ListFlagHistory": [key_field("key")],
+    _FLAG + "WatchFlags": [key_field("keys")],
 }

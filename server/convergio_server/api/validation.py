@@ -21,11 +21,11 @@ Rule = Callable[[Message], Iterable[FieldViolation]]
 
 MAX_PAGE_SIZE = 1000
 MAX_REQUEST_ID = 128
-_KEY_RE = re.compile(r"^[a-z0-9_.-]{1,128}$")
+_KEY_RE = re.compile(r"^[a-z0-9_.-]{1,128}\Z")
 # The only spelling of an id the stores know (Python's uuid also takes braces, "urn:uuid:"
 # and no hyphens; PostgreSQL rejects some of those, and Redis keys would differ).
 _UUID_RE = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
 )
 # At most this many problems of the walk below are reported (a huge request could have
 # thousands).
@@ -94,15 +94,17 @@ def max_length(path: str, limit: int) -> Rule:
 
 
 def key_field(path: str) -> Rule:
-    """A flag-style key: 1-128 characters of a-z, 0-9, '_', '.', '-'."""
+    """A flag-style key: 1-128 characters of a-z, 0-9, '_', '.', '-' (each of them, for a
+    repeated field)."""
 
     def rule(message: Message) -> Iterable[FieldViolation]:
         value = _get(message, path)
-        assert isinstance(value, str)
-        if not _KEY_RE.match(value):
-            yield FieldViolation(
-                path, f"{value[:64]!r} must be 1-128 characters of a-z, 0-9, '_', '.' or '-'"
-            )
+        for key in [value] if isinstance(value, str) else value:  # type: ignore[attr-defined]
+            if not _KEY_RE.match(key):
+                yield FieldViolation(
+                    path, f"{key[:64]!r} must be 1-128 characters of a-z, 0-9, '_', '.' or '-'"
+                )
+                return
 
     return rule
 

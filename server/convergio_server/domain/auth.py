@@ -26,8 +26,8 @@ from convergio_server.domain.errors import (
 )
 
 KEY_PREFIX = "cvg"
-_KEY_RE = re.compile(r"^cvg_([a-z0-9]{16})_([A-Za-z0-9_-]{43})$")
-_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_KEY_RE = re.compile(r"^cvg_([a-z0-9]{16})_([A-Za-z0-9_-]{43})\Z")
+_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 
 
 class Role(enum.StrEnum):

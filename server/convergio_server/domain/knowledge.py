@@ -19,7 +19,7 @@ MAX_CONTENT_BYTES = 512 * 1024  # PostgreSQL's tsvector limit is 1 MiB of lexeme
 MAX_TITLE_CHARS = 500
 MAX_QUERY_CHARS = 1000
 MAX_RESULTS = 50
-_DOCUMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_DOCUMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from convergio_server.domain.models.selection import (
     context_window_allowed,
 )
 
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
 CATEGORIES = (
     "strategic",
     "financial",

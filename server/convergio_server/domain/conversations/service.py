@@ -65,7 +65,7 @@ MAX_LABELS = 64
 MAX_TEAM = 20
 MAX_TURNS_LIMIT = 50
 MAX_TURN_TIMEOUT_SECONDS = 3600.0
-_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}\Z")
 
 
 def _too_large(field: str, description: str) -> InvalidArgument:

@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from convergio_server.domain.errors import FieldViolation, InvalidArgument
 from convergio_server.domain.flags.model import FlagSpec, Gradual, Strategy, Variant
 
-KEY_RE = re.compile(r"^[a-z0-9_.-]{1,128}$")
-_VARIANT_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
+KEY_RE = re.compile(r"^[a-z0-9_.-]{1,128}\Z")
+_VARIANT_RE = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
 RESERVED_VARIANTS = frozenset({"on", "off"})
 MAX_DESCRIPTION = 1000
 MAX_GROUPS = 1000
@@ -44,12 +44,16 @@ def _percentage(value: float, field: str, out: list[FieldViolation]) -> float:
 def _names(
     values: Iterable[str], field: str, limit: int, out: list[FieldViolation]
 ) -> tuple[str, ...]:
-    cleaned = sorted({v.strip() for v in values})
+    cleaned = sorted(set(values))
     if len(cleaned) > limit:
         out.append(FieldViolation(field, f"at most {limit} entries, got {len(cleaned)}"))
     for value in cleaned:
         if not value or len(value) > MAX_NAME or not value.isprintable():
             out.append(FieldViolation(field, f"entries must be 1-{MAX_NAME} printable characters"))
+            break
+        if value != value.strip():
+            # Trimmed, it would never equal the key a caller is evaluated with.
+            out.append(FieldViolation(field, f"{value[:64]!r} starts or ends with spaces"))
             break
     return tuple(cleaned)
 

@@ -37,7 +37,7 @@ from convergio_server.domain.models.selection import (
 )
 
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
-_SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 # Says nothing of whether the variable exists: callers must not probe the environment.
 NOT_OFFERED = (
     "names no model key this server offers; the operator lists them in CONVERGIO_MODEL_KEY_REFS"

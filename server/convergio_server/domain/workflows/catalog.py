@@ -17,7 +17,7 @@ from convergio_server.domain.models.text import stems
 
 DEFAULT_TIMEOUT_SECONDS = 300.0
 DEFAULT_RETRIES = 1
-_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
 _WORKFLOW_FIELDS = {"title", "description", "keywords", "steps"}
 _STEP_FIELDS = {
     "id",
