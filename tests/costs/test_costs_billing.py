@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from autogen_core.models import CreateResult, LLMMessage, SystemMessage, UserMessage
-from autogen_ext.models.openai import OpenAIChatCompletionClient
 from convergio_server.domain.costs.billing import BilledModelClient
 from convergio_server.domain.costs.breaker import TENANT, provider_name
 from convergio_server.domain.costs.enforcement import CostGuards
@@ -22,6 +21,7 @@ from convergio_server.domain.costs.prices import call_cost
 from convergio_server.domain.errors import QuotaExceeded, Unavailable
 from convergio_server.domain.guards import BudgetAlertInfo, CallInfo, TurnScope
 from convergio_server.domain.models.offline import OfflineChatCompletionClient
+from convergio_server.domain.models.openai_compat import OpenAICompatChatCompletionClient
 from convergio_server.storage.costs import PgCostStore
 
 from tests.costs.costs_support import new_scope
@@ -227,8 +227,8 @@ async def test_spending_past_a_limit_trips_the_tenant_breaker(
 async def test_provider_failures_open_its_breaker_and_are_in_the_ledger(
     guards: CostGuards, tenant: str
 ) -> None:
-    # A real OpenAI-compatible client pointed at a port where nothing listens.
-    down = OpenAIChatCompletionClient(
+    # The platform's OpenAI-compatible client pointed at a port where nothing listens.
+    down = OpenAICompatChatCompletionClient(
         model="gpt-4o-mini", base_url="http://127.0.0.1:9/v1", api_key="unused", max_retries=0
     )
     for _ in range(5):
@@ -236,15 +236,19 @@ async def test_provider_failures_open_its_breaker_and_are_in_the_ledger(
         with pytest.raises(Exception) as failed:
             await client.create(MESSAGES)
         assert not isinstance(failed.value, Unavailable)
-    state = await guards.breakers.get(tenant, provider_name("openai"))
+    # The breaker of that endpoint, named as the API names it.
+    state = await guards.breakers.get(tenant, provider_name("openai:127.0.0.1:9"))
     assert (state.state, state.open_cause, state.consecutive_failures) == ("OPEN", "FAILURES", 5)
+    assert state.provider == "openai:127.0.0.1:9"
     with pytest.raises(Unavailable) as refused:
         await guards.wrap_model_client(down, call(new_scope(tenant))).create(MESSAGES)
     assert refused.value.reason == "CIRCUIT_OPEN"
     billed = await entries(guards, tenant)
     assert [e.outcome for e in billed] == ["ERROR"] * 5
     assert all(e.completion_tokens == 0 and e.prompt_tokens > 0 for e in billed)
-    # The tenant's other providers are not affected.
+    assert all(e.error_reason == "UNAVAILABLE" for e in billed)
+    # The tenant's other endpoints are not affected.
+    assert (await guards.breakers.get(tenant, provider_name("openai"))).state == "CLOSED"
     ok = guards.wrap_model_client(
         OfflineChatCompletionClient(),
         CallInfo(new_scope(tenant), "amy", "offline", "offline", "agent_reply"),

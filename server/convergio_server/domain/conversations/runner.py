@@ -53,7 +53,8 @@ from convergio_server.domain.conversations.model import (
 )
 from convergio_server.domain.conversations.selection import Plan
 from convergio_server.domain.conversations.store import ConversationStore
-from convergio_server.domain.errors import DomainError, Unavailable
+from convergio_server.domain.errors import Unavailable
+from convergio_server.domain.events.failures import error_event
 from convergio_server.domain.events.log import EventLog
 from convergio_server.domain.events.model import (
     BudgetAlert,
@@ -74,7 +75,6 @@ from convergio_server.domain.events.model import (
     Usage,
 )
 from convergio_server.domain.guards import Admission, AlertSink, BudgetAlertInfo, Guards, TurnScope
-from convergio_server.domain.models.errors import ModelError
 from convergio_server.domain.models.tap import TextSink
 
 log = logging.getLogger(__name__)
@@ -518,7 +518,7 @@ class TurnExecution:
                 )
             except Exception as exc:  # building the team failed (bad model settings...)
                 log.warning("turn %s failed: %s", self.turn.id, exc)
-                error = _error_event(exc)
+                error = error_event(exc)
                 outcome = TurnOutcome(stop_reason=_stop_reason(error), stop_detail=error.message)
             await self._finish(outcome, error)
         except Exception:
@@ -707,7 +707,7 @@ class TurnExecution:
             # AutoGen passes an agent's exception on as text: prefer the call's own error.
             cause = team.meter.failure or failure
             log.warning("turn %s: the team failed: %s", self.turn.id, cause)
-            error = _error_event(cause)
+            error = error_event(cause)
             return TurnOutcome(stop_reason=_stop_reason(error), stop_detail=error.message), error
         stop_reason, detail = COMPLETED, ""
         if (
@@ -872,69 +872,6 @@ def _tool_result(agent: str, res: Any, attempts: int, seconds: float) -> ToolRes
         error_kind=kind,
         attempts=attempts,
         duration=seconds,
-    )
-
-
-_MODEL_ERROR_CODES = {
-    "timeout": (4, "DEADLINE_EXCEEDED"),
-    "rate_limited": (14, "UNAVAILABLE"),
-    "unavailable": (14, "UNAVAILABLE"),
-    "server_error": (14, "UNAVAILABLE"),
-    "invalid_response": (14, "UNAVAILABLE"),
-    "authentication": (9, "FAILED_PRECONDITION"),
-    "permission_denied": (9, "FAILED_PRECONDITION"),
-    "not_found": (9, "FAILED_PRECONDITION"),
-    "bad_request": (9, "FAILED_PRECONDITION"),
-    "context_length": (3, "INVALID_ARGUMENT"),
-    "configuration": (9, "FAILED_PRECONDITION"),
-}
-_DOMAIN_CODES = {
-    "INVALID_ARGUMENT": 3,
-    "PAYLOAD_TOO_LARGE": 3,
-    "INPUT_BLOCKED": 3,
-    "NOT_FOUND": 5,
-    "FAILED_PRECONDITION": 9,
-    "QUOTA_EXCEEDED": 8,
-    "BUDGET_EXHAUSTED": 8,
-    "RATE_LIMITED": 8,
-    "UNAVAILABLE": 14,
-    "CIRCUIT_OPEN": 14,
-}
-
-
-def _error_event(exc: BaseException) -> ErrorOccurred:
-    """The Error event of a failure that ended a turn."""
-    cause: BaseException | None = exc
-    while cause is not None and not isinstance(cause, DomainError):
-        cause = cause.__cause__
-    if isinstance(cause, ModelError):
-        code, reason = _MODEL_ERROR_CODES.get(cause.kind, (14, "UNAVAILABLE"))
-        return ErrorOccurred(
-            code=code,
-            reason=reason,
-            message=f"the model call failed: {cause.message[:500]}",
-            retryable=cause.retryable,
-            retry_delay=1.0 if cause.retryable else 0.0,
-            metadata=dict(cause.metadata),
-        )
-    if isinstance(cause, DomainError):
-        retry = getattr(cause, "retry_after_seconds", None)
-        code = _DOMAIN_CODES.get(cause.reason, 13)
-        return ErrorOccurred(
-            code=code,
-            reason=cause.reason if cause.reason in _DOMAIN_CODES else "INTERNAL",
-            message=cause.message[:500],
-            retryable=code == 14 or cause.reason == "RATE_LIMITED",
-            retry_delay=float(retry or 0.0),
-            metadata=dict(cause.metadata),
-        )
-    text = str(exc) or type(exc).__name__
-    return ErrorOccurred(
-        code=14,
-        reason="UNAVAILABLE",
-        message=f"the model call failed: {text[:500]}",
-        retryable=True,
-        retry_delay=1.0,
     )
 
 

@@ -1,6 +1,7 @@
 """A ChatCompletionClient decorator that bills every model call: provider breaker check and
 budget reservation before, settlement, breaker feedback and a ledger entry after, whether the
-call completed, failed, was cancelled or its consumer went away (try/finally)."""
+call completed, failed, was cancelled or its consumer went away (try/finally). The provider
+breaker is the one of the endpoint the wrapped client calls (`endpoint_key`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
+from convergio_server.domain.costs.breaker import endpoint_key, provider_name
 from convergio_server.domain.guards import CallInfo
 from convergio_server.domain.models.delegating import DelegatingChatCompletionClient
 from convergio_server.domain.models.text import count_text_tokens, tokenize
@@ -34,6 +36,11 @@ def _outcome_of_cancel(exc: BaseException) -> str:
     return "CLIENT_GONE" if CLIENT_GONE in (str(a) for a in exc.args) else "CANCELLED"
 
 
+def base_url_of(client: ChatCompletionClient) -> str:
+    """The base URL `client` calls, "" for its provider's own endpoint (or no endpoint)."""
+    return str(getattr(client, "base_url", "") or "")
+
+
 def _cached_tokens(result: CreateResult) -> int:
     # AutoGen's RequestUsage has no cached count; OpenAI-compatible clients may attach one.
     details = getattr(result.usage, "prompt_tokens_details", None)
@@ -45,6 +52,7 @@ class BilledModelClient(DelegatingChatCompletionClient):
         self._inner = inner
         self._call = call
         self._guards = guards
+        self._breaker = provider_name(endpoint_key(call.provider or "offline", base_url_of(inner)))
 
     def _max_output(self, extra: Mapping[str, Any]) -> int:
         for key in ("max_tokens", "max_completion_tokens"):
@@ -105,7 +113,10 @@ class BilledModelClient(DelegatingChatCompletionClient):
         cancellation_token: CancellationToken | None = None,
     ) -> CreateResult:
         ticket = await self._guards.begin_call(
-            self._call, self._prompt_tokens(messages, tools), self._max_output(extra_create_args)
+            self._call,
+            self._prompt_tokens(messages, tools),
+            self._max_output(extra_create_args),
+            self._breaker,
         )
         result: CreateResult | None = None
         outcome, error = "OK", None
@@ -142,7 +153,10 @@ class BilledModelClient(DelegatingChatCompletionClient):
         cancellation_token: CancellationToken | None = None,
     ) -> AsyncGenerator[str | CreateResult, None]:
         ticket = await self._guards.begin_call(
-            self._call, self._prompt_tokens(messages, tools), self._max_output(extra_create_args)
+            self._call,
+            self._prompt_tokens(messages, tools),
+            self._max_output(extra_create_args),
+            self._breaker,
         )
         result: CreateResult | None = None
         streamed = 0

@@ -5,9 +5,10 @@ server process sees the same breaker.
 The tenant breaker opens after `failure_threshold` consecutive failed turns, on a budget breach
 (spending went past a limit), or when `spike_threshold` of the last 10 turns each cost over
 `spike_factor` times the moving average of the turns before them (with at least 5 of those).
-A provider breaker opens after consecutive failed calls to that provider. After the cool-down
-one probe goes through at a time; `success_threshold` successful probes close the breaker, a
-failed probe opens it again.
+A provider breaker opens after consecutive failed calls to that provider endpoint (see
+`endpoint_key`); a call that succeeds resets its count. After the cool-down one probe goes
+through at a time; `success_threshold` successful probes close the breaker, a failed probe
+opens it again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 from convergio_server.domain.costs.money import from_nanos, to_nanos
 from convergio_server.domain.costs.ports import BreakerResult, BreakerThresholds, CounterStore
@@ -22,9 +24,35 @@ from convergio_server.domain.errors import Unavailable
 
 TENANT = "tenant"
 
+# Where a provider's client goes when it is given no base URL: calls there and calls to an
+# explicit URL of the same host share one breaker, named by the provider alone.
+_DEFAULT_ENDPOINTS = {"openai": ("api.openai.com", 443)}
+_SCHEME_PORTS = {"http": 80, "https": 443}
+
+
+def endpoint_key(provider: str, base_url: str = "") -> str:
+    """The key of a provider endpoint as the API names it (CircuitBreaker.provider): the
+    provider alone for its own endpoint ("openai"), `provider:host:port` for any other base
+    URL ("openai:localhost:11434"). The path is left out: one server answers them all."""
+    provider = provider.lower()
+    if not base_url:
+        return provider
+    try:
+        parts = urlsplit(base_url.strip())
+        host, port = parts.hostname, parts.port or _SCHEME_PORTS.get(parts.scheme.lower())
+    except ValueError:  # a port that is not a number: such a URL cannot be called anyway
+        host, port = None, None
+    if not host or port is None:
+        return provider
+    if _DEFAULT_ENDPOINTS.get(provider) == (host, port):
+        return provider
+    return f"{provider}:{f'[{host}]' if ':' in host else host}:{port}"
+
 
 def provider_name(provider: str) -> str:
-    return f"provider:{provider}"
+    """The breaker name of a provider endpoint key. Keys are made lower case, so that a key
+    typed with capitals (GetCircuitBreaker) finds the breaker the calls count on."""
+    return f"provider:{provider.lower()}"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from convergio_server.domain.auth import Principal
 from convergio_server.domain.costs.billing import BilledModelClient
-from convergio_server.domain.costs.breaker import TENANT, Breakers, provider_name
+from convergio_server.domain.costs.breaker import TENANT, Breakers, endpoint_key, provider_name
 from convergio_server.domain.costs.budgets import (
     Budgets,
     Reservation,
@@ -33,10 +33,49 @@ from convergio_server.domain.costs.prices import PriceQuote, PriceTable, call_co
 from convergio_server.domain.costs.ratelimits import RateLimits
 from convergio_server.domain.costs.screening import Screener
 from convergio_server.domain.errors import DomainError, Unavailable
+from convergio_server.domain.events.failures import error_event
 from convergio_server.domain.features import COST_SAFETY, FeatureGate
 from convergio_server.domain.guards import Admission, CallInfo, TurnScope
+from convergio_server.domain.models.errors import ModelError
 
 log = logging.getLogger(__name__)
+
+# Model errors that say the endpoint is unwell, and so count toward its breaker. The others
+# (a bad key, an unknown model, a request or prompt the endpoint rejects, a selection that
+# cannot be served) are the caller's or the configuration's: the endpoint answered, or was
+# never asked.
+_PROVIDER_FAULTS = frozenset(
+    {"timeout", "rate_limited", "unavailable", "server_error", "invalid_response"}
+)
+
+
+def _domain_cause(error: BaseException) -> DomainError | None:
+    """The DomainError behind `error`, if any (AutoGen may wrap what a client raised)."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, DomainError):
+        cause = cause.__cause__
+    return cause
+
+
+def _error_reason(error: BaseException) -> str:
+    """The reason the turn's Error event gives for `error`: a failed call's ledger entry
+    must say what the turn that made it said."""
+    return error_event(error).reason
+
+
+def _breaker_op(outcome: str, error: BaseException | None) -> str:
+    """How a finished call moves its endpoint's breaker: "success" resets the failure count,
+    "failure" counts one, "release" neither (it only frees a half-open probe slot)."""
+    if outcome == "OK":
+        return "success"
+    if outcome != "ERROR" or error is None:  # cancelled: not the endpoint's doing
+        return "release"
+    cause = _domain_cause(error)
+    if isinstance(cause, ModelError):
+        return "failure" if cause.kind in _PROVIDER_FAULTS else "release"
+    if cause is not None:  # refused by the platform itself
+        return "release"
+    return "failure"  # a client that raised something of its own: the endpoint failed it
 
 
 @dataclass
@@ -49,6 +88,7 @@ class CallTicket:
     reservation: Reservation | None
     started: float
     guarded: bool
+    breaker: str  # the name of the provider endpoint's breaker
 
 
 class CostGuards:
@@ -167,21 +207,25 @@ class CostGuards:
             log.warning("could not update the tenant circuit breaker", exc_info=True)
 
     # Per model call (used by BilledModelClient).
-    async def begin_call(self, call: CallInfo, prompt_tokens: int, max_output: int) -> CallTicket:
+    async def begin_call(
+        self, call: CallInfo, prompt_tokens: int, max_output: int, breaker: str = ""
+    ) -> CallTicket:
+        """`breaker` names the provider endpoint's breaker (`provider_name(endpoint_key(...))`);
+        by default the one of the provider's own endpoint."""
         quote = self.prices.quote(call.provider, call.model)
         guarded = self.active(call.scope.principal)
+        name = breaker or provider_name(endpoint_key(call.provider or "offline"))
         reservation = None
         if guarded:
             reservation = await self._reserve(
-                call, call_cost(quote.price, prompt_tokens, max_output)
+                call, call_cost(quote.price, prompt_tokens, max_output), name
             )
-        return CallTicket(call, quote, prompt_tokens, reservation, time.monotonic(), guarded)
+        return CallTicket(call, quote, prompt_tokens, reservation, time.monotonic(), guarded, name)
 
-    async def _reserve(self, call: CallInfo, amount: Decimal) -> Reservation:
+    async def _reserve(self, call: CallInfo, amount: Decimal, name: str) -> Reservation:
         """One round trip: room in every budget, the provider breaker, then the reservation."""
         scope, budgets = call.scope, self.budgets
         tenant = scope.principal.tenant_id
-        name = provider_name(call.provider or "offline")
         nanos = to_nanos(amount)
         reload = False
         for _ in range(12):  # each seeds at most one counter: at most 9 are seeded
@@ -218,9 +262,7 @@ class CostGuards:
         call = ticket.call
         scope = call.scope
         cost = call_cost(ticket.quote.price, prompt_tokens, completion_tokens, cached_tokens)
-        reason = ""
-        if error is not None:
-            reason = error.reason if isinstance(error, DomainError) else "UNAVAILABLE"
+        reason = _error_reason(error) if error is not None else ""
         self.ledger.add(
             LedgerEntry(
                 entry_id=str(uuid.uuid4()),
@@ -249,14 +291,9 @@ class CostGuards:
         )
         if not ticket.guarded:
             return
-        tenant = scope.principal.tenant_id
-        name = provider_name(call.provider or "offline")
-        if outcome == "OK":
-            op, detail = "success", ""
-        elif outcome == "ERROR" and not isinstance(error, DomainError):
-            op, detail = "failure", f"{type(error).__name__}: {error}"[:200]
-        else:  # cancelled, or refused by the platform itself: not the provider's fault
-            op, detail = "release", ""
+        tenant, name = scope.principal.tenant_id, ticket.breaker
+        op = _breaker_op(outcome, error)
+        detail = f"{type(error).__name__}: {error}"[:200] if op == "failure" else ""
         reservation = ticket.reservation
         try:
             changes = settle_changes(reservation, cost) if reservation is not None else []

@@ -163,6 +163,11 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
         log.warning("model call failed: %s (%s)", error.message, error.kind)
         return error
 
+    @property
+    def base_url(self) -> str:
+        """The endpoint it calls ("" for the provider's own), which names its breaker."""
+        return self._base_url or ""
+
     async def create(
         self,
         messages: Sequence[LLMMessage],
