@@ -299,6 +299,31 @@ async def test_members_cannot_change_budgets_or_read_other_users(
         await alice.costs.get_budget(scope=USER_SCOPE, subject="alice")
 
 
+async def test_operator_only_lists_name_the_roles_that_are_accepted(
+    server: RunningServer, tenant: str, key_for: KeyFor
+) -> None:
+    """An approver is refused first: the advice it gets must not name member, whom the
+    servicer refuses next."""
+    async with (
+        await sdk(server, await key_for("approver", "amir")) as approver,
+        await sdk(server, await key_for("member", "alice")) as member,
+    ):
+        for name, call in (
+            ("ListBudgets", lambda c: c.costs.list_budgets()),
+            ("ListCircuitBreakers", lambda c: c.costs.list_circuit_breakers()),
+        ):
+            for client, has in ((approver, "approver"), (member, "member")):
+                with pytest.raises(errors.PermissionDenied) as caught:
+                    await call(client)
+                assert caught.value.message == (
+                    f"{name} needs the role admin or operator; this key has {has}"
+                )
+        await member.costs.get_budget(scope=TENANT_SCOPE)
+        with pytest.raises(errors.PermissionDenied) as caught:
+            await approver.costs.get_budget(scope=TENANT_SCOPE)
+        assert "GetBudget needs the role admin or member or operator" in caught.value.message
+
+
 async def test_a_real_turn_is_billed_and_a_spent_budget_refuses_the_next(
     server: RunningServer, tenant: str, key_for: KeyFor
 ) -> None:

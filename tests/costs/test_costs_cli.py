@@ -71,3 +71,46 @@ async def test_cost_commands(
     assert "closed" in await cli("breaker", "reset", "--reason", "fixed upstream")
     limits = await cli("limits")
     assert "turns_per_minute" in limits and "conversations_per_hour" in limits
+
+
+async def test_bad_option_values_are_argparse_errors(
+    server: RunningServer, key_for: Callable[..., Awaitable[str]], tmp_path: Path
+) -> None:
+    key = await key_for("operator", "ops")
+    env = {**os.environ, "CONVERGIO_TARGET": server.target, "CONVERGIO_API_KEY": key}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CONVERGIO, "cost", *args], env=env, cwd=tmp_path, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+
+    async def refused(*args: str) -> str:
+        done = await asyncio.to_thread(run, *args)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        return done.stderr
+
+    err = await refused("budget", "set", "user", "carol", "--alerts", "x")
+    assert "convergio cost budget set: error: argument --alerts: 'x' is not a whole number" in err
+    assert "from 1 to 99" in err
+    err = await refused("budget", "set", "user", "carol", "--alerts", "50,,90")
+    assert "argument --alerts: '50,,90' has an empty item" in err
+    err = await refused("budget", "set", "user", "carol", "--alerts", "50,100")
+    assert "argument --alerts: 100 is out of range" in err
+    err = await refused("ledger", "--since", "yesterday")
+    assert "convergio cost ledger: error: argument --since: 'yesterday' is not an ISO-8601" in err
+    err = await refused("ledger", "--until", "2026-13-01")
+    assert "argument --until: '2026-13-01' is not an ISO-8601 time" in err
+
+    # Nothing was sent: carol still has no budget of her own.
+    shown = await asyncio.to_thread(run, "budget", "get", "user", "carol", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["budget"]["inherited"] is True
+    # Good values still pass, a time without an offset taken as UTC.
+    done = await asyncio.to_thread(
+        run, "budget", "set", "user", "carol", "--alerts", "50, 90", "--monthly", "10", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["budget"]["alert_thresholds_percent"] == [50, 90]
+    done = await asyncio.to_thread(run, "ledger", "--since", "2026-01-01", "--until", "")
+    assert done.returncode == 0, done.stderr

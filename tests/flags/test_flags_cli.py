@@ -133,3 +133,31 @@ async def test_rollout_walkthrough(
     bad.write_text(json.dumps({"flags": {"rag_in_loop": {"strategy": "sometimes"}}}))
     refused = await asyncio.to_thread(run, "import", str(bad))
     assert refused.returncode == 2 and "flags.rag_in_loop.strategy" in refused.stderr
+
+
+async def test_bad_times_and_variants_are_refused_before_anything_is_sent(
+    server: RunningServer, make_key: Callable[..., Awaitable[str]], tmp_path: Path
+) -> None:
+    tenant = new_tenant()
+    key = await make_key("operator", tenant=tenant)
+    env = server_env(CONVERGIO_TARGET=server.target, CONVERGIO_API_KEY=key)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CONVERGIO, "flags", *args], env=env, cwd=tmp_path, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+
+    cases = [
+        (("--ramp-start", "next week"), "argument --ramp-start: 'next week' is not an ISO-8601"),
+        (("--ramp-end", "2026-03-01T09:00"), "argument --ramp-end: '2026-03-01T09:00' has no"),
+        (("--variants", "simple=5x"), "argument --variants: 'simple=5x' must be name=weight"),
+        (("--variants", "=100"), "argument --variants: '=100' must be name=weight"),
+        (("--variants", "a=50,,b=50"), "argument --variants: 'a=50,,b=50' has an empty item"),
+    ]
+    for options, message in cases:
+        done = await asyncio.to_thread(run, "set", "ramp", "--strategy", "gradual", *options)
+        assert done.returncode == 2, (options, done.stdout, done.stderr)
+        assert f"convergio flags set: error: {message}" in done.stderr, done.stderr
+    missing = await asyncio.to_thread(run, "get", "ramp")
+    assert missing.returncode == 1, missing.stdout

@@ -202,3 +202,45 @@ async def test_server_survives_a_client_that_disconnects(server: RunningServer) 
         await asyncio.gather(*tasks, return_exceptions=True)
     async with AsyncClient(server.target, api_key=server.admin_key) as again:
         assert await again.health() == "SERVING"
+
+
+def test_method_roles_never_promise_what_a_servicer_refuses() -> None:
+    """A servicer may refuse more than the method-level rule table does (a blanket
+    `principal.require(...)`); the table must then name no more roles than the servicer
+    accepts, or the first refusal tells the caller to fetch a key that is refused too."""
+    import ast
+    import importlib
+
+    from convergio_server.api import servicers
+    from convergio_server.api.access import AccessPolicy
+
+    policy = AccessPolicy()
+    services = [*CONVERGIO_SERVICES, "flagd.evaluation.v1.Service"]
+    checked = []
+    for path in sorted(Path(servicers.__file__).parent.glob("*.py")):
+        module = importlib.import_module(f"{servicers.__name__}.{path.stem}")
+        for cls in ast.parse(path.read_text()).body:
+            if not isinstance(cls, ast.ClassDef):
+                continue
+            bases = [b.attr for b in cls.bases if isinstance(b, ast.Attribute)]
+            short = next((b.removesuffix("Servicer") for b in bases if b.endswith("Servicer")), "")
+            service = next((s for s in services if s.rsplit(".", 1)[1] == short), None)
+            if service is None:
+                continue
+            for method in cls.body:
+                if not isinstance(method, ast.AsyncFunctionDef | ast.FunctionDef):
+                    continue
+                for call in ast.walk(method):
+                    if not (
+                        isinstance(call, ast.Call)
+                        and isinstance(call.func, ast.Attribute)
+                        and call.func.attr == "require"
+                        and call.args
+                        and isinstance(call.args[0], ast.Name)
+                    ):
+                        continue
+                    accepted = getattr(module, call.args[0].id)
+                    promised = policy.roles_for(f"/{service}/{method.name}")
+                    assert promised <= accepted, (service, method.name, promised, accepted)
+                    checked.append(method.name)
+    assert {"ListBudgets", "ListCircuitBreakers"} <= set(checked)

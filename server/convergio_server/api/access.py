@@ -10,12 +10,18 @@ _OPERATORS = frozenset({Role.OPERATOR})
 _APPROVERS = frozenset({Role.APPROVER})
 
 # Per service: the roles for reads, the roles for everything else, and exceptions by method.
+# An exception must match any finer check the servicer makes, or the refusal here names
+# roles that the servicer would then refuse too.
 _SERVICES: dict[str, tuple[frozenset[Role], frozenset[Role], dict[str, frozenset[Role]]]] = {
     "convergio.conversation.v1.ConversationService": (_USERS, _USERS, {}),
     "convergio.workflow.v1.WorkflowService": (_USERS, _USERS, {}),
     "convergio.approval.v1.ApprovalService": (_ALL, _APPROVERS, {}),
     "convergio.flag.v1.FlagService": (_ALL, _OPERATORS, {}),
-    "convergio.cost.v1.CostService": (_USERS, _OPERATORS, {}),
+    "convergio.cost.v1.CostService": (
+        _USERS,
+        _OPERATORS,
+        {"ListBudgets": _OPERATORS, "ListCircuitBreakers": _OPERATORS},
+    ),
     "flagd.evaluation.v1.Service": (_ALL, _ALL, {}),
 }
 _READ_PREFIXES = ("Get", "List", "Watch", "Evaluate", "Stream", "Resolve", "Event")

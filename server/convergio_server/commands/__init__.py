@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,60 @@ def api_key(args: argparse.Namespace) -> str | None:
 
 def client_from_args(args: argparse.Namespace) -> AsyncClient:
     return AsyncClient(args.target, api_key=api_key(args))
+
+
+def iso_time(*, offset_required: bool = False) -> Callable[[str], datetime | None]:
+    """An argparse `type=` for ISO-8601 times; "" is no time. Without `offset_required`, a
+    time without a UTC offset is taken as UTC."""
+
+    def parse(text: str) -> datetime | None:
+        if not text.strip():
+            return None
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not an ISO-8601 time, e.g. 2026-03-01T09:00:00Z"
+            ) from None
+        if moment.tzinfo is None:
+            if offset_required:
+                raise argparse.ArgumentTypeError(
+                    f"{text!r} has no UTC offset; give one, e.g. 2026-03-01T09:00:00Z"
+                )
+            moment = moment.replace(tzinfo=UTC)
+        return moment
+
+    return parse
+
+
+def comma_list(text: str) -> list[str]:
+    """The items of `a,b,c`; "" is no items. An empty item is refused rather than dropped,
+    since it usually means a typo that changed what the user asked for."""
+    if not text.strip():
+        return []
+    items = [item.strip() for item in text.split(",")]
+    if "" in items:
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty item; separate items by one ','")
+    return items
+
+
+def int_list(low: int, high: int, example: str) -> Callable[[str], list[int]]:
+    """An argparse `type=` for comma-separated whole numbers from `low` to `high`."""
+    what = f"whole numbers from {low} to {high}, comma-separated, e.g. {example}"
+
+    def parse(text: str) -> list[int]:
+        values = []
+        for item in comma_list(text):
+            # Not int(): it would also take "1_0" and other spellings nobody means.
+            if not re.fullmatch(r"[0-9]+", item):
+                raise argparse.ArgumentTypeError(f"{item!r} is not a whole number; use {what}")
+            value = int(item)
+            if not low <= value <= high:
+                raise argparse.ArgumentTypeError(f"{value} is out of range; use {what}")
+            values.append(value)
+        return values
+
+    return parse
 
 
 def enum_name(enum: Any, value: int, prefix: str) -> str:

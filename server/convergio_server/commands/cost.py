@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from convergio.common.v1 import common_pb2
@@ -19,6 +19,8 @@ from convergio_server.commands import (
     client_from_args,
     enum_name,
     every_page,
+    int_list,
+    iso_time,
     time_text,
 )
 
@@ -45,12 +47,9 @@ def _dump(message: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
 
 
-def _parse_time(text: str | None) -> timestamp_pb2.Timestamp | None:
-    if not text:
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
         return None
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(value)
     return ts
@@ -92,8 +91,8 @@ async def _ledger(args: argparse.Namespace) -> int:
         result = await client.costs.list_ledger_entries(
             conversation_id=args.conversation or "",
             user=args.user or "",
-            start_time=_parse_time(args.since),
-            end_time=_parse_time(args.until),
+            start_time=_timestamp(args.since),
+            end_time=_timestamp(args.until),
             page_size=args.limit,
             page_token=args.page_token or "",
         )
@@ -171,7 +170,6 @@ async def _budget_list(args: argparse.Namespace) -> int:
 
 
 async def _budget_set(args: argparse.Namespace) -> int:
-    thresholds = [int(t) for t in args.alerts.split(",") if t.strip()] if args.alerts else []
     budget = cost_pb2.Budget(
         scope=_SCOPES[args.scope],
         subject=args.subject,
@@ -179,7 +177,7 @@ async def _budget_set(args: argparse.Namespace) -> int:
         monthly_limit_usd=args.monthly or "",
         total_limit_usd=args.total or "",
         per_turn_limit_usd=args.per_turn or "",
-        alert_thresholds_percent=thresholds,
+        alert_thresholds_percent=args.alerts or [],
     )
     async with client_from_args(args) as client:
         result = await client.costs.set_budget(budget=budget, request_id=args.request_id or "")
@@ -294,8 +292,12 @@ def register(subparsers: Any) -> None:
     ledger = command(sub, "ledger", _ledger, "model calls as billed, newest first")
     ledger.add_argument("--conversation", help="only this conversation id")
     ledger.add_argument("--user", help="only this user (operators)")
-    ledger.add_argument("--since", help="ISO-8601 start, e.g. 2026-11-01T00:00:00Z")
-    ledger.add_argument("--until", help="ISO-8601 end (exclusive)")
+    ledger.add_argument(
+        "--since",
+        type=iso_time(),
+        help="ISO-8601 start, e.g. 2026-11-01T00:00:00Z (UTC if no offset)",
+    )
+    ledger.add_argument("--until", type=iso_time(), help="ISO-8601 end (exclusive)")
     ledger.add_argument("--limit", type=int, default=50, help="entries per page (default 50)")
     ledger.add_argument("--page-token", help="next page, as printed by the previous call")
 
@@ -313,7 +315,11 @@ def register(subparsers: Any) -> None:
     setter.add_argument("--monthly", help="USD per UTC month")
     setter.add_argument("--total", help="USD over the subject's life")
     setter.add_argument("--per-turn", help="USD per turn")
-    setter.add_argument("--alerts", help="alert thresholds in percent, e.g. 70,85")
+    setter.add_argument(
+        "--alerts",
+        type=int_list(1, 99, "70,85"),
+        help="alert thresholds in percent, ascending, e.g. 70,85 (default 70,85)",
+    )
     setter.add_argument("--request-id", help="idempotency key")
     deleter = command(budget_sub, "delete", _budget_delete, "remove a budget set explicitly")
     deleter.add_argument("scope", choices=sorted(_SCOPES))

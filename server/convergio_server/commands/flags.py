@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,14 @@ from convergio.flag.v1 import flag_pb2
 
 from convergio_server.api.flag_messages import spec_from_pb, spec_to_pb
 from convergio_server.cli import print_table
-from convergio_server.commands import add_client_args, as_dict, client_from_args, every_page
+from convergio_server.commands import (
+    add_client_args,
+    as_dict,
+    client_from_args,
+    comma_list,
+    every_page,
+    iso_time,
+)
 from convergio_server.domain.errors import InvalidArgument as BadSeed
 from convergio_server.domain.flags.codec import parse_seed, to_seed
 from convergio_server.domain.flags.validation import normalize
@@ -106,22 +113,12 @@ def _split(value: str) -> list[str]:
 
 def _variants(value: str) -> list[flag_pb2.FlagVariant]:
     variants = []
-    for item in _split(value):
-        name, _, weight = item.partition("=")
-        if not weight.strip().isdigit():
-            raise ValueError(f"--variants: {item!r} must be name=weight, e.g. simple=50")
-        variants.append(flag_pb2.FlagVariant(name=name.strip(), weight=int(weight)))
+    for item in comma_list(value):
+        name, _, weight = (part.strip() for part in item.partition("="))
+        if not name or not re.fullmatch(r"[0-9]+", weight):
+            raise argparse.ArgumentTypeError(f"{item!r} must be name=weight, e.g. simple=50")
+        variants.append(flag_pb2.FlagVariant(name=name, weight=int(weight)))
     return variants
-
-
-def _timestamp(value: str, option: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{option}: {value!r} is not an ISO-8601 time") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"{option}: give a UTC offset, e.g. 2026-03-01T09:00:00Z")
-    return moment
 
 
 async def _set(args: argparse.Namespace) -> int:
@@ -151,12 +148,12 @@ async def _set(args: argparse.Namespace) -> int:
             flag.users.extend(_split(args.users))
         if args.variants is not None:
             flag.ClearField("variants")
-            flag.variants.extend(_variants(args.variants))
+            flag.variants.extend(args.variants)
         if args.ramp_start or args.ramp_end or args.ramp_target is not None:
             if args.ramp_start:
-                flag.gradual.start_time.FromDatetime(_timestamp(args.ramp_start, "--ramp-start"))
+                flag.gradual.start_time.FromDatetime(args.ramp_start)
             if args.ramp_end:
-                flag.gradual.end_time.FromDatetime(_timestamp(args.ramp_end, "--ramp-end"))
+                flag.gradual.end_time.FromDatetime(args.ramp_end)
             if args.ramp_target is not None:
                 flag.gradual.target_percentage = args.ramp_target
         expected = args.expected_version
@@ -374,10 +371,15 @@ def register(subparsers: Any) -> None:
     switch.add_argument("--disable", action="store_true", help="turn the flag off for everyone")
     setter.add_argument("--groups", help="allow-listed groups, comma-separated ('' = none)")
     setter.add_argument("--users", help="allow-listed targeting keys, comma-separated")
-    setter.add_argument("--variants", help="name=weight,... adding up to 100 ('' = none)")
+    setter.add_argument(
+        "--variants", type=_variants, help="name=weight,... adding up to 100 ('' = none)"
+    )
     setter.add_argument("--description")
-    setter.add_argument("--ramp-start", help="gradual: ISO-8601 start, e.g. 2026-03-01T09:00:00Z")
-    setter.add_argument("--ramp-end", help="gradual: ISO-8601 end")
+    ramp_time = iso_time(offset_required=True)
+    setter.add_argument(
+        "--ramp-start", type=ramp_time, help="gradual: ISO-8601 start, e.g. 2026-03-01T09:00:00Z"
+    )
+    setter.add_argument("--ramp-end", type=ramp_time, help="gradual: ISO-8601 end")
     setter.add_argument("--ramp-target", type=float, help="gradual: percentage at the end")
     setter.add_argument(
         "--expected-version", type=int, help="fail if the flag is not at this version"
