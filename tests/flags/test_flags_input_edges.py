@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 from convergio.errors import InvalidArgument
 from convergio.flag.v1 import flag_pb2
+from convergio_server.domain.errors import InvalidArgument as DomainInvalidArgument
+from convergio_server.domain.flags.codec import parse_seed
 
 from tests.flags.support import flag, tenant_client
 from tests.support.server import RunningServer
@@ -59,3 +61,14 @@ async def test_watching_a_malformed_key_is_refused(
             async for _ in client.flags.watch_flags(keys=["fine", "BAD KEY"]):
                 break
         assert bad.value.field_violations[0].field == "keys"
+
+
+def test_an_import_giving_a_list_under_both_names_or_unknown_fields_is_refused() -> None:
+    both = {"flags": {"im.a": {"strategy": "on", "groups": ["a"], "whitelist_groups": ["b"]}}}
+    with pytest.raises(DomainInvalidArgument) as twice:
+        parse_seed(both)
+    assert twice.value.violations[0].field == "flags.im.a.groups"
+    with pytest.raises(DomainInvalidArgument) as extra:
+        parse_seed({"flags": {"im.b": {"strategy": "on"}}, "extra": 1})
+    assert extra.value.violations[0].field == "extra"
+    assert [s.key for s in parse_seed({"flags": {"im.c": {"strategy": "on"}}})] == ["im.c"]

@@ -154,6 +154,9 @@ def _seed_flag(key: str, data: Any) -> FlagSpec:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise _bad(base + "description", "must be a string")
+    for name, alias in (("whitelist_groups", "groups"), ("whitelist_users", "users")):
+        if name in data and alias in data:
+            raise _bad(base + alias, f"is another name for {name}: give one of them")
     groups = _string_list(
         data.get("whitelist_groups", data.get("groups", [])), base + "whitelist_groups"
     )
@@ -210,6 +213,9 @@ def parse_seed(document: Any) -> list[FlagSpec]:
     offending field as `flags.<key>.<field>`."""
     if not isinstance(document, dict) or not isinstance(document.get("flags"), dict):
         raise _bad("flags", 'the file must be a JSON object {"flags": {"<key>": {...}}}')
+    unknown = sorted(set(document) - {"flags", "$schema"})
+    if unknown:
+        raise _bad(unknown[0], 'unknown field; the file holds {"flags": {...}} only')
     return [_seed_flag(key, data) for key, data in document["flags"].items()]
 
 
