@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from autogen_core.models import CreateResult, LLMMessage, SystemMessage, UserMessage
+from convergio_server.domain.conversations.metering import Meter, MeteredClient
 from convergio_server.domain.costs.billing import BilledModelClient
 from convergio_server.domain.costs.breaker import TENANT, provider_name
 from convergio_server.domain.costs.enforcement import CostGuards
@@ -263,3 +264,30 @@ async def test_a_workflow_step_is_billed_to_its_execution(guards: CostGuards, te
     await client.create(MESSAGES)
     [entry] = await entries(guards, tenant)
     assert (entry.conversation_id, entry.execution_id, entry.step_id) == ("", "exec-1", "analyse")
+
+
+async def test_a_turns_usage_counts_what_the_ledger_bills_for_a_failed_call(
+    guards: CostGuards, tenant: str
+) -> None:
+    # The endpoint is down: no usage comes back, but the prompt is billed all the same. The
+    # turn's meter reads the billed client's usage, so it must say what the ledger says.
+    down = OpenAICompatChatCompletionClient(
+        model="gpt-4o-mini", base_url="http://127.0.0.1:9/v1", api_key="unused", max_retries=0
+    )
+    meter = Meter()
+    client = MeteredClient(guards.wrap_model_client(down, call(new_scope(tenant))), meter)
+    with pytest.raises(Exception):  # noqa: B017 - whatever the client raises for a refusal
+        await client.create(MESSAGES)
+    [entry] = await entries(guards, tenant)
+    assert entry.outcome == "ERROR" and entry.prompt_tokens > 0
+    assert (meter.prompt_tokens, meter.completion_tokens) == (entry.prompt_tokens, 0)
+    # A second, successful call adds only its own usage.
+    ok = MeteredClient(
+        guards.wrap_model_client(
+            OfflineChatCompletionClient(),
+            CallInfo(new_scope(tenant), "amy", "offline", "offline", "agent_reply"),
+        ),
+        meter,
+    )
+    result = await ok.create(MESSAGES)
+    assert meter.prompt_tokens == entry.prompt_tokens + result.usage.prompt_tokens

@@ -16,6 +16,7 @@ from autogen_core.models import (
     ChatCompletionClient,
     CreateResult,
     LLMMessage,
+    RequestUsage,
 )
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
@@ -53,6 +54,17 @@ class BilledModelClient(DelegatingChatCompletionClient):
         self._call = call
         self._guards = guards
         self._breaker = provider_name(endpoint_key(call.provider or "offline", base_url_of(inner)))
+        # What the ledger billed beyond what the wrapped client reported (a call that failed
+        # or was cancelled before its result: the prompt is billed all the same), so that a
+        # turn's usage, read from `total_usage`, says what its ledger rows say.
+        self._billed_beyond = RequestUsage(prompt_tokens=0, completion_tokens=0)
+
+    def total_usage(self) -> RequestUsage:
+        inner = self._inner.total_usage()
+        return RequestUsage(
+            prompt_tokens=inner.prompt_tokens + self._billed_beyond.prompt_tokens,
+            completion_tokens=inner.completion_tokens + self._billed_beyond.completion_tokens,
+        )
 
     def _max_output(self, extra: Mapping[str, Any]) -> int:
         for key in ("max_tokens", "max_completion_tokens"):
@@ -84,12 +96,21 @@ class BilledModelClient(DelegatingChatCompletionClient):
         streamed_tokens: int,
         outcome: str,
         error: BaseException | None,
+        before: RequestUsage,
     ) -> None:
         if result is not None:
             prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
             cached = _cached_tokens(result)
         else:
             prompt, completion, cached = ticket.prompt_estimate, streamed_tokens, 0
+            after = self._inner.total_usage()
+            beyond = self._billed_beyond
+            self._billed_beyond = RequestUsage(
+                prompt_tokens=beyond.prompt_tokens
+                + max(0, prompt - (after.prompt_tokens - before.prompt_tokens)),
+                completion_tokens=beyond.completion_tokens
+                + max(0, completion - (after.completion_tokens - before.completion_tokens)),
+            )
         # A second cancellation must not skip the bill: settle in a task of its own.
         finish = asyncio.ensure_future(
             self._guards.end_call(
@@ -121,7 +142,7 @@ class BilledModelClient(DelegatingChatCompletionClient):
         result: CreateResult | None = None
         outcome, error = "OK", None
         # A call cancelled mid-answer reports what it generated in its usage counters only.
-        before = self._inner.total_usage().completion_tokens
+        before = self._inner.total_usage()
         try:
             result = await self._inner.create(
                 messages,
@@ -139,8 +160,10 @@ class BilledModelClient(DelegatingChatCompletionClient):
             outcome, error = "ERROR", exc
             raise
         finally:
-            generated = max(0, self._inner.total_usage().completion_tokens - before)
-            await self._finish(ticket, result, generated, outcome, error)
+            generated = max(
+                0, self._inner.total_usage().completion_tokens - before.completion_tokens
+            )
+            await self._finish(ticket, result, generated, outcome, error, before)
 
     async def create_stream(
         self,
@@ -158,6 +181,7 @@ class BilledModelClient(DelegatingChatCompletionClient):
             self._max_output(extra_create_args),
             self._breaker,
         )
+        before = self._inner.total_usage()
         result: CreateResult | None = None
         streamed = 0
         outcome, error = "OK", None
@@ -187,4 +211,4 @@ class BilledModelClient(DelegatingChatCompletionClient):
             outcome, error = "ERROR", exc
             raise
         finally:
-            await self._finish(ticket, result, streamed, outcome, error)
+            await self._finish(ticket, result, streamed, outcome, error, before)
