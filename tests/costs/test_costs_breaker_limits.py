@@ -109,6 +109,22 @@ async def test_repeated_cost_spikes_open_the_tenant_breaker(
     assert (opened.state, opened.open_cause, opened.cost_spikes) == ("OPEN", "COST_SPIKES", 5)
 
 
+async def test_a_sustained_jump_in_cost_opens_the_tenant_breaker(
+    pair: tuple[RunningServer, RunningServer], tenant: str
+) -> None:
+    # The same high cost, turn after turn: measured against the ordinary turns before the
+    # jump, not against an average the jump itself raises.
+    a = guards_of(pair[0])
+    for _ in range(10):
+        await a.turn_finished(new_scope(tenant), Decimal("0.00045"), failed=False)
+    for _ in range(5):
+        assert (await a.breakers.get(tenant, TENANT)).state == "CLOSED"
+        await a.turn_finished(new_scope(tenant), Decimal("0.02025"), failed=False)
+    opened = await a.breakers.get(tenant, TENANT)
+    assert (opened.state, opened.open_cause, opened.cost_spikes) == ("OPEN", "COST_SPIKES", 5)
+    assert opened.moving_average_usd == Decimal("0.00045")
+
+
 async def test_ordinary_cost_variation_is_not_a_spike(
     pair: tuple[RunningServer, RunningServer], tenant: str
 ) -> None:

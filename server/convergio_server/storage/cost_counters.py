@@ -156,23 +156,27 @@ local function breaker_step(key, index, member, op, p, a1, a2, now)
     end
   elseif op == 'cost' then
     local cost = tonumber(a1)
-    local costs = {}
-    for v in string.gmatch(get('costs', ''), '[^,]+') do costs[#costs + 1] = tonumber(v) end
+    -- The baseline is the last 10 ordinary turns: spikes stay out of it, so that a sustained
+    -- jump keeps counting as spikes instead of raising the average it is measured against.
+    local ordinary = {}
+    for v in string.gmatch(get('ordinary', ''), '[^,]+') do
+      ordinary[#ordinary + 1] = tonumber(v)
+    end
     local flags = get('flags', '')
     local spike = '0'
-    if #costs >= 5 then
+    if #ordinary >= 5 then
       local sum = 0
-      for _, v in ipairs(costs) do sum = sum + v end
-      if sum > 0 and cost > spike_factor * sum / #costs then spike = '1' end
+      for _, v in ipairs(ordinary) do sum = sum + v end
+      if sum > 0 and cost > spike_factor * sum / #ordinary then spike = '1' end
     end
-    costs[#costs + 1] = cost
+    if spike == '0' then ordinary[#ordinary + 1] = cost end
     flags = flags .. spike
-    while #costs > 10 do table.remove(costs, 1) end
+    while #ordinary > 10 do table.remove(ordinary, 1) end
     if #flags > 10 then flags = string.sub(flags, -10) end
     local strs = {}
-    for i, v in ipairs(costs) do strs[i] = string.format('%d', v) end
+    for i, v in ipairs(ordinary) do strs[i] = string.format('%d', v) end
     local _, spikes = string.gsub(flags, '1', '')
-    redis.call('HSET', key, 'costs', table.concat(strs, ','), 'flags', flags, 'spikes', spikes)
+    redis.call('HSET', key, 'ordinary', table.concat(strs, ','), 'flags', flags, 'spikes', spikes)
     redis.call('SADD', index, member)
     if state == 'CLOSED' and spikes >= spike_threshold then
       open('COST_SPIKES', spikes .. ' of the last ' .. #flags .. ' turns cost over ' ..

@@ -4,7 +4,8 @@ server process sees the same breaker.
 
 The tenant breaker opens after `failure_threshold` consecutive failed turns, on a budget breach
 (spending went past a limit), or when `spike_threshold` of the last 10 turns each cost over
-`spike_factor` times the moving average of the turns before them (with at least 5 of those).
+`spike_factor` times the moving average of the last 10 ordinary turns (with at least 5 of
+those; spikes stay out of the average, so a sustained jump keeps counting).
 A provider breaker opens after consecutive failed calls to that provider endpoint (see
 `endpoint_key`); a call that succeeds resets its count. After the cool-down one probe goes
 through at a time; `success_threshold` successful probes close the breaker, a failed probe
@@ -135,7 +136,7 @@ class Breakers:
         f = result.fields
         state = f.get("state", "CLOSED")
         opened_ms = int(f.get("opened_ms", "0") or 0)
-        costs = [int(c) for c in f.get("costs", "").split(",") if c]
+        costs = [int(c) for c in f.get("ordinary", "").split(",") if c]
         average = from_nanos(sum(costs)) / len(costs) if costs else Decimal(0)
         next_probe: datetime | None = None
         if state == "OPEN":
