@@ -2141,7 +2141,10 @@ class AsyncFlagService:
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> _flag_pb2.ListFlagsResponse:
-        """Lists the tenant's flags, by key. Role: member."""
+        """Lists the tenant's flags, by key. A page holds fewer than page_size flags
+        when more would not fit in the server's max message size (always at least
+        one, with next_page_token as usual). Role: member.
+        """
         return await self._invoker.unary(
             FlagServiceMethods.LIST_FLAGS,
             _runtime.build_request(
@@ -2183,7 +2186,8 @@ class AsyncFlagService:
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> _flag_pb2.UpsertFlagResponse:
         """Creates or replaces a flag, with optimistic concurrency:
-        expected_version 0 creates (ABORTED if the flag exists), a positive
+        expected_version 0 creates (ABORTED if the flag exists; a flag created
+        again after a delete continues its versions, see Flag.version), a positive
         expected_version replaces (ABORTED if it is not the current version,
         with ErrorInfo.metadata["current_version"]; NOT_FOUND if the flag does
         not exist). Of concurrent upserts exactly one wins. Every change, and
@@ -2193,9 +2197,10 @@ class AsyncFlagService:
         Role:
         operator. INVALID_ARGUMENT naming the field for an empty or badly formed
         key, an unset strategy, a percentage outside 0-100, variant weights that
-        do not add up to 100, a gradual ramp that ends before it starts, or a
-        negative expected_version. A repeated request_id returns the first
-        result.
+        do not add up to 100, a gradual ramp that ends before it starts, a flag
+        whose encoding is over the server's max message size less 32 KiB
+        (naming the largest of users, groups and description), or a negative
+        expected_version. A repeated request_id returns the first result.
         """
         return await self._invoker.unary(
             FlagServiceMethods.UPSERT_FLAG,
@@ -2340,8 +2345,10 @@ class AsyncFlagService:
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> _flag_pb2.ListFlagHistoryResponse:
         """Lists the history of a flag, newest first: every change and every
-        refused attempt. Kept after the flag is deleted. Role: member. NOT_FOUND
-        if the key never existed.
+        refused attempt. Kept after the flag is deleted. A page holds fewer than
+        page_size entries when more would not fit in the server's max message
+        size (always at least one). Role: member. NOT_FOUND if the key never
+        existed.
         """
         return await self._invoker.unary(
             FlagServiceMethods.LIST_FLAG_HISTORY,
@@ -2381,7 +2388,10 @@ class FlagService:
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> _flag_pb2.ListFlagsResponse:
-        """Lists the tenant's flags, by key. Role: member."""
+        """Lists the tenant's flags, by key. A page holds fewer than page_size flags
+        when more would not fit in the server's max message size (always at least
+        one, with next_page_token as usual). Role: member.
+        """
         return self._invoker.unary(
             FlagServiceMethods.LIST_FLAGS,
             _runtime.build_request(
@@ -2423,7 +2433,8 @@ class FlagService:
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> _flag_pb2.UpsertFlagResponse:
         """Creates or replaces a flag, with optimistic concurrency:
-        expected_version 0 creates (ABORTED if the flag exists), a positive
+        expected_version 0 creates (ABORTED if the flag exists; a flag created
+        again after a delete continues its versions, see Flag.version), a positive
         expected_version replaces (ABORTED if it is not the current version,
         with ErrorInfo.metadata["current_version"]; NOT_FOUND if the flag does
         not exist). Of concurrent upserts exactly one wins. Every change, and
@@ -2433,9 +2444,10 @@ class FlagService:
         Role:
         operator. INVALID_ARGUMENT naming the field for an empty or badly formed
         key, an unset strategy, a percentage outside 0-100, variant weights that
-        do not add up to 100, a gradual ramp that ends before it starts, or a
-        negative expected_version. A repeated request_id returns the first
-        result.
+        do not add up to 100, a gradual ramp that ends before it starts, a flag
+        whose encoding is over the server's max message size less 32 KiB
+        (naming the largest of users, groups and description), or a negative
+        expected_version. A repeated request_id returns the first result.
         """
         return self._invoker.unary(
             FlagServiceMethods.UPSERT_FLAG,
@@ -2580,8 +2592,10 @@ class FlagService:
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> _flag_pb2.ListFlagHistoryResponse:
         """Lists the history of a flag, newest first: every change and every
-        refused attempt. Kept after the flag is deleted. Role: member. NOT_FOUND
-        if the key never existed.
+        refused attempt. Kept after the flag is deleted. A page holds fewer than
+        page_size entries when more would not fit in the server's max message
+        size (always at least one). Role: member. NOT_FOUND if the key never
+        existed.
         """
         return self._invoker.unary(
             FlagServiceMethods.LIST_FLAG_HISTORY,

@@ -30,6 +30,9 @@ from convergio_server.domain.flags.ports import UpsertResult
 log = logging.getLogger("convergio.flags")
 
 _FLAG_COLUMNS = "key, spec, version, create_time, update_time, updated_by, change_seq"
+# What a page read counts per row besides the spec's JSON, which is at least as long as its
+# protobuf encoding: the server-set fields, tags and the like.
+_ROW_OVERHEAD = 256
 
 
 def _spec_json(spec: FlagSpec) -> str:
@@ -70,15 +73,27 @@ class PgFlagStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def list_flags(self, tenant_id: str, after_key: str | None, limit: int) -> list[Flag]:
+    async def list_flags(
+        self, tenant_id: str, after_key: str | None, limit: int, max_bytes: int
+    ) -> tuple[list[Flag], bool]:
+        # One row more than the page tells whether more follow; the spec of a row past the
+        # limit or starting past max_bytes is not fetched (flags may be megabytes each).
         rows = await self._pool.fetch(
-            f"SELECT {_FLAG_COLUMNS} FROM flags WHERE tenant_id = $1 AND key > $2 "
-            "ORDER BY key LIMIT $3",
+            "SELECT key, version, create_time, update_time, updated_by, change_seq, "
+            "CASE WHEN n <= $3 AND before < $4 THEN spec END AS spec FROM ("
+            " SELECT *, row_number() OVER w AS n, sum(size) OVER w - size AS before FROM ("
+            "  SELECT *, octet_length(spec::text) + $5 AS size FROM flags"
+            "  WHERE tenant_id = $1 AND key > $2 ORDER BY key LIMIT $3 + 1"
+            " ) candidates WINDOW w AS (ORDER BY key ROWS UNBOUNDED PRECEDING)"
+            ") page ORDER BY key",
             tenant_id,
             after_key or "",
             limit,
+            max_bytes,
+            _ROW_OVERHEAD,
         )
-        return [_flag(r) for r in rows]
+        flags = [_flag(r) for r in rows if r["spec"] is not None]
+        return flags, len(flags) < len(rows)
 
     async def get_flag(self, tenant_id: str, key: str) -> Flag | None:
         row = await self._pool.fetchrow(
@@ -121,6 +136,63 @@ class PgFlagStore:
         assert row is not None
         return row
 
+    async def _create(
+        self,
+        conn: Any,
+        tenant_id: str,
+        spec: FlagSpec,
+        actor: str,
+        comment: str,
+        request_id: str,
+    ) -> FlagChange | None:
+        """Create the flag, or None if it exists. A key deleted before continues after the
+        highest version it ever had: a writer still holding a version of the deleted flag
+        must get ABORTED, not replace the new one."""
+        # Concurrent creates: the unique key makes all but one insert do nothing.
+        created = await conn.fetchval(
+            "INSERT INTO flags (tenant_id, key, spec, version, updated_by, change_seq) "
+            "VALUES ($1, $2, $3::jsonb, 1, $4, 0) ON CONFLICT DO NOTHING RETURNING key",
+            tenant_id,
+            spec.key,
+            _spec_json(spec),
+            actor,
+        )
+        if created is None:
+            return None
+        # Read after the insert: a delete it waited for is committed and visible to this
+        # statement, so its version is counted.
+        version = await conn.fetchval(
+            "SELECT coalesce(max(version), 0) + 1 FROM flag_history "
+            "WHERE tenant_id = $1 AND key = $2",
+            tenant_id,
+            spec.key,
+        )
+        entry = await self._record(
+            conn,
+            tenant_id,
+            spec.key,
+            version,
+            ChangeKind.CREATED,
+            Outcome.APPLIED,
+            spec,
+            0,
+            actor,
+            comment,
+            request_id,
+        )
+        row = await conn.fetchrow(
+            "UPDATE flags SET version = $3, change_seq = $4 WHERE tenant_id = $1 AND key = $2 "
+            f"RETURNING {_FLAG_COLUMNS}",
+            tenant_id,
+            spec.key,
+            version,
+            entry["id"],
+        )
+        assert row is not None
+        return FlagChange(
+            tenant_id, ChangeKind.CREATED, _flag(row), actor, entry["change_time"], entry["id"]
+        )
+
     async def upsert(
         self,
         tenant_id: str,
@@ -134,46 +206,9 @@ class PgFlagStore:
         conflict: Aborted | None = None
         async with self._pool.acquire() as conn, conn.transaction():
             if expected_version == 0:
-                # Concurrent creates: the unique key makes all but one insert do nothing.
-                row = await conn.fetchrow(
-                    "INSERT INTO flags (tenant_id, key, spec, version, updated_by, change_seq) "
-                    "VALUES ($1, $2, $3::jsonb, 1, $4, 0) ON CONFLICT DO NOTHING "
-                    f"RETURNING {_FLAG_COLUMNS}",
-                    tenant_id,
-                    key,
-                    _spec_json(spec),
-                    actor,
-                )
-                if row is not None:
-                    entry = await self._record(
-                        conn,
-                        tenant_id,
-                        key,
-                        1,
-                        ChangeKind.CREATED,
-                        Outcome.APPLIED,
-                        spec,
-                        0,
-                        actor,
-                        comment,
-                        request_id,
-                    )
-                    await conn.execute(
-                        "UPDATE flags SET change_seq = $3 WHERE tenant_id = $1 AND key = $2",
-                        tenant_id,
-                        key,
-                        entry["id"],
-                    )
-                    flag = _flag(row)
-                    change = FlagChange(
-                        tenant_id,
-                        ChangeKind.CREATED,
-                        flag,
-                        actor,
-                        entry["change_time"],
-                        entry["id"],
-                    )
-                    return UpsertResult(flag, True, change)
+                change = await self._create(conn, tenant_id, spec, actor, comment, request_id)
+                if change is not None:
+                    return UpsertResult(change.flag, True, change)
                 current = await conn.fetchval(
                     "SELECT version FROM flags WHERE tenant_id = $1 AND key = $2",
                     tenant_id,
@@ -378,18 +413,27 @@ class PgFlagStore:
         return changes
 
     async def history(
-        self, tenant_id: str, key: str, before_id: int | None, limit: int
-    ) -> list[HistoryEntry]:
+        self, tenant_id: str, key: str, before_id: int | None, limit: int, max_bytes: int
+    ) -> tuple[list[HistoryEntry], bool]:
+        # As list_flags: a row past the page or past max_bytes is read without its spec.
         rows = await self._pool.fetch(
-            "SELECT id, version, kind, outcome, spec, expected_version, actor, change_time, "
-            "comment, request_id FROM flag_history WHERE tenant_id = $1 AND key = $2 "
-            "AND id < $3 ORDER BY id DESC LIMIT $4",
+            "SELECT id, version, kind, outcome, expected_version, actor, change_time, comment, "
+            "request_id, CASE WHEN n <= $4 AND before < $5 THEN spec END AS spec FROM ("
+            " SELECT *, row_number() OVER w AS n, sum(size) OVER w - size AS before FROM ("
+            "  SELECT *, octet_length(spec::text) + octet_length(comment) + $6 AS size"
+            "  FROM flag_history WHERE tenant_id = $1 AND key = $2 AND id < $3"
+            "  ORDER BY id DESC LIMIT $4 + 1"
+            " ) candidates WINDOW w AS (ORDER BY id DESC ROWS UNBOUNDED PRECEDING)"
+            ") page ORDER BY id DESC",
             tenant_id,
             key,
             before_id if before_id is not None else 2**62,
             limit,
+            max_bytes,
+            _ROW_OVERHEAD,
         )
-        return [
+        loaded = [r for r in rows if r["spec"] is not None]
+        entries = [
             HistoryEntry(
                 id=r["id"],
                 version=r["version"],
@@ -402,8 +446,9 @@ class PgFlagStore:
                 comment=r["comment"],
                 request_id=r["request_id"],
             )
-            for r in rows
+            for r in loaded
         ]
+        return entries, len(loaded) < len(rows)
 
     async def key_known(self, tenant_id: str, key: str) -> bool:
         return bool(
@@ -456,46 +501,9 @@ class PgFlagStore:
             if first is None:
                 return None
             for spec in specs:
-                row = await conn.fetchrow(
-                    "INSERT INTO flags (tenant_id, key, spec, version, updated_by, change_seq) "
-                    "VALUES ($1, $2, $3::jsonb, 1, $4, 0) ON CONFLICT DO NOTHING "
-                    f"RETURNING {_FLAG_COLUMNS}",
-                    tenant_id,
-                    spec.key,
-                    _spec_json(spec),
-                    actor,
-                )
-                if row is None:  # created by an operator before the defaults: keep theirs
-                    continue
-                entry = await self._record(
-                    conn,
-                    tenant_id,
-                    spec.key,
-                    1,
-                    ChangeKind.CREATED,
-                    Outcome.APPLIED,
-                    spec,
-                    0,
-                    actor,
-                    comment,
-                    "",
-                )
-                await conn.execute(
-                    "UPDATE flags SET change_seq = $3 WHERE tenant_id = $1 AND key = $2",
-                    tenant_id,
-                    spec.key,
-                    entry["id"],
-                )
-                changes.append(
-                    FlagChange(
-                        tenant_id,
-                        ChangeKind.CREATED,
-                        _flag(row),
-                        actor,
-                        entry["change_time"],
-                        entry["id"],
-                    )
-                )
+                change = await self._create(conn, tenant_id, spec, actor, comment, "")
+                if change is not None:  # else created by an operator first: keep theirs
+                    changes.append(change)
         return changes
 
     async def ensure_tenant(self, tenant_id: str) -> None:

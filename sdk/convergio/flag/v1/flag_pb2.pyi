@@ -339,21 +339,26 @@ class Flag(_message.Message):
     PERCENTAGE and CANARY. Raising it keeps everyone who was already in.
     """
     version: _builtins.int
-    """Version, 1 at creation, one more at each change. Set by the server;
-    ignored on upsert (use expected_version).
+    """Version, 1 at creation, one more at each change. A flag created again
+    after a delete continues after the deletion's version: a key never has
+    the same version twice, so a writer holding a version of the deleted
+    flag gets ABORTED. Set by the server; ignored on upsert (use
+    expected_version).
     """
     updated_by: _builtins.str
     """The principal that made the last change. Set by the server."""
     @_builtins.property
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Allow-listed groups, for CANARY and GROUP_BASED, e.g. ["beta_testers"],
-        ["enterprise"]. At most 1,000.
+        ["enterprise"]. At most 1,000, each 1 to 256 characters. The whole flag
+        must encode to at most the server's max message size less 32 KiB.
         """
 
     @_builtins.property
     def users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Allow-listed targeting keys (user ids), for CANARY and WHITELIST. At
-        most 10,000.
+        most 10,000, each 1 to 256 characters (within the flag's size limit, see
+        groups).
         """
 
     @_builtins.property
@@ -816,7 +821,10 @@ class DisableAllFlagsResponse(_message.Message):
     """Number of flags turned off (flags already off are not counted)."""
     @_builtins.property
     def flags(self) -> _containers.RepeatedCompositeFieldContainer[Global___Flag]:
-        """The flags turned off, with their new versions, by key."""
+        """The flags turned off, with their new versions, by key. If they would not
+        all fit in the server's max message size, only the first ones that do
+        (disabled_count counts them all).
+        """
 
     def __init__(
         self,
@@ -974,7 +982,9 @@ class FlagSnapshot(_message.Message):
     """
     @_builtins.property
     def flags(self) -> _containers.RepeatedCompositeFieldContainer[Global___Flag]:
-        """Flags, by key. A large snapshot is split across several responses."""
+        """Flags, by key. A large snapshot is split across several responses, each
+        within the server's max message size.
+        """
 
     def __init__(
         self,

@@ -105,7 +105,9 @@ class FlagServiceServicer(object):
     """
 
     def ListFlags(self, request, context):
-        """Lists the tenant's flags, by key. Role: member.
+        """Lists the tenant's flags, by key. A page holds fewer than page_size flags
+        when more would not fit in the server's max message size (always at least
+        one, with next_page_token as usual). Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,7 +122,8 @@ class FlagServiceServicer(object):
 
     def UpsertFlag(self, request, context):
         """Creates or replaces a flag, with optimistic concurrency:
-        expected_version 0 creates (ABORTED if the flag exists), a positive
+        expected_version 0 creates (ABORTED if the flag exists; a flag created
+        again after a delete continues its versions, see Flag.version), a positive
         expected_version replaces (ABORTED if it is not the current version,
         with ErrorInfo.metadata["current_version"]; NOT_FOUND if the flag does
         not exist). Of concurrent upserts exactly one wins. Every change, and
@@ -130,9 +133,10 @@ class FlagServiceServicer(object):
         Role:
         operator. INVALID_ARGUMENT naming the field for an empty or badly formed
         key, an unset strategy, a percentage outside 0-100, variant weights that
-        do not add up to 100, a gradual ramp that ends before it starts, or a
-        negative expected_version. A repeated request_id returns the first
-        result.
+        do not add up to 100, a gradual ramp that ends before it starts, a flag
+        whose encoding is over the server's max message size less 32 KiB
+        (naming the largest of users, groups and description), or a negative
+        expected_version. A repeated request_id returns the first result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -185,8 +189,10 @@ class FlagServiceServicer(object):
 
     def ListFlagHistory(self, request, context):
         """Lists the history of a flag, newest first: every change and every
-        refused attempt. Kept after the flag is deleted. Role: member. NOT_FOUND
-        if the key never existed.
+        refused attempt. Kept after the flag is deleted. A page holds fewer than
+        page_size entries when more would not fit in the server's max message
+        size (always at least one). Role: member. NOT_FOUND if the key never
+        existed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

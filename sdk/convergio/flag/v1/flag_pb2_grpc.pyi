@@ -45,12 +45,16 @@ class FlagServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> FlagServiceAsyncStub: ...
     ListFlags: _grpc.UnaryUnaryMultiCallable[_flag_pb2.ListFlagsRequest, _flag_pb2.ListFlagsResponse]
-    """Lists the tenant's flags, by key. Role: member."""
+    """Lists the tenant's flags, by key. A page holds fewer than page_size flags
+    when more would not fit in the server's max message size (always at least
+    one, with next_page_token as usual). Role: member.
+    """
     GetFlag: _grpc.UnaryUnaryMultiCallable[_flag_pb2.GetFlagRequest, _flag_pb2.GetFlagResponse]
     """Gets one flag. Role: member. NOT_FOUND if the flag does not exist."""
     UpsertFlag: _grpc.UnaryUnaryMultiCallable[_flag_pb2.UpsertFlagRequest, _flag_pb2.UpsertFlagResponse]
     """Creates or replaces a flag, with optimistic concurrency:
-    expected_version 0 creates (ABORTED if the flag exists), a positive
+    expected_version 0 creates (ABORTED if the flag exists; a flag created
+    again after a delete continues its versions, see Flag.version), a positive
     expected_version replaces (ABORTED if it is not the current version,
     with ErrorInfo.metadata["current_version"]; NOT_FOUND if the flag does
     not exist). Of concurrent upserts exactly one wins. Every change, and
@@ -60,9 +64,10 @@ class FlagServiceStub:
     Role:
     operator. INVALID_ARGUMENT naming the field for an empty or badly formed
     key, an unset strategy, a percentage outside 0-100, variant weights that
-    do not add up to 100, a gradual ramp that ends before it starts, or a
-    negative expected_version. A repeated request_id returns the first
-    result.
+    do not add up to 100, a gradual ramp that ends before it starts, a flag
+    whose encoding is over the server's max message size less 32 KiB
+    (naming the largest of users, groups and description), or a negative
+    expected_version. A repeated request_id returns the first result.
     """
     DeleteFlag: _grpc.UnaryUnaryMultiCallable[_flag_pb2.DeleteFlagRequest, _flag_pb2.DeleteFlagResponse]
     """Deletes a flag (its history is kept). Evaluations then return the
@@ -90,8 +95,10 @@ class FlagServiceStub:
     """
     ListFlagHistory: _grpc.UnaryUnaryMultiCallable[_flag_pb2.ListFlagHistoryRequest, _flag_pb2.ListFlagHistoryResponse]
     """Lists the history of a flag, newest first: every change and every
-    refused attempt. Kept after the flag is deleted. Role: member. NOT_FOUND
-    if the key never existed.
+    refused attempt. Kept after the flag is deleted. A page holds fewer than
+    page_size entries when more would not fit in the server's max message
+    size (always at least one). Role: member. NOT_FOUND if the key never
+    existed.
     """
 
 @_typing.type_check_only
@@ -110,12 +117,16 @@ class FlagServiceAsyncStub(FlagServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListFlags: _aio.UnaryUnaryMultiCallable[_flag_pb2.ListFlagsRequest, _flag_pb2.ListFlagsResponse]  # type: ignore[assignment]
-    """Lists the tenant's flags, by key. Role: member."""
+    """Lists the tenant's flags, by key. A page holds fewer than page_size flags
+    when more would not fit in the server's max message size (always at least
+    one, with next_page_token as usual). Role: member.
+    """
     GetFlag: _aio.UnaryUnaryMultiCallable[_flag_pb2.GetFlagRequest, _flag_pb2.GetFlagResponse]  # type: ignore[assignment]
     """Gets one flag. Role: member. NOT_FOUND if the flag does not exist."""
     UpsertFlag: _aio.UnaryUnaryMultiCallable[_flag_pb2.UpsertFlagRequest, _flag_pb2.UpsertFlagResponse]  # type: ignore[assignment]
     """Creates or replaces a flag, with optimistic concurrency:
-    expected_version 0 creates (ABORTED if the flag exists), a positive
+    expected_version 0 creates (ABORTED if the flag exists; a flag created
+    again after a delete continues its versions, see Flag.version), a positive
     expected_version replaces (ABORTED if it is not the current version,
     with ErrorInfo.metadata["current_version"]; NOT_FOUND if the flag does
     not exist). Of concurrent upserts exactly one wins. Every change, and
@@ -125,9 +136,10 @@ class FlagServiceAsyncStub(FlagServiceStub):
     Role:
     operator. INVALID_ARGUMENT naming the field for an empty or badly formed
     key, an unset strategy, a percentage outside 0-100, variant weights that
-    do not add up to 100, a gradual ramp that ends before it starts, or a
-    negative expected_version. A repeated request_id returns the first
-    result.
+    do not add up to 100, a gradual ramp that ends before it starts, a flag
+    whose encoding is over the server's max message size less 32 KiB
+    (naming the largest of users, groups and description), or a negative
+    expected_version. A repeated request_id returns the first result.
     """
     DeleteFlag: _aio.UnaryUnaryMultiCallable[_flag_pb2.DeleteFlagRequest, _flag_pb2.DeleteFlagResponse]  # type: ignore[assignment]
     """Deletes a flag (its history is kept). Evaluations then return the
@@ -155,8 +167,10 @@ class FlagServiceAsyncStub(FlagServiceStub):
     """
     ListFlagHistory: _aio.UnaryUnaryMultiCallable[_flag_pb2.ListFlagHistoryRequest, _flag_pb2.ListFlagHistoryResponse]  # type: ignore[assignment]
     """Lists the history of a flag, newest first: every change and every
-    refused attempt. Kept after the flag is deleted. Role: member. NOT_FOUND
-    if the key never existed.
+    refused attempt. Kept after the flag is deleted. A page holds fewer than
+    page_size entries when more would not fit in the server's max message
+    size (always at least one). Role: member. NOT_FOUND if the key never
+    existed.
     """
 
 class FlagServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -178,7 +192,10 @@ class FlagServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flag_pb2.ListFlagsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_flag_pb2.ListFlagsResponse, _abc.Awaitable[_flag_pb2.ListFlagsResponse]]:
-        """Lists the tenant's flags, by key. Role: member."""
+        """Lists the tenant's flags, by key. A page holds fewer than page_size flags
+        when more would not fit in the server's max message size (always at least
+        one, with next_page_token as usual). Role: member.
+        """
 
     @_abc_1.abstractmethod
     def GetFlag(
@@ -195,7 +212,8 @@ class FlagServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_flag_pb2.UpsertFlagResponse, _abc.Awaitable[_flag_pb2.UpsertFlagResponse]]:
         """Creates or replaces a flag, with optimistic concurrency:
-        expected_version 0 creates (ABORTED if the flag exists), a positive
+        expected_version 0 creates (ABORTED if the flag exists; a flag created
+        again after a delete continues its versions, see Flag.version), a positive
         expected_version replaces (ABORTED if it is not the current version,
         with ErrorInfo.metadata["current_version"]; NOT_FOUND if the flag does
         not exist). Of concurrent upserts exactly one wins. Every change, and
@@ -205,9 +223,10 @@ class FlagServiceServicer(metaclass=_abc_1.ABCMeta):
         Role:
         operator. INVALID_ARGUMENT naming the field for an empty or badly formed
         key, an unset strategy, a percentage outside 0-100, variant weights that
-        do not add up to 100, a gradual ramp that ends before it starts, or a
-        negative expected_version. A repeated request_id returns the first
-        result.
+        do not add up to 100, a gradual ramp that ends before it starts, a flag
+        whose encoding is over the server's max message size less 32 KiB
+        (naming the largest of users, groups and description), or a negative
+        expected_version. A repeated request_id returns the first result.
         """
 
     @_abc_1.abstractmethod
@@ -271,8 +290,10 @@ class FlagServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_flag_pb2.ListFlagHistoryResponse, _abc.Awaitable[_flag_pb2.ListFlagHistoryResponse]]:
         """Lists the history of a flag, newest first: every change and every
-        refused attempt. Kept after the flag is deleted. Role: member. NOT_FOUND
-        if the key never existed.
+        refused attempt. Kept after the flag is deleted. A page holds fewer than
+        page_size entries when more would not fit in the server's max message
+        size (always at least one). Role: member. NOT_FOUND if the key never
+        existed.
         """
 
 def add_FlagServiceServicer_to_server(servicer: FlagServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 from convergio.flag.v1 import flag_pb2, flag_pb2_grpc
+from google.protobuf.message import Message
 
 from convergio_server.api.context import current_principal
 from convergio_server.api.flag_messages import (
@@ -36,12 +37,35 @@ log = logging.getLogger("convergio.flags")
 _SERVICE = "/convergio.flag.v1.FlagService/"
 SNAPSHOT_CHUNK = 500
 RESPONSE_CACHE = 4096
+# What a response keeps free of items, for everything around them (page token, tags).
+ENVELOPE_BYTES = 16 * 1024
+
+
+def _item_bytes(message: Message) -> int:
+    """The message's size as an element of a repeated field: tag, length, message."""
+    size = message.ByteSize()
+    return 1 + max(1, (size.bit_length() + 6) // 7) + size
+
+
+def _fitting(items: Sequence[Message], budget: int) -> int:
+    """How many of `items`, from the first, fit in `budget` bytes of a repeated field;
+    at least one, so that a list always moves on."""
+    total = 0
+    for count, item in enumerate(items):
+        total += _item_bytes(item)
+        if total > budget and count > 0:
+            return count
+    return len(items)
 
 
 class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
     def __init__(self, ctx: ServiceContext, manager: FlagManager) -> None:
         self._ctx = ctx
         self._flags = manager
+        # Responses bigger than the server's max message size fail to be sent: lists of
+        # flags and snapshots are cut to this size (a single flag always fits, see
+        # validation.max_flag_bytes).
+        self._budget = ctx.settings.max_message_bytes - ENVELOPE_BYTES
         self._responses: dict[Evaluation, flag_pb2.EvaluateFlagResponse] = {}
 
     async def ListFlags(
@@ -51,11 +75,12 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         cursor = decode_token(request.page_token, "flags")
         limit = page_size(request.page_size)
         after = str(cursor.after[0]) if cursor else None
-        flags = await self._flags.list_flags(tenant, after, limit + 1)
-        token = encode_token([flags[limit - 1].key], "flags") if len(flags) > limit else ""
-        return flag_pb2.ListFlagsResponse(
-            flags=[flag_to_pb(f) for f in flags[:limit]], next_page_token=token
-        )
+        flags, more = await self._flags.list_flags(tenant, after, limit, self._budget)
+        messages = [flag_to_pb(f) for f in flags]
+        count = _fitting(messages, self._budget)
+        more = more or count < len(messages)
+        token = encode_token([messages[count - 1].key], "flags") if more and count else ""
+        return flag_pb2.ListFlagsResponse(flags=messages[:count], next_page_token=token)
 
     async def GetFlag(
         self, request: flag_pb2.GetFlagRequest, context: grpc.aio.ServicerContext
@@ -110,8 +135,9 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
             changes = await self._flags.disable_all(
                 principal.tenant_id, request.reason, principal.name, request.request_id
             )
+            flags = [flag_to_pb(c.flag) for c in changes]
             return flag_pb2.DisableAllFlagsResponse(
-                disabled_count=len(changes), flags=[flag_to_pb(c.flag) for c in changes]
+                disabled_count=len(changes), flags=flags[: _fitting(flags, self._budget)]
             )
 
         return await once(
@@ -158,14 +184,21 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         with self._flags.cache.watch(tenant) as watcher:
             snapshot = await self._flags.store.snapshot(tenant)
             flags = [f for f, _ in snapshot.flags.get(tenant, []) if not keys or f.key in keys]
-            for start in range(0, max(len(flags), 1), SNAPSHOT_CHUNK):
-                chunk = flags[start : start + SNAPSHOT_CHUNK]
-                yield flag_pb2.WatchFlagsResponse(
-                    snapshot=flag_pb2.FlagSnapshot(
-                        flags=[flag_to_pb(f) for f in chunk],
-                        complete=start + SNAPSHOT_CHUNK >= len(flags),
+            part: list[flag_pb2.Flag] = []
+            size = 0
+            for flag in flags:
+                message = flag_to_pb(flag)
+                item = _item_bytes(message)
+                if part and (len(part) >= SNAPSHOT_CHUNK or size + item > self._budget):
+                    yield flag_pb2.WatchFlagsResponse(
+                        snapshot=flag_pb2.FlagSnapshot(flags=part, complete=False)
                     )
-                )
+                    part, size = [], 0
+                part.append(message)
+                size += item
+            yield flag_pb2.WatchFlagsResponse(
+                snapshot=flag_pb2.FlagSnapshot(flags=part, complete=True)
+            )
             while True:
                 change = await watcher.queue.get()
                 if change.seq <= snapshot.seq or (keys and change.flag.key not in keys):
@@ -182,12 +215,12 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         cursor = decode_token(request.page_token, filters)
         limit = page_size(request.page_size)
         before = int(cursor.after[0]) if cursor else None
-        entries = await self._flags.history(tenant, request.key, before, limit + 1)
-        token = encode_token([entries[limit - 1].id], filters) if len(entries) > limit else ""
-        return flag_pb2.ListFlagHistoryResponse(
-            entries=[history_to_pb(request.key, e) for e in entries[:limit]],
-            next_page_token=token,
-        )
+        entries, more = await self._flags.history(tenant, request.key, before, limit, self._budget)
+        messages = [history_to_pb(request.key, e) for e in entries]
+        count = _fitting(messages, self._budget)
+        more = more or count < len(messages)
+        token = encode_token([entries[count - 1].id], filters) if more and count else ""
+        return flag_pb2.ListFlagHistoryResponse(entries=messages[:count], next_page_token=token)
 
 
 # ---- composition -------------------------------------------------------------------------
@@ -226,7 +259,12 @@ async def import_flags_file(
 def _setup(ctx: ServiceContext) -> None:
     store = PgFlagStore(ctx.infra.pool)
     bus = RedisChangeBus(ctx.infra.redis, ctx.redis_keys.k("flags", "changes"))
-    manager = FlagManager(store, bus, reload_seconds=ctx.settings.flags_reload_seconds)
+    manager = FlagManager(
+        store,
+        bus,
+        reload_seconds=ctx.settings.flags_reload_seconds,
+        max_message_bytes=ctx.settings.max_message_bytes,
+    )
     ctx.components["flag_manager"] = manager
     ctx.components["flags"] = CacheFeatureGate(manager)
 

@@ -18,7 +18,13 @@ class UpsertResult:
 
 
 class FlagStore(Protocol):
-    async def list_flags(self, tenant_id: str, after_key: str | None, limit: int) -> list[Flag]: ...
+    async def list_flags(
+        self, tenant_id: str, after_key: str | None, limit: int, max_bytes: int
+    ) -> tuple[list[Flag], bool]:
+        """Up to `limit` flags after `after_key`, by key, and whether more follow. The page
+        ends early once the flags read reach about `max_bytes` (at least one is read), so
+        that large flags are not all loaded to be cut from the response."""
+        ...
 
     async def get_flag(self, tenant_id: str, key: str) -> Flag | None: ...
 
@@ -31,9 +37,9 @@ class FlagStore(Protocol):
         comment: str,
         request_id: str,
     ) -> UpsertResult:
-        """Create (expected_version 0) or replace; a refused attempt is recorded in the
-        history and raises Aborted (metadata current_version); NotFound to replace a
-        missing flag."""
+        """Create (expected_version 0; a recreated key continues after the highest version
+        it ever had) or replace; a refused attempt is recorded in the history and raises
+        Aborted (metadata current_version); NotFound to replace a missing flag."""
         ...
 
     async def delete(
@@ -51,8 +57,11 @@ class FlagStore(Protocol):
     ) -> list[FlagChange]: ...
 
     async def history(
-        self, tenant_id: str, key: str, before_id: int | None, limit: int
-    ) -> list[HistoryEntry]: ...
+        self, tenant_id: str, key: str, before_id: int | None, limit: int, max_bytes: int
+    ) -> tuple[list[HistoryEntry], bool]:
+        """Up to `limit` entries before `before_id`, newest first, and whether more follow;
+        ends early near `max_bytes` as list_flags does."""
+        ...
 
     async def key_known(self, tenant_id: str, key: str) -> bool:
         """True if the key has any history (it exists or existed)."""

@@ -24,7 +24,13 @@ from convergio_server.domain.flags.model import (
     HistoryEntry,
 )
 from convergio_server.domain.flags.ports import ChangeBus, FlagStore, UpsertResult
-from convergio_server.domain.flags.validation import check_key, normalize
+from convergio_server.domain.flags.validation import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    check_key,
+    check_size,
+    max_flag_bytes,
+    normalize,
+)
 
 log = logging.getLogger("convergio.flags")
 
@@ -54,8 +60,11 @@ class FlagManager:
         *,
         reload_seconds: float = 30.0,
         cache: FlagCache | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.store = store
+        # Every flag must fit in a single response of every call that returns it.
+        self.max_flag_bytes = max_flag_bytes(max_message_bytes)
         self.bus = bus
         self.cache = cache or FlagCache()
         self._reload_seconds = reload_seconds
@@ -167,9 +176,12 @@ class FlagManager:
 
     # ---- reads -----------------------------------------------------------------------
 
-    async def list_flags(self, tenant_id: str, after_key: str | None, limit: int) -> list[Flag]:
+    async def list_flags(
+        self, tenant_id: str, after_key: str | None, limit: int, max_bytes: int
+    ) -> tuple[list[Flag], bool]:
+        """A page of flags by key (see FlagStore.list_flags) and whether more follow."""
         await self.ensure_tenant(tenant_id)
-        return await self.store.list_flags(tenant_id, after_key, limit)
+        return await self.store.list_flags(tenant_id, after_key, limit, max_bytes)
 
     async def get_flag(self, tenant_id: str, key: str) -> Flag:
         check_key(key)
@@ -180,14 +192,15 @@ class FlagManager:
         return flag
 
     async def history(
-        self, tenant_id: str, key: str, before_id: int | None, limit: int
-    ) -> list[HistoryEntry]:
+        self, tenant_id: str, key: str, before_id: int | None, limit: int, max_bytes: int
+    ) -> tuple[list[HistoryEntry], bool]:
+        """A page of the flag's history, newest first, and whether more follow."""
         check_key(key)
         await self.ensure_tenant(tenant_id)
-        entries = await self.store.history(tenant_id, key, before_id, limit)
+        entries, more = await self.store.history(tenant_id, key, before_id, limit, max_bytes)
         if not entries and before_id is None:
             raise NotFound(f"no flag {key!r} ever existed", metadata={"key": key})
-        return entries
+        return entries, more
 
     def evaluate(self, tenant_id: str, key: str, ctx: EvalContext) -> Evaluation:
         if not self.cache.has_tenant(tenant_id) and self.cache.loaded:
@@ -211,6 +224,7 @@ class FlagManager:
         request_id: str = "",
     ) -> UpsertResult:
         spec = normalize(spec)
+        check_size(spec, self.max_flag_bytes)
         if expected_version < 0:
             raise InvalidArgument.for_field("expected_version", "must not be negative")
         _comment(comment)
@@ -263,6 +277,8 @@ class FlagManager:
         """Create or replace the document's flags; flags that already match are left alone
         (importing the same file twice changes nothing). Other flags are kept."""
         specs = parse_seed(document)
+        for spec in specs:  # before any change: a refused file changes nothing
+            check_size(spec, self.max_flag_bytes, f"flags.{spec.key}.")
         await self.ensure_tenant(tenant_id)
         created: list[str] = []
         updated: list[str] = []

@@ -122,3 +122,73 @@ def normalize(spec: FlagSpec, prefix: str = "flag.") -> FlagSpec:
         variants=tuple(Variant(v.name, v.weight) for v in variants),
         gradual=gradual,
     )
+
+
+# A flag must fit in every response that carries it, the largest being a history entry
+# (comment, request id, actor and times around the flag) inside a page with its token.
+FLAG_RESERVE_BYTES = 32 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Upper bound of an encoded GradualRollout with its tag: two Timestamps and a double.
+_GRADUAL_BYTES = 64
+
+
+def max_flag_bytes(max_message_bytes: int) -> int:
+    """The largest encoded flag a server with this max message size accepts."""
+    return max(max_message_bytes - FLAG_RESERVE_BYTES, max_message_bytes // 2)
+
+
+def _varint_bytes(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _string_bytes(value: str) -> int:
+    """A string field of the Flag message (tag, length, UTF-8), omitted when empty."""
+    size = len(value.encode())
+    return 1 + _varint_bytes(size) + size if size else 0
+
+
+def _list_bytes(values: Iterable[str]) -> int:
+    total = 0
+    for value in values:
+        size = len(value.encode())
+        total += 1 + _varint_bytes(size) + size
+    return total
+
+
+def _variant_bytes(variant: Variant) -> int:
+    inner = _string_bytes(variant.name) + (1 + _varint_bytes(variant.weight))
+    return 1 + _varint_bytes(inner) + inner
+
+
+def encoded_size(spec: FlagSpec) -> int:
+    """The size of the flag as a convergio.flag.v1.Flag message, without the fields the
+    server sets (an upper bound: fixed-size parts are counted at their largest)."""
+    return (
+        _string_bytes(spec.key)
+        + _string_bytes(spec.description)
+        + 2  # enabled
+        + 2  # strategy
+        + 9  # percentage
+        + _list_bytes(spec.groups)
+        + _list_bytes(spec.users)
+        + sum(_variant_bytes(v) for v in spec.variants)
+        + (_GRADUAL_BYTES if spec.gradual is not None else 0)
+    )
+
+
+def check_size(spec: FlagSpec, limit: int, prefix: str = "flag.") -> None:
+    """InvalidArgument naming the largest part of a flag whose encoding is over `limit`."""
+    size = encoded_size(spec)
+    if size <= limit:
+        return
+    parts = {
+        "users": _list_bytes(spec.users),
+        "groups": _list_bytes(spec.groups),
+        "description": _string_bytes(spec.description),
+    }
+    field = max(parts, key=lambda name: parts[name])
+    raise InvalidArgument.for_field(
+        prefix + field,
+        f"the flag encodes to {size:,} bytes, over the limit of {limit:,} bytes (the server's "
+        f"max message size less {FLAG_RESERVE_BYTES // 1024} KiB); use fewer or shorter entries",
+    )
