@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(
         5.0, ge=0, description="how long a verified API key is cached in a process"
     )
+    key_check_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="how often a process checks whether the API keys of its open streams "
+        "were revoked elsewhere; such a stream ends with UNAUTHENTICATED within this time",
+    )
     bootstrap_dev_key: bool = Field(
         True,
         description="on first start create the `dev` tenant with an admin key and print it",

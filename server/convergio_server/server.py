@@ -67,7 +67,9 @@ class ConvergioServer:
     def __init__(self, settings: Settings, infra: Infrastructure) -> None:
         self.settings = settings
         self.infra = infra
-        self.keys = KeyManager(PgKeyStore(infra.pool), settings.auth_cache_seconds)
+        self.keys = KeyManager(
+            PgKeyStore(infra.pool), settings.auth_cache_seconds, settings.key_check_seconds
+        )
         self.server = grpc.aio.server(options=server_options(settings))
         # Every handler wrapped by the call pipeline as it is added, not on every call.
         handlers = PipelinedRegistry(
@@ -149,6 +151,7 @@ class ConvergioServer:
             except TimeoutError:
                 log.warning("running work did not end within the grace period")
         await stopping
+        await self.keys.close()
         await self.context.close()
         if self._metrics is not None:
             self._metrics.shutdown()

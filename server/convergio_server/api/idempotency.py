@@ -1,24 +1,76 @@
 """`request_id` handling for unary mutations: the first call acts and its
-response is recorded; a repeat with the same id and the same request gets the
-recorded response; the same id with a different request is rejected."""
+result is recorded; a repeat with the same id and the same request gets the
+recorded result; the same id with a different request is rejected.
+
+The result is the response, or an error that is the request's definitive answer
+(a version conflict, a refused precondition, a missing resource): a repeat gets
+the same error and nothing acts again. A transient error (a dependency
+unavailable, a rate limit, an internal error, a cancelled call) releases the
+request_id, so that a retry acts."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from convergio_server.domain import errors as de
 from convergio_server.domain.errors import Aborted, InvalidArgument
 from convergio_server.storage.idempotency import PgIdempotencyStore
 
 R = TypeVar("R", bound=Message)
 _WAIT_SECONDS = 10.0
 
+# The errors recorded as a request's answer, by the name stored with the record. Each
+# depends only on the request and the state it met, so a repeat must not act again.
+# QuotaExceeded and Unavailable are missing on purpose: waiting is what fixes them.
+DEFINITIVE: dict[str, type[de.DomainError]] = {
+    "Aborted": de.Aborted,
+    "FailedPrecondition": de.FailedPrecondition,
+    "InvalidArgument": de.InvalidArgument,
+    "PayloadTooLarge": de.PayloadTooLarge,
+    "NotFound": de.NotFound,
+    "AlreadyExists": de.AlreadyExists,
+    "PermissionDenied": de.PermissionDenied,
+}
+
 
 def _request_hash(request: Message) -> bytes:
     return hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+
+
+def encode_error(exc: BaseException) -> dict[str, Any] | None:
+    """The error as stored with the record; None if it is transient (not recorded)."""
+    kind = type(exc).__name__
+    if DEFINITIVE.get(kind) is not type(exc):
+        return None
+    assert isinstance(exc, de.DomainError)
+    encoded: dict[str, Any] = {
+        "type": kind,
+        "message": exc.message,
+        "reason": exc.reason,
+        "metadata": dict(exc.metadata),
+    }
+    if isinstance(exc, de.InvalidArgument):
+        encoded["violations"] = [[v.field, v.description] for v in exc.violations]
+    return encoded
+
+
+def decode_error(encoded: dict[str, Any]) -> de.DomainError:
+    """The recorded error, rebuilt as the domain error the first call raised."""
+    cls = DEFINITIVE.get(str(encoded.get("type")), de.FailedPrecondition)
+    error = cls(
+        str(encoded.get("message", "")),
+        reason=str(encoded.get("reason", "")) or cls.reason,
+        metadata={str(k): str(v) for k, v in (encoded.get("metadata") or {}).items()},
+    )
+    if isinstance(error, de.InvalidArgument):
+        error.violations = [
+            de.FieldViolation(str(f), str(d)) for f, d in encoded.get("violations") or []
+        ]
+    return error
 
 
 async def once(
@@ -31,7 +83,8 @@ async def once(
     replayed: Callable[[R], Awaitable[None]] | None = None,
 ) -> R:
     """`act` once per request_id; a repeat gets the first call's response, after
-    `replayed` (when given) had a chance to refuse it (what it created is gone)."""
+    `replayed` (when given) had a chance to refuse it (what it created is gone), or
+    the first call's definitive error."""
     request_id: str = getattr(request, "request_id", "")
     if not request_id:
         return await act()
@@ -40,8 +93,12 @@ async def once(
     if recorded is None:
         try:
             response = await act()
-        except BaseException:
-            await store.release(tenant_id, method, request_id)
+        except BaseException as exc:
+            encoded = encode_error(exc)
+            if encoded is None:
+                await store.release(tenant_id, method, request_id)
+            else:
+                await store.fail(tenant_id, method, request_id, encoded)
             raise
         await store.complete(tenant_id, method, request_id, response.SerializeToString())
         return response
@@ -49,12 +106,15 @@ async def once(
         raise InvalidArgument.for_field(
             "request_id", "was already used for a different request; use a new request_id"
         )
-    if recorded.response is None:
+    if not recorded.finished:
         recorded = await store.wait(tenant_id, method, request_id, _WAIT_SECONDS)
         if recorded is None:  # the first call failed and released its claim: act now
             return await once(store, tenant_id, method, request, response_type, act, replayed)
-        if recorded.response is None:
+        if not recorded.finished:
             raise Aborted("a request with this request_id is still being processed; retry later")
+    if recorded.error is not None:
+        raise decode_error(recorded.error)
+    assert recorded.response is not None
     response = response_type.FromString(recorded.response)
     if replayed is not None:
         await replayed(response)

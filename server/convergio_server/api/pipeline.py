@@ -16,7 +16,9 @@ grpc.aio about 7 us of CPU a call), and each layer adds a coroutine (or async
 generator) frame per call and per streamed message.
 
 Server-streaming behaviours must be async generators; client-streaming
-handlers (reflection only) pass through untouched.
+handlers (reflection only) pass through untouched. A server stream opened with
+an API key ends with UNAUTHENTICATED once that key is revoked (`_KeyGuard`):
+at once when this process revoked it, else within `key_check_seconds`.
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ class Authenticator:
         anonymous: dict[str, Principal] | None = None,
     ) -> None:
         self._keys = keys
+        self.revocations = keys.revocations
         self._policy = policy
         # Method prefix -> principal for calls without an API key. Only flagd's evaluation
         # service uses it: OpenFeature's flagd provider in RPC mode cannot send metadata, so
@@ -191,6 +194,67 @@ class Authenticator:
 Before = Callable[[Message, dict[str, str]], Awaitable[None]] | None
 
 
+class _KeyGuard:
+    """Ends a server stream whose API key is revoked while it is open.
+
+    Streams can wait for a long time between messages (a watch on flags that do not
+    change), so waiting for the next message to notice is not enough: the call's task is
+    cancelled while it waits inside the handler, and the cancellation is turned into
+    UNAUTHENTICATED. While the task is elsewhere (gRPC sending a message) only a mark is
+    set, read before the handler is asked for the next message."""
+
+    __slots__ = ("_cancelled", "_task", "_waiting", "key_id", "revoked")
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+        self.revoked = False
+        self._task = asyncio.current_task()
+        self._waiting = False
+        self._cancelled = False
+
+    def __call__(self) -> None:
+        """The key was revoked (called from another task)."""
+        self.revoked = True
+        task = self._task
+        if self._waiting and task is not None and task is not asyncio.current_task():
+            self._cancelled = True
+            task.cancel()
+
+    def error(self) -> de.Unauthenticated:
+        return de.Unauthenticated(
+            "this API key has been revoked; the stream has ended",
+            metadata={"key_id": self.key_id},
+        )
+
+    async def next(self, responses: AsyncIterator[Any]) -> Any:
+        """The handler's next message; StopAsyncIteration at its end."""
+        if self.revoked:
+            raise self.error()
+        self._waiting = True
+        try:
+            response = await anext(responses)
+        except BaseException:
+            if self._cancelled:
+                self._settle()
+            raise
+        finally:
+            self._waiting = False
+        if self._cancelled:  # the handler swallowed the cancellation
+            self._settle()
+        if self.revoked:
+            raise self.error()
+        return response
+
+    def _settle(self) -> None:
+        """Take back the cancellation this guard made; raise what ends the stream."""
+        self._cancelled = False
+        task = self._task
+        # Cancelled by the client as well (or by the server stopping): that one wins.
+        if task is None or task.uncancel() > 0:
+            raise asyncio.CancelledError
+        raise self.error()
+
+
 class CallPipeline:
     """Runs the stages above around every unary and server-streaming call of the
     handlers it wraps."""
@@ -204,6 +268,7 @@ class CallPipeline:
         self._errors = ErrorMapper()
         self._auth = authenticator
         self._validator = validator
+        self._revocations = authenticator.revocations if authenticator is not None else None
         self._cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def handler(
@@ -245,7 +310,9 @@ class CallPipeline:
                 response_serializer=handler.response_serializer,
             )
         return grpc.unary_stream_rpc_method_handler(
-            self._stream(method, _as_generator(handler.unary_stream), before),
+            self._stream(
+                method, _as_generator(handler.unary_stream), before, authenticate is not None
+            ),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -292,9 +359,11 @@ class CallPipeline:
         method: str,
         fn: Streaming,
         before: Before,
+        authenticated: bool = False,
     ) -> Streaming:
         request_log, errors = self._log, self._errors
         active = RPC_ACTIVE_STREAMS.labels(method)
+        revocations = self._revocations if authenticated else None
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             headers = _headers(context)
@@ -305,9 +374,25 @@ class CallPipeline:
                 try:
                     if before is not None:
                         await before(request, headers)
-                    async for response in fn(request, context):
-                        sent += 1
-                        yield response
+                    principal = principal_var.get() if revocations is not None else None
+                    if revocations is None or principal is None or not principal.key_id:
+                        async for response in fn(request, context):
+                            sent += 1
+                            yield response
+                    else:
+                        guard = _KeyGuard(principal.key_id)
+                        responses = fn(request, context)
+                        with revocations.watch(principal.key_id, guard):
+                            try:
+                                while True:
+                                    try:
+                                        response = await guard.next(responses)
+                                    except StopAsyncIteration:
+                                        break
+                                    sent += 1
+                                    yield response
+                            finally:
+                                await responses.aclose()  # type: ignore[attr-defined]
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:

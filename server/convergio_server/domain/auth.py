@@ -7,13 +7,17 @@ bits of entropy, so a fast hash is enough (no password stretching needed).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import enum
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -24,6 +28,8 @@ from convergio_server.domain.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+
+log = logging.getLogger("convergio.auth")
 
 KEY_PREFIX = "cvg"
 _KEY_RE = re.compile(r"^cvg_([a-z0-9]{16})_([A-Za-z0-9_-]{43})\Z")
@@ -107,6 +113,10 @@ class KeyStore(Protocol):
 
     async def revoke_key(self, key_id: str) -> ApiKey | None: ...
 
+    async def live_keys(self, key_ids: Sequence[str]) -> set[str]:
+        """Those of `key_ids` that exist and are not revoked (one query for all)."""
+        ...
+
     async def insert_first_key(
         self,
         key_id: str,
@@ -147,13 +157,91 @@ def validate_tenant_id(tenant_id: str) -> str:
     return tenant_id
 
 
-class KeyManager:
-    """Creates, verifies and revokes API keys; verified keys are cached briefly."""
+class RevocationWatch:
+    """Tells the open streams of a key that it has been revoked.
 
-    def __init__(self, store: KeyStore, cache_seconds: float = 5.0) -> None:
+    A revocation made in this process is seen at once. One made by another process (the
+    CLI, another server) is seen by the next check: every `check_seconds`, while streams
+    are open, ONE query asks which of their keys are still live, whatever the number of
+    streams. A key that disappeared (its tenant was deleted) counts as revoked. When
+    PostgreSQL cannot be reached, streams stay open and the next check tries again."""
+
+    def __init__(self, store: KeyStore, check_seconds: float) -> None:
+        self._store = store
+        self._check_seconds = check_seconds
+        self._watchers: dict[str, set[Callable[[], None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.on_revoked: Callable[[str], None] | None = None
+
+    @contextlib.contextmanager
+    def watch(self, key_id: str, on_revoked: Callable[[], None]) -> Iterator[None]:
+        """Call `on_revoked` (once, from another task) if `key_id` is revoked while
+        the block runs."""
+        self._watchers.setdefault(key_id, set()).add(on_revoked)
+        if self._task is None or self._task.done():
+            # A context of its own: not the first stream's (its request id in every log line).
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), context=contextvars.Context()
+            )
+        try:
+            yield
+        finally:
+            callbacks = self._watchers.get(key_id)
+            if callbacks is not None:
+                callbacks.discard(on_revoked)
+                if not callbacks:
+                    del self._watchers[key_id]
+
+    def revoked(self, key_id: str) -> None:
+        callbacks = self._watchers.pop(key_id, None)
+        if self.on_revoked is not None:
+            self.on_revoked(key_id)
+        for callback in callbacks or ():
+            try:
+                callback()
+            except Exception:
+                log.exception("ending a stream of a revoked key failed")
+
+    async def check(self) -> None:
+        """Ask once which watched keys are still live; end the streams of the others."""
+        watched = list(self._watchers)
+        if not watched:
+            return
+        live = await self._store.live_keys(watched)
+        for key_id in watched:
+            if key_id not in live:
+                self.revoked(key_id)
+
+    async def _run(self) -> None:
+        # Ends by itself when no stream is left; the next stream starts it again.
+        while self._watchers:
+            await asyncio.sleep(self._check_seconds)
+            try:
+                await self.check()
+            except Exception as exc:
+                log.warning("cannot check the keys of open streams: %s", exc)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class KeyManager:
+    """Creates, verifies and revokes API keys; verified keys are cached briefly, and the
+    keys of open streams are checked every `check_seconds` (see RevocationWatch)."""
+
+    def __init__(
+        self, store: KeyStore, cache_seconds: float = 5.0, check_seconds: float = 5.0
+    ) -> None:
         self._store = store
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, str, Principal]] = {}
+        self.revocations = RevocationWatch(store, check_seconds)
+        # A revocation seen by a stream check is also one that new calls must not miss.
+        self.revocations.on_revoked = self._forget
 
     async def create(
         self, tenant_id: str, name: str, roles: Sequence[str], principal: str | None = None
@@ -199,8 +287,14 @@ class KeyManager:
         revoked = await self._store.revoke_key(key_id)
         if revoked is None:
             raise NotFound(f"no API key with id {key_id!r}")
-        self._cache.pop(key_id, None)
+        self.revocations.revoked(key_id)
         return revoked
+
+    def _forget(self, key_id: str) -> None:
+        self._cache.pop(key_id, None)
+
+    async def close(self) -> None:
+        await self.revocations.close()
 
     async def bootstrap(self, tenant_id: str) -> str | None:
         """Create the development tenant's first admin key if it has none; return its token."""

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -14,7 +16,12 @@ _WAIT_STEP = 0.05
 @dataclass(frozen=True)
 class Recorded:
     request_hash: bytes
-    response: bytes | None  # None while the first call is still running
+    response: bytes | None  # None while the first call is still running, or if it failed
+    error: dict[str, Any] | None = None  # the first call's definitive error, encoded
+
+    @property
+    def finished(self) -> bool:
+        return self.response is not None or self.error is not None
 
 
 class PgIdempotencyStore:
@@ -41,7 +48,7 @@ class PgIdempotencyStore:
 
     async def get(self, tenant_id: str, method: str, request_id: str) -> Recorded | None:
         row = await self._pool.fetchrow(
-            """SELECT request_hash, response, status FROM idempotency_keys
+            """SELECT request_hash, response, error, status FROM idempotency_keys
                WHERE tenant_id = $1 AND method = $2 AND request_id = $3""",
             tenant_id,
             method,
@@ -50,7 +57,8 @@ class PgIdempotencyStore:
         if row is None:
             return None
         response = bytes(row["response"]) if row["status"] == "done" else None
-        return Recorded(bytes(row["request_hash"]), response)
+        error = json.loads(row["error"]) if row["status"] == "failed" else None
+        return Recorded(bytes(row["request_hash"]), response, error)
 
     async def wait(
         self, tenant_id: str, method: str, request_id: str, limit_seconds: float
@@ -60,7 +68,7 @@ class PgIdempotencyStore:
         deadline = loop.time() + limit_seconds
         while True:
             recorded = await self.get(tenant_id, method, request_id)
-            if recorded is None or recorded.response is not None or loop.time() >= deadline:
+            if recorded is None or recorded.finished or loop.time() >= deadline:
                 return recorded
             await asyncio.sleep(_WAIT_STEP)
 
@@ -72,6 +80,19 @@ class PgIdempotencyStore:
             method,
             request_id,
             response,
+        )
+
+    async def fail(
+        self, tenant_id: str, method: str, request_id: str, error: dict[str, Any]
+    ) -> None:
+        """The first call ended with a definitive error: repeats get the same error."""
+        await self._pool.execute(
+            """UPDATE idempotency_keys SET error = $4::jsonb, status = 'failed'
+               WHERE tenant_id = $1 AND method = $2 AND request_id = $3""",
+            tenant_id,
+            method,
+            request_id,
+            json.dumps(error),
         )
 
     async def release(self, tenant_id: str, method: str, request_id: str) -> None:

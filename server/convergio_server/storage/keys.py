@@ -122,3 +122,10 @@ class PgKeyStore:
             key_id,
         )
         return None if row is None else _to_key(row)
+
+    async def live_keys(self, key_ids: Sequence[str]) -> set[str]:
+        rows = await self._pool.fetch(
+            "SELECT key_id FROM api_keys WHERE key_id = ANY($1::text[]) AND revoke_time IS NULL",
+            list(key_ids),
+        )
+        return {row["key_id"] for row in rows}
