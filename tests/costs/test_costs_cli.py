@@ -23,6 +23,21 @@ from tests.support.server import RunningServer
 CONVERGIO = str(Path(sys.executable).with_name("convergio"))
 
 
+def cost_cli(
+    server: RunningServer, key: str, cwd: Path
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Runs `convergio cost ARGS` against `server` with `key`."""
+    env = {**os.environ, "CONVERGIO_TARGET": server.target, "CONVERGIO_API_KEY": key}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CONVERGIO, "cost", *args], env=env, cwd=cwd, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+
+    return run
+
+
 async def test_cost_commands(
     server: RunningServer,
     tenant: str,
@@ -31,13 +46,7 @@ async def test_cost_commands(
     tmp_path: Path,
 ) -> None:
     key = await key_for("operator", "ops")
-    env = {**os.environ, "CONVERGIO_TARGET": server.target, "CONVERGIO_API_KEY": key}
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [CONVERGIO, "cost", *args], env=env, cwd=tmp_path, capture_output=True, text=True,
-            timeout=120,
-        )  # fmt: skip
+    run = cost_cli(server, key, tmp_path)
 
     async def cli(*args: str, ok: bool = True) -> str:
         done = await asyncio.to_thread(run, *args)
@@ -77,13 +86,7 @@ async def test_bad_option_values_are_argparse_errors(
     server: RunningServer, key_for: Callable[..., Awaitable[str]], tmp_path: Path
 ) -> None:
     key = await key_for("operator", "ops")
-    env = {**os.environ, "CONVERGIO_TARGET": server.target, "CONVERGIO_API_KEY": key}
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [CONVERGIO, "cost", *args], env=env, cwd=tmp_path, capture_output=True, text=True,
-            timeout=120,
-        )  # fmt: skip
+    run = cost_cli(server, key, tmp_path)
 
     async def refused(*args: str) -> str:
         done = await asyncio.to_thread(run, *args)

@@ -37,22 +37,27 @@ SEED = {
 }
 
 
+def flags_cli(
+    server: RunningServer, key: str, cwd: Path
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Runs `convergio flags ARGS` against `server` with `key`."""
+    env = server_env(CONVERGIO_TARGET=server.target, CONVERGIO_API_KEY=key)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CONVERGIO, "flags", *args], env=env, cwd=cwd, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+
+    return run
+
+
 async def test_rollout_walkthrough(
     server: RunningServer, make_key: Callable[..., Awaitable[str]], tmp_path: Path
 ) -> None:
     tenant = new_tenant()
     key = await make_key("operator", tenant=tenant)
-    env = server_env(CONVERGIO_TARGET=server.target, CONVERGIO_API_KEY=key)
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [CONVERGIO, "flags", *args],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    run = flags_cli(server, key, tmp_path)
 
     async def cli(*args: str) -> str:
         done = await asyncio.to_thread(run, *args)
@@ -140,13 +145,7 @@ async def test_bad_times_and_variants_are_refused_before_anything_is_sent(
 ) -> None:
     tenant = new_tenant()
     key = await make_key("operator", tenant=tenant)
-    env = server_env(CONVERGIO_TARGET=server.target, CONVERGIO_API_KEY=key)
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [CONVERGIO, "flags", *args], env=env, cwd=tmp_path, capture_output=True, text=True,
-            timeout=120,
-        )  # fmt: skip
+    run = flags_cli(server, key, tmp_path)
 
     cases = [
         (("--ramp-start", "next week"), "argument --ramp-start: 'next week' is not an ISO-8601"),
