@@ -244,3 +244,24 @@ def test_method_roles_never_promise_what_a_servicer_refuses() -> None:
                     assert promised <= accepted, (service, method.name, promised, accepted)
                     checked.append(method.name)
     assert {"ListBudgets", "ListCircuitBreakers"} <= set(checked)
+
+
+async def test_a_request_that_is_not_its_message_is_invalid_argument(
+    server: RunningServer,
+) -> None:
+    # Bytes that no protobuf decoder takes: an answer with a request id, not UNKNOWN.
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        call = channel.unary_unary(
+            "/convergio.conversation.v1.ConversationService/ListAgents",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(
+                b"\xff\xff\xff",
+                metadata=(("authorization", f"Bearer {server.admin_key}"),),
+            )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid ListAgents message" in (caught.value.details() or "")
+    trailers = dict(caught.value.trailing_metadata() or ())
+    assert trailers.get("x-request-id")

@@ -255,6 +255,29 @@ class _KeyGuard:
         raise self.error()
 
 
+class _Undecodable:
+    """A request whose bytes are not its message: answered INVALID_ARGUMENT by `check`, with
+    a request id and an access-log line, instead of gRPC's traceback and UNKNOWN."""
+
+    __slots__ = ("detail",)
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def run(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # protobuf's DecodeError, whatever the version
+            return _Undecodable(str(exc) or type(exc).__name__)
+
+    return run
+
+
 class CallPipeline:
     """Runs the stages above around every unary and server-streaming call of the
     handlers it wraps."""
@@ -294,26 +317,36 @@ class CallPipeline:
             else None
         )
 
-        async def check(request: Message, headers: dict[str, str]) -> None:
+        async def check(request: Message | _Undecodable, headers: dict[str, str]) -> None:
             if authenticate is not None:
                 await authenticate(method, headers)
+            if isinstance(request, _Undecodable):
+                raise de.InvalidArgument(
+                    f"the request is not a valid {method.rsplit('/', 1)[-1]} message: "
+                    f"{request.detail}"[:300]
+                )
             if validate is not None:
                 validate(method, request)
 
         # Health and reflection need neither: no coroutine per call for them.
         before = check if authenticate is not None or validate is not None else None
+        deserialize = (
+            _tolerant(handler.request_deserializer)
+            if before is not None
+            else handler.request_deserializer
+        )
 
         if not handler.response_streaming:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary, before),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
         return grpc.unary_stream_rpc_method_handler(
             self._stream(
                 method, _as_generator(handler.unary_stream), before, authenticate is not None
             ),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserialize,
             response_serializer=handler.response_serializer,
         )
 
