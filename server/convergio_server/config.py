@@ -11,24 +11,59 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+# The rule of tenant ids in domain/auth.py, kept here so that config imports no domain code.
+_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+# gRPC takes message sizes and keepalive milliseconds as C ints; larger values overflow.
+_MAX_C_INT = 2**31 - 1
+_MAX_KEEPALIVE_SECONDS = _MAX_C_INT // 1000
+
+
+class SettingsError(ValueError):
+    """A setting or the settings file is unusable; the message is one line for operators."""
+
+
+def _split_host_port(name: str, value: str, lowest_port: int) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{name} must be host:port, for example 127.0.0.1:50051")
+    # int() of a port such as 99999 would reach the socket layer, which keeps its low 16 bits.
+    if not lowest_port <= int(port) <= 65535:
+        raise ValueError(f"{name} port {port} is outside {lowest_port}-65535")
 
 
 class Settings(BaseSettings):
     """Every setting of the server. Field descriptions feed `convergio serve --help`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CONVERGIO_", extra="forbid", frozen=True, populate_by_name=True
+        env_prefix="CONVERGIO_",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        # An infinite or NaN interval only ever ends in an overflow deep in a library.
+        allow_inf_nan=False,
     )
 
-    listen: str = Field("127.0.0.1:50051", description="host:port the gRPC server listens on")
+    listen: str = Field(
+        "127.0.0.1:50051",
+        description="host:port the gRPC server listens on; port 0 = any free port (the "
+        "start-up line shows which)",
+    )
     data_dir: Path = Field(
         Path(".convergio"),
         description="directory for the embedded PostgreSQL and Redis and the dev API key",
@@ -44,7 +79,9 @@ class Settings(BaseSettings):
         description="Redis URL; unset = start the embedded Redis under data_dir",
     )
     redis_prefix: str = Field("cvg", description="prefix of every Redis key the server writes")
-    db_pool_min: int = Field(1, ge=0, description="minimum PostgreSQL connections per process")
+    db_pool_min: int = Field(
+        1, ge=0, description="minimum PostgreSQL connections per process (at most db_pool_max)"
+    )
     db_pool_max: int = Field(10, ge=1, description="maximum PostgreSQL connections per process")
     connect_timeout_seconds: float = Field(
         5.0, gt=0, description="timeout for reaching PostgreSQL or Redis at start-up"
@@ -54,7 +91,10 @@ class Settings(BaseSettings):
         "text", description="`json` for one JSON object per line, `text` for humans"
     )
     max_message_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, description="largest gRPC message accepted or sent"
+        4 * 1024 * 1024,
+        ge=1024,
+        le=_MAX_C_INT,
+        description="largest gRPC message accepted or sent (at most 2147483647)",
     )
     gc_full_interval_seconds: float = Field(
         30.0,
@@ -67,10 +107,16 @@ class Settings(BaseSettings):
         10.0, ge=0, description="on SIGTERM, how long open streams may run before they are closed"
     )
     keepalive_time_seconds: float = Field(
-        30.0, gt=0, description="interval of HTTP/2 keepalive pings to idle clients"
+        30.0,
+        gt=0,
+        le=_MAX_KEEPALIVE_SECONDS,
+        description="interval of HTTP/2 keepalive pings to idle clients (at most 2147483)",
     )
     keepalive_timeout_seconds: float = Field(
-        10.0, gt=0, description="how long to wait for a keepalive ack before closing"
+        10.0,
+        gt=0,
+        le=_MAX_KEEPALIVE_SECONDS,
+        description="how long to wait for a keepalive ack before closing (at most 2147483)",
     )
     health_interval_seconds: float = Field(
         1.0, gt=0, description="how often PostgreSQL and Redis are probed for the health service"
@@ -88,7 +134,11 @@ class Settings(BaseSettings):
         True,
         description="on first start create the `dev` tenant with an admin key and print it",
     )
-    dev_tenant: str = Field("dev", description="id of the development tenant created at start")
+    dev_tenant: str = Field(
+        "dev",
+        description="id of the development tenant created at start (1-63 of a-z, 0-9, `-`); "
+        "its saved key is printed only while it is valid for this tenant",
+    )
     flags_file: Path | None = Field(
         None, description="seed file of flags imported at start (unchanged flags are left alone)"
     )
@@ -228,10 +278,34 @@ class Settings(BaseSettings):
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError("listen must be host:port, for example 127.0.0.1:50051")
+        _split_host_port("listen", value, 0)
         return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _check_metrics_listen(cls, value: str) -> str:
+        if value:
+            # Port 0 is refused: nothing would tell Prometheus which port was taken.
+            _split_host_port("metrics_listen", value, 1)
+        return value
+
+    @field_validator("dev_tenant")
+    @classmethod
+    def _check_dev_tenant(cls, value: str) -> str:
+        if not _TENANT_RE.match(value):
+            raise ValueError(
+                "dev_tenant must be 1-63 characters of a-z, 0-9 and '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_pool(self) -> Self:
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError(
+                f"db_pool_min ({self.db_pool_min}) must be <= db_pool_max ({self.db_pool_max})"
+            )
+        return self
 
     @field_validator("model_key_refs", mode="before")
     @classmethod
@@ -292,22 +366,80 @@ def load_settings(
         else None
     )
     if path is not None:
-        with path.open("rb") as handle:
-            file_values = tomllib.load(handle)
-    # Environment beats the file: drop file keys that the environment sets.
-    env_names = {name for name in os.environ}
+        file_values = _read_file(path)
+    # Environment beats the file: drop file keys that the environment sets. pydantic reads
+    # environment names in any case, so they are compared in one case here too.
+    env_names = {name.upper() for name in os.environ}
     merged: dict[str, Any] = {}
     for key, value in file_values.items():
         field = Settings.model_fields.get(key)
         if field is None:
-            raise ValueError(f"unknown setting {key!r} in {path}")
+            raise SettingsError(f"unknown setting {key!r} in {path}")
         names = {f"CONVERGIO_{key.upper()}"}
         alias = field.validation_alias
         if isinstance(alias, AliasChoices):
-            names |= {str(choice) for choice in alias.choices}
+            names |= {str(choice).upper() for choice in alias.choices}
         if not names & env_names:
             merged[key] = value
     for key, value in (overrides or {}).items():
         if value is not None:
             merged[key] = value
-    return Settings(**merged)
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise SettingsError(describe_settings_error(exc)) from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        problem = "no such file"
+    except IsADirectoryError:
+        problem = "is a directory, not a TOML file"
+    except PermissionError:
+        problem = "permission denied"
+    except OSError as exc:
+        problem = exc.strerror or type(exc).__name__
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        problem = f"invalid TOML: {exc}"
+    raise SettingsError(f"settings file {path}: {problem}")
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """One line naming each bad setting with its environment variable."""
+    parts = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        field = Settings.model_fields.get(name)
+        if field is not None:
+            alias = field.validation_alias
+            env = (
+                str(alias.choices[0])
+                if isinstance(alias, AliasChoices)
+                else f"CONVERGIO_{name.upper()}"
+            )
+            name = f"{name} ({env})"
+        parts.append(f"{name}: {message}" if name else message)
+    return "invalid settings: " + "; ".join(parts)
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Create the data directory and prove it writable before anything is stored that
+    must be written there (the dev key's secret exists nowhere else)."""
+    path = settings.data_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not path.is_dir():
+            raise NotADirectoryError(f"{path} is not a directory")
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+        if isinstance(exc, FileExistsError | NotADirectoryError):
+            problem = "exists and is not a directory"
+        raise SettingsError(
+            f"data_dir (CONVERGIO_DATA_DIR) {path} is not a writable directory: {problem}"
+        ) from None

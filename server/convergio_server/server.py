@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,8 @@ from convergio_server.api.services import ServiceContext, register_services
 from convergio_server.api.validation import Validator
 from convergio_server.config import Settings
 from convergio_server.domain.auth import KeyManager, Principal, Role
-from convergio_server.infrastructure import Infrastructure
+from convergio_server.domain.errors import Unauthenticated
+from convergio_server.infrastructure import Infrastructure, StartupError
 from convergio_server.storage.keys import PgKeyStore
 from convergio_server.telemetry import start_metrics_server
 
@@ -55,10 +58,36 @@ def anonymous_callers(settings: Settings) -> dict[str, Principal]:
     return {"/flagd.evaluation.v1.Service/": principal}
 
 
+def bind_problem(setting: str, address: str) -> str | None:
+    """One line saying why `address` (of the setting `setting`) cannot be listened on, or
+    None if it can. Asked before gRPC binds: gRPC only says that binding failed, and its
+    core logs a line of its own to stderr."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    env = f"CONVERGIO_{setting.upper()}"
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as exc:
+        return f"{setting} ({env}): cannot bind to {address}: {exc}"
+    for family, kind, proto, _name, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return f"{setting} ({env}): {address}: address in use"
+                return f"{setting} ({env}): cannot bind to {address}: {exc.strerror or exc}"
+    return None
+
+
 @dataclass
 class DevKey:
-    token: str
+    """What start-up says about the development key: the token to print, or why none is."""
+
+    token: str | None
     created: bool
+    problem: str | None = None
 
 
 class ConvergioServer:
@@ -101,15 +130,43 @@ class ConvergioServer:
         self._metrics: Any = None
 
     async def start(self) -> int:
-        self.port = self.server.add_insecure_port(self.settings.listen)
+        """Bind both listeners, then serve. Raises StartupError when an address cannot be
+        bound; on any failure nothing is left running."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self.server.stop(None)
+            if self._metrics is not None:
+                self._metrics.shutdown()
+                self._metrics = None
+            raise
+
+    async def _start(self) -> int:
+        listen = self.settings.listen
+        problem = bind_problem("listen", listen)
+        if problem is not None:
+            raise StartupError(problem)
+        try:
+            self.port = self.server.add_insecure_port(listen)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.listen}: address in use or invalid")
+            raise StartupError(
+                bind_problem("listen", listen)
+                or f"listen (CONVERGIO_LISTEN): cannot bind to {listen}"
+            )
+        # Bound before serving so that a taken metrics port stops the start, not a later call.
+        try:
+            self._metrics = start_metrics_server(self.settings.metrics_listen)
+        except OSError:
+            raise StartupError(
+                bind_problem("metrics_listen", self.settings.metrics_listen)
+            ) from None
         await self.health.check_once()
         for starter in self.context.starters:
             await starter()
         await self.server.start()
         self.health.start()
-        self._metrics = start_metrics_server(self.settings.metrics_listen)
         log.info("listening", extra={"address": self.address})
         return self.port
 
@@ -123,17 +180,46 @@ class ConvergioServer:
         the data directory (mode 0600) so later starts can print it again."""
         if not self.settings.bootstrap_dev_key:
             return None
+        tenant = self.settings.dev_tenant
         path = self.settings.data_dir / "dev-api-key"
-        token = await self.keys.bootstrap(self.settings.dev_tenant)
+        saved = path.read_text().strip() if path.is_file() else ""
+        saved_tenant, saved_problem = await self._check_saved_key(saved)
+        token = await self.keys.bootstrap(tenant)
         if token is not None:
-            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            if saved_tenant is not None and saved_tenant != tenant:
+                # Still a working key of another tenant: its secret exists only in this file.
+                path.rename(path.with_name(f"dev-api-key.{saved_tenant}"))
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(token + "\n")
             return DevKey(token, created=True)
-        if path.exists():
-            return DevKey(path.read_text().strip(), created=False)
-        return None
+        if not saved:
+            return None
+        if saved_tenant == tenant:
+            return DevKey(saved, created=False)
+        # The tenant has keys already, so none is minted: a revoked key was revoked on
+        # purpose, and a key of another tenant is not this one's to replace.
+        if saved_problem is None:
+            saved_problem = f"belongs to tenant {saved_tenant}, not {tenant}"
+        hint = (
+            f"convergio keys create --tenant {tenant} --name dev --role admin"
+            " (or remove the file and the tenant's keys to have one made at start)"
+        )
+        return DevKey(
+            None, created=False, problem=f"the key in {path} {saved_problem}; for a new one: {hint}"
+        )
+
+    async def _check_saved_key(self, token: str) -> tuple[str | None, str | None]:
+        """The tenant of a saved key that still works, or why it does not."""
+        if not token:
+            return None, None
+        try:
+            principal = await self.keys.authenticate(token)
+        except Unauthenticated as exc:
+            if "revoked" in str(exc):
+                return None, "was revoked"
+            return None, "is not a key of this database"
+        return principal.tenant_id, None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let open ones finish within the grace period, close."""
@@ -161,16 +247,33 @@ class ConvergioServer:
 
 
 async def serve_until_signalled(server: ConvergioServer) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal during
+    the shutdown cancels the open streams and stops at once."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    forced: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        if not stopping.is_set():
+            stopping.set()
+        elif not forced:
+            log.warning("second signal: stopping now, open streams are cancelled")
+            # A smaller grace given to a stop in progress makes gRPC cancel every call now.
+            forced.append(asyncio.create_task(server.server.stop(None)))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, on_signal)
     waiter = asyncio.create_task(server.wait_for_termination())
     signalled = asyncio.create_task(stopping.wait())
-    await asyncio.wait({waiter, signalled}, return_when=asyncio.FIRST_COMPLETED)
-    if stopping.is_set():
-        log.info("shutting down", extra={"grace_seconds": server.settings.grace_period_seconds})
-        await server.stop()
-    waiter.cancel()
-    signalled.cancel()
+    try:
+        await asyncio.wait({waiter, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.is_set():
+            log.info("shutting down", extra={"grace_seconds": server.settings.grace_period_seconds})
+            await server.stop()
+        for task in forced:
+            await task
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        waiter.cancel()
+        signalled.cancel()

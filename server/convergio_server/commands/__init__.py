@@ -8,18 +8,94 @@ exit code.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convergio import AsyncClient
 from google.protobuf import json_format, timestamp_pb2
 
+if TYPE_CHECKING:
+    import asyncpg
+
+    from convergio_server.config import Settings
+
 # Modules of this package that add subcommands (missing ones are skipped).
-MODULES = ("chat", "conversations", "agents", "flags", "cost", "kb")
+MODULES = ("chat", "conversations", "agents", "flags", "cost", "kb", "migrate", "health", "keys")
+
+# Exit codes of the commands that talk to the stores or the server directly.
+EXIT_FAILED = 1  # the command was understood and refused or found nothing (the message says)
+EXIT_UNAVAILABLE = 2  # a store or the server cannot be reached
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """A plain aligned table; `--json` is there for scripts."""
+    if not rows:
+        print("(none)")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
+
+
+def add_store_args(parser: argparse.ArgumentParser) -> None:
+    """--config and --data-dir, for the commands that open the database themselves."""
+    parser.add_argument("--config", type=Path, help="TOML settings file (or CONVERGIO_CONFIG_FILE)")
+    parser.add_argument("--data-dir", type=Path, help="data directory (CONVERGIO_DATA_DIR)")
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL could not be started, reached or migrated; the message says which."""
+
+
+@contextlib.asynccontextmanager
+async def open_database(
+    settings: Settings, *, migrate: bool = True
+) -> AsyncIterator[tuple[asyncpg.Pool, list[str]]]:
+    """A small pool on PostgreSQL (the embedded one when DATABASE_URL is unset) and the
+    migrations applied now. Only PostgreSQL: keys, the knowledge base and migrations live
+    there, and an operator must be able to revoke a key while Redis is down."""
+    from convergio_server.infrastructure import redact
+    from convergio_server.storage import postgres as pg
+    from convergio_server.storage.embedded import EmbeddedPostgres
+    from convergio_server.storage.migrations import apply_migrations
+
+    embedded: EmbeddedPostgres | None = None
+    url = settings.database_url
+    try:
+        if not url:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            embedded = EmbeddedPostgres(settings.data_dir)
+            try:
+                await asyncio.to_thread(embedded.start)
+            except Exception as exc:
+                raise DatabaseUnavailable(
+                    f"could not start the embedded PostgreSQL: {exc}"
+                ) from exc
+            url = embedded.url
+        try:
+            pool = await pg.create_pool(
+                url, min_size=1, max_size=2, connect_timeout=settings.connect_timeout_seconds
+            )
+        except Exception as exc:
+            raise DatabaseUnavailable(
+                f"PostgreSQL at {redact(url)} is unreachable: {exc or type(exc).__name__}"
+            ) from exc
+        try:
+            applied = await apply_migrations(pool) if migrate else []
+            yield pool, applied
+        finally:
+            await pool.close()
+    finally:
+        # Another `convergio` process may share the embedded server: the last one stops it.
+        if embedded is not None:
+            await asyncio.to_thread(embedded.release)
 
 
 def add_client_args(parser: argparse.ArgumentParser) -> None:

@@ -12,8 +12,13 @@ import argparse
 import json
 from typing import Any
 
-from convergio_server.cli import print_table
-from convergio_server.commands import add_client_args, as_dict, client_from_args, every_page
+from convergio_server.commands import (
+    add_client_args,
+    as_dict,
+    client_from_args,
+    every_page,
+    print_table,
+)
 
 _PAGE = 100
 

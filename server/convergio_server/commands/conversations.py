@@ -21,13 +21,13 @@ from typing import Any
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
 
-from convergio_server.cli import print_table
 from convergio_server.commands import (
     add_client_args,
     as_dict,
     client_from_args,
     enum_name,
     every_page,
+    print_table,
     time_text,
 )
 from convergio_server.commands.chat import Renderer

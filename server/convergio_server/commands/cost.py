@@ -12,7 +12,6 @@ from convergio.common.v1 import common_pb2
 from convergio.cost.v1 import cost_pb2
 from google.protobuf import timestamp_pb2
 
-from convergio_server.cli import print_table
 from convergio_server.commands import (
     add_client_args,
     as_dict,
@@ -21,6 +20,7 @@ from convergio_server.commands import (
     every_page,
     int_list,
     iso_time,
+    print_table,
     time_text,
 )
 

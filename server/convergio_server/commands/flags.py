@@ -15,7 +15,6 @@ from convergio.errors import NotFound
 from convergio.flag.v1 import flag_pb2
 
 from convergio_server.api.flag_messages import spec_from_pb, spec_to_pb
-from convergio_server.cli import print_table
 from convergio_server.commands import (
     add_client_args,
     as_dict,
@@ -23,6 +22,7 @@ from convergio_server.commands import (
     comma_list,
     every_page,
     iso_time,
+    print_table,
 )
 from convergio_server.domain.errors import InvalidArgument as BadSeed
 from convergio_server.domain.flags.codec import parse_seed, to_seed

@@ -13,12 +13,31 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from convergio_server.commands import (
+    EXIT_FAILED,
+    EXIT_UNAVAILABLE,
+    DatabaseUnavailable,
+    add_store_args,
+    open_database,
+    print_table,
+)
 from convergio_server.config import load_settings
-from convergio_server.domain.errors import DomainError
-from convergio_server.domain.knowledge import KnowledgeBase
+from convergio_server.domain.errors import DomainError, NotFound
+from convergio_server.domain.knowledge import (
+    MAX_LIST_PAGE,
+    Document,
+    KnowledgeBase,
+    prepare_document,
+)
 
 _HEADING = re.compile(r"^\s*#+\s+(?P<title>.+?)\s*$", re.MULTILINE)
 _ID_CHARS = re.compile(r"[^A-Za-z0-9._:-]+")
+
+
+def _positive(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text.strip()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def register(subparsers: Any) -> None:
@@ -27,10 +46,11 @@ def register(subparsers: Any) -> None:
         help="manage a tenant's knowledge base",
         description="Add, list, search and delete documents of a tenant's knowledge base "
         "(PostgreSQL full-text search; agents search it with the search_knowledge_base tool). "
-        "Talks to the database directly, like `convergio keys`.",
+        "Talks to PostgreSQL directly, like `convergio keys` (Redis is not needed). Exit 0 "
+        "when done, 1 when refused (bad input, unknown tenant or document), 2 when PostgreSQL "
+        "cannot be reached.",
     )
-    kb.add_argument("--config", type=Path, help="TOML settings file (or CONVERGIO_CONFIG_FILE)")
-    kb.add_argument("--data-dir", type=Path, help="data directory (CONVERGIO_DATA_DIR)")
+    add_store_args(kb)
     kb.add_argument("--tenant", help="tenant id (default: the development tenant)")
     kb.add_argument("--json", action="store_true", help="print JSON")
     # The same options after the action (`kb search X --tenant acme`); SUPPRESS keeps the
@@ -43,27 +63,51 @@ def register(subparsers: Any) -> None:
         "add",
         parents=[common],
         help="add text files (a file added again replaces its earlier version)",
-        description="Each file becomes one document; its id is the file name unless --id is "
-        "given, its title the first Markdown heading or the file name.",
+        description="Each file becomes one document; its id is the file name (characters "
+        "other than letters, digits, '.', '_', ':' and '-' become '-', and it starts with a "
+        "letter or digit) unless --id is given, its title the first Markdown heading or the "
+        "file name. All files are read and checked before any is added: one bad file adds "
+        "none. Two files whose ids would be the same (d1/a.txt, d2/a.txt) are refused; add "
+        "them one at a time with --id.",
     )
     add.add_argument("files", nargs="+", type=Path, help="UTF-8 text files")
     add.add_argument("--id", dest="document_id", help="document id (one file only)")
     add.add_argument("--title", help="title (one file only)")
     add.add_argument("--source", help="where it comes from (default: the file path)")
-    listing = actions.add_parser("list", help="list documents", parents=[common])
-    listing.add_argument("--limit", type=int, default=100, help="most documents to show")
+    listing = actions.add_parser(
+        "list",
+        help="list documents in id order",
+        parents=[common],
+        description="List documents in id order. When more than --limit are left, a note on "
+        "stderr says so; continue with --after and the last id shown.",
+    )
+    listing.add_argument(
+        "--limit", type=_positive, default=100, help="most documents to show (default 100)"
+    )
+    listing.add_argument("--after", default="", help="start after this document id")
     search = actions.add_parser(
         "search", help="full-text search, best matches first", parents=[common]
     )
     search.add_argument("query", help="words to look for")
     search.add_argument("--limit", type=int, default=5, help="most results (1-50)")
-    delete = actions.add_parser("delete", help="delete documents by id", parents=[common])
+    delete = actions.add_parser(
+        "delete",
+        help="delete documents by id",
+        parents=[common],
+        description="Delete each id given; an id not found is reported and the others are "
+        "still deleted (exit 1 if any was not found). --json prints "
+        '{"deleted": [...], "not_found": [...]}.',
+    )
     delete.add_argument("document_ids", nargs="+", metavar="ID", help="ids shown by `kb list`")
     kb.set_defaults(handler=_kb)
 
 
 def document_id_for(path: Path) -> str:
-    return _ID_CHARS.sub("-", path.name).strip("-.")[:128] or "document"
+    """A valid document id made from any file name: other characters become '-', and the
+    id starts with a letter or digit (`_notes.txt` is `notes.txt`)."""
+    name = _ID_CHARS.sub("-", path.name)
+    name = re.sub(r"^[^A-Za-z0-9]+", "", name)[:128].rstrip("-.")
+    return name or "document"
 
 
 def title_for(path: Path, content: str) -> str:
@@ -72,66 +116,98 @@ def title_for(path: Path, content: str) -> str:
 
 
 async def _kb(args: argparse.Namespace) -> int:
-    from convergio_server.infrastructure import StartupError, open_infrastructure
     from convergio_server.logs import configure_logging
     from convergio_server.storage.knowledge import PgKnowledgeStore
 
     settings = load_settings({"data_dir": args.data_dir}, args.config)
     configure_logging("WARNING")
     tenant = args.tenant or settings.dev_tenant
-    if args.kb_command == "add" and len(args.files) > 1 and (args.document_id or args.title):
-        print("convergio: --id and --title need exactly one file", file=sys.stderr)
-        return 2
+    documents: list[Document] = []
+    if args.kb_command == "add":
+        if len(args.files) > 1 and (args.document_id or args.title):
+            print("convergio: --id and --title need exactly one file", file=sys.stderr)
+            return 2
+        # Every file is read and checked before the database is opened: one bad file
+        # adds none, rather than some of them.
+        problems = _prepare(args, documents)
+        if problems:
+            for problem in problems:
+                print(f"convergio: {problem}", file=sys.stderr)
+            print("convergio: nothing was added", file=sys.stderr)
+            return EXIT_FAILED
     try:
-        infra = await open_infrastructure(settings)
-    except StartupError as exc:
+        async with open_database(settings) as (pool, _):
+            kb = KnowledgeBase(PgKnowledgeStore(pool))
+            return await _run(args, kb, tenant, documents)
+    except DatabaseUnavailable as exc:
         print(f"convergio: {exc}", file=sys.stderr)
-        return 2
-    try:
-        kb = KnowledgeBase(PgKnowledgeStore(infra.pool))
-        return await _run(args, kb, tenant)
+        return EXIT_UNAVAILABLE
     except DomainError as exc:
         print(f"convergio: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        await infra.close()
+        return EXIT_FAILED
 
 
-async def _run(args: argparse.Namespace, kb: KnowledgeBase, tenant: str) -> int:
-    from convergio_server.cli import print_table
+def _prepare(args: argparse.Namespace, documents: list[Document]) -> list[str]:
+    """Fill `documents` from the files of `kb add`; the problems found, one per file."""
+    problems: list[str] = []
+    paths_by_id: dict[str, Path] = {}
+    for path in args.files:
+        try:
+            content = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"cannot read {path}: {exc}")
+            continue
+        document_id = args.document_id or document_id_for(path)
+        if document_id in paths_by_id:
+            problems.append(
+                f"{paths_by_id[document_id]} and {path} would both be document "
+                f"{document_id!r}; add them one at a time with --id"
+            )
+            continue
+        paths_by_id[document_id] = path
+        try:
+            documents.append(
+                prepare_document(
+                    content=content,
+                    title=args.title or title_for(path, content),
+                    source=args.source or str(path),
+                    document_id=document_id,
+                )
+            )
+        except DomainError as exc:
+            problems.append(f"{path}: {exc}")
+    return problems
+
+
+async def _run(
+    args: argparse.Namespace, kb: KnowledgeBase, tenant: str, prepared: list[Document]
+) -> int:
 
     if args.kb_command == "add":
         rows = []
-        for path in args.files:
-            try:
-                content = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                print(f"convergio: cannot read {path}: {exc}", file=sys.stderr)
-                return 1
-            document = await kb.add(
-                tenant,
-                content=content,
-                title=args.title or title_for(path, content),
-                source=args.source or str(path),
-                document_id=args.document_id or document_id_for(path),
-            )
-            rows.append(
-                {"id": document.document_id, "title": document.title, "bytes": len(content)}
-            )
+        for document in prepared:
+            stored = await kb.store(tenant, document)
+            rows.append({"id": stored.document_id, "title": stored.title, "bytes": _size(stored)})
         _print(args, rows, ["id", "title", "bytes"], print_table)
     elif args.kb_command == "list":
-        documents = await kb.list_documents(tenant, limit=args.limit)
+        documents, more = await _list(kb, tenant, args.limit, args.after)
         rows = [
             {
                 "id": d.document_id,
                 "title": d.title,
                 "source": d.source,
-                "bytes": len(d.content.encode("utf-8")),
+                "bytes": _size(d),
                 "updated": d.update_time.isoformat(timespec="seconds") if d.update_time else "",
             }
             for d in documents
         ]
         _print(args, rows, ["id", "title", "source", "bytes", "updated"], print_table)
+        if more:
+            print(
+                f"(more than {len(documents)}; raise --limit, or continue with "
+                f"--after {documents[-1].document_id})",
+                file=sys.stderr,
+            )
     elif args.kb_command == "search":
         hits = await kb.search(tenant, args.query, limit=args.limit)
         rows = [
@@ -145,13 +221,42 @@ async def _run(args: argparse.Namespace, kb: KnowledgeBase, tenant: str) -> int:
         ]
         _print(args, rows, ["id", "title", "score", "snippet"], print_table)
     else:
+        deleted: list[str] = []
+        not_found: list[str] = []
         for document_id in args.document_ids:
-            await kb.delete(tenant, document_id)
+            try:
+                await kb.delete(tenant, document_id)
+            except NotFound as exc:
+                not_found.append(document_id)
+                print(f"convergio: {exc}", file=sys.stderr)
+                continue
+            deleted.append(document_id)
             if not args.json:
                 print(f"deleted {document_id}")
         if args.json:
-            print(json.dumps({"deleted": args.document_ids}))
+            print(json.dumps({"deleted": deleted, "not_found": not_found}))
+        return EXIT_FAILED if not_found else 0
     return 0
+
+
+async def _list(
+    kb: KnowledgeBase, tenant: str, limit: int, after: str
+) -> tuple[list[Document], bool]:
+    """Up to `limit` documents after `after`, page by page, and whether more are left."""
+    found: list[Document] = []
+    while True:
+        # One more than wanted, to know whether any are left.
+        want = min(MAX_LIST_PAGE, limit + 1 - len(found))
+        page = await kb.list_documents(tenant, limit=want, after_id=after)
+        found += page
+        if len(page) < want or len(found) > limit:
+            break
+        after = page[-1].document_id
+    return found[:limit], len(found) > limit
+
+
+def _size(document: Document) -> int:
+    return len(document.content.encode("utf-8"))
 
 
 def _print(

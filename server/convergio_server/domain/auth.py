@@ -34,6 +34,7 @@ log = logging.getLogger("convergio.auth")
 KEY_PREFIX = "cvg"
 _KEY_RE = re.compile(r"^cvg_([a-z0-9]{16})_([A-Za-z0-9_-]{43})\Z")
 _TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+MAX_KEY_NAME_CHARS = 100
 
 
 class Role(enum.StrEnum):
@@ -107,7 +108,10 @@ class KeyStore(Protocol):
         secret_hash: bytes,
     ) -> ApiKey: ...
 
-    async def find_key(self, key_id: str) -> StoredKey | None: ...
+    async def find_key(self, key_id: str, secret_hash: bytes) -> StoredKey | None:
+        """The key `key_id`; its last use is recorded only when `secret_hash` is its hash
+        and it is not revoked (a failed check must not look like a use)."""
+        ...
 
     async def list_keys(self, tenant_id: str | None) -> list[ApiKey]: ...
 
@@ -155,6 +159,19 @@ def validate_tenant_id(tenant_id: str) -> str:
             "tenant", "use 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit"
         )
     return tenant_id
+
+
+def validate_key_name(field: str, value: str) -> str:
+    """A key's name or principal, without surrounding spaces: they are shown in tables and
+    logs, so they must be short and hold no control characters."""
+    value = value.strip()
+    if not value:
+        raise InvalidArgument.for_field(field, "a key needs a name that says who uses it")
+    if len(value) > MAX_KEY_NAME_CHARS or not value.isprintable():
+        raise InvalidArgument.for_field(
+            field, f"use 1-{MAX_KEY_NAME_CHARS} printable characters (no control characters)"
+        )
+    return value
 
 
 class RevocationWatch:
@@ -249,13 +266,13 @@ class KeyManager:
         """Returns the stored key and the full token, which is never shown again."""
         validate_tenant_id(tenant_id)
         parsed = parse_roles(roles)
-        if not name.strip():
-            raise InvalidArgument.for_field("name", "a key needs a name that says who uses it")
+        name = validate_key_name("name", name)
+        principal = validate_key_name("principal", principal) if principal else name
         await self._store.ensure_tenant(tenant_id, tenant_id)
         key_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         stored = await self._store.insert_key(
-            key_id, tenant_id, name.strip(), principal or name.strip(), parsed, hash_secret(secret)
+            key_id, tenant_id, name, principal, parsed, hash_secret(secret)
         )
         return stored, f"{KEY_PREFIX}_{key_id}_{secret}"
 
@@ -270,8 +287,9 @@ class KeyManager:
         cached = self._cache.get(key_id)
         if cached is not None and cached[0] > now and hmac.compare_digest(cached[1], token):
             return cached[2]
-        stored = await self._store.find_key(key_id)
-        if stored is None or not hmac.compare_digest(stored.secret_hash, hash_secret(secret)):
+        secret_hash = hash_secret(secret)
+        stored = await self._store.find_key(key_id, secret_hash)
+        if stored is None or not hmac.compare_digest(stored.secret_hash, secret_hash):
             raise Unauthenticated("unknown API key")
         if stored.revoked:
             raise Unauthenticated("this API key has been revoked")
@@ -281,6 +299,8 @@ class KeyManager:
         return principal
 
     async def list(self, tenant_id: str | None = None) -> list[ApiKey]:
+        if tenant_id is not None:
+            validate_tenant_id(tenant_id)
         return await self._store.list_keys(tenant_id)
 
     async def revoke(self, key_id: str) -> ApiKey:

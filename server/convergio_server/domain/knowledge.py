@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from convergio_server.domain.auth import validate_tenant_id
 from convergio_server.domain.errors import InvalidArgument, NotFound
 
 MAX_CONTENT_BYTES = 512 * 1024  # PostgreSQL's tsvector limit is 1 MiB of lexemes
 MAX_TITLE_CHARS = 500
 MAX_QUERY_CHARS = 1000
 MAX_RESULTS = 50
+MAX_LIST_PAGE = 1000
 _DOCUMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 
 
@@ -60,6 +62,46 @@ def new_document_id() -> str:
     return "doc_" + secrets.token_hex(8)
 
 
+def prepare_document(
+    *,
+    content: str,
+    title: str = "",
+    source: str = "",
+    document_id: str = "",
+    importance: float = 0.5,
+    metadata: Mapping[str, Any] | None = None,
+) -> Document:
+    """A valid document, or InvalidArgument saying what is wrong. Apart from storing, so that
+    several documents can all be checked before any of them is stored."""
+    # PostgreSQL text cannot hold NUL; it is dropped before any check, so that a document
+    # of NULs only is an empty one.
+    content = content.replace("\x00", "")
+    title = title.replace("\x00", "").strip()
+    source = source.replace("\x00", "")
+    if not content.strip():
+        raise InvalidArgument.for_field("content", "must not be empty")
+    if len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
+        raise InvalidArgument.for_field(
+            "content", f"must be at most {MAX_CONTENT_BYTES // 1024} KiB; split the document"
+        )
+    if len(title) > MAX_TITLE_CHARS:
+        raise InvalidArgument.for_field("title", f"must be at most {MAX_TITLE_CHARS} characters")
+    if document_id and not _DOCUMENT_ID.match(document_id):
+        raise InvalidArgument.for_field(
+            "document_id", "must be 1-128 of letters, digits, '.', '_', ':' and '-'"
+        )
+    if not 0 <= importance <= 1:
+        raise InvalidArgument.for_field("importance", "must be between 0 and 1")
+    return Document(
+        document_id=document_id or new_document_id(),
+        title=title,
+        content=content,
+        source=source,
+        importance=importance,
+        metadata=dict(metadata or {}),
+    )
+
+
 class KnowledgeBase:
     """Add, list, search and delete a tenant's documents."""
 
@@ -78,34 +120,22 @@ class KnowledgeBase:
         metadata: Mapping[str, Any] | None = None,
     ) -> Document:
         """Store a document (replacing one with the same id)."""
-        if not content.strip():
-            raise InvalidArgument.for_field("content", "must not be empty")
-        if len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
-            raise InvalidArgument.for_field(
-                "content", f"must be at most {MAX_CONTENT_BYTES // 1024} KiB; split the document"
-            )
-        if len(title) > MAX_TITLE_CHARS:
-            raise InvalidArgument.for_field(
-                "title", f"must be at most {MAX_TITLE_CHARS} characters"
-            )
-        if document_id and not _DOCUMENT_ID.match(document_id):
-            raise InvalidArgument.for_field(
-                "document_id", "must be 1-128 of letters, digits, '.', '_', ':' and '-'"
-            )
-        if not 0 <= importance <= 1:
-            raise InvalidArgument.for_field("importance", "must be between 0 and 1")
-        document = Document(
-            document_id=document_id or new_document_id(),
-            title=title.strip(),
-            content=content.replace("\x00", ""),  # PostgreSQL text cannot hold NUL
+        document = prepare_document(
+            content=content,
+            title=title,
             source=source,
+            document_id=document_id,
             importance=importance,
-            metadata=dict(metadata or {}),
+            metadata=metadata,
         )
-        return await self._store.upsert(tenant_id, document)
+        return await self.store(tenant_id, document)
+
+    async def store(self, tenant_id: str, document: Document) -> Document:
+        """Store a document made by `prepare_document` (replacing one with the same id)."""
+        return await self._store.upsert(validate_tenant_id(tenant_id), document)
 
     async def get(self, tenant_id: str, document_id: str) -> Document:
-        document = await self._store.get(tenant_id, document_id)
+        document = await self._store.get(validate_tenant_id(tenant_id), document_id)
         if document is None:
             raise NotFound(f"document {document_id!r} is not in the knowledge base")
         return document
@@ -113,8 +143,10 @@ class KnowledgeBase:
     async def list_documents(
         self, tenant_id: str, *, limit: int = 100, after_id: str = ""
     ) -> list[Document]:
-        """Documents in id order, `limit` at a time after `after_id`."""
-        return await self._store.list_documents(tenant_id, max(1, min(limit, 1000)), after_id)
+        """Documents in id order, `limit` (1-1000) at a time after `after_id`."""
+        if not 1 <= limit <= MAX_LIST_PAGE:
+            raise InvalidArgument.for_field("limit", f"must be from 1 to {MAX_LIST_PAGE}")
+        return await self._store.list_documents(validate_tenant_id(tenant_id), limit, after_id)
 
     async def search(self, tenant_id: str, query: str, *, limit: int = 5) -> list[SearchHit]:
         """Documents matching any of the query's words, best first (words found together
@@ -127,8 +159,8 @@ class KnowledgeBase:
             )
         if not 1 <= limit <= MAX_RESULTS:
             raise InvalidArgument.for_field("limit", f"must be from 1 to {MAX_RESULTS}")
-        return await self._store.search(tenant_id, query, limit)
+        return await self._store.search(validate_tenant_id(tenant_id), query, limit)
 
     async def delete(self, tenant_id: str, document_id: str) -> None:
-        if not await self._store.delete(tenant_id, document_id):
+        if not await self._store.delete(validate_tenant_id(tenant_id), document_id):
             raise NotFound(f"document {document_id!r} is not in the knowledge base")

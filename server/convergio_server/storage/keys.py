@@ -90,11 +90,21 @@ class PgKeyStore:
             )
             return None if row is None else _to_key(row)
 
-    async def find_key(self, key_id: str) -> StoredKey | None:
+    async def find_key(self, key_id: str, secret_hash: bytes) -> StoredKey | None:
+        # One statement: the use is recorded in the same round trip as the look-up, and
+        # only when the secret is right and the key live (the SELECT sees the row as it was
+        # before the UPDATE, which is all it needs). Comparing hashes of 256-bit secrets in
+        # SQL leaks nothing usable; the domain still decides with a constant-time compare.
         row = await self._pool.fetchrow(
-            """UPDATE api_keys SET last_used_time = now() WHERE key_id = $1
-               RETURNING key_id, tenant_id, principal, roles, secret_hash, revoke_time""",
+            """WITH used AS (
+                   UPDATE api_keys SET last_used_time = now()
+                   WHERE key_id = $1 AND secret_hash = $2 AND revoke_time IS NULL
+                   RETURNING key_id
+               )
+               SELECT key_id, tenant_id, principal, roles, secret_hash, revoke_time
+               FROM api_keys WHERE key_id = $1""",
             key_id,
+            secret_hash,
         )
         if row is None:
             return None
