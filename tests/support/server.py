@@ -53,7 +53,7 @@ async def running_server(settings: Settings) -> AsyncIterator[RunningServer]:
     try:
         await server.start()
         dev_key = await server.bootstrap_dev_key()
-        if dev_key is not None:
+        if dev_key is not None and dev_key.token is not None:
             token = dev_key.token
         else:  # another server already bootstrapped this database
             _, token = await server.keys.create(settings.dev_tenant, "test admin", ["admin"])
