@@ -92,9 +92,11 @@ class Settings(BaseSettings):
     )
     max_message_bytes: int = Field(
         4 * 1024 * 1024,
-        ge=1024,
+        # Reflection answers with descriptor sets of about 120 KiB: below this, grpcurl's
+        # describe and list would fail.
+        ge=256 * 1024,
         le=_MAX_C_INT,
-        description="largest gRPC message accepted or sent (at most 2147483647)",
+        description="largest gRPC message accepted or sent (256 KiB to 2147483647)",
     )
     gc_full_interval_seconds: float = Field(
         30.0,
