@@ -106,6 +106,7 @@ class ConvergioServer:
             CallPipeline(
                 Authenticator(self.keys, AccessPolicy(), anonymous_callers(settings)),
                 Validator(RULES),
+                max_response_bytes=settings.max_message_bytes,
             ),
         )
         self.context = ServiceContext(settings=settings, infra=infra, keys=self.keys)

@@ -15,7 +15,7 @@ from convergio import AsyncClient, errors
 from convergio.cost.v1 import cost_pb2
 from convergio.workflow.v1 import workflow_pb2, workflow_pb2_grpc
 
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, running_server, server_settings
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 CONVERGIO_SERVICES = [
@@ -265,3 +265,24 @@ async def test_a_request_that_is_not_its_message_is_invalid_argument(
     assert "not a valid ListAgents message" in (caught.value.details() or "")
     trailers = dict(caught.value.trailing_metadata() or ())
     assert trailers.get("x-request-id")
+
+
+async def test_an_answer_over_the_message_limit_is_an_error_with_a_request_id(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
+) -> None:
+    # gRPC would fail it after the handler returned, logged as OK and without a request id.
+    settings = server_settings(
+        tmp_path, pg_dsn, redis_url, redis_prefix, max_message_bytes=256 * 1024
+    )
+    async with running_server(settings) as running:
+        async with AsyncClient(running.target, api_key=running.admin_key) as client:
+            labels = {f"k{i}": "v" * 256 for i in range(60)}  # about 17 KB a conversation
+            for _ in range(20):
+                await client.conversations.create_conversation(labels=labels)
+            with pytest.raises(errors.QuotaExceeded) as too_large:
+                await client.conversations.list_conversations(page_size=50)
+            assert too_large.value.reason == "RESPONSE_TOO_LARGE"
+            assert "smaller page" in too_large.value.message
+            assert too_large.value.request_id
+            small = await client.conversations.list_conversations(page_size=5)
+            assert len(small.conversations) == 5

@@ -286,8 +286,12 @@ class CallPipeline:
         self,
         authenticator: Authenticator | None = None,
         validator: Validator | None = None,
+        max_response_bytes: int = 0,
     ) -> None:
         self._log = RequestLog()
+        # gRPC fails a larger answer after the handler returned, where the access log and
+        # the error mapping no longer see it: checked here instead (0 = not checked).
+        self._max_response_bytes = max_response_bytes
         self._errors = ErrorMapper()
         self._auth = authenticator
         self._validator = validator
@@ -357,6 +361,7 @@ class CallPipeline:
         before: Before,
     ) -> Unary:
         request_log, errors = self._log, self._errors
+        limit = self._max_response_bytes
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             headers = _headers(context)
@@ -367,9 +372,18 @@ class CallPipeline:
                     if before is not None:
                         await before(request, headers)
                     if remaining is None:
-                        return await fn(request, context)
-                    async with asyncio.timeout(max(remaining, 0.0)):
-                        return await fn(request, context)
+                        response = await fn(request, context)
+                    else:
+                        async with asyncio.timeout(max(remaining, 0.0)):
+                            response = await fn(request, context)
+                    if limit and isinstance(response, Message) and response.ByteSize() > limit:
+                        raise de.QuotaExceeded(
+                            f"the answer is {response.ByteSize()} bytes, over the server's "
+                            f"limit of {limit} (max_message_bytes); ask for less, e.g. a "
+                            "smaller page",
+                            reason="RESPONSE_TOO_LARGE",
+                        )
+                    return response
                 except grpc.aio.AbortError:
                     raise
                 except TimeoutError as exc:
