@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from convergio import AsyncClient, errors
+from convergio.conversation.v1 import conversation_pb2
 from convergio.cost.v1 import cost_pb2
 from convergio.workflow.v1 import workflow_pb2, workflow_pb2_grpc
 
@@ -267,22 +268,68 @@ async def test_a_request_that_is_not_its_message_is_invalid_argument(
     assert trailers.get("x-request-id")
 
 
-async def test_an_answer_over_the_message_limit_is_an_error_with_a_request_id(
+async def test_conversation_pages_end_before_the_message_limit(
     tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
 ) -> None:
-    # gRPC would fail it after the handler returned, logged as OK and without a request id.
+    # 20 conversations of about 17 KB do not fit in one 256 KiB answer: the page ends
+    # early and the next page token carries on, nothing lost or repeated.
     settings = server_settings(
-        tmp_path, pg_dsn, redis_url, redis_prefix, max_message_bytes=256 * 1024
+        tmp_path,
+        pg_dsn,
+        redis_url,
+        redis_prefix,
+        max_message_bytes=256 * 1024,
+        rate_limit_conversations_per_hour=10_000,
     )
     async with running_server(settings) as running:
         async with AsyncClient(running.target, api_key=running.admin_key) as client:
-            labels = {f"k{i}": "v" * 256 for i in range(60)}  # about 17 KB a conversation
-            for _ in range(20):
-                await client.conversations.create_conversation(labels=labels)
+            labels = {f"k{i}": "v" * 256 for i in range(60)}
+            created = {
+                (
+                    await client.conversations.create_conversation(labels=labels)
+                ).conversation.conversation_id
+                for _ in range(20)
+            }
+            first = await client.conversations.list_conversations(page_size=50)
+            assert 0 < len(first.conversations) < 20 and first.next_page_token
+            seen = [c.conversation_id for c in first.conversations]
+            token = first.next_page_token
+            while token:
+                page = await client.conversations.list_conversations(page_size=50, page_token=token)
+                seen += [c.conversation_id for c in page.conversations]
+                token = page.next_page_token
+    assert len(seen) == len(set(seen)) and created <= set(seen)
+
+
+async def test_an_answer_over_the_message_limit_is_an_error_with_a_request_id(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
+) -> None:
+    # A list that does not page by size (the transcript): gRPC would fail the answer after
+    # the handler returned, logged as OK and without a request id.
+    settings = server_settings(
+        tmp_path,
+        pg_dsn,
+        redis_url,
+        redis_prefix,
+        max_message_bytes=256 * 1024,
+        rate_limit_conversations_per_hour=10_000,
+    )
+    async with running_server(settings) as running:
+        async with AsyncClient(running.target, api_key=running.admin_key) as client:
+            cid = (
+                await client.conversations.create_conversation(
+                    team=conversation_pb2.Team(single_agent="amy")
+                )
+            ).conversation.conversation_id
+            for turn in range(9):
+                async for _ in client.conversations.send(
+                    conversation_id=cid, content=f"Turn {turn}: " + "word " * 6000
+                ):
+                    pass
             with pytest.raises(errors.QuotaExceeded) as too_large:
-                await client.conversations.list_conversations(page_size=50)
+                await client.conversations.list_messages(conversation_id=cid, page_size=50)
             assert too_large.value.reason == "RESPONSE_TOO_LARGE"
             assert "smaller page" in too_large.value.message
             assert too_large.value.request_id
-            small = await client.conversations.list_conversations(page_size=5)
-            assert len(small.conversations) == 5
+            small = await client.conversations.list_messages(conversation_id=cid, page_size=2)
+            assert len(small.messages) == 2

@@ -4,7 +4,7 @@ components (event log, turn runner, leases) of this process."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -30,7 +30,7 @@ from convergio_server.api.idempotency import once
 from convergio_server.api.services import FACTORIES, ServiceContext
 from convergio_server.domain.agents.roster import Roster, split_dirs
 from convergio_server.domain.auth import Principal, Role
-from convergio_server.domain.conversations.model import CANCEL, CONTINUE
+from convergio_server.domain.conversations.model import CANCEL, CONTINUE, Conversation
 from convergio_server.domain.conversations.runner import RunnerConfig, TurnRunner
 from convergio_server.domain.conversations.service import ConversationService, ServiceConfig
 from convergio_server.domain.conversations.team import AutogenTeamBuilder, selection_from_json
@@ -50,6 +50,8 @@ from convergio_server.storage.knowledge import PgKnowledgeStore
 from convergio_server.storage.redis import create_redis
 from convergio_server.storage.turn_leases import CancelChannel, RedisLeases
 
+# What a page of a list leaves of the message limit for the rest of its answer.
+PAGE_MARGIN_BYTES = 16 * 1024
 _SERVICE = "/convergio.conversation.v1.ConversationService/"
 
 
@@ -123,16 +125,29 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     async def ListConversations(
         self, request: pb.ListConversationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListConversationsResponse:
-        rows, token = await self.service.list_conversations(
+        # Room for the page in one answer (conversations with many long labels are big).
+        budget = self.ctx.settings.max_message_bytes - PAGE_MARGIN_BYTES
+        converted: list[pb.Conversation] = []
+
+        def fits(rows: Sequence[Conversation]) -> int:
+            used = 0
+            for row in rows:
+                message = conversation_pb(row)
+                used += message.ByteSize() + 8  # and the field's tag and length
+                if converted and used > budget:
+                    break
+                converted.append(message)
+            return len(converted)
+
+        _, token = await self.service.list_conversations(
             self._principal(),
             status=CONVERSATION_STATUS_FROM_PB.get(request.status, ""),
             labels=dict(request.labels),
             size=request.page_size,
             token=request.page_token,
+            fits=fits,
         )
-        return pb.ListConversationsResponse(
-            conversations=[conversation_pb(c) for c in rows], next_page_token=token
-        )
+        return pb.ListConversationsResponse(conversations=converted, next_page_token=token)
 
     async def UpdateConversation(
         self, request: pb.UpdateConversationRequest, context: grpc.aio.ServicerContext

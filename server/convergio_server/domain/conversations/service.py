@@ -9,7 +9,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -242,7 +242,11 @@ class ConversationService:
         labels: dict[str, str],
         size: int,
         token: str,
+        fits: Callable[[Sequence[Conversation]], int] | None = None,
     ) -> tuple[list[Conversation], str]:
+        """A page of conversations and the token of the next. `fits`, given the page,
+        says how many of its first conversations fit in one answer (at least one is
+        kept); the page ends there."""
         check_labels(labels)
         filters = {"status": status, "labels": labels}
         cursor = decode_token(token, filters)
@@ -253,14 +257,18 @@ class ConversationService:
         rows = await self.store.list_conversations(
             principal.tenant_id, status=status, labels=labels, after=after, limit=limit + 1
         )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        for row in rows:
+            row.last_sequence = await self.events.last_sequence(principal.tenant_id, row.id)
+        if fits is not None and rows:
+            kept = max(1, fits(rows))
+            more, rows = more or kept < len(rows), rows[:kept]
         next_token = ""
-        if len(rows) > limit:
-            rows = rows[:limit]
+        if more:
             last = rows[-1]
             assert last.update_time is not None
             next_token = encode_token([last.update_time.isoformat(), last.id], filters)
-        for row in rows:
-            row.last_sequence = await self.events.last_sequence(principal.tenant_id, row.id)
         return rows, next_token
 
     async def update(
