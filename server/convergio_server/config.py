@@ -26,9 +26,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
-# The rule of tenant ids in domain/auth.py, kept here so that config imports no domain code.
-_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+# An environment variable's name (model keys callers may name are checked against it too).
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+# A tenant id; the domain's rule too (here so that config imports no domain code).
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 # gRPC takes message sizes and keepalive milliseconds as C ints; larger values overflow.
 _MAX_C_INT = 2**31 - 1
 _MAX_KEEPALIVE_SECONDS = _MAX_C_INT // 1000
@@ -294,7 +295,7 @@ class Settings(BaseSettings):
     @field_validator("dev_tenant")
     @classmethod
     def _check_dev_tenant(cls, value: str) -> str:
-        if not _TENANT_RE.match(value):
+        if not TENANT_ID.match(value):
             raise ValueError(
                 "dev_tenant must be 1-63 characters of a-z, 0-9 and '-', "
                 "starting with a letter or digit"
@@ -317,7 +318,7 @@ class Settings(BaseSettings):
         if isinstance(value, list | tuple):
             names = tuple(str(name).strip() for name in value if str(name).strip())
             for name in names:
-                if not _ENV_NAME.match(name):
+                if not ENV_NAME.match(name):
                     raise ValueError(f"{name!r} is not an environment variable name")
                 if is_server_setting(name):
                     # Offering one would let a caller send the server's own secrets

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -268,11 +268,11 @@ async def test_a_request_that_is_not_its_message_is_invalid_argument(
     assert trailers.get("x-request-id")
 
 
-async def test_conversation_pages_end_before_the_message_limit(
+@pytest.fixture
+async def small(
     tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
-) -> None:
-    # 20 conversations of about 17 KB do not fit in one 256 KiB answer: the page ends
-    # early and the next page token carries on, nothing lost or repeated.
+) -> AsyncIterator[RunningServer]:
+    """A server whose answers may be at most 256 KiB."""
     settings = server_settings(
         tmp_path,
         pg_dsn,
@@ -282,54 +282,53 @@ async def test_conversation_pages_end_before_the_message_limit(
         rate_limit_conversations_per_hour=10_000,
     )
     async with running_server(settings) as running:
-        async with AsyncClient(running.target, api_key=running.admin_key) as client:
-            labels = {f"k{i}": "v" * 256 for i in range(60)}
-            created = {
-                (
-                    await client.conversations.create_conversation(labels=labels)
-                ).conversation.conversation_id
-                for _ in range(20)
-            }
-            first = await client.conversations.list_conversations(page_size=50)
-            assert 0 < len(first.conversations) < 20 and first.next_page_token
-            seen = [c.conversation_id for c in first.conversations]
-            token = first.next_page_token
-            while token:
-                page = await client.conversations.list_conversations(page_size=50, page_token=token)
-                seen += [c.conversation_id for c in page.conversations]
-                token = page.next_page_token
+        yield running
+
+
+async def test_conversation_pages_end_before_the_message_limit(
+    small: RunningServer,
+) -> None:
+    # 20 conversations of about 17 KB do not fit in one 256 KiB answer: the page ends
+    # early and the next page token carries on, nothing lost or repeated.
+    async with AsyncClient(small.target, api_key=small.admin_key) as client:
+        labels = {f"k{i}": "v" * 256 for i in range(60)}
+        created = {
+            (
+                await client.conversations.create_conversation(labels=labels)
+            ).conversation.conversation_id
+            for _ in range(20)
+        }
+        first = await client.conversations.list_conversations(page_size=50)
+        assert 0 < len(first.conversations) < 20 and first.next_page_token
+        seen = [c.conversation_id for c in first.conversations]
+        token = first.next_page_token
+        while token:
+            page = await client.conversations.list_conversations(page_size=50, page_token=token)
+            seen += [c.conversation_id for c in page.conversations]
+            token = page.next_page_token
     assert len(seen) == len(set(seen)) and created <= set(seen)
 
 
 async def test_an_answer_over_the_message_limit_is_an_error_with_a_request_id(
-    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
+    small: RunningServer,
 ) -> None:
     # A list that does not page by size (the transcript): gRPC would fail the answer after
     # the handler returned, logged as OK and without a request id.
-    settings = server_settings(
-        tmp_path,
-        pg_dsn,
-        redis_url,
-        redis_prefix,
-        max_message_bytes=256 * 1024,
-        rate_limit_conversations_per_hour=10_000,
-    )
-    async with running_server(settings) as running:
-        async with AsyncClient(running.target, api_key=running.admin_key) as client:
-            cid = (
-                await client.conversations.create_conversation(
-                    team=conversation_pb2.Team(single_agent="amy")
-                )
-            ).conversation.conversation_id
-            for turn in range(9):
-                async for _ in client.conversations.send(
-                    conversation_id=cid, content=f"Turn {turn}: " + "word " * 6000
-                ):
-                    pass
-            with pytest.raises(errors.QuotaExceeded) as too_large:
-                await client.conversations.list_messages(conversation_id=cid, page_size=50)
-            assert too_large.value.reason == "RESPONSE_TOO_LARGE"
-            assert "smaller page" in too_large.value.message
-            assert too_large.value.request_id
-            small = await client.conversations.list_messages(conversation_id=cid, page_size=2)
-            assert len(small.messages) == 2
+    async with AsyncClient(small.target, api_key=small.admin_key) as client:
+        cid = (
+            await client.conversations.create_conversation(
+                team=conversation_pb2.Team(single_agent="amy")
+            )
+        ).conversation.conversation_id
+        for turn in range(9):
+            async for _ in client.conversations.send(
+                conversation_id=cid, content=f"Turn {turn}: " + "word " * 6000
+            ):
+                pass
+        with pytest.raises(errors.QuotaExceeded) as too_large:
+            await client.conversations.list_messages(conversation_id=cid, page_size=50)
+        assert too_large.value.reason == "RESPONSE_TOO_LARGE"
+        assert "smaller page" in too_large.value.message
+        assert too_large.value.request_id
+        two = await client.conversations.list_messages(conversation_id=cid, page_size=2)
+        assert len(two.messages) == 2

@@ -16,12 +16,12 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from convergio_server.domain.errors import FieldViolation, InvalidArgument
+from convergio_server.domain.flags.validation import key_problem
 
 Rule = Callable[[Message], Iterable[FieldViolation]]
 
 MAX_PAGE_SIZE = 1000
 MAX_REQUEST_ID = 128
-_KEY_RE = re.compile(r"^[a-z0-9_.-]{1,128}\Z")
 # The only spelling of an id the stores know (Python's uuid also takes braces, "urn:uuid:"
 # and no hyphens; PostgreSQL rejects some of those, and Redis keys would differ).
 _UUID_RE = re.compile(
@@ -94,16 +94,14 @@ def max_length(path: str, limit: int) -> Rule:
 
 
 def key_field(path: str) -> Rule:
-    """A flag-style key: 1-128 characters of a-z, 0-9, '_', '.', '-' (each of them, for a
-    repeated field)."""
+    """A flag key (the flags' own rule), each of them for a repeated field."""
 
     def rule(message: Message) -> Iterable[FieldViolation]:
         value = _get(message, path)
         for key in [value] if isinstance(value, str) else value:  # type: ignore[attr-defined]
-            if not _KEY_RE.match(key):
-                yield FieldViolation(
-                    path, f"{key[:64]!r} must be 1-128 characters of a-z, 0-9, '_', '.' or '-'"
-                )
+            problem = key_problem(key)
+            if problem is not None:
+                yield FieldViolation(path, problem)
                 return
 
     return rule

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from convergio_server.config import TENANT_ID
 from convergio_server.domain.errors import (
     InvalidArgument,
     NotFound,
@@ -33,7 +34,6 @@ log = logging.getLogger("convergio.auth")
 
 KEY_PREFIX = "cvg"
 _KEY_RE = re.compile(r"^cvg_([a-z0-9]{16})_([A-Za-z0-9_-]{43})\Z")
-_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 MAX_KEY_NAME_CHARS = 100
 
 
@@ -154,7 +154,7 @@ def parse_roles(values: Sequence[str]) -> tuple[Role, ...]:
 
 
 def validate_tenant_id(tenant_id: str) -> str:
-    if not _TENANT_RE.match(tenant_id):
+    if not TENANT_ID.match(tenant_id):
         raise InvalidArgument.for_field(
             "tenant", "use 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit"
         )

@@ -13,14 +13,13 @@ other environment variable (a database URL, the server's own settings) must stay
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
 from autogen_core.models import ChatCompletionClient, ModelInfo
 
-from convergio_server.config import is_server_setting
+from convergio_server.config import ENV_NAME, is_server_setting
 from convergio_server.domain.agents.roster import AgentSpec
 from convergio_server.domain.errors import InvalidArgument
 from convergio_server.domain.models.errors import ModelError
@@ -37,7 +36,6 @@ from convergio_server.domain.models.selection import (
 )
 
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
-_SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 # Says nothing of whether the variable exists: callers must not probe the environment.
 NOT_OFFERED = (
     "names no model key this server offers; the operator lists them in CONVERGIO_MODEL_KEY_REFS"
@@ -109,7 +107,7 @@ def key_ref_offered(name: str, settings: ModelSettings) -> bool:
     """Whether `api_key_ref` `name` is a key the operator offers to selections. The
     server's own settings never are, even when listed."""
     return (
-        bool(_SECRET_NAME.match(name))
+        bool(ENV_NAME.match(name))
         and not is_server_setting(name)
         and name in settings.model_key_refs
     )
