@@ -687,7 +687,8 @@ class AsyncConversationService:
         preset, a bad label or a bad model selection; NOT_FOUND for an unknown
         agent name; RESOURCE_EXHAUSTED (RATE_LIMITED) when the caller created too
         many conversations in the last hour (default 20). A repeated request_id
-        returns the conversation created by the first call.
+        returns the conversation created by the first call (FAILED_PRECONDITION if
+        that conversation was deleted since; INVALID_ARGUMENT for a different body).
         """
         return await self._invoker.unary(
             ConversationServiceMethods.CREATE_CONVERSATION,
@@ -961,7 +962,8 @@ class AsyncConversationService:
         on_disconnect is CANCEL; re-attach with StreamEvents(conversation_id,
         after_sequence = last sequence seen, turn_id). A repeated request_id does
         not start a second turn: it streams the first call's turn from its first
-        event (replay, then live). Role: member.
+        event (replay, then live); with another message it is INVALID_ARGUMENT.
+        Role: member.
         """
         return self._invoker.stream(
             ConversationServiceMethods.SEND_MESSAGE,
@@ -1144,7 +1146,8 @@ class ConversationService:
         preset, a bad label or a bad model selection; NOT_FOUND for an unknown
         agent name; RESOURCE_EXHAUSTED (RATE_LIMITED) when the caller created too
         many conversations in the last hour (default 20). A repeated request_id
-        returns the conversation created by the first call.
+        returns the conversation created by the first call (FAILED_PRECONDITION if
+        that conversation was deleted since; INVALID_ARGUMENT for a different body).
         """
         return self._invoker.unary(
             ConversationServiceMethods.CREATE_CONVERSATION,
@@ -1418,7 +1421,8 @@ class ConversationService:
         on_disconnect is CANCEL; re-attach with StreamEvents(conversation_id,
         after_sequence = last sequence seen, turn_id). A repeated request_id does
         not start a second turn: it streams the first call's turn from its first
-        event (replay, then live). Role: member.
+        event (replay, then live); with another message it is INVALID_ARGUMENT.
+        Role: member.
         """
         return self._invoker.stream(
             ConversationServiceMethods.SEND_MESSAGE,

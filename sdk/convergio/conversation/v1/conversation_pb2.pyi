@@ -1363,7 +1363,9 @@ class SendMessageRequest(_message.Message):
     """The conversation. Required."""
     request_id: _builtins.str
     """Idempotency key, up to 128 characters. A repeat does not start a second
-    turn: it streams the first call's turn from its beginning.
+    turn: it streams the first call's turn from its beginning (calls made at
+    the same moment too). Reused for a different message or documents:
+    INVALID_ARGUMENT.
     """
     content: _builtins.str
     """The user's message, 1 to 32,768 bytes of UTF-8 after trimming; empty =

@@ -136,7 +136,8 @@ class ConversationServiceServicer(object):
         preset, a bad label or a bad model selection; NOT_FOUND for an unknown
         agent name; RESOURCE_EXHAUSTED (RATE_LIMITED) when the caller created too
         many conversations in the last hour (default 20). A repeated request_id
-        returns the conversation created by the first call.
+        returns the conversation created by the first call (FAILED_PRECONDITION if
+        that conversation was deleted since; INVALID_ARGUMENT for a different body).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,7 +236,8 @@ class ConversationServiceServicer(object):
         on_disconnect is CANCEL; re-attach with StreamEvents(conversation_id,
         after_sequence = last sequence seen, turn_id). A repeated request_id does
         not start a second turn: it streams the first call's turn from its first
-        event (replay, then live). Role: member.
+        event (replay, then live); with another message it is INVALID_ARGUMENT.
+        Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

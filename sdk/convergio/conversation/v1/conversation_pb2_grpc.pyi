@@ -50,7 +50,8 @@ class ConversationServiceStub:
     preset, a bad label or a bad model selection; NOT_FOUND for an unknown
     agent name; RESOURCE_EXHAUSTED (RATE_LIMITED) when the caller created too
     many conversations in the last hour (default 20). A repeated request_id
-    returns the conversation created by the first call.
+    returns the conversation created by the first call (FAILED_PRECONDITION if
+    that conversation was deleted since; INVALID_ARGUMENT for a different body).
     """
     GetConversation: _grpc.UnaryUnaryMultiCallable[_conversation_pb2.GetConversationRequest, _conversation_pb2.GetConversationResponse]
     """Gets a conversation. Role: member. NOT_FOUND if the conversation does not
@@ -113,7 +114,8 @@ class ConversationServiceStub:
     on_disconnect is CANCEL; re-attach with StreamEvents(conversation_id,
     after_sequence = last sequence seen, turn_id). A repeated request_id does
     not start a second turn: it streams the first call's turn from its first
-    event (replay, then live). Role: member.
+    event (replay, then live); with another message it is INVALID_ARGUMENT.
+    Role: member.
     """
     StreamEvents: _grpc.UnaryStreamMultiCallable[_conversation_pb2.StreamEventsRequest, _conversation_pb2.StreamEventsResponse]
     """Streams the events of a conversation after a given sequence number:
@@ -165,7 +167,8 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     preset, a bad label or a bad model selection; NOT_FOUND for an unknown
     agent name; RESOURCE_EXHAUSTED (RATE_LIMITED) when the caller created too
     many conversations in the last hour (default 20). A repeated request_id
-    returns the conversation created by the first call.
+    returns the conversation created by the first call (FAILED_PRECONDITION if
+    that conversation was deleted since; INVALID_ARGUMENT for a different body).
     """
     GetConversation: _aio.UnaryUnaryMultiCallable[_conversation_pb2.GetConversationRequest, _conversation_pb2.GetConversationResponse]  # type: ignore[assignment]
     """Gets a conversation. Role: member. NOT_FOUND if the conversation does not
@@ -228,7 +231,8 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     on_disconnect is CANCEL; re-attach with StreamEvents(conversation_id,
     after_sequence = last sequence seen, turn_id). A repeated request_id does
     not start a second turn: it streams the first call's turn from its first
-    event (replay, then live). Role: member.
+    event (replay, then live); with another message it is INVALID_ARGUMENT.
+    Role: member.
     """
     StreamEvents: _aio.UnaryStreamMultiCallable[_conversation_pb2.StreamEventsRequest, _conversation_pb2.StreamEventsResponse]  # type: ignore[assignment]
     """Streams the events of a conversation after a given sequence number:
@@ -283,7 +287,8 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         preset, a bad label or a bad model selection; NOT_FOUND for an unknown
         agent name; RESOURCE_EXHAUSTED (RATE_LIMITED) when the caller created too
         many conversations in the last hour (default 20). A repeated request_id
-        returns the conversation created by the first call.
+        returns the conversation created by the first call (FAILED_PRECONDITION if
+        that conversation was deleted since; INVALID_ARGUMENT for a different body).
         """
 
     @_abc_1.abstractmethod
@@ -400,7 +405,8 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         on_disconnect is CANCEL; re-attach with StreamEvents(conversation_id,
         after_sequence = last sequence seen, turn_id). A repeated request_id does
         not start a second turn: it streams the first call's turn from its first
-        event (replay, then live). Role: member.
+        event (replay, then live); with another message it is INVALID_ARGUMENT.
+        Role: member.
         """
 
     @_abc_1.abstractmethod
