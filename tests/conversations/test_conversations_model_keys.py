@@ -59,8 +59,18 @@ async def keyed(
             yield running
 
 
-async def test_an_unoffered_variable_is_refused_on_create(priced_conv: AsyncClient) -> None:
-    assert os.environ.get("DATABASE_URL"), "the tests run with DATABASE_URL set"
+@pytest.fixture
+def database_url_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DATABASE_URL in the server's environment, as in a deployment (the tests' embedded
+    stores leave it unset)."""
+    if not os.environ.get("DATABASE_URL"):
+        monkeypatch.setenv("DATABASE_URL", "postgresql://app:secret@db.internal/app")
+
+
+async def test_an_unoffered_variable_is_refused_on_create(
+    priced_conv: AsyncClient, database_url_set: None
+) -> None:
+    assert os.environ.get("DATABASE_URL")
     async with openai_stub() as stub:
         with pytest.raises(InvalidArgument) as refused:
             await new_conversation(
@@ -72,7 +82,9 @@ async def test_an_unoffered_variable_is_refused_on_create(priced_conv: AsyncClie
     assert not stub.requests
 
 
-async def test_an_unset_variable_gets_the_same_answer(priced_conv: AsyncClient) -> None:
+async def test_an_unset_variable_gets_the_same_answer(
+    priced_conv: AsyncClient, database_url_set: None
+) -> None:
     answers = []
     for name in ("DATABASE_URL", "NO_SUCH_VARIABLE_ANYWHERE"):
         with pytest.raises(InvalidArgument) as refused:
