@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -192,6 +192,42 @@ async def test_counters_lost_by_redis_are_seeded_again_from_the_ledger(
     await guards.budgets.reserve(new_scope(tenant), Decimal("0.001"))
 
 
+async def test_every_missing_counter_is_seeded_with_its_own_period_and_subject(
+    guards: CostGuards, tenant: str
+) -> None:
+    """The first call of a new conversation finds none of its counters (and a new tenant
+    none of its own): each gets what the ledger says of its scope, subject and period."""
+    store = guards.budgets.store
+    assert isinstance(store, PgCostStore)
+    conversation = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    last_month = now.replace(day=1) - timedelta(days=3)
+    await store.insert_entries(
+        [
+            ledger_entry(tenant, Decimal("0.001"), conversation_id=conversation),
+            ledger_entry(tenant, Decimal("0.004"), conversation_id=conversation, at=last_month),
+            ledger_entry(tenant, Decimal("0.020"), principal="bob"),
+        ]
+    )
+    scope = new_scope(tenant, user="alice", conversation_id=conversation)
+    reservation = await guards.budgets.reserve(scope, Decimal("0.0005"))
+    await guards.budgets.settle(reservation, Decimal("0"))
+    conv = await guards.budgets.spent(
+        tenant, BudgetLimits("CONVERSATION", conversation, None, None, None, None), conversation
+    )
+    assert (conv["today"], conv["month"], conv["total"]) == (
+        Decimal("0.001"), Decimal("0.001"), Decimal("0.005")
+    )  # fmt: skip
+    user = await guards.budgets.spent(
+        tenant, BudgetLimits("USER", "alice", None, None, None, None), "alice"
+    )
+    assert (user["today"], user["total"]) == (Decimal("0.001"), Decimal("0.005"))
+    whole = await guards.budgets.spent(tenant, tenant_daily("1.00"), "")
+    assert (whole["today"], whole["month"], whole["total"]) == (
+        Decimal("0.021"), Decimal("0.021"), Decimal("0.025")
+    )  # fmt: skip
+
+
 async def test_a_limit_set_after_redis_lost_its_counters_counts_what_the_ledger_knows(
     guards: CostGuards, tenant: str, server: RunningServer
 ) -> None:
@@ -218,11 +254,19 @@ async def test_a_limit_set_after_redis_lost_its_counters_counts_what_the_ledger_
     assert "monthly" in refused.value.violations[0].subject
 
 
-def ledger_entry(tenant: str, cost: Decimal) -> LedgerEntry:
+def ledger_entry(
+    tenant: str,
+    cost: Decimal,
+    *,
+    conversation_id: str = "",
+    principal: str = "alice",
+    at: datetime | None = None,
+) -> LedgerEntry:
     return LedgerEntry(
-        entry_id=str(uuid.uuid4()), tenant_id=tenant, time=datetime.now(UTC), principal="alice",
-        conversation_id="", turn_id="", execution_id="", step_id="", agent="amy",
-        provider="openai", model="gpt-4o", call_kind="AGENT_REPLY", prompt_tokens=1,
-        completion_tokens=1, cached_tokens=0, cost_usd=cost, price_source="TABLE",
-        price=ModelPrice(Decimal(1), Decimal(1), Decimal(1)), latency_ms=1, outcome="OK",
+        entry_id=str(uuid.uuid4()), tenant_id=tenant, time=at or datetime.now(UTC),
+        principal=principal, conversation_id=conversation_id, turn_id="", execution_id="",
+        step_id="", agent="amy", provider="openai", model="gpt-4o", call_kind="AGENT_REPLY",
+        prompt_tokens=1, completion_tokens=1, cached_tokens=0, cost_usd=cost,
+        price_source="TABLE", price=ModelPrice(Decimal(1), Decimal(1), Decimal(1)),
+        latency_ms=1, outcome="OK",
     )  # fmt: skip

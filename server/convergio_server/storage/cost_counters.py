@@ -64,18 +64,22 @@ local function add(first, count, deltas, ttls)
 end
 
 -- Budget counters: index of the first counter without room for `amount`, and its value; or
--- minus the index of a counter that must be seeded from the ledger first (`seeds` has a '1'
--- for those: after Redis lost its data, or at the start of a period).
+-- -1 and the indexes of every counter that must be seeded from the ledger first (`seeds` has
+-- a '1' for those: after Redis lost its data, or at the start of a period), so that all are
+-- seeded at once.
 local function budget_room(keys, first, limits, amount, seeds)
+  local missing, values = {}, {}
   for i = 1, #limits do
-    local limit = limits[i]
     local seeded = string.sub(seeds, i, i) == '1'
-    if limit >= 0 or seeded then
+    if limits[i] >= 0 or seeded then
       local raw = redis.call('GET', keys[first + i - 1])
-      if not raw and seeded then return -i, 0 end
-      local cur = tonumber(raw or '0')
-      if limit >= 0 and cur + amount > limit then return i, cur end
+      if not raw and seeded then missing[#missing + 1] = i end
+      values[i] = tonumber(raw or '0')
     end
+  end
+  if #missing > 0 then return -1, missing end
+  for i = 1, #limits do
+    if limits[i] >= 0 and values[i] + amount > limits[i] then return i, values[i] end
   end
   return 0, 0
 end
@@ -201,7 +205,8 @@ end
 
 # KEYS: version key, counters...; ARGV: version, amount, limits, ttls (comma-separated, one
 # per counter; limit -1 = none, ttl 0 = no expiry), seed flags. Returns {1}, {0, i, current}
-# (no room), {-1, version} (stale) or {-2, i} (seed counter i from the ledger first).
+# (no room), {-1, version} (stale) or {-2, i, j...} (seed counters i, j... from the ledger
+# first).
 _RESERVE = (
     _LIB
     + """
@@ -209,7 +214,7 @@ local version = redis.call('GET', KEYS[1]) or '0'
 if version ~= ARGV[1] then return {-1, version} end
 local amount = tonumber(ARGV[2])
 local refused, cur = budget_room(KEYS, 2, csv(ARGV[3]), amount, ARGV[5])
-if refused < 0 then return {-2, -refused} end
+if refused < 0 then return {-2, unpack(cur)} end
 if refused > 0 then return {0, refused, cur} end
 add(2, #KEYS - 1, amount, csv(ARGV[4]))
 return {1}
@@ -291,8 +296,8 @@ return {1, decision}
 # Start of a model call: room in every budget?, provider breaker (may take the probe), then
 # reserve. KEYS: version, breaker hash, breaker index, counters... ARGV: version, amount,
 # breaker member, 5 breaker parameters, probe ms, limits, ttls (comma-separated), seed flags.
-# Returns {1, decision} | {-1, version} | {-2, i} | {0, 'budget', i, cur} | {0, 'breaker',
-# retry, fields...}.
+# Returns {1, decision} | {-1, version} | {-2, i, j...} | {0, 'budget', i, cur} | {0,
+# 'breaker', retry, fields...}.
 _CALL_BEGIN = (
     _LIB
     + """
@@ -301,7 +306,7 @@ if version ~= ARGV[1] then return {-1, version} end
 local now = now_ms()
 local amount = tonumber(ARGV[2])
 local refused, cur = budget_room(KEYS, 4, csv(ARGV[10]), amount, ARGV[12])
-if refused < 0 then return {-2, -refused} end
+if refused < 0 then return {-2, unpack(cur)} end
 if refused > 0 then return {0, 'budget', refused, cur} end
 local p = {ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]}
 local decision, retry = breaker_step(KEYS[2], KEYS[3], ARGV[3], 'check', p, ARGV[9], '', now)
@@ -324,6 +329,25 @@ if ARGV[1] ~= 'none' then
   breaker_step(KEYS[1], KEYS[2], ARGV[2], ARGV[1], p, ARGV[8], '', now)
 end
 return add(3, #KEYS - 2, csv(ARGV[9]), nil)
+"""
+)
+
+
+# KEYS: counters to create; ARGV: their values, their ttls (comma-separated, 0 = no expiry).
+# A counter that exists by now (another process seeded it, or a call counted) is left alone.
+_SEED = (
+    _LIB
+    + """
+local values, ttls = csv(ARGV[1]), csv(ARGV[2])
+for i = 1, #KEYS do
+  local value = string.format('%d', values[i])
+  if ttls[i] > 0 then
+    redis.call('SET', KEYS[i], value, 'NX', 'EX', ttls[i])
+  else
+    redis.call('SET', KEYS[i], value, 'NX')
+  end
+end
+return #KEYS
 """
 )
 
@@ -383,6 +407,7 @@ class RedisCostCounters:
         self._admit = hot.register_script(_ADMIT)
         self._call_begin = hot.register_script(_CALL_BEGIN)
         self._call_end = hot.register_script(_CALL_END)
+        self._seed = hot.register_script(_SEED)
 
     # Keys.
     def budget_version_key(self, tenant: str) -> str:
@@ -423,7 +448,7 @@ class RedisCostCounters:
         if status == -1:
             return ReserveResult(False, stale_version=_s(raw[1]))
         if status == -2:
-            return ReserveResult(False, missing_index=int(raw[1]) - 1)
+            return ReserveResult(False, missing=_indexes(raw[1:]))
         if status == 0:
             return ReserveResult(False, refused_index=int(raw[1]) - 1, refused_current=int(raw[2]))
         return ReserveResult(True)
@@ -448,9 +473,20 @@ class RedisCostCounters:
         version = _s(values[0]) if values[0] else "0"
         return version, [int(v) if v else 0 for v in values[1:]]
 
-    async def seed(self, counter: Counter, value: int) -> None:
-        """Create a missing counter with the value the ledger gives (if it is still missing)."""
-        await _guarded(self.redis.set(counter.key, value, nx=True, ex=counter.ttl_seconds or None))
+    async def seed(self, values: Sequence[tuple[Counter, int]]) -> None:
+        """Create the missing counters with the values the ledger gives (those still missing:
+        one round trip for all)."""
+        if not values:
+            return
+        await _guarded(
+            self._seed(
+                keys=[c.key for c, _ in values],
+                args=[
+                    ",".join(str(v) for _, v in values),
+                    ",".join(str(c.ttl_seconds) for c, _ in values),
+                ],
+            )
+        )
 
     async def first_alert(self, key: str, ttl_seconds: int) -> bool:
         """True for the first caller that reports this alert (across every process)."""
@@ -570,6 +606,11 @@ class RedisCostCounters:
         return [int(v) for v in raw]
 
 
+def _indexes(raw: Sequence[bytes | str | int]) -> tuple[int, ...]:
+    """The script's 1-based counter indexes as 0-based ones."""
+    return tuple(int(v) - 1 for v in raw)
+
+
 def _admit_result(raw: Sequence[bytes | str | int]) -> AdmitResult:
     status = int(raw[0])
     if status == 1:
@@ -577,7 +618,7 @@ def _admit_result(raw: Sequence[bytes | str | int]) -> AdmitResult:
     if status == -1:
         return AdmitResult(ok=False, stale_version=_s(raw[1]))
     if status == -2:
-        return AdmitResult(ok=False, missing_index=int(raw[1]) - 1)
+        return AdmitResult(ok=False, missing=_indexes(raw[1:]))
     what = _s(raw[1])
     if what == "budget":
         return AdmitResult(ok=False, budget_index=int(raw[2]) - 1, budget_current=int(raw[3]))

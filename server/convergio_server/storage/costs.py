@@ -313,24 +313,30 @@ class PgCostStore:
         )  # fmt: skip
 
     async def ledger_spent(
-        self, tenant: str, scope: str, subject: str, since: datetime | None
-    ) -> Decimal:
-        clauses = ["tenant_id = $1"]
+        self, tenant: str, spans: Sequence[tuple[str, str, datetime | None]]
+    ) -> list[Decimal]:
+        if not spans:
+            return []
         args: list[Any] = [tenant]
-        if since is not None:
-            args.append(since)
-            clauses.append(f"time >= ${len(args)}")
-        if scope == "USER":
-            args.append(subject)
-            clauses.append(f"principal = ${len(args)}")
-        elif scope == "CONVERSATION":
-            args.append(subject)
-            clauses.append(f"conversation_id = ${len(args)}")
-        value = await self.pool.fetchval(
-            f"SELECT coalesce(sum(cost_usd), 0) FROM cost_ledger WHERE {' AND '.join(clauses)}",
-            *args,
-        )
-        return Decimal(value)
+        sums = []
+        for scope, subject, since in spans:
+            clauses = ["tenant_id = $1"]
+            if since is not None:
+                args.append(since)
+                clauses.append(f"time >= ${len(args)}")
+            if scope == "USER":
+                args.append(subject)
+                clauses.append(f"principal = ${len(args)}")
+            elif scope == "CONVERSATION":
+                args.append(subject)
+                clauses.append(f"conversation_id = ${len(args)}")
+            sums.append(
+                "(SELECT coalesce(sum(cost_usd), 0) FROM cost_ledger "
+                f"WHERE {' AND '.join(clauses)})"
+            )
+        row = await self.pool.fetchrow(f"SELECT {', '.join(sums)}", *args)
+        assert row is not None
+        return [Decimal(v) for v in row]
 
     async def list_alerts(self, tenant: str) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(

@@ -148,22 +148,23 @@ class Budgets:
         cached = None if reload else self._cache.get(key)
         return cached if cached is not None else await self._load(*key)
 
-    async def seed(self, tenant: str, applied: Applied) -> None:
-        """Create a missing counter from the ledger: after Redis lost its data the budget is
-        not reset to zero (calls of the last flush interval aside)."""
-        if applied.period == "DAILY":
-            since: datetime | None = datetime.strptime(applied.period_id, "%Y-%m-%d")
-        elif applied.period == "MONTHLY":
-            since = datetime.strptime(applied.period_id, "%Y-%m")
-        else:
-            since = None
-        spent = await self.store.ledger_spent(
-            tenant,
-            applied.scope,
-            applied.subject,
-            None if since is None else since.replace(tzinfo=UTC),
+    async def seed(self, tenant: str, applied: Sequence[Applied]) -> None:
+        """Create missing counters from the ledger (one query, one Redis call for all): after
+        Redis lost its data a budget is not reset to zero (calls of the last flush interval
+        aside)."""
+        spans: list[tuple[str, str, datetime | None]] = []
+        for a in applied:
+            if a.period == "DAILY":
+                since: datetime | None = datetime.strptime(a.period_id, "%Y-%m-%d")
+            elif a.period == "MONTHLY":
+                since = datetime.strptime(a.period_id, "%Y-%m")
+            else:
+                since = None
+            spans.append((a.scope, a.subject, None if since is None else since.replace(tzinfo=UTC)))
+        spent = await self.store.ledger_spent(tenant, spans)
+        await self.counters.seed(
+            [(a.counter, to_nanos(s)) for a, s in zip(applied, spent, strict=True)]
         )
-        await self.counters.seed(applied.counter, to_nanos(spent))
 
     async def changed(self, tenant: str) -> None:
         """Budgets of `tenant` were set or deleted: every process reloads them."""
@@ -232,7 +233,7 @@ class Budgets:
         cached = self._cache.get(key)
         version, budgets = cached if cached is not None else await self._load(*key)
         nanos = to_nanos(amount)
-        for _ in range(12):  # each seeds at most one counter: at most 9 are seeded
+        for _ in range(6):  # seeds every missing counter at once; budgets may change meanwhile
             applied = self.applied(tenant, budgets, scope.turn_id, datetime.now(UTC))
             reserved = self.reserved_counters(tenant, budgets)
             counters = [a.counter for a in applied] + reserved
@@ -242,8 +243,8 @@ class Budgets:
             if result.stale_version is not None:
                 version, budgets = await self._load(*key)
                 continue
-            if result.missing_index is not None:
-                await self.seed(tenant, applied[result.missing_index])
+            if result.missing:
+                await self.seed(tenant, [applied[i] for i in result.missing])
                 continue
             assert result.refused_index is not None
             raise no_room(applied[result.refused_index], result.refused_current, amount)

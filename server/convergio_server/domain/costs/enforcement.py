@@ -228,7 +228,7 @@ class CostGuards:
         tenant = scope.principal.tenant_id
         nanos = to_nanos(amount)
         reload = False
-        for _ in range(12):  # each seeds at most one counter: at most 9 are seeded
+        for _ in range(6):  # seeds every missing counter at once; budgets may change meanwhile
             version, resolved = await budgets.resolved(scope, reload=reload)
             applied = budgets.applied(tenant, resolved, scope.turn_id, datetime.now(UTC))
             reserved = budgets.reserved_counters(tenant, resolved)
@@ -237,8 +237,8 @@ class CostGuards:
                 self.breakers.thresholds, self.breakers.probe_ms,
             )  # fmt: skip
             reload = result.stale_version is not None
-            if result.missing_index is not None:
-                await budgets.seed(tenant, applied[result.missing_index])
+            if result.missing:
+                await budgets.seed(tenant, [applied[i] for i in result.missing])
             elif not reload:
                 break
         if result.budget_index is not None:

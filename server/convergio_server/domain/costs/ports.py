@@ -39,7 +39,7 @@ class ReserveResult:
     stale_version: str | None = None
     refused_index: int | None = None
     refused_current: int = 0
-    missing_index: int | None = None
+    missing: tuple[int, ...] = ()  # indexes of the counters to seed from the ledger first
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class AdmitResult:
     ok: bool
     probe: bool = False
     stale_version: str | None = None
-    missing_index: int | None = None
+    missing: tuple[int, ...] = ()  # indexes of the counters to seed from the ledger first
     budget_index: int | None = None
     budget_current: int = 0
     rate: RateResult | None = None
@@ -102,7 +102,7 @@ class CounterStore(Protocol):
 
     async def first_alert(self, key: str, ttl_seconds: int) -> bool: ...
 
-    async def seed(self, counter: Counter, value: int) -> None: ...
+    async def seed(self, values: Sequence[tuple[Counter, int]]) -> None: ...
 
     async def rate(self, key: str, limit: int, window_ms: int, take: bool) -> RateResult: ...
 
@@ -200,9 +200,10 @@ class BudgetStore(Protocol):
     async def record_alert(self, alert: AlertRecord) -> None: ...
 
     async def ledger_spent(
-        self, tenant: str, scope: str, subject: str, since: datetime | None
-    ) -> Decimal:
-        """What the ledger says the subject spent since `since` (None = ever)."""
+        self, tenant: str, spans: Sequence[tuple[str, str, datetime | None]]
+    ) -> list[Decimal]:
+        """What the ledger says each (scope, subject) spent since its time (None = ever), in
+        one query."""
         ...
 
     async def conversation_exists(self, tenant: str, conversation_id: str) -> bool: ...
