@@ -190,6 +190,7 @@ class ConvergioServer:
             if saved_tenant is not None and saved_tenant != tenant:
                 # Still a working key of another tenant: its secret exists only in this file.
                 path.rename(path.with_name(f"dev-api-key.{saved_tenant}"))
+            path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(token + "\n")

@@ -98,3 +98,28 @@ async def test_budget_alerts_then_refusal_and_never_overspent(priced: RunningSer
         )
     spent = Decimal(budget.budget.spent_total_usd)
     assert Decimal(0) < spent <= LIMIT
+
+
+async def test_a_new_conversation_counts_its_first_turn_from_zero(priced: RunningServer) -> None:
+    """Its counters start at zero when it is created, in every period: what its budget
+    reports after the first turn is what that turn cost, no more."""
+    tenant = f"first-{uuid.uuid4().hex[:8]}"
+    _, key = await priced.server.keys.create(tenant, "first turn", ["member", "operator"])
+    async with AsyncClient(priced.target, api_key=key) as client:
+        created = await client.conversations.create_conversation(
+            team=conversation_pb2.Team(single_agent="amy")
+        )
+        conversation_id = created.conversation.conversation_id
+        scope = common_pb2.BUDGET_SCOPE_CONVERSATION
+        before = (await client.costs.get_budget(scope=scope, subject=conversation_id)).budget
+        spent = (before.spent_today_usd, before.spent_month_usd, before.spent_total_usd)
+        assert [Decimal(v) for v in spent] == [0, 0, 0]
+        events = [e async for e in client.conversations.send(conversation_id, "Hello there")]
+        cost = Decimal(events[-1].turn_completed.cost_usd)
+        assert cost > 0
+        after = (await client.costs.get_budget(scope=scope, subject=conversation_id)).budget
+    assert (
+        Decimal(after.spent_today_usd),
+        Decimal(after.spent_month_usd),
+        Decimal(after.spent_total_usd),
+    ) == (cost, cost, cost)

@@ -75,6 +75,11 @@ class Guards(Protocol):
         """Count a new conversation; raise QuotaExceeded when over the hourly limit."""
         ...
 
+    async def conversation_stored(self, principal: Principal, conversation_id: str) -> None:
+        """A new conversation exists and has spent nothing yet (what its first turn would
+        otherwise look up). Never raises."""
+        ...
+
     async def prepare(self, scope: TurnScope) -> None:
         """Load what `admit_turn` will need (the budgets in force), so that it can happen
         while the conversation is being read. Never raises: `admit_turn` reports."""
@@ -108,6 +113,9 @@ class Guards(Protocol):
 
 class NoGuards:
     async def conversation_created(self, principal: Principal) -> None:
+        return None
+
+    async def conversation_stored(self, principal: Principal, conversation_id: str) -> None:
         return None
 
     async def prepare(self, scope: TurnScope) -> None:

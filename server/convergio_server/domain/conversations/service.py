@@ -212,11 +212,17 @@ class ConversationService:
             created_by=principal.name,
         )
         created = await self.store.create(conversation)
-        try:
-            await self.events.start(created.tenant_id, created.id)
-        except Exception as exc:  # an optimisation only: the first append seeds the counter
-            log.warning("conversation %s: event counter not set: %s", created.id, exc)
+        # Both in one Redis round trip; both only spare the first turn a lookup.
+        await asyncio.gather(
+            self._start_log(created), self.guards().conversation_stored(principal, created.id)
+        )
         return created
+
+    async def _start_log(self, conversation: Conversation) -> None:
+        try:
+            await self.events.start(conversation.tenant_id, conversation.id)
+        except Exception as exc:  # an optimisation only: the first append seeds the counter
+            log.warning("conversation %s: event counter not set: %s", conversation.id, exc)
 
     async def _find(self, principal: Principal, conversation_id: str) -> Conversation:
         conversation = await self.store.get(principal.tenant_id, conversation_id)

@@ -166,6 +166,27 @@ class Budgets:
             [(a.counter, to_nanos(s)) for a, s in zip(applied, spent, strict=True)]
         )
 
+    async def start_conversation(self, tenant: str, conversation_id: str) -> None:
+        """A new conversation has spent nothing: its counters start at zero, so that its
+        first model call does not seed them from the ledger."""
+        ids = period_ids(datetime.now(UTC))
+        await self.counters.seed(
+            [
+                (
+                    Counter(
+                        self.counters.counter_key(
+                            tenant, "CONVERSATION", conversation_id, period, ids[period]
+                        ),
+                        None,
+                        _TTL[period],
+                        seed=True,
+                    ),
+                    0,
+                )
+                for period in ("DAILY", "MONTHLY", "TOTAL")
+            ]
+        )
+
     async def changed(self, tenant: str) -> None:
         """Budgets of `tenant` were set or deleted: every process reloads them."""
         await self.counters.bump_budget_version(tenant)

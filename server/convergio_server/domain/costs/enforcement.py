@@ -135,6 +135,14 @@ class CostGuards:
             return
         await self.limits.take(principal.tenant_id, principal.name, self.limits.conversations)
 
+    async def conversation_stored(self, principal: Principal, conversation_id: str) -> None:
+        if not self.active(principal):
+            return
+        try:
+            await self.budgets.start_conversation(principal.tenant_id, conversation_id)
+        except Exception as exc:  # the first model call seeds them from the ledger instead
+            log.debug("conversation %s: budget counters not started: %s", conversation_id, exc)
+
     async def prepare(self, scope: TurnScope) -> None:
         if not self.active(scope.principal):
             return
