@@ -16,6 +16,7 @@ from convergio import AsyncClient
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
 from convergio.cost.v1 import cost_pb2
+from convergio_server.domain.conversations.model import Turn, TurnOptions, TurnOutcome
 from convergio_server.storage.redis import Keys
 
 from tests.conversations.conftest import (
@@ -214,3 +215,83 @@ async def test_a_stopping_server_ends_its_turns_on_their_open_streams(
         )
         assert breaker.circuit_breaker.state == cost_pb2.CIRCUIT_STATE_CLOSED
         assert breaker.circuit_breaker.consecutive_failures == 0
+
+
+async def test_a_turn_queued_when_its_server_stops_runs_on_the_next_one(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
+) -> None:
+    # The running turn ends with the server that stops; the turn queued behind it has not
+    # started: it runs on the next server rather than being ended with an error.
+    settings = server_settings(
+        tmp_path / "stopping",
+        pg_dsn,
+        redis_url,
+        redis_prefix,
+        offline_tokens_per_second=40.0,
+        offline_min_answer_tokens=2000,
+    )
+    async with running_server(settings) as first:
+        key = await member_key(first)
+        async with AsyncClient(first.target, api_key=key) as client:
+            cid = await new_conversation(client)
+            running = client.conversations.send(conversation_id=cid, content=LONG)
+            await running.__anext__()
+            queued = client.conversations.send(
+                conversation_id=cid, content="And the risks?", if_busy=pb.BUSY_POLICY_ENQUEUE
+            )
+            waiting = await queued.__anext__()
+            assert waiting.HasField("turn_queued")
+            stopping = asyncio.ensure_future(first.server.stop(3.0))
+            ended = await collect(running)
+            queued.cancel()
+            await stopping
+    assert ended[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_ERROR
+    settings = server_settings(tmp_path / "next", pg_dsn, redis_url, redis_prefix)
+    async with running_server(settings) as second:
+        async with AsyncClient(second.target, api_key=key) as client:
+            async with asyncio.timeout(20):
+                events = await collect(client.conversations.follow(cid, turn_id=waiting.turn_id))
+            turn = await client.conversations.get_turn(conversation_id=cid, turn_id=waiting.turn_id)
+    names = kinds(events)
+    assert names[0] == "turn_queued" and names[-1] == "turn_completed", names
+    assert names.count("turn_started") == 1 and "message_completed" in names
+    assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+    assert turn.turn.status == pb.TURN_STATUS_ENDED
+
+
+async def test_a_promoted_turn_whose_server_died_before_starting_it_is_started(
+    server: RunningServer, streaming: None
+) -> None:
+    # A server ended the running turn, which promoted the queued one, and died before
+    # starting it: any server's look for unstarted turns starts it, once.
+    service = server.server.context.components["conversations"]
+    key = await member_key(server)
+    async with AsyncClient(server.target, api_key=key) as client:
+        await wait_streaming(client)
+        cid = await new_conversation(client)
+        creator = (await client.conversations.get_conversation(conversation_id=cid)).conversation
+
+        def turn(content: str) -> Turn:
+            return Turn(
+                tenant_id=TENANT, conversation_id=cid, id=str(uuid.uuid4()),
+                request_id=uuid.uuid4().hex, status="QUEUED", content=content,
+                options=TurnOptions(max_turns=1), user_message_id=str(uuid.uuid4()),
+                created_by=creator.created_by,
+            )  # fmt: skip
+
+        running, queued = turn("Hello"), turn("What was the ROI?")
+        assert not (await service.store.admit_turn(running, enqueue=False, max_queued=5)).busy
+        assert (await service.store.admit_turn(queued, enqueue=True, max_queued=5)).position
+        ended, promoted = await service.store.finish_turn(
+            TENANT, cid, running.id, TurnOutcome(stop_reason="COMPLETED")
+        )
+        assert ended and promoted is not None and promoted.id == queued.id
+        assert not promoted.started
+        assert await asyncio.gather(service.runner.sweep(), service.runner.sweep()) in (
+            [1, 0], [0, 1]
+        )  # fmt: skip
+        async with asyncio.timeout(20):
+            events = await collect(client.conversations.follow(cid, turn_id=queued.id))
+    names = kinds(events)
+    assert names.count("turn_started") == 1 and names[-1] == "turn_completed", names
+    assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED

@@ -44,7 +44,7 @@ _CONVERSATION_COLUMNS = """
 _TURN_COLUMNS = """
     tenant_id, conversation_id, id, request_id, status, stop_reason, stop_detail, error, content,
     options, user_message_id, message_count, prompt_tokens, completion_tokens, cached_tokens,
-    model_calls, cost_usd, created_by, create_time, start_time, end_time,
+    model_calls, cost_usd, created_by, create_time, start_time, end_time, started,
     COALESCE((SELECT min(e.sequence) FROM conversation_events e
               WHERE e.tenant_id = turns.tenant_id AND e.conversation_id = turns.conversation_id
                 AND e.turn_id = turns.id), 0) AS first_sequence,
@@ -106,6 +106,7 @@ def _turn(row: Any) -> Turn:
         create_time=row["create_time"],
         start_time=row["start_time"],
         end_time=row["end_time"],
+        started=row["started"],
         first_sequence=row["first_sequence"],
         last_sequence=row["last_sequence"],
     )
@@ -421,6 +422,24 @@ class PgConversationStore:
         if row["promoted"] is None:
             return True, None
         return True, await self.get_turn(tenant_id, conversation_id, str(row["promoted"]))
+
+    async def mark_started(self, tenant_id: str, conversation_id: str, turn_id: str) -> bool:
+        status = await self.pool.execute(
+            "UPDATE turns SET started = true WHERE tenant_id = $1 AND conversation_id = $2 "
+            "AND id = $3 AND status = 'RUNNING' AND NOT started",
+            tenant_id,
+            conversation_id,
+            turn_id,
+        )
+        return bool(status.endswith(" 1"))
+
+    async def unstarted_turns(self, limit: int) -> list[Turn]:
+        rows = await self.pool.fetch(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE status = 'RUNNING' AND NOT started "
+            "ORDER BY start_time LIMIT $1",
+            limit,
+        )
+        return [_turn(row) for row in rows]
 
     async def get_turn(self, tenant_id: str, conversation_id: str, turn_id: str) -> Turn | None:
         row = await self.pool.fetchrow(

@@ -401,6 +401,7 @@ def build(ctx: ServiceContext) -> ConversationServicer:
 
     ctx.closers.append(close)
     ctx.stoppers.append(runner.close)
+    ctx.starters.append(runner.start_sweeping)
     return ConversationServicer(ctx, service, cancels)
 
 

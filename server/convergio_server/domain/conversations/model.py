@@ -140,6 +140,8 @@ class Turn:
     create_time: datetime | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
+    # False while a turn promoted from the queue waits for a server to start it.
+    started: bool = True
     first_sequence: int = 0
     last_sequence: int = 0
 

@@ -86,6 +86,8 @@ MAX_MISSED_MESSAGES = 50
 HOLD_SECONDS = 0.05
 # How long a turn keeps trying to log its end while Redis is unreachable.
 END_RETRY_SECONDS = 120.0
+# Promoted turns that no server started, started per look (`TurnRunner.sweep`).
+SWEEP_BATCH = 50
 
 _END = object()
 _CANCEL = object()
@@ -804,6 +806,9 @@ class TurnExecution:
                 ending=True,
             )
         await self._flush_until_logged()
+        if next_turn is not None and runner.stopping:
+            # Not started here: another server starts it (`TurnRunner.sweep`).
+            next_turn = None
         if next_turn is not None:
             # Hand the lease straight to the promoted turn: no moment without an owner.
             await runner.leases.acquire(
@@ -820,7 +825,7 @@ class TurnExecution:
                 outcome.stop_reason == ERROR and not self.server_stopping,
             )
         if next_turn is not None:
-            await runner.start_promoted(next_turn)
+            await runner.start_promoted(next_turn, lease_held=True)
 
     async def _flush_until_logged(self) -> None:
         """Flush, retrying while the log is unreachable: a client follows the turn until
@@ -950,6 +955,8 @@ class TurnRunner:
         self.owner = uuid.uuid4().hex[:12]
         self.local: dict[str, TurnExecution] = {}
         self._renewer: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.stopping = False  # shutting down: promoted turns are left to other servers
 
     def _watch_leases(self) -> None:
         if self._renewer is None or self._renewer.done():
@@ -1037,13 +1044,61 @@ class TurnRunner:
             execution.cancel(ERROR, f"the turn's events could not be logged: {exc}")
             raise
 
-    async def start_promoted(self, turn: Turn) -> None:
-        """Start a queued turn that the end of the previous one promoted to RUNNING."""
-        conversation = await self.store.get(turn.tenant_id, turn.conversation_id)
-        if conversation is None:
-            return
-        principal = self.principal_of(turn.tenant_id, turn.created_by)
-        await self.start(principal, conversation, turn)
+    async def start_promoted(self, turn: Turn, *, lease_held: bool = False) -> bool:
+        """Start a turn that the end of the previous one promoted to RUNNING, unless another
+        process holds its conversation's lease or started it already (`Turn.started`):
+        whether it started here."""
+        holder = f"{self.owner}|{turn.id}"
+        tenant, conversation_id = turn.tenant_id, turn.conversation_id
+        if self.stopping:
+            if lease_held:
+                await self.leases.release(tenant, conversation_id, holder)
+            return False
+        if not lease_held and not await self.leases.acquire_if_free(
+            tenant, conversation_id, holder
+        ):
+            return False
+        try:
+            conversation = await self.store.get(tenant, conversation_id)
+            claimed = conversation is not None and await self.store.mark_started(
+                tenant, conversation_id, turn.id
+            )
+        except BaseException:
+            await self.leases.release(tenant, conversation_id, holder)
+            raise
+        if not claimed:
+            await self.leases.release(tenant, conversation_id, holder)
+            return False
+        assert conversation is not None
+        principal = self.principal_of(tenant, turn.created_by)
+        await self.start(principal, conversation, turn, lease_held=True)
+        return True
+
+    async def sweep(self) -> int:
+        """Start promoted turns that no server started (theirs stopped or died before it
+        could); returns how many started here."""
+        started = 0
+        # The server that promoted a turn holds its conversation's lease until it has started
+        # it: `start_promoted` leaves such turns alone.
+        for turn in await self.store.unstarted_turns(SWEEP_BATCH):
+            try:
+                started += await self.start_promoted(turn)
+            except Exception as exc:
+                log.warning("promoted turn %s could not be started: %s", turn.id, exc)
+        return started
+
+    async def _sweep_now_and_then(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.warning("looking for promoted turns nobody started failed: %s", exc)
+            await asyncio.sleep(self.config.lease_seconds)
+
+    async def start_sweeping(self) -> None:
+        """Look for promoted turns that nobody started, at once and then every lease period."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_now_and_then(), name="turn-sweeper")
 
     def cancel_local(self, turn_id: str, reason: str, detail: str) -> bool:
         execution = self.local.get(turn_id)
@@ -1054,6 +1109,9 @@ class TurnRunner:
 
     async def close(self) -> None:
         """Stop every local turn (the server is shutting down): they end with ERROR."""
+        self.stopping = True
+        if self._sweeper is not None:
+            await cancel_and_wait([self._sweeper])
         executions = list(self.local.values())
         for execution in executions:
             execution.server_stopping = True

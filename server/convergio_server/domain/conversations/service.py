@@ -632,6 +632,8 @@ class ConversationService:
             holder = await self.leases.holder(principal.tenant_id, conversation_id)
             if holder is None or not holder.endswith(turn_id):
                 await self._reap_orphans(principal, conversation)
+                # (a promoted turn that nobody had started may have started here meanwhile)
+                self.runner.cancel_local(turn_id, stop_reason, detail)
             else:
                 await self.publish_cancel(
                     principal.tenant_id, conversation_id, turn_id, stop_reason, detail
@@ -669,7 +671,8 @@ class ConversationService:
 
     async def _reap_orphans(self, principal: Principal, conversation: Conversation) -> bool:
         """End the running turn of a process that died (its lease expired) with an Error
-        and a TurnCompleted; returns whether one was ended."""
+        and a TurnCompleted; returns whether one was ended. A promoted turn that its process
+        did not start is started here instead."""
         if not conversation.active_turn_id or conversation.active_turn_id in self.runner.local:
             return False
         holder = await self.leases.holder(conversation.tenant_id, conversation.id)
@@ -679,6 +682,9 @@ class ConversationService:
             conversation.tenant_id, conversation.id, conversation.active_turn_id
         )
         if turn is None or turn.status == ENDED:
+            return False
+        if not turn.started:
+            await self.runner.start_promoted(turn)
             return False
         message = SERVER_STOPPED
         error = ErrorOccurred(code=14, reason="UNAVAILABLE", message=message, retryable=True)

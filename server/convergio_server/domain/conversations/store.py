@@ -78,6 +78,15 @@ class ConversationStore(Protocol):
         already RUNNING) or leave the conversation idle."""
         ...
 
+    async def mark_started(self, tenant_id: str, conversation_id: str, turn_id: str) -> bool:
+        """Claim a promoted turn that has not started (see `Turn.started`): True for the one
+        caller that may start it."""
+        ...
+
+    async def unstarted_turns(self, limit: int) -> list[Turn]:
+        """Promoted turns of every tenant that no server started yet, oldest first."""
+        ...
+
     async def get_turn(self, tenant_id: str, conversation_id: str, turn_id: str) -> Turn | None: ...
 
     async def list_turns(
