@@ -10,13 +10,11 @@ from decimal import Decimal
 
 import pytest
 from convergio_server.domain.costs.enforcement import CostGuards
-from convergio_server.domain.costs.ledger import LedgerEntry
 from convergio_server.domain.costs.ports import BudgetLimits
-from convergio_server.domain.costs.prices import ModelPrice
 from convergio_server.domain.errors import QuotaExceeded
 from convergio_server.storage.costs import PgCostStore
 
-from tests.costs.costs_support import new_scope
+from tests.costs.costs_support import ledger_entry, new_scope
 from tests.support.server import RunningServer
 
 
@@ -252,21 +250,3 @@ async def test_a_limit_set_after_redis_lost_its_counters_counts_what_the_ledger_
     with pytest.raises(QuotaExceeded) as refused:
         await guards.budgets.reserve(new_scope(tenant), Decimal("0.010"))
     assert "monthly" in refused.value.violations[0].subject
-
-
-def ledger_entry(
-    tenant: str,
-    cost: Decimal,
-    *,
-    conversation_id: str = "",
-    principal: str = "alice",
-    at: datetime | None = None,
-) -> LedgerEntry:
-    return LedgerEntry(
-        entry_id=str(uuid.uuid4()), tenant_id=tenant, time=at or datetime.now(UTC),
-        principal=principal, conversation_id=conversation_id, turn_id="", execution_id="",
-        step_id="", agent="amy", provider="openai", model="gpt-4o", call_kind="AGENT_REPLY",
-        prompt_tokens=1, completion_tokens=1, cached_tokens=0, cost_usd=cost,
-        price_source="TABLE", price=ModelPrice(Decimal(1), Decimal(1), Decimal(1)),
-        latency_ms=1, outcome="OK",
-    )  # fmt: skip

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -16,6 +18,7 @@ from convergio.conversation.v1 import conversation_pb2
 from convergio.cost.v1 import cost_pb2
 from convergio.workflow.v1 import workflow_pb2, workflow_pb2_grpc
 
+from tests.costs.costs_support import ledger_entry
 from tests.support.server import RunningServer, running_server, server_settings
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
@@ -268,11 +271,28 @@ async def test_a_request_that_is_not_its_message_is_invalid_argument(
     assert trailers.get("x-request-id")
 
 
+WORDY_AGENT = """
+display_name = "Wordy"
+role = "Analyst: long answers"
+category = "operational"
+priority = 1
+description = "{prompt}"
+expertise = ["words"]
+tools = []
+system_prompt = "You analyse what you are asked about and answer at great length."
+"""
+
+
 @pytest.fixture
 async def small(
     tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
 ) -> AsyncIterator[RunningServer]:
-    """A server whose answers may be at most 256 KiB."""
+    """A server whose answers may be at most 256 KiB, with 20 more agents described in 20 KB
+    each."""
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    for i in range(20):
+        (agents / f"wordy{i}.toml").write_text(WORDY_AGENT.format(prompt="Think. " * 3000))
     settings = server_settings(
         tmp_path,
         pg_dsn,
@@ -280,6 +300,7 @@ async def small(
         redis_prefix,
         max_message_bytes=256 * 1024,
         rate_limit_conversations_per_hour=10_000,
+        agents_dir=str(agents),
     )
     async with running_server(settings) as running:
         yield running
@@ -309,11 +330,48 @@ async def test_conversation_pages_end_before_the_message_limit(
     assert len(seen) == len(set(seen)) and created <= set(seen)
 
 
+async def test_ledger_pages_end_before_the_message_limit(small: RunningServer) -> None:
+    # A thousand ledger entries (of about 300 bytes) do not fit in one 256 KiB answer.
+    tenant, user = small.settings.dev_tenant, "pager-" + "p" * 100
+    entries = [
+        ledger_entry(tenant, Decimal("0.001"), principal=user, conversation_id=str(uuid.uuid4()))
+        for _ in range(1000)
+    ]
+    await small.server.context.components["cost_store"].insert_entries(entries)
+    async with AsyncClient(small.target, api_key=small.admin_key) as client:
+        first = await client.costs.list_ledger_entries(user=user, page_size=1000)
+        assert 0 < len(first.entries) < 1000 and first.next_page_token
+        seen = [e.entry_id for e in first.entries]
+        token = first.next_page_token
+        while token:
+            page = await client.costs.list_ledger_entries(
+                user=user, page_size=1000, page_token=token
+            )
+            seen += [e.entry_id for e in page.entries]
+            token = page.next_page_token
+    assert sorted(seen) == sorted(e.entry_id for e in entries)
+
+
 async def test_an_answer_over_the_message_limit_is_an_error_with_a_request_id(
     small: RunningServer,
 ) -> None:
-    # A list that does not page by size (the transcript): gRPC would fail the answer after
-    # the handler returned, logged as OK and without a request id.
+    # A list that does not page by size (the roster, which its operator writes): gRPC would
+    # fail the answer after the handler returned, logged as OK and without a request id.
+    async with AsyncClient(small.target, api_key=small.admin_key) as client:
+        with pytest.raises(errors.QuotaExceeded) as too_large:
+            await client.conversations.list_agents(page_size=100)
+        assert too_large.value.reason == "RESPONSE_TOO_LARGE"
+        assert "smaller page" in too_large.value.message
+        assert too_large.value.request_id
+        two = await client.conversations.list_agents(page_size=2)
+        assert len(two.agents) == 2
+
+
+async def test_transcript_and_turn_pages_end_before_the_message_limit(
+    small: RunningServer,
+) -> None:
+    # Nine turns of 30 KB messages do not fit in one 256 KiB answer: the transcript's page
+    # ends early, and the pages together hold every message once, in order.
     async with AsyncClient(small.target, api_key=small.admin_key) as client:
         cid = (
             await client.conversations.create_conversation(
@@ -325,10 +383,18 @@ async def test_an_answer_over_the_message_limit_is_an_error_with_a_request_id(
                 conversation_id=cid, content=f"Turn {turn}: " + "word " * 6000
             ):
                 pass
-        with pytest.raises(errors.QuotaExceeded) as too_large:
-            await client.conversations.list_messages(conversation_id=cid, page_size=50)
-        assert too_large.value.reason == "RESPONSE_TOO_LARGE"
-        assert "smaller page" in too_large.value.message
-        assert too_large.value.request_id
-        two = await client.conversations.list_messages(conversation_id=cid, page_size=2)
-        assert len(two.messages) == 2
+        first = await client.conversations.list_messages(conversation_id=cid, page_size=50)
+        assert 0 < len(first.messages) < 18 and first.next_page_token
+        messages = list(first.messages)
+        token = first.next_page_token
+        while token:
+            page = await client.conversations.list_messages(
+                conversation_id=cid, page_size=50, page_token=token
+            )
+            messages += page.messages
+            token = page.next_page_token
+        turns = await client.conversations.list_turns(conversation_id=cid, page_size=50)
+    users = [m.content for m in messages if m.source == "user"]
+    assert [u.split(":")[0] for u in users] == [f"Turn {t}" for t in range(9)]
+    assert len(messages) == 18 and len({m.message_id for m in messages}) == 18
+    assert len(turns.turns) == 9 and not turns.next_page_token

@@ -10,14 +10,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from convergio_server.domain.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+
+T = TypeVar("T")
+
+# Given a page, how many of its first items fit in one answer (the caller's message limit).
+Fits = Callable[[Sequence[Any]], int]
 
 
 def page_size(requested: int) -> int:
@@ -25,6 +30,15 @@ def page_size(requested: int) -> int:
     if requested <= 0:
         return DEFAULT_PAGE_SIZE
     return min(requested, MAX_PAGE_SIZE)
+
+
+def keep_fitting(rows: list[T], fits: Fits | None) -> tuple[list[T], bool]:
+    """The first rows that fit in one answer (at least one: a single item always goes), and
+    whether any were left out for the next page."""
+    if fits is None or not rows:
+        return rows, False
+    kept = max(1, fits(rows))
+    return rows[:kept], kept < len(rows)
 
 
 def _fingerprint(filters: Any) -> str:

@@ -4,7 +4,7 @@ components (event log, turn runner, leases) of this process."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -27,10 +27,11 @@ from convergio_server.api.conversation_convert import (
     turn_pb,
 )
 from convergio_server.api.idempotency import once
+from convergio_server.api.page_fit import FittingPage
 from convergio_server.api.services import FACTORIES, ServiceContext
 from convergio_server.domain.agents.roster import Roster, split_dirs
 from convergio_server.domain.auth import Principal, Role
-from convergio_server.domain.conversations.model import CANCEL, CONTINUE, Conversation
+from convergio_server.domain.conversations.model import CANCEL, CONTINUE
 from convergio_server.domain.conversations.runner import RunnerConfig, TurnRunner
 from convergio_server.domain.conversations.service import ConversationService, ServiceConfig
 from convergio_server.domain.conversations.team import AutogenTeamBuilder, selection_from_json
@@ -50,8 +51,6 @@ from convergio_server.storage.knowledge import PgKnowledgeStore
 from convergio_server.storage.redis import create_redis
 from convergio_server.storage.turn_leases import CancelChannel, RedisLeases
 
-# What a page of a list leaves of the message limit for the rest of its answer.
-PAGE_MARGIN_BYTES = 16 * 1024
 _SERVICE = "/convergio.conversation.v1.ConversationService/"
 
 
@@ -125,29 +124,17 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     async def ListConversations(
         self, request: pb.ListConversationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListConversationsResponse:
-        # Room for the page in one answer (conversations with many long labels are big).
-        budget = self.ctx.settings.max_message_bytes - PAGE_MARGIN_BYTES
-        converted: list[pb.Conversation] = []
-
-        def fits(rows: Sequence[Conversation]) -> int:
-            used = 0
-            for row in rows:
-                message = conversation_pb(row)
-                used += message.ByteSize() + 8  # and the field's tag and length
-                if converted and used > budget:
-                    break
-                converted.append(message)
-            return len(converted)
-
+        # Conversations with many long labels are big.
+        page = FittingPage(conversation_pb, self.ctx.settings.max_message_bytes)
         _, token = await self.service.list_conversations(
             self._principal(),
             status=CONVERSATION_STATUS_FROM_PB.get(request.status, ""),
             labels=dict(request.labels),
             size=request.page_size,
             token=request.page_token,
-            fits=fits,
+            fits=page,
         )
-        return pb.ListConversationsResponse(conversations=converted, next_page_token=token)
+        return pb.ListConversationsResponse(conversations=page.messages, next_page_token=token)
 
     async def UpdateConversation(
         self, request: pb.UpdateConversationRequest, context: grpc.aio.ServicerContext
@@ -216,16 +203,16 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListMessagesResponse:
-        rows, token = await self.service.list_messages(
+        page = FittingPage(message_pb, self.ctx.settings.max_message_bytes)
+        _, token = await self.service.list_messages(
             self._principal(),
             request.conversation_id,
             turn_id=request.turn_id,
             size=request.page_size,
             token=request.page_token,
+            fits=page,
         )
-        return pb.ListMessagesResponse(
-            messages=[message_pb(m) for m in rows], next_page_token=token
-        )
+        return pb.ListMessagesResponse(messages=page.messages, next_page_token=token)
 
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: grpc.aio.ServicerContext
@@ -311,14 +298,16 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     async def ListTurns(
         self, request: pb.ListTurnsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTurnsResponse:
-        rows, token = await self.service.list_turns(
+        page = FittingPage(turn_pb, self.ctx.settings.max_message_bytes)
+        _, token = await self.service.list_turns(
             self._principal(),
             request.conversation_id,
             status=TURN_STATUS_FROM_PB.get(request.status, ""),
             size=request.page_size,
             token=request.page_token,
+            fits=page,
         )
-        return pb.ListTurnsResponse(turns=[turn_pb(t) for t in rows], next_page_token=token)
+        return pb.ListTurnsResponse(turns=page.messages, next_page_token=token)
 
 
 def build(ctx: ServiceContext) -> ConversationServicer:

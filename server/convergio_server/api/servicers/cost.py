@@ -15,6 +15,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from convergio_server.api.context import current_principal
 from convergio_server.api.idempotency import once
+from convergio_server.api.page_fit import FittingPage
 from convergio_server.api.services import COMPONENT_SETUPS, FACTORIES, ServiceContext
 from convergio_server.domain import pagination
 from convergio_server.domain.auth import Principal, Role
@@ -298,14 +299,14 @@ class CostServicer(cost_pb2_grpc.CostServiceServicer):
             after=after,
             limit=size + 1,
         )
+        more = len(entries) > size
+        page = FittingPage(_entry, self.ctx.settings.max_message_bytes)
+        entries, cut = pagination.keep_fitting(entries[:size], page)
         token = ""
-        if len(entries) > size:
-            entries = entries[:size]
+        if more or cut:
             last = entries[-1]
             token = pagination.encode_token([last.time.isoformat(), last.entry_id], filters)
-        return cost_pb2.ListLedgerEntriesResponse(
-            entries=[_entry(e) for e in entries], next_page_token=token
-        )
+        return cost_pb2.ListLedgerEntriesResponse(entries=page.messages, next_page_token=token)
 
     # Budgets.
     async def _scope_subject(

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 from convergio.flag.v1 import flag_pb2, flag_pb2_grpc
-from google.protobuf.message import Message
 
 from convergio_server.api.context import current_principal
 from convergio_server.api.flag_messages import (
@@ -24,6 +23,7 @@ from convergio_server.api.flag_messages import (
     spec_from_pb,
 )
 from convergio_server.api.idempotency import once
+from convergio_server.api.page_fit import ENVELOPE_BYTES, fitting, item_bytes
 from convergio_server.api.services import COMPONENT_SETUPS, FACTORIES, ServiceContext
 from convergio_server.domain.errors import InvalidArgument, Unavailable
 from convergio_server.domain.flags.gate import CacheFeatureGate
@@ -37,25 +37,6 @@ log = logging.getLogger("convergio.flags")
 _SERVICE = "/convergio.flag.v1.FlagService/"
 SNAPSHOT_CHUNK = 500
 RESPONSE_CACHE = 4096
-# What a response keeps free of items, for everything around them (page token, tags).
-ENVELOPE_BYTES = 16 * 1024
-
-
-def _item_bytes(message: Message) -> int:
-    """The message's size as an element of a repeated field: tag, length, message."""
-    size = message.ByteSize()
-    return 1 + max(1, (size.bit_length() + 6) // 7) + size
-
-
-def _fitting(items: Sequence[Message], budget: int) -> int:
-    """How many of `items`, from the first, fit in `budget` bytes of a repeated field;
-    at least one, so that a list always moves on."""
-    total = 0
-    for count, item in enumerate(items):
-        total += _item_bytes(item)
-        if total > budget and count > 0:
-            return count
-    return len(items)
 
 
 class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
@@ -77,7 +58,7 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         after = str(cursor.after[0]) if cursor else None
         flags, more = await self._flags.list_flags(tenant, after, limit, self._budget)
         messages = [flag_to_pb(f) for f in flags]
-        count = _fitting(messages, self._budget)
+        count = fitting(messages, self._budget)
         more = more or count < len(messages)
         token = encode_token([messages[count - 1].key], "flags") if more and count else ""
         return flag_pb2.ListFlagsResponse(flags=messages[:count], next_page_token=token)
@@ -137,7 +118,7 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
             )
             flags = [flag_to_pb(c.flag) for c in changes]
             return flag_pb2.DisableAllFlagsResponse(
-                disabled_count=len(changes), flags=flags[: _fitting(flags, self._budget)]
+                disabled_count=len(changes), flags=flags[: fitting(flags, self._budget)]
             )
 
         return await once(
@@ -188,7 +169,7 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
             size = 0
             for flag in flags:
                 message = flag_to_pb(flag)
-                item = _item_bytes(message)
+                item = item_bytes(message)
                 if part and (len(part) >= SNAPSHOT_CHUNK or size + item > self._budget):
                     yield flag_pb2.WatchFlagsResponse(
                         snapshot=flag_pb2.FlagSnapshot(flags=part, complete=False)
@@ -217,7 +198,7 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
         before = int(cursor.after[0]) if cursor else None
         entries, more = await self._flags.history(tenant, request.key, before, limit, self._budget)
         messages = [history_to_pb(request.key, e) for e in entries]
-        count = _fitting(messages, self._budget)
+        count = fitting(messages, self._budget)
         more = more or count < len(messages)
         token = encode_token([entries[count - 1].id], filters) if more and count else ""
         return flag_pb2.ListFlagHistoryResponse(entries=messages[:count], next_page_token=token)

@@ -9,7 +9,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -52,7 +52,13 @@ from convergio_server.domain.events.model import (
     Usage,
 )
 from convergio_server.domain.guards import Guards, TurnScope
-from convergio_server.domain.pagination import decode_token, encode_token, page_size
+from convergio_server.domain.pagination import (
+    Fits,
+    decode_token,
+    encode_token,
+    keep_fitting,
+    page_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -248,11 +254,11 @@ class ConversationService:
         labels: dict[str, str],
         size: int,
         token: str,
-        fits: Callable[[Sequence[Conversation]], int] | None = None,
+        fits: Fits | None = None,
     ) -> tuple[list[Conversation], str]:
         """A page of conversations and the token of the next. `fits`, given the page,
         says how many of its first conversations fit in one answer (at least one is
-        kept); the page ends there."""
+        kept); the page ends there (the same for turns and messages)."""
         check_labels(labels)
         filters = {"status": status, "labels": labels}
         cursor = decode_token(token, filters)
@@ -267,9 +273,8 @@ class ConversationService:
         rows = rows[:limit]
         for row in rows:
             row.last_sequence = await self.events.last_sequence(principal.tenant_id, row.id)
-        if fits is not None and rows:
-            kept = max(1, fits(rows))
-            more, rows = more or kept < len(rows), rows[:kept]
+        rows, cut = keep_fitting(rows, fits)
+        more = more or cut
         next_token = ""
         if more:
             last = rows[-1]
@@ -739,7 +744,14 @@ class ConversationService:
             turn.last_sequence = live
 
     async def list_turns(
-        self, principal: Principal, conversation_id: str, *, status: str, size: int, token: str
+        self,
+        principal: Principal,
+        conversation_id: str,
+        *,
+        status: str,
+        size: int,
+        token: str,
+        fits: Fits | None = None,
     ) -> tuple[list[Turn], str]:
         await self.get(principal, conversation_id)
         filters = {"conversation": conversation_id, "status": status}
@@ -751,18 +763,27 @@ class ConversationService:
         rows = await self.store.list_turns(
             principal.tenant_id, conversation_id, status=status, after=after, limit=limit + 1
         )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        for row in rows:
+            await self._latest(row)
+        rows, cut = keep_fitting(rows, fits)
         next_token = ""
-        if len(rows) > limit:
-            rows = rows[:limit]
+        if more or cut:
             last = rows[-1]
             assert last.create_time is not None
             next_token = encode_token([last.create_time.isoformat(), last.id], filters)
-        for row in rows:
-            await self._latest(row)
         return rows, next_token
 
     async def list_messages(
-        self, principal: Principal, conversation_id: str, *, turn_id: str, size: int, token: str
+        self,
+        principal: Principal,
+        conversation_id: str,
+        *,
+        turn_id: str,
+        size: int,
+        token: str,
+        fits: Fits | None = None,
     ) -> tuple[list[Message], str]:
         if turn_id:
             await self.get_turn(principal, conversation_id, turn_id)
@@ -775,11 +796,13 @@ class ConversationService:
         rows = await self.store.list_messages(
             principal.tenant_id, conversation_id, turn_id=turn_id, after=after, limit=limit + 1
         )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        messages, cut = keep_fitting([m for _, m in rows], fits)
         next_token = ""
-        if len(rows) > limit:
-            rows = rows[:limit]
-            next_token = encode_token([rows[-1][0]], filters)
-        return [m for _, m in rows], next_token
+        if more or cut:
+            next_token = encode_token([rows[len(messages) - 1][0]], filters)
+        return messages, next_token
 
     def cancel_on_disconnect(
         self, principal: Principal, conversation_id: str, turn_id: str
