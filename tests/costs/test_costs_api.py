@@ -110,6 +110,24 @@ async def test_budgets_set_get_list_delete(
             cost_pb2.Budget(scope=TENANT_SCOPE, alert_thresholds_percent=[100]),
             "budget.alert_thresholds_percent",
         ),
+        # Amounts as people write them, nothing else: no exponent, separators, other digits,
+        # or more than nano-dollar precision.
+        (
+            cost_pb2.Budget(scope=TENANT_SCOPE, daily_limit_usd="1e-999999"),
+            "budget.daily_limit_usd",
+        ),
+        (cost_pb2.Budget(scope=TENANT_SCOPE, daily_limit_usd="1_000"), "budget.daily_limit_usd"),
+        (
+            cost_pb2.Budget(scope=TENANT_SCOPE, total_limit_usd="\uff11\uff10"),
+            "budget.total_limit_usd",
+        ),
+        (
+            cost_pb2.Budget(scope=TENANT_SCOPE, monthly_limit_usd="0.1234567891"),
+            "budget.monthly_limit_usd",
+        ),
+        # A blank subject is not the scope's default.
+        (cost_pb2.Budget(scope=USER_SCOPE, subject=" ", daily_limit_usd="1"), "budget.subject"),
+        (cost_pb2.Budget(scope=USER_SCOPE, subject="bob ", daily_limit_usd="1"), "budget.subject"),
     ],
 )
 async def test_bad_budgets_are_refused_naming_the_field(
@@ -132,6 +150,19 @@ async def test_bad_queries_are_refused_naming_the_field(
         cases: list[tuple[Awaitable[object], str]] = [
             (ops.costs.list_ledger_entries(start_time=start, end_time=end), "end_time"),
             (ops.costs.list_ledger_entries(page_token="garbage"), "page_token"),
+            # Outside what a timestamp can hold: an error naming it, not INTERNAL.
+            (
+                ops.costs.list_ledger_entries(
+                    start_time=timestamp_pb2.Timestamp(seconds=10, nanos=-1)
+                ),
+                "start_time",
+            ),
+            (
+                ops.costs.list_ledger_entries(
+                    end_time=timestamp_pb2.Timestamp(seconds=253402300800)
+                ),
+                "end_time",
+            ),
             (ops.costs.get_cost_summary(group_limit=-1), "group_limit"),
             (ops.costs.get_budget(), "scope"),
             (ops.costs.get_circuit_breaker(), "scope"),

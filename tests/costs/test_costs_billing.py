@@ -176,7 +176,10 @@ async def test_a_turn_stops_at_the_next_call_when_the_budget_is_spent_and_hears_
 
     base = new_scope(tenant)
     scope = TurnScope(base.principal, base.conversation_id, base.turn_id, alerts=sink)
-    client = guards.wrap_model_client(offline, call(scope, max_output_tokens=200))
+    meter = Meter()  # the turn's usage, as the turn counts it
+    client = MeteredClient(
+        guards.wrap_model_client(offline, call(scope, max_output_tokens=200)), meter
+    )
     first = await client.create(MESSAGES)
     assert first.usage.completion_tokens == 200
     assert [(a.scope, a.period, a.threshold_percent) for a in heard] == [("TENANT", "DAILY", 70)]
@@ -186,6 +189,7 @@ async def test_a_turn_stops_at_the_next_call_when_the_budget_is_spent_and_hears_
     assert refused.value.reason == "BUDGET_EXHAUSTED"
     assert refused.value.violations[0].subject == "budget:tenant::daily"
     assert len(await entries(guards, tenant)) == 1  # the refused call never ran
+    assert meter.usage.model_calls == 1  # and is not counted as one
 
 
 async def test_alerts_reach_the_turn_that_crossed_them(guards: CostGuards, tenant: str) -> None:

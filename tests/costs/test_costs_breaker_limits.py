@@ -195,3 +195,20 @@ async def test_one_hundred_concurrent_takes_admit_exactly_the_limit(
             return False
 
     assert sum(await asyncio.gather(*(take(i) for i in range(100)))) == 4
+
+
+async def test_turns_stopped_early_do_not_lower_the_average_cost(
+    pair: tuple[RunningServer, RunningServer], tenant: str
+) -> None:
+    # Turns refused by a budget or cancelled cost little or nothing: counted, they pulled the
+    # average down until ordinary turns looked like spikes.
+    a = guards_of(pair[0])
+    for _ in range(6):
+        await a.turn_finished(new_scope(tenant), Decimal("0.03"), failed=False)
+    for _ in range(4):
+        await a.turn_finished(new_scope(tenant), Decimal(0), failed=False, ordinary=False)
+    for _ in range(5):
+        await a.turn_finished(new_scope(tenant), Decimal("0.035"), failed=False)
+    state = await a.breakers.get(tenant, TENANT)
+    assert (state.state, state.cost_spikes) == ("CLOSED", 0)
+    assert state.moving_average_usd == Decimal("0.0325")

@@ -24,12 +24,12 @@ PRICES = '[models."offline"]\ninput = "10"\noutput = "10"\ncached_input = "10"\n
 LIMIT = Decimal("0.10")
 
 
-@pytest.fixture
+@pytest.fixture(params=[PRICES])
 async def priced(
-    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
+    request: pytest.FixtureRequest, tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
 ) -> AsyncIterator[RunningServer]:
     prices = tmp_path / "prices.toml"
-    prices.write_text(PRICES)
+    prices.write_text(request.param)
     settings = server_settings(
         tmp_path / "data",
         pg_dsn,
@@ -123,3 +123,31 @@ async def test_a_new_conversation_counts_its_first_turn_from_zero(priced: Runnin
         Decimal(after.spent_month_usd),
         Decimal(after.spent_total_usd),
     ) == (cost, cost, cost)
+
+
+# Prices whose costs need nine decimals.
+FINE_PRICES = '[models."offline"]\ninput = "0.123"\noutput = "0.457"\ncached_input = "0.123"\n'
+
+
+@pytest.mark.parametrize("priced", [FINE_PRICES], indirect=True)
+async def test_turn_costs_add_up_to_the_ledger_exactly(priced: RunningServer) -> None:
+    tenant = f"exact-{uuid.uuid4().hex[:8]}"
+    _, key = await priced.server.keys.create(tenant, "exact", ["member", "operator"])
+    async with AsyncClient(priced.target, api_key=key) as client:
+        created = await client.conversations.create_conversation(
+            team=conversation_pb2.Team(single_agent="amy")
+        )
+        conversation_id = created.conversation.conversation_id
+        costs = []
+        for question in ("Hello there", "What is the ROI of 100 for 130?"):
+            events = [e async for e in client.conversations.send(conversation_id, question)]
+            costs.append(Decimal(events[-1].turn_completed.cost_usd))
+        await priced.server.context.components["guards"].ledger.flush()
+        ledger = await client.costs.list_ledger_entries(conversation_id=conversation_id)
+        turns = await client.conversations.list_turns(conversation_id=conversation_id)
+        conversation = await client.conversations.get_conversation(conversation_id=conversation_id)
+    billed = sum((Decimal(e.cost_usd) for e in ledger.entries), Decimal(0))
+    assert any(c != c.quantize(Decimal("0.000001")) for c in costs)  # finer than 6 decimals
+    assert sum(costs) == billed
+    assert sorted(Decimal(t.cost_usd) for t in turns.turns) == sorted(costs)
+    assert Decimal(conversation.conversation.cost_usd) == billed

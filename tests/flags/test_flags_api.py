@@ -148,6 +148,30 @@ async def test_concurrent_upserts_exactly_one_wins(
             "flag.gradual.end_time",
         ),
         (flag("ramp", "gradual"), "flag.gradual.start_time"),
+        (
+            flag(
+                "ramp",
+                "gradual",
+                gradual=flag_pb2.GradualRollout(
+                    start_time=Timestamp(seconds=2_000_000_000, nanos=-5),
+                    end_time=Timestamp(seconds=2_100_000_000),
+                    target_percentage=50,
+                ),
+            ),
+            "flag.gradual.start_time",
+        ),
+        (
+            flag(
+                "ramp",
+                "gradual",
+                gradual=flag_pb2.GradualRollout(
+                    start_time=Timestamp(seconds=2_000_000_000),
+                    end_time=Timestamp(seconds=300_000_000_000),
+                    target_percentage=50,
+                ),
+            ),
+            "flag.gradual.end_time",
+        ),
     ],
 )
 async def test_bad_flags_name_the_field(

@@ -19,6 +19,7 @@ from convergio_server.domain.conversations.model import (
     Message,
     TeamSpec,
     Turn,
+    money,
 )
 from convergio_server.domain.conversations.team import selection_from_json, selection_to_json
 from convergio_server.domain.errors import InvalidArgument
@@ -253,7 +254,7 @@ def conversation_pb(c: Conversation) -> pb.Conversation:
         active_turn_id=c.active_turn_id,
         queued_turn_count=c.queued_turn_count,
         usage=usage_pb(c.usage),
-        cost_usd=f"{c.cost_usd:.6f}",
+        cost_usd=money(c.cost_usd),
     )
     for name, selection in c.agent_models.items():
         out.agent_models[name].CopyFrom(selection_pb(selection))
@@ -273,7 +274,7 @@ def turn_pb(t: Turn) -> pb.Turn:
         user_message_id=t.user_message_id,
         message_count=t.message_count,
         usage=usage_pb(t.usage),
-        cost_usd=f"{t.cost_usd:.6f}",
+        cost_usd=money(t.cost_usd),
         created_by=t.created_by,
         on_disconnect=_DISCONNECT.get(t.options.on_disconnect, pb.DISCONNECT_POLICY_CONTINUE),
         first_sequence=t.first_sequence,
@@ -298,7 +299,7 @@ def message_pb(m: Message) -> pb.Message:
         source=m.source,
         content=m.content,
         model=m.model,
-        cost_usd="" if m.cost_usd is None else f"{m.cost_usd:.6f}",
+        cost_usd="" if m.cost_usd is None else money(m.cost_usd),
     )
     if m.usage is not None:
         out.usage.CopyFrom(usage_pb(m.usage))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from convergio.flag.v1 import flag_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from convergio_server.api.timestamps import timestamp_field
 from convergio_server.domain.errors import InvalidArgument
 from convergio_server.domain.flags.model import (
     ChangeKind,
@@ -106,15 +107,13 @@ def spec_from_pb(message: flag_pb2.Flag) -> FlagSpec:
     gradual: Gradual | None = None
     if strategy is Strategy.GRADUAL:
         g = message.gradual
-        if not g.HasField("start_time"):
+        start = timestamp_field(g, "start_time", "flag.gradual.start_time")
+        end = timestamp_field(g, "end_time", "flag.gradual.end_time")
+        if start is None:
             raise InvalidArgument.for_field("flag.gradual.start_time", "is required for GRADUAL")
-        if not g.HasField("end_time"):
+        if end is None:
             raise InvalidArgument.for_field("flag.gradual.end_time", "is required for GRADUAL")
-        gradual = Gradual(
-            g.start_time.ToDatetime(tzinfo=UTC),
-            g.end_time.ToDatetime(tzinfo=UTC),
-            g.target_percentage,
-        )
+        gradual = Gradual(start, end, g.target_percentage)
     return FlagSpec(
         key=message.key,
         description=message.description,

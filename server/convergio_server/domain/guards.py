@@ -106,8 +106,12 @@ class Guards(Protocol):
         """Screen a tool result before it reaches a model; returns what to pass on."""
         ...
 
-    async def turn_finished(self, scope: TurnScope, cost_usd: Decimal, failed: bool) -> None:
-        """Feed the breaker and the cost-spike detector."""
+    async def turn_finished(
+        self, scope: TurnScope, cost_usd: Decimal, failed: bool, ordinary: bool = True
+    ) -> None:
+        """Feed the breaker and the cost-spike detector. Only an `ordinary` turn (one that
+        ran to its normal end) is a sample of what turns cost: a turn stopped early
+        (cancelled, refused by a budget, timed out) cost a part of one, often nothing."""
         ...
 
 
@@ -132,5 +136,7 @@ class NoGuards:
     async def screen_tool_result(self, scope: TurnScope, content: str) -> str:
         return content
 
-    async def turn_finished(self, scope: TurnScope, cost_usd: Decimal, failed: bool) -> None:
+    async def turn_finished(
+        self, scope: TurnScope, cost_usd: Decimal, failed: bool, ordinary: bool = True
+    ) -> None:
         return None

@@ -709,7 +709,9 @@ class BudgetAlert(_message.Message):
     """The threshold crossed, in percent of the limit: 70, 85 or 100 by default
     (a budget may configure others). 100 means exhausted: new turns are
     refused with BUDGET_EXHAUSTED and a running turn stops at its next model
-    call.
+    call. A model call whose possible cost does not fit in what is left is
+    refused before that (an Error with reason BUDGET_EXHAUSTED), without a
+    100% alert.
     """
     spent_usd: _builtins.str
     """Amount spent in the period, reservations of calls in flight included."""

@@ -17,6 +17,7 @@ from convergio_server.api.context import current_principal
 from convergio_server.api.idempotency import once
 from convergio_server.api.page_fit import FittingPage
 from convergio_server.api.services import COMPONENT_SETUPS, FACTORIES, ServiceContext
+from convergio_server.api.timestamps import timestamp_field
 from convergio_server.domain import pagination
 from convergio_server.domain.auth import Principal, Role
 from convergio_server.domain.costs.breaker import TENANT, Breakers, BreakerState, provider_name
@@ -27,7 +28,7 @@ from convergio_server.domain.costs.budgets import (
 )
 from convergio_server.domain.costs.enforcement import CostGuards
 from convergio_server.domain.costs.ledger import LedgerEntry, LedgerWriter
-from convergio_server.domain.costs.money import fmt, parse_usd
+from convergio_server.domain.costs.money import fmt, parse_amount, parse_usd
 from convergio_server.domain.costs.ports import BreakerThresholds, BudgetLimits
 from convergio_server.domain.costs.prices import PriceTable
 from convergio_server.domain.costs.ratelimits import RateLimits
@@ -88,9 +89,12 @@ def _limit(text: str, setting: str) -> Decimal | None:
     than silently leaving spending unlimited."""
     if not text.strip():
         return None
-    value = parse_usd(text)
-    if value is None or value < 0:
-        raise ValueError(f"{setting} must be a decimal amount >= 0 or empty, got {text!r}")
+    value = parse_amount(text)
+    if value is None:
+        raise ValueError(
+            f"{setting} must be a decimal amount such as 50.00 (at most 9 decimals) or empty, "
+            f"got {text!r}"
+        )
     return value
 
 
@@ -275,8 +279,8 @@ class CostServicer(cost_pb2_grpc.CostServiceServicer):
     ) -> cost_pb2.ListLedgerEntriesResponse:
         principal = current_principal()
         user = self._user_filter(principal, request.user, "user")
-        start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
-        end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
+        start = timestamp_field(request, "start_time")
+        end = timestamp_field(request, "end_time")
         if start is not None and end is not None and end < start:
             raise InvalidArgument.for_field("end_time", "must not be before start_time")
         filters = [user, request.conversation_id, str(start), str(end)]
@@ -317,7 +321,13 @@ class CostServicer(cost_pb2_grpc.CostServiceServicer):
             raise InvalidArgument.for_field(
                 f"{prefix}scope", "is required: TENANT, USER or CONVERSATION"
             )
-        subject = subject.strip()
+        if subject != subject.strip():
+            # " " used to be taken as empty: the scope's default for everyone.
+            raise InvalidArgument.for_field(
+                f"{prefix}subject",
+                "must not start or end with white space; leave it empty for the default of "
+                "the scope",
+            )
         if scope == "TENANT" and subject:
             raise InvalidArgument.for_field(f"{prefix}subject", "must be empty for TENANT")
         if len(subject) > 200:
@@ -412,10 +422,12 @@ class CostServicer(cost_pb2_grpc.CostServiceServicer):
         for name in ("daily_limit_usd", "monthly_limit_usd", "total_limit_usd",
                      "per_turn_limit_usd"):  # fmt: skip
             text = getattr(b, name).strip()
-            value = parse_usd(text) if text else None
+            value = parse_amount(text) if text else None
             if text and value is None:
                 raise InvalidArgument.for_field(
-                    f"budget.{name}", f'{text!r} is not a decimal amount such as "50.00"'
+                    f"budget.{name}",
+                    f'{text[:40]!r} is not an amount such as "50.00" (ASCII digits, at most '
+                    "9 decimals)",
                 )
             check_limit(f"budget.{name}", value)
             limits[name] = value

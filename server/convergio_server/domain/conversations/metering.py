@@ -17,6 +17,7 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
+from convergio_server.domain.errors import DomainError
 from convergio_server.domain.events.model import Usage
 from convergio_server.domain.models.delegating import DelegatingChatCompletionClient
 
@@ -77,7 +78,7 @@ class MeteredClient(DelegatingChatCompletionClient):
                 cancellation_token=cancellation_token,
             )
         except Exception as exc:
-            self._failed(exc)
+            self._failed(exc, before)
             raise
         finally:
             self._settle(before)
@@ -105,14 +106,18 @@ class MeteredClient(DelegatingChatCompletionClient):
             ):
                 yield item
         except Exception as exc:
-            self._failed(exc)
+            self._failed(exc, before)
             raise
         finally:
             self._settle(before)
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException, before: RequestUsage) -> None:
         if self.meter.failure is None:
             self.meter.failure = exc
+        if _refused(exc) and self.inner.total_usage() == before:
+            # Refused by the guards before it was sent (budget, open breaker): no call was
+            # made, and the ledger has none.
+            self.meter.calls -= 1
 
     def _settle(self, before: RequestUsage) -> None:
         after = self.inner.total_usage()
@@ -123,3 +128,7 @@ class MeteredClient(DelegatingChatCompletionClient):
             ),
             self.pricing,
         )
+
+
+def _refused(exc: BaseException) -> bool:
+    return isinstance(exc, DomainError) and exc.reason in ("BUDGET_EXHAUSTED", "CIRCUIT_OPEN")

@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from convergio_server.domain.costs.money import fmt
 from convergio_server.domain.events.model import Usage
 
 # Turn lifecycle states and stop reasons, by their API names.
@@ -34,7 +35,8 @@ DEFAULT_TURN_TIMEOUT_SECONDS = 600.0
 
 
 def money(value: Decimal) -> str:
-    return f"{value:.6f}"
+    """As the API shows amounts: six decimals, or more when needed to stay exact."""
+    return fmt(value)
 
 
 @dataclass(frozen=True)

@@ -823,6 +823,7 @@ class TurnExecution:
                 # An operator stopping the server is no failure of the tenant's turns: the
                 # breaker must not open for it.
                 outcome.stop_reason == ERROR and not self.server_stopping,
+                ordinary=outcome.stop_reason in (COMPLETED, MAX_TURNS),
             )
         if next_turn is not None:
             await runner.start_promoted(next_turn, lease_held=True)

@@ -398,9 +398,9 @@ def no_room(a: Applied, current: int, amount: Decimal) -> QuotaExceeded:
     """A model call refused: the budget has no room for its reservation."""
     spent = from_nanos(current)
     return QuotaExceeded(
-        f"the {a.period.lower().replace('_', '-')} budget of {_describe(a)} is spent: "
-        f"{fmt(spent)} of {fmt(a.limit or Decimal(0))} USD used, and this model call may cost "
-        f"up to {fmt(amount)} USD",
+        f"the {a.period.lower().replace('_', '-')} budget of {_describe(a)} has no room for "
+        f"this model call: {fmt(spent)} of {fmt(a.limit or Decimal(0))} USD used, and the call "
+        f"may cost up to {fmt(amount)} USD",
         reason="BUDGET_EXHAUSTED",
         metadata={"budget": a.quota_subject},
         violations=[_violation(a, spent, f"this call needs up to {fmt(amount)} USD")],
@@ -413,7 +413,7 @@ def spent_up(a: Applied, current: int) -> QuotaExceeded:
     return QuotaExceeded(
         f"the {a.period.lower().replace('_', '-')} budget of {_describe(a)} is spent: "
         f"{fmt(spent)} of {fmt(a.limit or Decimal(0))} USD used; no new turn can start until "
-        "it is raised or the period resets",
+        + ("it is raised" if a.period == "TOTAL" else "it is raised or the period resets"),
         reason="BUDGET_EXHAUSTED",
         metadata={"budget": a.quota_subject},
         violations=[_violation(a, spent, "the budget is spent")],

@@ -201,7 +201,9 @@ class CostGuards:
         cleaned, _ = self.screener.clean_tool_result(content)
         return cleaned
 
-    async def turn_finished(self, scope: TurnScope, cost_usd: Decimal, failed: bool) -> None:
+    async def turn_finished(
+        self, scope: TurnScope, cost_usd: Decimal, failed: bool, ordinary: bool = True
+    ) -> None:
         principal = scope.principal
         if not self.active(principal):
             return
@@ -209,8 +211,10 @@ class CostGuards:
         try:
             if failed:
                 await self.breakers.failure(tenant, TENANT, f"turn {scope.turn_id} failed")
-            else:
+            elif ordinary:
                 await self.breakers.turn_succeeded(tenant, cost_usd)
+            else:  # not a failure, but its cost says nothing of what turns cost
+                await self.breakers.success(tenant, TENANT)
         except Unavailable:
             log.warning("could not update the tenant circuit breaker", exc_info=True)
 

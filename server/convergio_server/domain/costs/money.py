@@ -6,11 +6,15 @@ nano-dollars that is about nine million dollars, well above the largest budget (
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
 NANOS_PER_USD = 1_000_000_000
 MAX_LIMIT_USD = Decimal("1000000")
 _SIX = Decimal("0.000001")
+# An amount as people and scripts write it: ASCII digits, at most nine decimals (a
+# nano-dollar, what the counters count). No exponent, sign, separators or other digits.
+_AMOUNT = re.compile(r"[0-9]{1,16}(\.[0-9]{1,9})?\Z")
 
 
 def to_nanos(amount: Decimal) -> int:
@@ -37,3 +41,10 @@ def parse_usd(text: str) -> Decimal | None:
     except (InvalidOperation, ValueError):
         return None
     return value if value.is_finite() else None
+
+
+def parse_amount(text: str) -> Decimal | None:
+    """An amount given by a user (a limit): plain ASCII decimal, at most nine decimals;
+    None otherwise."""
+    text = text.strip()
+    return Decimal(text) if _AMOUNT.match(text) else None
