@@ -226,6 +226,7 @@ class ConvergioServer:
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let open ones finish within the grace period, close."""
         grace = self.settings.grace_period_seconds if grace is None else grace
+        self.context.drain()
         await self.health.stop()
         stopping = asyncio.ensure_future(self.server.stop(grace))
         # Work still running near the end of the grace period (turns) is ended while its

@@ -5,14 +5,16 @@ goes on after a restart with its team state restored."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from convergio import AsyncClient
+from convergio import AsyncClient, errors
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
 from convergio.cost.v1 import cost_pb2
@@ -259,38 +261,140 @@ async def test_a_turn_queued_when_its_server_stops_runs_on_the_next_one(
     assert turn.turn.status == pb.TURN_STATUS_ENDED
 
 
+async def promoted_but_not_started(service: Any, client: AsyncClient) -> tuple[str, str]:
+    """A conversation whose running turn a server ended, promoting the queued one, and
+    that server died before starting it: (conversation id, the promoted turn's id)."""
+    cid = await new_conversation(client)
+    creator = (await client.conversations.get_conversation(conversation_id=cid)).conversation
+
+    def turn(content: str) -> Turn:
+        return Turn(
+            tenant_id=TENANT, conversation_id=cid, id=str(uuid.uuid4()),
+            request_id=uuid.uuid4().hex, status="QUEUED", content=content,
+            options=TurnOptions(max_turns=1), user_message_id=str(uuid.uuid4()),
+            created_by=creator.created_by,
+        )  # fmt: skip
+
+    running, queued = turn("Hello"), turn("What was the ROI?")
+    assert not (await service.store.admit_turn(running, enqueue=False, max_queued=5)).busy
+    assert (await service.store.admit_turn(queued, enqueue=True, max_queued=5)).position
+    ended, promoted = await service.store.finish_turn(
+        TENANT, cid, running.id, TurnOutcome(stop_reason="COMPLETED")
+    )
+    assert ended and promoted is not None and promoted.id == queued.id
+    assert not promoted.started
+    return cid, queued.id
+
+
 async def test_a_promoted_turn_whose_server_died_before_starting_it_is_started(
     server: RunningServer, streaming: None
 ) -> None:
-    # A server ended the running turn, which promoted the queued one, and died before
-    # starting it: any server's look for unstarted turns starts it, once.
+    # Any server's look for unstarted turns starts it, once.
     service = server.server.context.components["conversations"]
-    key = await member_key(server)
-    async with AsyncClient(server.target, api_key=key) as client:
+    async with AsyncClient(server.target, api_key=await member_key(server)) as client:
         await wait_streaming(client)
-        cid = await new_conversation(client)
-        creator = (await client.conversations.get_conversation(conversation_id=cid)).conversation
-
-        def turn(content: str) -> Turn:
-            return Turn(
-                tenant_id=TENANT, conversation_id=cid, id=str(uuid.uuid4()),
-                request_id=uuid.uuid4().hex, status="QUEUED", content=content,
-                options=TurnOptions(max_turns=1), user_message_id=str(uuid.uuid4()),
-                created_by=creator.created_by,
-            )  # fmt: skip
-
-        running, queued = turn("Hello"), turn("What was the ROI?")
-        assert not (await service.store.admit_turn(running, enqueue=False, max_queued=5)).busy
-        assert (await service.store.admit_turn(queued, enqueue=True, max_queued=5)).position
-        ended, promoted = await service.store.finish_turn(
-            TENANT, cid, running.id, TurnOutcome(stop_reason="COMPLETED")
-        )
-        assert ended and promoted is not None and promoted.id == queued.id
-        assert not promoted.started
+        cid, turn_id = await promoted_but_not_started(service, client)
         started = await asyncio.gather(service.runner.sweep(), service.runner.sweep())
         assert sorted(started) == [0, 1]
         async with asyncio.timeout(20):
-            events = await collect(client.conversations.follow(cid, turn_id=queued.id))
+            events = await collect(client.conversations.follow(cid, turn_id=turn_id))
     names = kinds(events)
     assert names.count("turn_started") == 1 and names[-1] == "turn_completed", names
     assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+
+
+async def test_a_cancel_that_arrives_while_a_promoted_turn_starts_is_not_lost(
+    server: RunningServer, streaming: None
+) -> None:
+    # The cancel reaches the process that is about to start the turn before the turn runs
+    # there: it is applied as soon as the turn starts.
+    service = server.server.context.components["conversations"]
+    async with AsyncClient(server.target, api_key=await member_key(server)) as client:
+        await wait_streaming(client)
+        cid, turn_id = await promoted_but_not_started(service, client)
+        assert not service.runner.cancel_local(turn_id, "CANCELLED", "stop it")
+        assert await service.runner.sweep() == 1
+        async with asyncio.timeout(20):
+            events = await collect(client.conversations.follow(cid, turn_id=turn_id))
+    assert kinds(events).count("turn_completed") == 1
+    assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_CANCELLED
+
+
+async def test_cancelling_a_turn_promoted_a_moment_ago_ends_it_once(
+    server: RunningServer, streaming: None
+) -> None:
+    # Read as queued, promoted before the cancel acts: it is cancelled as a running turn,
+    # not marked ended behind the back of the process that runs it.
+    service = server.server.context.components["conversations"]
+    async with AsyncClient(server.target, api_key=await member_key(server)) as client:
+        await wait_streaming(client)
+        cid, turn_id = await promoted_but_not_started(service, client)
+        stop = TurnOutcome(stop_reason="CANCELLED")
+        assert not await service.store.end_queued(TENANT, cid, turn_id, stop)  # not queued now
+        turn = await client.conversations.cancel_turn(conversation_id=cid, turn_id=turn_id)
+        assert turn.turn.stop_reason == events_pb2.STOP_REASON_CANCELLED
+        async with asyncio.timeout(20):
+            events = await collect(client.conversations.follow(cid, turn_id=turn_id))
+    names = kinds(events)
+    assert names.count("turn_completed") == 1 and names[-1] == "turn_completed", names
+    assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_CANCELLED
+
+
+async def test_a_forced_delete_stops_a_turn_promoted_a_moment_ago(
+    server: RunningServer, streaming: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = server.server.context.components["conversations"]
+    async with AsyncClient(server.target, api_key=await member_key(server)) as client:
+        await wait_streaming(client)
+        cid, turn_id = await promoted_but_not_started(service, client)
+        with caplog.at_level(logging.WARNING, logger="convergio_server"):
+            await client.conversations.delete_conversation(conversation_id=cid, force=True)
+            with pytest.raises(errors.NotFound):
+                await client.conversations.get_conversation(conversation_id=cid)
+            await asyncio.sleep(0.5)  # what the ended turn still had to write
+    assert turn_id not in service.runner.local
+    # Its end was not retried against a conversation that is gone.
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+
+
+async def test_a_stopping_server_leaves_the_queued_turn_to_the_next_one(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
+) -> None:
+    # The running turn ends well within the grace period; the long turn queued behind it
+    # does not start on the stopping server (it would be cut off there with an error).
+    settings = server_settings(
+        tmp_path / "draining", pg_dsn, redis_url, redis_prefix, offline_tokens_per_second=60.0
+    )
+    async with running_server(settings) as first:
+        key = await member_key(first)
+        async with AsyncClient(first.target, api_key=key) as client:
+            cid = await new_conversation(client, team=pb.Team(preset="core"))
+            running = client.conversations.send(
+                conversation_id=cid, content=FINANCE_QUESTION, max_turns=1
+            )
+            await running.__anext__()
+            queued = client.conversations.send(
+                conversation_id=cid,
+                content=LONG,
+                max_turns=6,
+                if_busy=pb.BUSY_POLICY_ENQUEUE,
+            )
+            waiting = await queued.__anext__()
+            assert waiting.HasField("turn_queued")
+            stopping = asyncio.ensure_future(first.server.stop(5.0))
+            ended = await collect(running)
+            queued.cancel()
+            await stopping
+    assert ended[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+    settings = server_settings(tmp_path / "after", pg_dsn, redis_url, redis_prefix)
+    async with running_server(settings) as second:
+        async with AsyncClient(second.target, api_key=key) as client:
+            async with asyncio.timeout(30):
+                events = await collect(client.conversations.follow(cid, turn_id=waiting.turn_id))
+    names = kinds(events)
+    assert names.count("turn_started") == 1 and names[-1] == "turn_completed", names
+    assert "error" not in names
+    assert events[-1].turn_completed.stop_reason in (
+        events_pb2.STOP_REASON_COMPLETED,
+        events_pb2.STOP_REASON_MAX_TURNS,
+    )

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from autogen_core.models import UserMessage
 from convergio_server.domain.costs.breaker import TENANT
@@ -66,8 +67,8 @@ async def test_cost_commands(
     assert [b["scope"] for b in listed][:1] == ["BUDGET_SCOPE_TENANT"]
     shown = await cli("budget", "get", "user", "ops")
     assert "yes" in shown  # inherited: no budget of its own
-    refused = await cli("budget", "set", "tenant", "--daily", "-5", ok=False)
-    assert "budget.daily_limit_usd" in refused
+    refused = await cli("budget", "delete", "user", "nobody", ok=False)
+    assert "budget" in refused and "Traceback" not in refused
 
     ledger = await cli("ledger")
     assert "gpt-4o-mini" in ledger and "agent_reply" in ledger and "table" in ledger
@@ -104,6 +105,29 @@ async def test_bad_option_values_are_argparse_errors(
     assert "convergio cost ledger: error: argument --since: 'yesterday' is not an ISO-8601" in err
     err = await refused("ledger", "--until", "2026-13-01")
     assert "argument --until: '2026-13-01' is not an ISO-8601 time" in err
+    # In range as written, out of a Timestamp's range (years 1-9999) once in UTC.
+    err = await refused("ledger", "--until", "0001-01-01T00:00:00+01:00")
+    assert "argument --until: '0001-01-01T00:00:00+01:00' is out of range" in err
+    err = await refused("ledger", "--since", "9999-12-31T23:59:59-01:00")
+    assert "argument --since: '9999-12-31T23:59:59-01:00' is out of range" in err
+    for alerts in ("90,50", "50,50"):
+        err = await refused("budget", "set", "tenant", "--alerts", alerts)
+        assert f"argument --alerts: '{alerts}' is not ascending without repeats" in err
+    amounts = [
+        ("--daily", "1_000"),
+        ("--monthly", "\uff11\uff10"),  # full-width digits: Decimal() would take them
+        ("--total", "1e3"),
+        ("--per-turn", "-5"),
+        ("--daily", "1000000.01"),
+        ("--daily", "NaN"),
+    ]
+    for option, amount in amounts:
+        err = await refused("budget", "set", "user", "carol", option, amount)
+        assert f"argument {option}: {amount!r} is not an amount" in err
+    for command, limit in [("ledger", "-1"), ("ledger", "0"), ("summary", "-1"),
+                           ("summary", "5000")]:  # fmt: skip
+        err = await refused(command, "--limit", limit)
+        assert f"argument --limit: {limit!r} is not a whole number from 1 to 1000" in err
 
     # Nothing was sent: carol still has no budget of her own.
     shown = await asyncio.to_thread(run, "budget", "get", "user", "carol", "--json")
@@ -117,3 +141,43 @@ async def test_bad_option_values_are_argparse_errors(
     assert json.loads(done.stdout)["budget"]["alert_thresholds_percent"] == [50, 90]
     done = await asyncio.to_thread(run, "ledger", "--since", "2026-01-01", "--until", "")
     assert done.returncode == 0, done.stderr
+    done = await asyncio.to_thread(
+        run, "ledger", "--since", "0001-01-01T00:00:00Z", "--until", "9999-12-31T23:59:59Z"
+    )
+    assert done.returncode == 0, done.stderr
+    done = await asyncio.to_thread(run, "summary", "--limit", "1000", "--by", "user")
+    assert done.returncode == 0, done.stderr
+
+
+async def test_json_output_is_one_object_with_every_field(
+    server: RunningServer, key_for: Callable[..., Awaitable[str]], tmp_path: Path
+) -> None:
+    key = await key_for("operator", "ops")
+    run = cost_cli(server, key, tmp_path)
+
+    async def as_json(*args: str) -> Any:
+        done = await asyncio.to_thread(run, *args, "--json")
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return json.loads(done.stdout)
+
+    set_ = await as_json("budget", "set", "user", "zed", "--daily", "0.05")
+    assert set_["budget"]["daily_limit_usd"] == "0.050000"
+    deleted = await as_json("budget", "delete", "user", "zed")
+    assert deleted == {"deleted": True, "scope": "user", "subject": "zed"}
+
+    breaker = await as_json("breaker", "get")
+    assert breaker["circuit_breaker"]["consecutive_failures"] == 0
+    listed = await as_json("breaker", "get", "--list")
+    assert isinstance(listed["circuit_breakers"], list)
+    reset = await as_json("breaker", "reset", "--reason", "test")
+    assert set(reset["circuit_breaker"]) == set(breaker["circuit_breaker"])
+
+    # Zeros and empty values are printed, not dropped: a fresh tenant has used nothing.
+    limits = await as_json("limits")
+    for status in limits["limits"]:
+        assert status["used"] == "0" and status["remaining"] == status["limit"], status
+    summary = await as_json("summary", "--by", "agent")
+    assert summary["groups"] == [] and summary["groups_truncated"] is False
+    assert summary["today"]["usage"]["model_calls"] == "0"  # int64: a JSON string
+    ledger = await as_json("ledger")
+    assert ledger == {"entries": [], "next_page_token": ""}

@@ -71,8 +71,11 @@ async def test_add_list_search_delete(cli_env: dict[str, str], tmp_path: Path, p
     assert deleted.returncode == 0 and "deleted oncall.txt" in deleted.stdout
     missing = await run("--tenant", tenant, "delete", "oncall.txt")
     assert missing.returncode == 1 and "'oncall.txt' is not in the knowledge base" in missing.stderr
-    nobody = await run("--tenant", "no-such-tenant", "add", "refunds.md")
-    assert nobody.returncode == 1 and "tenant 'no-such-tenant' does not exist" in nobody.stderr
+    # An unknown tenant is reported as such, not shown as an empty knowledge base.
+    for action in (["add", "refunds.md"], ["list"], ["search", "refund"], ["delete", "x"]):
+        nobody = await run("--tenant", "no-such-tenant", "--json", *action)
+        assert nobody.returncode == 1, (action, nobody.stdout, nobody.stderr)
+        assert "tenant 'no-such-tenant' does not exist" in nobody.stderr and not nobody.stdout
     bad = await run("--tenant", tenant, "search", "   ")
     assert bad.returncode == 1 and "query" in bad.stderr
 
@@ -143,6 +146,10 @@ async def test_list_limits_and_tenant(cli_env: dict[str, str], tmp_path: Path, p
     for limit in ("0", "-1"):
         refused = await asyncio.to_thread(run, "--tenant", tenant, "list", "--limit", limit)
         assert refused.returncode == 2 and "--limit" in refused.stderr
+    for limit in ("0", "-1", "51"):
+        refused = await asyncio.to_thread(run, "--tenant", tenant, "search", "x", "--limit", limit)
+        assert refused.returncode == 2
+        assert f"argument --limit: {limit!r} is not a whole number from 1 to 50" in refused.stderr
     for args in (["--tenant", "Bad!", "list"], ["--tenant", "Bad!", "delete", "x"]):
         bad = await asyncio.to_thread(run, *args)
         assert bad.returncode == 1 and "tenant:" in bad.stderr, bad.stderr

@@ -38,6 +38,9 @@ class ServiceContext:
     # with their Error and TurnCompleted on their streams), before gRPC cancels those calls
     # at the end of the grace period.
     stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Told at once when the server begins to stop (before the grace period): work that must
+    # not begin any more (a queued turn) is left to other processes.
+    drainers: list[Callable[[], None]] = field(default_factory=list)
     # Async start-up work (loading caches, importing files), run in order before the server
     # accepts calls.
     starters: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -47,6 +50,10 @@ class ServiceContext:
     def __post_init__(self) -> None:
         self.idempotency = PgIdempotencyStore(self.infra.pool)
         self.redis_keys = Keys(self.settings.redis_prefix)
+
+    def drain(self) -> None:
+        for drainer in self.drainers:
+            drainer()
 
     async def stop_work(self) -> None:
         for stopper in reversed(self.stoppers):

@@ -146,7 +146,14 @@ def iso_time(*, offset_required: bool = False) -> Callable[[str], datetime | Non
                     f"{text!r} has no UTC offset; give one, e.g. 2026-03-01T09:00:00Z"
                 )
             moment = moment.replace(tzinfo=UTC)
-        return moment
+        try:
+            # In UTC the time fits a protobuf Timestamp (years 1-9999); an offset can push
+            # it out of that range (0001-01-01T00:00:00+01:00), which datetime refuses here.
+            return moment.astimezone(UTC)
+        except OverflowError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is out of range: in UTC it must be from 0001-01-01 to 9999-12-31"
+            ) from None
 
     return parse
 
@@ -162,12 +169,15 @@ def comma_list(text: str) -> list[str]:
     return items
 
 
-def int_list(low: int, high: int, example: str) -> Callable[[str], list[int]]:
-    """An argparse `type=` for comma-separated whole numbers from `low` to `high`."""
+def int_list(
+    low: int, high: int, example: str, *, ascending: bool = False
+) -> Callable[[str], list[int]]:
+    """An argparse `type=` for comma-separated whole numbers from `low` to `high`; with
+    `ascending`, each larger than the one before."""
     what = f"whole numbers from {low} to {high}, comma-separated, e.g. {example}"
 
     def parse(text: str) -> list[int]:
-        values = []
+        values: list[int] = []
         for item in comma_list(text):
             # Not int(): it would also take "1_0" and other spellings nobody means.
             if not re.fullmatch(r"[0-9]+", item):
@@ -175,8 +185,25 @@ def int_list(low: int, high: int, example: str) -> Callable[[str], list[int]]:
             value = int(item)
             if not low <= value <= high:
                 raise argparse.ArgumentTypeError(f"{value} is out of range; use {what}")
+            if ascending and values and value <= values[-1]:
+                raise argparse.ArgumentTypeError(
+                    f"{text!r} is not ascending without repeats; use {what}"
+                )
             values.append(value)
         return values
+
+    return parse
+
+
+def int_range(low: int, high: int) -> Callable[[str], int]:
+    """An argparse `type=` for one whole number from `low` to `high`: checked here rather
+    than sent, so that a typo is an argparse error naming the option."""
+
+    def parse(text: str) -> int:
+        # Not int(): it would also take "1_0", " 5" and other digits than ASCII.
+        if not re.fullmatch(r"[0-9]+", text) or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low} to {high}")
+        return int(text)
 
     return parse
 
@@ -216,5 +243,8 @@ async def every_page(
 
 
 def as_dict(message: Any) -> dict[str, Any]:
-    """A message as JSON-ready data, with the proto's field names."""
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    """A message as JSON-ready data, with the proto's field names. Fields at their default
+    (0, "", false, []) are kept: a script reads `remaining: 0` rather than a missing key."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )

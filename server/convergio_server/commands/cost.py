@@ -19,10 +19,12 @@ from convergio_server.commands import (
     enum_name,
     every_page,
     int_list,
+    int_range,
     iso_time,
     print_table,
     time_text,
 )
+from convergio_server.domain.costs.money import MAX_LIMIT_USD, parse_amount
 
 _GROUPS = {
     "agent": cost_pb2.COST_GROUP_BY_AGENT,
@@ -42,9 +44,24 @@ _BREAKER_SCOPES = {
 }
 
 
-def _dump(message: Any) -> None:
-    data = as_dict(message)
+def _usd(text: str) -> str:
+    """An argparse `type=` for a USD limit (the server's rule: plain ASCII digits, at most
+    nine decimals); "" is no limit."""
+    text = text.strip()
+    amount = parse_amount(text) if text else None
+    if text and (amount is None or amount > MAX_LIMIT_USD):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an amount from 0 to {MAX_LIMIT_USD} USD, e.g. 12 or 0.05"
+        )
+    return text
+
+
+def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _dump(message: Any) -> None:
+    _print_json(as_dict(message))
 
 
 def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -163,7 +180,7 @@ async def _budget_list(args: argparse.Namespace) -> int:
             page_size=1000,
         )
     if args.json:
-        print(json.dumps([as_dict(b) for b in budgets], indent=2, sort_keys=True))
+        _print_json([as_dict(b) for b in budgets])
     else:
         print_table([_budget_row(b) for b in budgets], _BUDGET_COLUMNS)
     return 0
@@ -191,7 +208,10 @@ async def _budget_set(args: argparse.Namespace) -> int:
 async def _budget_delete(args: argparse.Namespace) -> int:
     async with client_from_args(args) as client:
         await client.costs.delete_budget(scope=_SCOPES[args.scope], subject=args.subject)
-    print(f"deleted the {args.scope} budget {args.subject or '(default)'}".rstrip())
+    if args.json:
+        _print_json({"deleted": True, "scope": args.scope, "subject": args.subject})
+    else:
+        print(f"deleted the {args.scope} budget {args.subject or '(default)'}".rstrip())
     return 0
 
 
@@ -217,8 +237,13 @@ _BREAKER_COLUMNS = ("scope", "provider", "state", "failures", "spikes", "probes_
 async def _breaker_get(args: argparse.Namespace) -> int:
     async with client_from_args(args) as client:
         if args.list:
-            page = await client.costs.list_circuit_breakers(page_size=1000)
-            breakers = list(page.circuit_breakers)
+            breakers, _ = await every_page(
+                lambda size, token: client.costs.list_circuit_breakers(
+                    page_size=size, page_token=token
+                ),
+                "circuit_breakers",
+                page_size=1000,
+            )
         else:
             scope = "provider" if args.provider else "tenant"
             result = await client.costs.get_circuit_breaker(
@@ -226,7 +251,11 @@ async def _breaker_get(args: argparse.Namespace) -> int:
             )
             breakers = [result.circuit_breaker]
     if args.json:
-        print(json.dumps([as_dict(b) for b in breakers], indent=2, sort_keys=True))
+        # An object, as from `breaker reset` and `budget get`.
+        if args.list:
+            _print_json({"circuit_breakers": [as_dict(b) for b in breakers]})
+        else:
+            _print_json({"circuit_breaker": as_dict(breakers[0])})
     else:
         print_table([_breaker_row(b) for b in breakers], _BREAKER_COLUMNS)
     return 0
@@ -287,7 +316,9 @@ def register(subparsers: Any) -> None:
     summary.add_argument("--by", choices=sorted(_GROUPS), help="group by agent/model/user/...")
     summary.add_argument("--user", help="only this user (operators)")
     summary.add_argument("--conversation", help="only this conversation id")
-    summary.add_argument("--limit", type=int, default=0, help="most groups (default 100)")
+    summary.add_argument(
+        "--limit", type=int_range(1, 1000), default=100, help="most groups, 1-1000 (default 100)"
+    )
 
     ledger = command(sub, "ledger", _ledger, "model calls as billed, newest first")
     ledger.add_argument("--conversation", help="only this conversation id")
@@ -298,7 +329,9 @@ def register(subparsers: Any) -> None:
         help="ISO-8601 start, e.g. 2026-11-01T00:00:00Z (UTC if no offset)",
     )
     ledger.add_argument("--until", type=iso_time(), help="ISO-8601 end (exclusive)")
-    ledger.add_argument("--limit", type=int, default=50, help="entries per page (default 50)")
+    ledger.add_argument(
+        "--limit", type=int_range(1, 1000), default=50, help="entries per page, 1-1000 (default 50)"
+    )
     ledger.add_argument("--page-token", help="next page, as printed by the previous call")
 
     budget = sub.add_parser("budget", help="budgets: get, set, list, delete")
@@ -311,13 +344,13 @@ def register(subparsers: Any) -> None:
     setter = command(budget_sub, "set", _budget_set, "set the limits of a budget (operators)")
     setter.add_argument("scope", choices=sorted(_SCOPES))
     setter.add_argument("subject", nargs="?", default="", help="empty = the scope's default")
-    setter.add_argument("--daily", help="USD per UTC day, e.g. 50.00")
-    setter.add_argument("--monthly", help="USD per UTC month")
-    setter.add_argument("--total", help="USD over the subject's life")
-    setter.add_argument("--per-turn", help="USD per turn")
+    setter.add_argument("--daily", type=_usd, help="USD per UTC day, e.g. 50.00")
+    setter.add_argument("--monthly", type=_usd, help="USD per UTC month")
+    setter.add_argument("--total", type=_usd, help="USD over the subject's life")
+    setter.add_argument("--per-turn", type=_usd, help="USD per turn")
     setter.add_argument(
         "--alerts",
-        type=int_list(1, 99, "70,85"),
+        type=int_list(1, 99, "70,85", ascending=True),
         help="alert thresholds in percent, ascending, e.g. 70,85 (default 70,85)",
     )
     setter.add_argument("--request-id", help="idempotency key")

@@ -18,13 +18,16 @@ from convergio_server.commands import (
     EXIT_UNAVAILABLE,
     DatabaseUnavailable,
     add_store_args,
+    int_range,
     open_database,
     print_table,
 )
 from convergio_server.config import load_settings
+from convergio_server.domain.auth import validate_tenant_id
 from convergio_server.domain.errors import DomainError, NotFound
 from convergio_server.domain.knowledge import (
     MAX_LIST_PAGE,
+    MAX_RESULTS,
     Document,
     KnowledgeBase,
     prepare_document,
@@ -89,7 +92,12 @@ def register(subparsers: Any) -> None:
         "search", help="full-text search, best matches first", parents=[common]
     )
     search.add_argument("query", help="words to look for")
-    search.add_argument("--limit", type=int, default=5, help="most results (1-50)")
+    search.add_argument(
+        "--limit",
+        type=int_range(1, MAX_RESULTS),
+        default=5,
+        help=f"most results, 1-{MAX_RESULTS} (default 5)",
+    )
     delete = actions.add_parser(
         "delete",
         help="delete documents by id",
@@ -137,6 +145,7 @@ async def _kb(args: argparse.Namespace) -> int:
             return EXIT_FAILED
     try:
         async with open_database(settings) as (pool, _):
+            await _check_tenant(pool, tenant)
             kb = KnowledgeBase(PgKnowledgeStore(pool))
             return await _run(args, kb, tenant, documents)
     except DatabaseUnavailable as exc:
@@ -145,6 +154,15 @@ async def _kb(args: argparse.Namespace) -> int:
     except DomainError as exc:
         print(f"convergio: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+async def _check_tenant(pool: Any, tenant: str) -> None:
+    """NotFound for a tenant that does not exist: otherwise `list` and `search` would show
+    an empty knowledge base and `delete` blame the documents, for a mistyped --tenant."""
+    from convergio_server.storage.keys import PgKeyStore
+
+    if not await PgKeyStore(pool).tenant_exists(validate_tenant_id(tenant)):
+        raise NotFound(f"tenant {tenant!r} does not exist")
 
 
 def _prepare(args: argparse.Namespace, documents: list[Document]) -> list[str]:

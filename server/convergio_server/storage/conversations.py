@@ -225,12 +225,44 @@ class PgConversationStore:
         )
         return [_conversation(row) for row in rows]
 
-    async def delete(self, tenant_id: str, conversation_id: str) -> bool:
+    async def delete(
+        self, tenant_id: str, conversation_id: str, *, idle_only: bool = False
+    ) -> bool:
+        idle = (
+            " AND NOT EXISTS (SELECT 1 FROM turns t WHERE t.tenant_id = c.tenant_id"
+            " AND t.conversation_id = c.id AND t.status <> 'ENDED')"
+        )
         result = await self.pool.execute(
-            "DELETE FROM conversations WHERE tenant_id = $1 AND id = $2",
+            "DELETE FROM conversations c WHERE tenant_id = $1 AND id = $2"
+            + (idle if idle_only else ""),
             tenant_id,
             conversation_id,
         )
+        return bool(result.endswith(" 1"))
+
+    async def end_queued(
+        self, tenant_id: str, conversation_id: str, turn_id: str, outcome: TurnOutcome
+    ) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # The conversation first, as the end of the running turn does before it promotes
+            # the next one: one of the two waits for the other, and this one then finds the
+            # turn promoted (or the promotion finds it ended).
+            await conn.execute(
+                "SELECT 1 FROM conversations WHERE tenant_id = $1 AND id = $2 "
+                "FOR NO KEY UPDATE",
+                tenant_id,
+                conversation_id,
+            )
+            result = await conn.execute(
+                "UPDATE turns SET status = 'ENDED', stop_reason = $4, stop_detail = $5, "
+                "end_time = now() WHERE tenant_id = $1 AND conversation_id = $2 AND id = $3 "
+                "AND status = 'QUEUED'",
+                tenant_id,
+                conversation_id,
+                turn_id,
+                outcome.stop_reason,
+                outcome.stop_detail,
+            )
         return bool(result.endswith(" 1"))
 
     async def admit_turn(self, turn: Turn, *, enqueue: bool, max_queued: int) -> Admitted:

@@ -14,6 +14,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from convergio_server.domain.errors import NotFound
 from convergio_server.domain.events.model import Event, body_dict, body_from_dict
 from convergio_server.storage.redis import Keys
 from convergio_server.storage.redis_pipe import PipelinedRedis
@@ -249,6 +250,14 @@ class PgDurableEvents:
         await self.insert_many([(tenant_id, event)])
 
     async def insert_many(self, rows: list[tuple[str, Event]]) -> None:
+        try:
+            await self._insert_many(rows)
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound(
+                "the conversation of these events was deleted", reason="CONVERSATION_DELETED"
+            ) from None
+
+    async def _insert_many(self, rows: list[tuple[str, Event]]) -> None:
         # One statement whatever the number of rows (executemany costs a round of the
         # protocol per row).
         await self.pool.execute(

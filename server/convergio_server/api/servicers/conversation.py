@@ -391,6 +391,7 @@ def build(ctx: ServiceContext) -> ConversationServicer:
     ctx.closers.append(close)
     ctx.stoppers.append(runner.close)
     ctx.starters.append(runner.start_sweeping)
+    ctx.drainers.append(runner.drain)
     return ConversationServicer(ctx, service, cancels)
 
 

@@ -88,6 +88,9 @@ HOLD_SECONDS = 0.05
 END_RETRY_SECONDS = 120.0
 # Promoted turns that no server started, started per look (`TurnRunner.sweep`).
 SWEEP_BATCH = 50
+# A cancel that arrives while its turn is being started here is applied when it starts.
+EARLY_CANCEL_SECONDS = 5.0
+MAX_EARLY_CANCELS = 10_000
 
 _END = object()
 _CANCEL = object()
@@ -957,6 +960,8 @@ class TurnRunner:
         self.local: dict[str, TurnExecution] = {}
         self._renewer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # Cancels of turns that were not running here when asked: (reason, detail, until).
+        self._early_cancels: dict[str, tuple[str, str, float]] = {}
         self.stopping = False  # shutting down: promoted turns are left to other servers
 
     def _watch_leases(self) -> None:
@@ -1037,6 +1042,9 @@ class TurnRunner:
             self.local.pop(turn.id, None)
             execution.discard()
             raise
+        early = self._early_cancels.pop(turn.id, None)
+        if early is not None and early[2] >= time.monotonic():
+            execution.cancel(early[0], early[1])
         self._watch_leases()
         try:
             return await asyncio.shield(execution.first_logged)
@@ -1102,15 +1110,30 @@ class TurnRunner:
             self._sweeper = asyncio.create_task(self._sweep_now_and_then(), name="turn-sweeper")
 
     def cancel_local(self, turn_id: str, reason: str, detail: str) -> bool:
+        """Cancel a turn of this process; whether it runs here. A turn that is not running
+        here yet may be about to (promoted from the queue, between its claim and its start):
+        the request is kept a few seconds and applied if it starts."""
         execution = self.local.get(turn_id)
         if execution is None:
+            now = time.monotonic()
+            for stale in [t for t, (_, _, until) in self._early_cancels.items() if until < now]:
+                del self._early_cancels[stale]
+            if len(self._early_cancels) < MAX_EARLY_CANCELS:
+                self._early_cancels[turn_id] = (reason, detail, now + EARLY_CANCEL_SECONDS)
             return False
         execution.cancel(reason, detail)
         return True
 
+    def drain(self) -> None:
+        """The server begins to stop: its turns run on through the grace period, but the
+        turns queued behind them are left to other processes (or the next start)."""
+        self.stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
     async def close(self) -> None:
         """Stop every local turn (the server is shutting down): they end with ERROR."""
-        self.stopping = True
+        self.drain()
         if self._sweeper is not None:
             await cancel_and_wait([self._sweeper])
         executions = list(self.local.values())

@@ -71,6 +71,7 @@ MAX_LABELS = 64
 MAX_TEAM = 20
 MAX_TURNS_LIMIT = 50
 MAX_TURN_TIMEOUT_SECONDS = 3600.0
+DELETE_ATTEMPTS = 5
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}\Z")
 
 
@@ -320,24 +321,35 @@ class ConversationService:
         return updated
 
     async def delete(self, principal: Principal, conversation_id: str, force: bool) -> None:
-        conversation = await self.get(principal, conversation_id)
-        if conversation.active_turn_id or conversation.queued_turn_count:
-            if not force:
-                raise FailedPrecondition(
-                    "a turn is running or queued; cancel it first or delete with force",
-                    metadata={"conversation_id": conversation_id},
-                )
-            for turn in await self.store.list_turns(
-                principal.tenant_id, conversation_id, status=QUEUED, after=None, limit=100
-            ):
-                await self._end_queued(principal, turn, CANCELLED, "conversation deleted")
-            if conversation.active_turn_id:
-                await self.cancel(
-                    principal, conversation_id, conversation.active_turn_id, "conversation deleted"
-                )
-        if not await self.store.delete(principal.tenant_id, conversation_id):
-            raise _no_conversation(conversation_id)
-        await self.events.live.delete(principal.tenant_id, conversation_id)
+        for _ in range(DELETE_ATTEMPTS):
+            conversation = await self.get(principal, conversation_id)
+            if conversation.active_turn_id or conversation.queued_turn_count:
+                if not force:
+                    raise FailedPrecondition(
+                        "a turn is running or queued; cancel it first or delete with force",
+                        metadata={"conversation_id": conversation_id},
+                    )
+                await self._stop_turns(principal, conversation)
+            # Only while no turn runs or waits: the end of a turn may have promoted a queued
+            # one since (it is then stopped on the next round).
+            if await self.store.delete(principal.tenant_id, conversation_id, idle_only=True):
+                await self.events.live.delete(principal.tenant_id, conversation_id)
+                return
+        raise FailedPrecondition(
+            "turns kept starting while the conversation was being deleted; retry",
+            metadata={"conversation_id": conversation_id},
+        )
+
+    async def _stop_turns(self, principal: Principal, conversation: Conversation) -> None:
+        for turn in await self.store.list_turns(
+            principal.tenant_id, conversation.id, status=QUEUED, after=None, limit=100
+        ):
+            if not await self._end_queued(principal, turn, CANCELLED, "conversation deleted"):
+                await self.cancel(principal, conversation.id, turn.id, "conversation deleted")
+        if conversation.active_turn_id:
+            await self.cancel(
+                principal, conversation.id, conversation.active_turn_id, "conversation deleted"
+            )
 
     # ------------------------------------------------------------------------ turns
 
@@ -630,12 +642,13 @@ class ConversationService:
         if turn.status == ENDED:
             return turn
         detail = reason or ("the client disconnected" if stop_reason == DISCONNECTED else "")
-        if turn.status == QUEUED:
-            await self._end_queued(principal, turn, stop_reason, detail)
+        if turn.status == QUEUED and await self._end_queued(principal, turn, stop_reason, detail):
             return await self.get_turn(principal, conversation_id, turn_id)
+        # Running, or promoted from the queue a moment ago (and maybe not started yet: the
+        # process starting it applies the cancel when it does).
         if not self.runner.cancel_local(turn_id, stop_reason, detail):
             holder = await self.leases.holder(principal.tenant_id, conversation_id)
-            if holder is None or not holder.endswith(turn_id):
+            if holder is None:
                 await self._reap_orphans(principal, conversation)
                 # (a promoted turn that nobody had started may have started here meanwhile)
                 self.runner.cancel_local(turn_id, stop_reason, detail)
@@ -651,8 +664,9 @@ class ConversationService:
             await asyncio.sleep(0.02)
         return turn
 
-    async def _end_queued(self, principal: Principal, turn: Turn, stop: str, detail: str) -> None:
-        ended, _ = await self.store.finish_turn(
+    async def _end_queued(self, principal: Principal, turn: Turn, stop: str, detail: str) -> bool:
+        """End a turn that is still queued; False if it is not (promoted meanwhile)."""
+        ended = await self.store.end_queued(
             principal.tenant_id,
             turn.conversation_id,
             turn.id,
@@ -673,6 +687,7 @@ class ConversationService:
                     duration=0.0,
                 ),
             )
+        return ended
 
     async def _reap_orphans(self, principal: Principal, conversation: Conversation) -> bool:
         """End the running turn of a process that died (its lease expired) with an Error

@@ -53,7 +53,17 @@ class ConversationStore(Protocol):
         """Set the fields given (None = unchanged); None if there is no such conversation."""
         ...
 
-    async def delete(self, tenant_id: str, conversation_id: str) -> bool: ...
+    async def delete(
+        self, tenant_id: str, conversation_id: str, *, idle_only: bool = False
+    ) -> bool:
+        """Whether it was deleted; with `idle_only`, not while a turn runs or waits."""
+        ...
+
+    async def end_queued(
+        self, tenant_id: str, conversation_id: str, turn_id: str, outcome: TurnOutcome
+    ) -> bool:
+        """End a turn that is still QUEUED (a promoted one is left alone): whether it did."""
+        ...
 
     async def admit_turn(self, turn: Turn, *, enqueue: bool, max_queued: int) -> Admitted:
         """Insert the turn RUNNING (conversation idle; its message enters the transcript) or

@@ -17,17 +17,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
 from convergio_server.domain.background import cancel_and_wait
+from convergio_server.domain.errors import NotFound
 from convergio_server.domain.events.model import Event, EventBody, decode, encode
 
 log = logging.getLogger(__name__)
 
 _PAGE = 1000
+# How long appended events whose durable write failed (PostgreSQL down) are retried.
+DURABLE_RETRY_SECONDS = 120.0
 _LOCAL_POLL_SECONDS = 1.0
 # How long a subscription made for a turn about to start here waits for it before it reads
 # Redis instead (the turn was queued, or runs elsewhere).
@@ -89,7 +93,9 @@ class DurableEvents(Protocol):
 
     async def insert(self, tenant_id: str, event: Event) -> None: ...
 
-    async def insert_many(self, rows: list[tuple[str, Event]]) -> None: ...
+    async def insert_many(self, rows: list[tuple[str, Event]]) -> None:
+        """Raises NotFound when the events' conversation no longer exists."""
+        ...
 
     async def range(
         self, tenant_id: str, conversation_id: str, after: int, before: int | None, limit: int
@@ -239,6 +245,9 @@ class _DurableWriter:
     async def _write_one(self, tenant_id: str, event: Event, done: asyncio.Future[None]) -> None:
         try:
             await self.durable.insert_many([(tenant_id, event)])
+        except NotFound:
+            # Its conversation was deleted (a turn ending while it was): nothing to keep.
+            log.info("event %d of deleted %s dropped", event.sequence, event.conversation_id)
         except Exception as exc:
             log.warning(
                 "could not store event %d of %s: %s", event.sequence, event.conversation_id, exc
@@ -367,12 +376,43 @@ class EventLog:
             if terminal is not None:
                 # Before this process's subscribers see the turn end, so that a client
                 # holding its TurnCompleted can replay the whole turn from PostgreSQL.
-                await terminal
+                await self._stored(tenant_id, terminal, events)
         finally:
             if channel is not None:
                 for queue in channel.subscribers:
                     queue.deliver(events)
         return events
+
+    async def _stored(
+        self, tenant_id: str, written: asyncio.Future[None], events: list[Event]
+    ) -> None:
+        """Wait for the durable write of appended events. They are in Redis already: a
+        failed write is retried here, never by appending them again (that would log them
+        twice, under new sequences), and given up after DURABLE_RETRY_SECONDS."""
+        try:
+            await written
+            return
+        except Exception as exc:
+            failure: Exception = exc
+        rows = [(tenant_id, e) for e in events if e.body.DURABLE]
+        delay, deadline = 0.1, time.monotonic() + DURABLE_RETRY_SECONDS
+        while time.monotonic() < deadline:
+            log.warning(
+                "events of %s not stored yet, retrying: %s", events[0].conversation_id, failure
+            )
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+            try:
+                await self.durable.insert_many(rows)  # (a row stored already is skipped)
+                return
+            except NotFound:
+                return
+            except Exception as exc:
+                failure = exc
+        log.error(
+            "events %d-%d of %s could not be stored in PostgreSQL: %s",
+            events[0].sequence, events[-1].sequence, events[0].conversation_id, failure,
+        )  # fmt: skip
 
     def readers_behind(self, tenant_id: str, conversation_id: str) -> bool:
         """Whether a reader of the conversation in this process has events waiting behind
