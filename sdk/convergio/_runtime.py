@@ -38,7 +38,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
-from convergio.errors import ConvergioError, from_rpc_error
+from convergio.errors import Cancelled, ConvergioError, from_rpc_error
 
 __all__ = [
     "AsyncInvoker",
@@ -170,6 +170,11 @@ def build_request(cls: type[M], request: M | None, fields: dict[str, object], /)
     return request
 
 
+def closed_error() -> ConvergioError:
+    """What a call on a closed client, or a stream whose client was closed, raises."""
+    return Cancelled("the client is closed; open a new one", reason="CLIENT_CLOSED")
+
+
 def with_request_id(request: M) -> M:
     """The request with an idempotency key: one is generated when the message
     has a `request_id` string field and it is empty. Generated once per
@@ -243,6 +248,7 @@ class _Base:
         # Per channel (by position among the invoker's channels), method and kind.
         self._callables: dict[tuple[int, str, bool], Any] = {}
         self._calls = itertools.count()  # numbers the calls, to take the channels in turn
+        self.closed = False
 
     _channels: list[Any]  # the invoker's channels (an async invoker opens each on first use)
 
@@ -252,12 +258,17 @@ class _Base:
     def _pick(self, method: Method[Any, Any], stream: bool) -> Any:
         """The callable of `method` on the next channel in turn (thread-safe:
         itertools.count is atomic)."""
+        if self.closed:
+            # grpc's own answers to a call on a closed channel are a ValueError, a UsageError,
+            # or, for a method not called before, a crash of the process.
+            raise closed_error()
         slot = next(self._calls) % len(self._channels)
         return self._callable(self._channel_at(slot), method, stream, slot)
 
     def _metadata(self, metadata: Metadata | None) -> list[tuple[str, str]]:
-        caller = list(metadata or ())
-        keys = {key.lower() for key, _ in caller}
+        # gRPC takes lower-case keys only ("Authorization" fails the call as INTERNAL).
+        caller = [(key.lower(), value) for key, value in metadata or ()]
+        keys = {key for key, _ in caller}
         out: list[tuple[str, str]] = []
         if self.api_key and "authorization" not in keys:
             out.append(("authorization", f"Bearer {self.api_key}"))
@@ -347,6 +358,7 @@ class AsyncInvoker(_Base):
         return AsyncStream(self, method, with_request_id(request), timeout, metadata)
 
     async def close(self) -> None:
+        self.closed = True
         for channel in self._channels:
             if channel is not None:
                 await channel.close()
@@ -409,6 +421,7 @@ class Invoker(_Base):
         return Stream(self, method, with_request_id(request), timeout, metadata)
 
     def close(self) -> None:
+        self.closed = True
         for channel in self._channels:
             channel.close()
 
@@ -553,6 +566,10 @@ class AsyncStream(_StreamState[RespT], AsyncCancelOnExit, AsyncIterator[RespT]):
                 # grpc.aio raises this when the call itself was cancelled.
                 if self._cancelled:
                     raise StopAsyncIteration from None
+                if self._async_invoker.closed:
+                    # Not a cancellation of the reading task: said as the sync client does.
+                    self._done = True
+                    raise closed_error() from None
                 raise
             if message is grpc.aio.EOF:
                 self._done = True

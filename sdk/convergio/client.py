@@ -16,7 +16,7 @@ import grpc
 import grpc.aio
 from google.protobuf import wrappers_pb2
 
-from convergio import _runtime
+from convergio import _runtime, errors
 from convergio._services import AsyncServices, Services
 from convergio.conversations import AsyncConversations, Conversations
 
@@ -155,9 +155,12 @@ class AsyncClient(AsyncServices):
         "NOT_SERVING", "SERVICE_UNKNOWN" or "UNKNOWN". `service` is "" for the
         whole server or a full service name such as
         "convergio.conversation.v1.ConversationService"."""
-        response = await self._invoker.unary(
-            _HEALTH_CHECK, wrappers_pb2.StringValue(value=service), timeout=timeout
-        )
+        try:
+            response = await self._invoker.unary(
+                _HEALTH_CHECK, wrappers_pb2.StringValue(value=service), timeout=timeout
+            )
+        except errors.NotFound:  # how grpc.health.v1 says it does not know the service
+            return "SERVICE_UNKNOWN"
         return _health_status(response)
 
     async def close(self) -> None:
@@ -221,9 +224,12 @@ class Client(Services):
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The server's health; see `AsyncClient.health`."""
-        response = self._invoker.unary(
-            _HEALTH_CHECK, wrappers_pb2.StringValue(value=service), timeout=timeout
-        )
+        try:
+            response = self._invoker.unary(
+                _HEALTH_CHECK, wrappers_pb2.StringValue(value=service), timeout=timeout
+            )
+        except errors.NotFound:
+            return "SERVICE_UNKNOWN"
         return _health_status(response)
 
     def close(self) -> None:

@@ -248,8 +248,7 @@ class PgConversationStore:
             # the next one: one of the two waits for the other, and this one then finds the
             # turn promoted (or the promotion finds it ended).
             await conn.execute(
-                "SELECT 1 FROM conversations WHERE tenant_id = $1 AND id = $2 "
-                "FOR NO KEY UPDATE",
+                "SELECT 1 FROM conversations WHERE tenant_id = $1 AND id = $2 FOR NO KEY UPDATE",
                 tenant_id,
                 conversation_id,
             )
@@ -457,8 +456,9 @@ class PgConversationStore:
 
     async def mark_started(self, tenant_id: str, conversation_id: str, turn_id: str) -> bool:
         status = await self.pool.execute(
-            "UPDATE turns SET started = true WHERE tenant_id = $1 AND conversation_id = $2 "
-            "AND id = $3 AND status = 'RUNNING' AND NOT started",
+            # It starts now: its start time was the moment it was promoted.
+            "UPDATE turns SET started = true, start_time = now() WHERE tenant_id = $1 "
+            "AND conversation_id = $2 AND id = $3 AND status = 'RUNNING' AND NOT started",
             tenant_id,
             conversation_id,
             turn_id,

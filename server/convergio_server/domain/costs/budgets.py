@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 SCOPES = ("TENANT", "USER", "CONVERSATION")
 DEFAULT_THRESHOLDS = (70, 85)
 _DAY = 86_400
-_TTL = {"DAILY": 2 * _DAY, "MONTHLY": 33 * _DAY, "TOTAL": 0, "PER_TURN": _DAY}
+# A total's counter expires too (or every conversation ever made would keep one): a
+# counter that is needed again is seeded from the ledger.
+_TTL = {"DAILY": 2 * _DAY, "MONTHLY": 33 * _DAY, "TOTAL": 35 * _DAY, "PER_TURN": _DAY}
 _RESERVED_TTL = _DAY
 _CACHE_SIZE = 4096
 
