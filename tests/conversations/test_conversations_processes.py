@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from convergio import AsyncClient, errors
+from convergio import AsyncClient, RetryPolicy, errors
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
 from convergio.cost.v1 import cost_pb2
@@ -398,3 +398,45 @@ async def test_a_stopping_server_leaves_the_queued_turn_to_the_next_one(
         events_pb2.STOP_REASON_COMPLETED,
         events_pb2.STOP_REASON_MAX_TURNS,
     )
+
+
+async def test_a_stopping_server_ends_streams_that_follow_nothing_running_there(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
+) -> None:
+    # Idle followers and the stream of a queued turn would hold the stop for the whole
+    # grace period: they end at once with UNAVAILABLE, to re-attach elsewhere; the stream
+    # of the turn running here goes on, and the queued turn is not cancelled.
+    settings = server_settings(
+        tmp_path / "ending", pg_dsn, redis_url, redis_prefix, offline_tokens_per_second=20.0
+    )
+    once = RetryPolicy(max_attempts=1, resume_window_seconds=0)
+    async with running_server(settings) as first:
+        key = await member_key(first)
+        async with AsyncClient(first.target, api_key=key, retry=once) as client:
+            idle = await new_conversation(client)
+            follower = client.conversations.follow(idle, after_sequence=10**6)
+            cid = await new_conversation(client)
+            running = client.conversations.send(conversation_id=cid, content=FINANCE_QUESTION)
+            await running.__anext__()
+            queued = client.conversations.send(
+                conversation_id=cid,
+                content="And the risks?",
+                if_busy=pb.BUSY_POLICY_ENQUEUE,
+                on_disconnect=pb.DISCONNECT_POLICY_CANCEL,
+            )
+            waiting = await queued.__anext__()
+            stopping = asyncio.ensure_future(first.server.stop(30.0))
+            for stream in (follower, queued):
+                with pytest.raises(errors.Unavailable) as ended:
+                    await stream.__anext__()
+                assert ended.value.reason == "SERVER_STOPPING"
+                assert not stopping.done()  # long before the end of the grace period
+            rest = await collect(running)
+            await stopping
+    assert rest[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+    settings = server_settings(tmp_path / "next", pg_dsn, redis_url, redis_prefix)
+    async with running_server(settings) as second:
+        async with AsyncClient(second.target, api_key=key) as client:
+            async with asyncio.timeout(30):
+                events = await collect(client.conversations.follow(cid, turn_id=waiting.turn_id))
+    assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED

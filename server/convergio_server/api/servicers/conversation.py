@@ -256,7 +256,8 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         finally:
             if started.subscription is not None:
                 started.subscription.close()  # in case the stream ended before it began
-            if not finished and on_disconnect == CANCEL:
+            # (A stopping server ends streams itself: that is no client gone.)
+            if not finished and on_disconnect == CANCEL and not self.service.draining:
                 self.service.cancel_on_disconnect(
                     principal, started.conversation_id, started.turn_id
                 )
@@ -392,6 +393,7 @@ def build(ctx: ServiceContext) -> ConversationServicer:
     ctx.stoppers.append(runner.close)
     ctx.starters.append(runner.start_sweeping)
     ctx.drainers.append(runner.drain)
+    ctx.drainers.append(service.drain)
     return ConversationServicer(ctx, service, cancels)
 
 

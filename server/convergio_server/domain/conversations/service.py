@@ -42,6 +42,7 @@ from convergio_server.domain.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    Unavailable,
 )
 from convergio_server.domain.events.log import EventLog, Subscription
 from convergio_server.domain.events.model import (
@@ -136,6 +137,7 @@ class ConversationService:
         check_model: Callable[[dict[str, Any], str], None] = lambda selection, field: None,
     ) -> None:
         self.check_model = check_model
+        self.draining = False  # the server is stopping
         self.store = store
         self.events = events
         self.runner = runner
@@ -144,6 +146,12 @@ class ConversationService:
         self.guards = guards
         self.publish_cancel = publish_cancel
         self.config = config
+
+    def drain(self) -> None:
+        """The server begins to stop: streams that follow nothing running here end now
+        (at their next look up, made at once) with UNAVAILABLE."""
+        self.draining = True
+        self.events.wake_readers()
 
     # ---------------------------------------------------------------- conversations
 
@@ -601,6 +609,15 @@ class ConversationService:
             subscription=subscription,
         ):
             if event is None:
+                if self.draining and not (turn_id and turn_id in self.runner.local):
+                    # Nothing of this stream runs here: it would only hold the stop for
+                    # the whole grace period. The client follows on another server.
+                    raise Unavailable(
+                        "this server is stopping; follow the conversation on another one "
+                        "(the SDK re-attaches by itself, after the last event it got)",
+                        reason="SERVER_STOPPING",
+                        retry_after_seconds=0.5,
+                    )
                 conversation = await self.store.get(principal.tenant_id, conversation_id)
                 if conversation is None:  # deleted meanwhile: nothing more will come
                     raise NotFound(

@@ -414,6 +414,13 @@ class EventLog:
             events[0].sequence, events[-1].sequence, events[0].conversation_id, failure,
         )  # fmt: skip
 
+    def wake_readers(self) -> None:
+        """Have every live reader of this process look up from its wait (it yields a
+        heartbeat), e.g. to notice that the server is stopping."""
+        for channel in self._channels.values():
+            for queue in channel.subscribers:
+                queue.put_nowait(_IDLE)
+
     def readers_behind(self, tenant_id: str, conversation_id: str) -> bool:
         """Whether a reader of the conversation in this process has events waiting behind
         the one it is writing to its client."""
