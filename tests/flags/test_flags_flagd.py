@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 from convergio import AsyncClient
-from convergio.errors import Unauthenticated
+from convergio.errors import Unauthenticated, Unavailable
 from convergio.flag.v1 import flag_pb2
 from flagd.evaluation.v1 import evaluation_pb2, evaluation_pb2_grpc
 from google.protobuf.struct_pb2 import Struct
@@ -152,3 +152,30 @@ def test_sdk_and_openfeature_flagd_provider_share_a_process() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+async def test_watches_end_when_the_server_begins_to_stop(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
+) -> None:
+    # They would hold the stop for the whole grace period: they end at once, UNAVAILABLE,
+    # and their clients watch another server.
+    settings = server_settings(tmp_path, pg_dsn, redis_url, redis_prefix)
+    async with running_server(settings) as running:
+        bearer = (("authorization", f"Bearer {running.admin_key}"),)
+        async with grpc.aio.insecure_channel(running.target) as channel:
+            events = _flagd(channel).EventStream(
+                evaluation_pb2.EventStreamRequest(), metadata=bearer
+            )
+            assert (await events.read()).type == "provider_ready"
+            async with AsyncClient(running.target, api_key=running.admin_key) as client:
+                watch = client.flags.watch_flags()
+                await watch.__anext__()  # the snapshot
+                stopping = asyncio.ensure_future(running.server.stop(30.0))
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    await events.read()
+                assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+                with pytest.raises(Unavailable) as watched:
+                    await watch.__anext__()
+                assert watched.value.reason == "SERVER_STOPPING"
+                assert not stopping.done()  # long before the end of the grace period
+                await stopping

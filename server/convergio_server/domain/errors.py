@@ -121,3 +121,13 @@ class PayloadTooLarge(DomainError):
     """An input exceeds a size limit."""
 
     reason: str = "PAYLOAD_TOO_LARGE"
+
+
+def server_stopping() -> Unavailable:
+    """What a stream that runs nothing here ends with when the server begins to stop: its
+    client goes on with another server (the SDK re-attaches by itself)."""
+    return Unavailable(
+        "this server is stopping; continue on another one (the SDK re-attaches by itself)",
+        reason="SERVER_STOPPING",
+        retry_after_seconds=0.5,
+    )

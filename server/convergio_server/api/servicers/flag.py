@@ -25,7 +25,7 @@ from convergio_server.api.flag_messages import (
 from convergio_server.api.idempotency import once
 from convergio_server.api.page_fit import ENVELOPE_BYTES, fitting, item_bytes
 from convergio_server.api.services import COMPONENT_SETUPS, FACTORIES, ServiceContext
-from convergio_server.domain.errors import InvalidArgument, Unavailable
+from convergio_server.domain.errors import InvalidArgument, Unavailable, server_stopping
 from convergio_server.domain.flags.gate import CacheFeatureGate
 from convergio_server.domain.flags.model import Evaluation
 from convergio_server.domain.flags.service import FlagManager
@@ -182,6 +182,8 @@ class FlagServicer(flag_pb2_grpc.FlagServiceServicer):
             )
             while True:
                 change = await watcher.queue.get()
+                if change is None:
+                    raise server_stopping()
                 if change.seq <= snapshot.seq or (keys and change.flag.key not in keys):
                     continue
                 yield flag_pb2.WatchFlagsResponse(change=change_to_pb(change))
@@ -257,6 +259,7 @@ def _setup(ctx: ServiceContext) -> None:
 
     ctx.starters.append(start)
     ctx.closers.append(manager.stop)
+    ctx.drainers.append(manager.cache.end_watches)
 
 
 COMPONENT_SETUPS.append(_setup)

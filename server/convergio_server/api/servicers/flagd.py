@@ -24,7 +24,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from convergio_server.api.context import current_principal
 from convergio_server.api.services import EXTRA_SERVICES
-from convergio_server.domain.errors import InvalidArgument, NotFound, Unavailable
+from convergio_server.domain.errors import InvalidArgument, NotFound, Unavailable, server_stopping
 from convergio_server.domain.flags.model import ChangeKind, ErrorCode, EvalContext, Evaluation
 from convergio_server.domain.flags.service import FlagManager
 
@@ -131,6 +131,8 @@ class FlagdServicer(evaluation_pb2_grpc.ServiceServicer):
             yield evaluation_pb2.EventStreamResponse(type="provider_ready")
             while True:
                 change = await watcher.queue.get()
+                if change is None:
+                    raise server_stopping()
                 changed: dict[str, Any] = {
                     change.flag.key: {
                         "type": "delete" if change.kind is ChangeKind.DELETED else "update",
@@ -140,6 +142,9 @@ class FlagdServicer(evaluation_pb2_grpc.ServiceServicer):
                 }
                 while not watcher.queue.empty():  # coalesce a burst (e.g. disable-all)
                     more = watcher.queue.get_nowait()
+                    if more is None:
+                        watcher.queue.put_nowait(None)  # after this change is sent
+                        break
                     changed[more.flag.key] = {
                         "type": "delete" if more.kind is ChangeKind.DELETED else "update",
                         "source": "convergio",

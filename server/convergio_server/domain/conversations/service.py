@@ -42,7 +42,7 @@ from convergio_server.domain.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
-    Unavailable,
+    server_stopping,
 )
 from convergio_server.domain.events.log import EventLog, Subscription
 from convergio_server.domain.events.model import (
@@ -612,12 +612,7 @@ class ConversationService:
                 if self.draining and not (turn_id and turn_id in self.runner.local):
                     # Nothing of this stream runs here: it would only hold the stop for
                     # the whole grace period. The client follows on another server.
-                    raise Unavailable(
-                        "this server is stopping; follow the conversation on another one "
-                        "(the SDK re-attaches by itself, after the last event it got)",
-                        reason="SERVER_STOPPING",
-                        retry_after_seconds=0.5,
-                    )
+                    raise server_stopping()
                 conversation = await self.store.get(principal.tenant_id, conversation_id)
                 if conversation is None:  # deleted meanwhile: nothing more will come
                     raise NotFound(

@@ -31,7 +31,8 @@ class Watcher:
 
     def __init__(self, tenant_id: str) -> None:
         self.tenant_id = tenant_id
-        self.queue: asyncio.Queue[FlagChange] = asyncio.Queue(WATCH_QUEUE)
+        # None: the server is stopping, the watch ends (`FlagCache.end_watches`).
+        self.queue: asyncio.Queue[FlagChange | None] = asyncio.Queue(WATCH_QUEUE)
         self.lagged = False
 
     def push(self, change: FlagChange) -> None:
@@ -41,6 +42,11 @@ class Watcher:
             self.queue.put_nowait(change)
         except asyncio.QueueFull:
             self.lagged = True
+
+    def end(self) -> None:
+        self.lagged = True  # nothing more is queued
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
 
 
 class FlagCache:
@@ -166,6 +172,13 @@ class FlagCache:
                 watchers.discard(watcher)
                 if not watchers:
                     del self._watchers[tenant_id]
+
+    def end_watches(self) -> None:
+        """The server is stopping: every watch ends (after the changes it has queued), so
+        that its client watches another server instead of holding the stop."""
+        for watchers in self._watchers.values():
+            for watcher in watchers:
+                watcher.end()
 
     def _notify(self, change: FlagChange) -> None:
         for watcher in tuple(self._watchers.get(change.tenant_id, ())):
