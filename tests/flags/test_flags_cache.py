@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class Own:
     manager: FlagManager
     pool: asyncpg.Pool
     redis: aioredis.Redis
+    dsn: str
 
 
 @pytest.fixture
@@ -48,7 +50,7 @@ async def own(
     await manager.start()
     assert await manager.wait_connected(30)
     try:
-        yield Own(manager, pool, redis)
+        yield Own(manager, pool, redis, pg_dsn)
     finally:
         await manager.stop()
         if not pool.is_closing():
@@ -117,6 +119,29 @@ async def test_unreachable_store_keeps_last_known_values(
     assert result.value and result.reason is Reason.STALE
 
 
+async def test_answers_are_stale_while_the_store_cannot_be_reached(
+    own: Own, make_key: Callable[..., Awaitable[str]]
+) -> None:
+    # Only PostgreSQL is gone (notifications still arrive): the periodic reload fails, and
+    # answers say they come from the last known flags until a reload works again.
+    tenant = await _tenant(make_key)
+    await own.manager.ensure_tenant(tenant)
+    await own.manager.refresh()
+    assert not own.manager.cache.stale
+    await own.pool.close()
+    await own.manager.refresh()
+    result = own.manager.cache.evaluate(tenant, COST_SAFETY, EvalContext("ann"))
+    assert result.value and result.reason is Reason.STALE
+    pool = await create_pool(own.dsn, min_size=1, max_size=2)
+    own.manager.store = PgFlagStore(pool)  # PostgreSQL is back
+    try:
+        await own.manager.refresh()
+        fresh = own.manager.cache.evaluate(tenant, COST_SAFETY, EvalContext("ann"))
+        assert fresh.value and fresh.reason is not Reason.STALE
+    finally:
+        await pool.close()
+
+
 async def test_gate_for_a_tenant_not_loaded_yet_uses_the_defaults(own: Own) -> None:
     gate = CacheFeatureGate(own.manager)
     stranger = Principal("flags-never-created", "bob", frozenset({Role.MEMBER}), "k")
@@ -128,8 +153,14 @@ async def test_gate_for_a_tenant_not_loaded_yet_uses_the_defaults(own: Own) -> N
 
 
 async def test_flags_file_is_imported_at_start(
-    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
+    tmp_path: Path,
+    pg_dsn: str,
+    redis_url: str,
+    redis_prefix: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # At INFO, as a server logs by default (the import's log line once failed the start).
+    caplog.set_level(logging.INFO, logger="convergio.flags")
     tenant = new_tenant()
     seed = tmp_path / "flags.json"
     seed.write_text(
@@ -159,6 +190,8 @@ async def test_flags_file_is_imported_at_start(
             key = await running.server.keys.create(tenant, "reader", ["member"])
             async with AsyncClient(running.target, api_key=key[1]) as client:
                 flags = {f.key: f for f in (await client.flags.list_flags()).flags}
+    imported = [r for r in caplog.records if r.getMessage() == "flags file imported"]
+    assert [r.__dict__["flags_created"] for r in imported] == [1, 0]  # checkout, once
     assert flags["rag_in_loop"].percentage == 25.0 and flags["rag_in_loop"].version == 2
     assert list(flags["checkout"].users) == ["ann"] and flags["checkout"].version == 1
 

@@ -232,9 +232,10 @@ async def import_flags_file(
         extra={
             "path": str(path),
             "tenant": tenant,
-            "created": len(result.created),
-            "updated": len(result.updated),
-            "unchanged": len(result.unchanged),
+            # ("created" is a field of every log record: a key of that name fails the log)
+            "flags_created": len(result.created),
+            "flags_updated": len(result.updated),
+            "flags_unchanged": len(result.unchanged),
         },
     )
 

@@ -72,6 +72,7 @@ class FlagManager:
         self._seeding: dict[str, asyncio.Task[None]] = {}
         self._seed_attempts: dict[str, float] = {}
         self._connected = asyncio.Event()
+        self._store_down = False  # the last reload failed
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -125,10 +126,24 @@ class FlagManager:
     async def _reload_periodically(self) -> None:
         while True:
             await asyncio.sleep(self._reload_seconds)
-            try:
-                await self.reload()
-            except Exception as exc:  # the store is down: keep the last known flags
-                log.warning("periodic flag reload failed: %s", exc)
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Reload the flags; while the store cannot be reached, keep the last known ones
+        and answer them as STALE."""
+        try:
+            await self.reload()
+        except Exception as exc:
+            if not self._store_down:
+                log.warning("flag reload failed: %s; answering from last known flags", exc)
+            self._store_down = True
+            self.cache.stale = True
+            return
+        if self._store_down:
+            log.info("flag store reachable again")
+        self._store_down = False
+        # (still stale while change notifications are not received)
+        self.cache.stale = not self._connected.is_set()
 
     async def _publish(self, changes: Sequence[FlagChange]) -> None:
         for change in changes:
