@@ -14,7 +14,7 @@ from convergio_server.config import Settings
 from convergio_server.storage import postgres as pg
 from convergio_server.storage import redis as rds
 from convergio_server.storage.embedded import EmbeddedPostgres, EmbeddedRedis
-from convergio_server.storage.migrations import apply_migrations
+from convergio_server.storage.migrations import MigrationError, apply_migrations
 from convergio_server.storage.redis_pipe import PipelinedRedis
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,9 @@ async def open_infrastructure(settings: Settings, *, migrate: bool = True) -> In
         if migrate:
             try:
                 infra.applied_migrations = await apply_migrations(pool)
+            except MigrationError as exc:  # said in one line, naming the file
+                await infra.close()
+                raise StartupError(f"database migrations: {exc}") from exc
             except Exception:
                 await infra.close()
                 raise

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from convergio_server.storage.migrations import (
     list_migrations,
 )
 from convergio_server.storage.postgres import create_pool
+
+from tests.platform.procs import CONVERGIO, server_env
 
 NewDatabase = Callable[[], Awaitable[str]]
 
@@ -157,3 +160,31 @@ def test_bad_file_names_are_rejected(tmp_path: Path, files: list[str], message: 
         (tmp_path / name).write_text("SELECT 1;")
     with pytest.raises(MigrationError, match=message):
         list_migrations(tmp_path)
+
+
+async def test_a_changed_migration_stops_migrate_and_serve_with_one_line(
+    new_database: NewDatabase, tmp_path: Path, redis_url: str
+) -> None:
+    # An operator's database whose history disagrees with the shipped files: one line
+    # naming the file, no traceback.
+    dsn = await new_database()
+    env = server_env(
+        DATABASE_URL=dsn, REDIS_URL=redis_url, CONVERGIO_DATA_DIR=str(tmp_path / "data")
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CONVERGIO, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+
+    assert (await asyncio.to_thread(run, "migrate")).returncode == 0
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("UPDATE schema_migrations SET checksum = md5('x') WHERE version = 4")
+    finally:
+        await conn.close()
+    for args in (("migrate",), ("serve", "--listen", "127.0.0.1:0")):
+        done = await asyncio.to_thread(run, *args)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "0004_flags.sql" in lines[0], done.stderr

@@ -64,7 +64,7 @@ async def open_database(
     from convergio_server.infrastructure import redact
     from convergio_server.storage import postgres as pg
     from convergio_server.storage.embedded import EmbeddedPostgres
-    from convergio_server.storage.migrations import apply_migrations
+    from convergio_server.storage.migrations import MigrationError, apply_migrations
 
     embedded: EmbeddedPostgres | None = None
     url = settings.database_url
@@ -88,7 +88,10 @@ async def open_database(
                 f"PostgreSQL at {redact(url)} is unreachable: {exc or type(exc).__name__}"
             ) from exc
         try:
-            applied = await apply_migrations(pool) if migrate else []
+            try:
+                applied = await apply_migrations(pool) if migrate else []
+            except MigrationError as exc:  # said in one line, naming the file
+                raise DatabaseUnavailable(f"database migrations: {exc}") from exc
             yield pool, applied
         finally:
             await pool.close()
