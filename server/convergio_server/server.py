@@ -126,6 +126,7 @@ class ConvergioServer:
             service_names,
             {"postgresql": infra.check_postgres, "redis": infra.check_redis},
             settings.health_interval_seconds,
+            unimplemented=self.context.unimplemented,
         )
         self.port = 0
         self._metrics: Any = None

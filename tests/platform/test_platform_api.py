@@ -39,8 +39,14 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
 
 async def test_health_reports_serving_overall_and_per_service(client: AsyncClient) -> None:
     assert await client.health() == "SERVING"
+    # Workflows and approvals answer UNIMPLEMENTED in this release: never ready.
+    unimplemented = {
+        "convergio.workflow.v1.WorkflowService",
+        "convergio.approval.v1.ApprovalService",
+    }
     for service in CONVERGIO_SERVICES:
-        assert await client.health(service) == "SERVING", service
+        expected = "NOT_SERVING" if service in unimplemented else "SERVING"
+        assert await client.health(service) == expected, service
 
 
 async def test_grpcurl_lists_services_health_and_reflection(server: RunningServer) -> None:

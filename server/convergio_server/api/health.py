@@ -27,9 +27,12 @@ class HealthMonitor:
         services: Sequence[str],
         probes: dict[str, Probe],
         interval: float,
+        unimplemented: Sequence[str] = (),
     ) -> None:
         self._servicer = servicer
         self._services = ["", *services]
+        # Services whose every call answers UNIMPLEMENTED: never ready, whatever the stores.
+        self._unimplemented = list(unimplemented)
         self._probes = probes
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
@@ -56,6 +59,8 @@ class HealthMonitor:
         )
         for service in self._services:
             await self._servicer.set(service, status)
+        for service in self._unimplemented:
+            await self._servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         return not failures
 
     async def _probe(self, name: str, probe: Probe) -> tuple[str, str | None]:

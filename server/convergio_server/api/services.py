@@ -44,6 +44,8 @@ class ServiceContext:
     # Async start-up work (loading caches, importing files), run in order before the server
     # accepts calls.
     starters: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Services of the API this release does not provide (every call is UNIMPLEMENTED).
+    unimplemented: list[str] = field(default_factory=list)
     # Shared domain services, by name, so one capability can use another's.
     components: dict[str, Any] = field(default_factory=dict)
 
@@ -138,6 +140,7 @@ def register_services(server: HandlerRegistry, ctx: ServiceContext) -> list[str]
     for descriptor, servicer_class, _add, missing in specs:
         factory = FACTORIES.get(descriptor.full_name)
         if factory is None:
+            ctx.unimplemented.append(descriptor.full_name)
             servicer = complete(servicer_class, descriptor, missing)()
         else:
             servicer = factory(ctx)

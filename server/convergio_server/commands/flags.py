@@ -313,7 +313,11 @@ async def _watch(args: argparse.Namespace) -> int:
             elif response.HasField("snapshot"):
                 for flag in response.snapshot.flags:
                     row = _row(flag)
-                    print(f"snapshot {row['key']} {row['strategy']} {row['rollout']}".rstrip())
+                    state = "on" if flag.enabled else "off"  # (after disable-all: all off)
+                    print(
+                        f"snapshot {row['key']} v{flag.version} {state} {row['strategy']} "
+                        f"{row['rollout']}".rstrip()
+                    )
                 if response.snapshot.complete:
                     print("-- watching for changes (Ctrl-C to stop)", flush=True)
             else:
