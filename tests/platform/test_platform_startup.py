@@ -204,6 +204,11 @@ async def test_revoked_dev_key_is_not_printed(
     after = await asyncio.to_thread(serve.banner, tenant)
     assert token not in after and "grpcurl" not in after
     assert "was revoked" in after and f"keys create --tenant {tenant}" in after
+    # A new data directory, without the saved key: it still says why none is printed.
+    (tmp_path / "data" / "dev-api-key").unlink()
+    fresh = await asyncio.to_thread(serve.banner, tenant)
+    assert "grpcurl" not in fresh and "has API keys already" in fresh
+    assert f"keys create --tenant {tenant}" in fresh
 
 
 async def test_dev_key_of_another_tenant_is_not_printed_as_this_ones(
