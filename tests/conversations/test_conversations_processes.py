@@ -219,46 +219,86 @@ async def test_a_stopping_server_ends_its_turns_on_their_open_streams(
         assert breaker.circuit_breaker.consecutive_failures == 0
 
 
-async def test_a_turn_queued_when_its_server_stops_runs_on_the_next_one(
-    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
-) -> None:
-    # The running turn ends with the server that stops; the turn queued behind it has not
-    # started: it runs on the next server rather than being ended with an error.
-    settings = server_settings(
-        tmp_path / "stopping",
-        pg_dsn,
-        redis_url,
-        redis_prefix,
-        offline_tokens_per_second=40.0,
-        offline_min_answer_tokens=2000,
+@dataclass
+class AcrossAStop:
+    running: list[events_pb2.ConversationEvent]  # the running turn's events, to its end
+    queued: list[events_pb2.ConversationEvent]  # the queued turn's, followed on the next
+
+
+async def queued_across_a_stop(
+    tmp_path: Path,
+    stores: tuple[str, str, str],
+    *,
+    team: pb.Team,
+    running: dict[str, Any],
+    grace: float,
+    **settings: Any,
+) -> AcrossAStop:
+    """A turn runs and another waits behind it when the server stops (grace `grace`);
+    the queued one is then followed, to its end, on the next server."""
+    pg_dsn, redis_url, redis_prefix = stores
+    first_settings = server_settings(
+        tmp_path / "stopping", pg_dsn, redis_url, redis_prefix, **settings
     )
-    async with running_server(settings) as first:
+    async with running_server(first_settings) as first:
         key = await member_key(first)
         async with AsyncClient(first.target, api_key=key) as client:
-            cid = await new_conversation(client)
-            running = client.conversations.send(conversation_id=cid, content=LONG)
-            await running.__anext__()
+            cid = await new_conversation(client, team=team)
+            stream = client.conversations.send(conversation_id=cid, **running)
+            await stream.__anext__()
             queued = client.conversations.send(
-                conversation_id=cid, content="And the risks?", if_busy=pb.BUSY_POLICY_ENQUEUE
+                conversation_id=cid, content=LONG, max_turns=6, if_busy=pb.BUSY_POLICY_ENQUEUE
             )
             waiting = await queued.__anext__()
             assert waiting.HasField("turn_queued")
-            stopping = asyncio.ensure_future(first.server.stop(3.0))
-            ended = await collect(running)
+            stopping = asyncio.ensure_future(first.server.stop(grace))
+            ended = await collect(stream)
             queued.cancel()
             await stopping
-    assert ended[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_ERROR
-    settings = server_settings(tmp_path / "next", pg_dsn, redis_url, redis_prefix)
-    async with running_server(settings) as second:
+    next_settings = server_settings(tmp_path / "next", pg_dsn, redis_url, redis_prefix)
+    async with running_server(next_settings) as second:
         async with AsyncClient(second.target, api_key=key) as client:
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(30):
                 events = await collect(client.conversations.follow(cid, turn_id=waiting.turn_id))
-            turn = await client.conversations.get_turn(conversation_id=cid, turn_id=waiting.turn_id)
+    return AcrossAStop(ended, events)
+
+
+def started_once_and_ended_well(events: list[events_pb2.ConversationEvent]) -> None:
     names = kinds(events)
     assert names[0] == "turn_queued" and names[-1] == "turn_completed", names
-    assert names.count("turn_started") == 1 and "message_completed" in names
-    assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
-    assert turn.turn.status == pb.TURN_STATUS_ENDED
+    assert names.count("turn_started") == 1 and "error" not in names, names
+    assert events[-1].turn_completed.stop_reason in (
+        events_pb2.STOP_REASON_COMPLETED,
+        events_pb2.STOP_REASON_MAX_TURNS,
+    )
+
+
+async def test_a_turn_queued_when_its_server_stops_runs_on_the_next_one(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
+) -> None:
+    # The running turn is ended by the server that stops; the turn queued behind it has
+    # not started: it runs on the next server rather than being ended with an error.
+    turns = await queued_across_a_stop(
+        tmp_path, (pg_dsn, redis_url, redis_prefix),
+        team=pb.Team(single_agent="amy"), running={"content": LONG}, grace=3.0,
+        offline_tokens_per_second=40.0, offline_min_answer_tokens=2000,
+    )  # fmt: skip
+    assert turns.running[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_ERROR
+    started_once_and_ended_well(turns.queued)
+
+
+async def test_a_stopping_server_leaves_the_queued_turn_to_the_next_one(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
+) -> None:
+    # The running turn ends well within the grace period; the long turn queued behind it
+    # does not start on the stopping server (it would be cut off there with an error).
+    turns = await queued_across_a_stop(
+        tmp_path, (pg_dsn, redis_url, redis_prefix),
+        team=pb.Team(preset="core"), running={"content": FINANCE_QUESTION, "max_turns": 1},
+        grace=5.0, offline_tokens_per_second=60.0,
+    )  # fmt: skip
+    assert turns.running[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+    started_once_and_ended_well(turns.queued)
 
 
 async def promoted_but_not_started(service: Any, client: AsyncClient) -> tuple[str, str]:
@@ -286,118 +326,82 @@ async def promoted_but_not_started(service: Any, client: AsyncClient) -> tuple[s
     return cid, queued.id
 
 
-async def test_a_promoted_turn_whose_server_died_before_starting_it_is_started(
-    server: RunningServer, streaming: None
-) -> None:
-    # Any server's look for unstarted turns starts it, once.
+@dataclass
+class Promoted:
+    """A promoted turn that its server died before starting (`promoted_but_not_started`),
+    on the session's server."""
+
+    service: Any
+    client: AsyncClient
+    cid: str
+    turn_id: str
+
+    async def events(self) -> list[events_pb2.ConversationEvent]:
+        """The turn's events, followed to its end."""
+        async with asyncio.timeout(20):
+            return await collect(self.client.conversations.follow(self.cid, turn_id=self.turn_id))
+
+
+@pytest.fixture
+async def promoted(server: RunningServer, streaming: None) -> AsyncIterator[Promoted]:
     service = server.server.context.components["conversations"]
     async with AsyncClient(server.target, api_key=await member_key(server)) as client:
         await wait_streaming(client)
         cid, turn_id = await promoted_but_not_started(service, client)
-        started = await asyncio.gather(service.runner.sweep(), service.runner.sweep())
-        assert sorted(started) == [0, 1]
-        async with asyncio.timeout(20):
-            events = await collect(client.conversations.follow(cid, turn_id=turn_id))
+        yield Promoted(service, client, cid, turn_id)
+
+
+async def test_a_promoted_turn_whose_server_died_before_starting_it_is_started(
+    promoted: Promoted,
+) -> None:
+    # Any server's look for unstarted turns starts it, once.
+    runner = promoted.service.runner
+    assert sorted(await asyncio.gather(runner.sweep(), runner.sweep())) == [0, 1]
+    events = await promoted.events()
     names = kinds(events)
     assert names.count("turn_started") == 1 and names[-1] == "turn_completed", names
     assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
 
 
 async def test_a_cancel_that_arrives_while_a_promoted_turn_starts_is_not_lost(
-    server: RunningServer, streaming: None
+    promoted: Promoted,
 ) -> None:
     # The cancel reaches the process that is about to start the turn before the turn runs
     # there: it is applied as soon as the turn starts.
-    service = server.server.context.components["conversations"]
-    async with AsyncClient(server.target, api_key=await member_key(server)) as client:
-        await wait_streaming(client)
-        cid, turn_id = await promoted_but_not_started(service, client)
-        assert not service.runner.cancel_local(turn_id, "CANCELLED", "stop it")
-        assert await service.runner.sweep() == 1
-        async with asyncio.timeout(20):
-            events = await collect(client.conversations.follow(cid, turn_id=turn_id))
+    runner = promoted.service.runner
+    assert not runner.cancel_local(promoted.turn_id, "CANCELLED", "stop it")
+    assert await runner.sweep() == 1
+    events = await promoted.events()
     assert kinds(events).count("turn_completed") == 1
     assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_CANCELLED
 
 
-async def test_cancelling_a_turn_promoted_a_moment_ago_ends_it_once(
-    server: RunningServer, streaming: None
-) -> None:
+async def test_cancelling_a_turn_promoted_a_moment_ago_ends_it_once(promoted: Promoted) -> None:
     # Read as queued, promoted before the cancel acts: it is cancelled as a running turn,
     # not marked ended behind the back of the process that runs it.
-    service = server.server.context.components["conversations"]
-    async with AsyncClient(server.target, api_key=await member_key(server)) as client:
-        await wait_streaming(client)
-        cid, turn_id = await promoted_but_not_started(service, client)
-        stop = TurnOutcome(stop_reason="CANCELLED")
-        assert not await service.store.end_queued(TENANT, cid, turn_id, stop)  # not queued now
-        turn = await client.conversations.cancel_turn(conversation_id=cid, turn_id=turn_id)
-        assert turn.turn.stop_reason == events_pb2.STOP_REASON_CANCELLED
-        async with asyncio.timeout(20):
-            events = await collect(client.conversations.follow(cid, turn_id=turn_id))
+    cid, turn_id = promoted.cid, promoted.turn_id
+    stop = TurnOutcome(stop_reason="CANCELLED")
+    assert not await promoted.service.store.end_queued(TENANT, cid, turn_id, stop)
+    turn = await promoted.client.conversations.cancel_turn(conversation_id=cid, turn_id=turn_id)
+    assert turn.turn.stop_reason == events_pb2.STOP_REASON_CANCELLED
+    events = await promoted.events()
     names = kinds(events)
     assert names.count("turn_completed") == 1 and names[-1] == "turn_completed", names
     assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_CANCELLED
 
 
 async def test_a_forced_delete_stops_a_turn_promoted_a_moment_ago(
-    server: RunningServer, streaming: None, caplog: pytest.LogCaptureFixture
+    promoted: Promoted, caplog: pytest.LogCaptureFixture
 ) -> None:
-    service = server.server.context.components["conversations"]
-    async with AsyncClient(server.target, api_key=await member_key(server)) as client:
-        await wait_streaming(client)
-        cid, turn_id = await promoted_but_not_started(service, client)
-        with caplog.at_level(logging.WARNING, logger="convergio_server"):
-            await client.conversations.delete_conversation(conversation_id=cid, force=True)
-            with pytest.raises(errors.NotFound):
-                await client.conversations.get_conversation(conversation_id=cid)
-            await asyncio.sleep(0.5)  # what the ended turn still had to write
-    assert turn_id not in service.runner.local
+    client, cid = promoted.client, promoted.cid
+    with caplog.at_level(logging.WARNING, logger="convergio_server"):
+        await client.conversations.delete_conversation(conversation_id=cid, force=True)
+        with pytest.raises(errors.NotFound):
+            await client.conversations.get_conversation(conversation_id=cid)
+        await asyncio.sleep(0.5)  # what the ended turn still had to write
+    assert promoted.turn_id not in promoted.service.runner.local
     # Its end was not retried against a conversation that is gone.
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
-
-
-async def test_a_stopping_server_leaves_the_queued_turn_to_the_next_one(
-    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
-) -> None:
-    # The running turn ends well within the grace period; the long turn queued behind it
-    # does not start on the stopping server (it would be cut off there with an error).
-    settings = server_settings(
-        tmp_path / "draining", pg_dsn, redis_url, redis_prefix, offline_tokens_per_second=60.0
-    )
-    async with running_server(settings) as first:
-        key = await member_key(first)
-        async with AsyncClient(first.target, api_key=key) as client:
-            cid = await new_conversation(client, team=pb.Team(preset="core"))
-            running = client.conversations.send(
-                conversation_id=cid, content=FINANCE_QUESTION, max_turns=1
-            )
-            await running.__anext__()
-            queued = client.conversations.send(
-                conversation_id=cid,
-                content=LONG,
-                max_turns=6,
-                if_busy=pb.BUSY_POLICY_ENQUEUE,
-            )
-            waiting = await queued.__anext__()
-            assert waiting.HasField("turn_queued")
-            stopping = asyncio.ensure_future(first.server.stop(5.0))
-            ended = await collect(running)
-            queued.cancel()
-            await stopping
-    assert ended[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
-    settings = server_settings(tmp_path / "after", pg_dsn, redis_url, redis_prefix)
-    async with running_server(settings) as second:
-        async with AsyncClient(second.target, api_key=key) as client:
-            async with asyncio.timeout(30):
-                events = await collect(client.conversations.follow(cid, turn_id=waiting.turn_id))
-    names = kinds(events)
-    assert names.count("turn_started") == 1 and names[-1] == "turn_completed", names
-    assert "error" not in names
-    assert events[-1].turn_completed.stop_reason in (
-        events_pb2.STOP_REASON_COMPLETED,
-        events_pb2.STOP_REASON_MAX_TURNS,
-    )
 
 
 async def test_a_stopping_server_ends_streams_that_follow_nothing_running_there(

@@ -4,6 +4,7 @@ limit. The offline model is priced here (it is free by default) so turns cost mo
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -42,14 +43,25 @@ async def priced(
         yield running
 
 
+@contextlib.asynccontextmanager
+async def tenant_client(server: RunningServer, prefix: str) -> AsyncIterator[AsyncClient]:
+    """A client of a new tenant of its own (member and operator)."""
+    tenant = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    _, key = await server.server.keys.create(tenant, prefix, ["member", "operator"])
+    async with AsyncClient(server.target, api_key=key) as client:
+        yield client
+
+
+async def amy_conversation(client: AsyncClient) -> str:
+    created = await client.conversations.create_conversation(
+        team=conversation_pb2.Team(single_agent="amy")
+    )
+    return created.conversation.conversation_id
+
+
 async def test_budget_alerts_then_refusal_and_never_overspent(priced: RunningServer) -> None:
-    tenant = f"budget-{uuid.uuid4().hex[:8]}"
-    _, key = await priced.server.keys.create(tenant, "budget test", ["member", "operator"])
-    async with AsyncClient(priced.target, api_key=key) as client:
-        created = await client.conversations.create_conversation(
-            team=conversation_pb2.Team(single_agent="amy")
-        )
-        conversation_id = created.conversation.conversation_id
+    async with tenant_client(priced, "budget") as client:
+        conversation_id = await amy_conversation(client)
         await client.costs.set_budget(
             budget=cost_pb2.Budget(
                 scope=common_pb2.BUDGET_SCOPE_CONVERSATION,
@@ -103,13 +115,8 @@ async def test_budget_alerts_then_refusal_and_never_overspent(priced: RunningSer
 async def test_a_new_conversation_counts_its_first_turn_from_zero(priced: RunningServer) -> None:
     """Its counters start at zero when it is created, in every period: what its budget
     reports after the first turn is what that turn cost, no more."""
-    tenant = f"first-{uuid.uuid4().hex[:8]}"
-    _, key = await priced.server.keys.create(tenant, "first turn", ["member", "operator"])
-    async with AsyncClient(priced.target, api_key=key) as client:
-        created = await client.conversations.create_conversation(
-            team=conversation_pb2.Team(single_agent="amy")
-        )
-        conversation_id = created.conversation.conversation_id
+    async with tenant_client(priced, "first") as client:
+        conversation_id = await amy_conversation(client)
         scope = common_pb2.BUDGET_SCOPE_CONVERSATION
         before = (await client.costs.get_budget(scope=scope, subject=conversation_id)).budget
         spent = (before.spent_today_usd, before.spent_month_usd, before.spent_total_usd)
@@ -131,13 +138,8 @@ FINE_PRICES = '[models."offline"]\ninput = "0.123"\noutput = "0.457"\ncached_inp
 
 @pytest.mark.parametrize("priced", [FINE_PRICES], indirect=True)
 async def test_turn_costs_add_up_to_the_ledger_exactly(priced: RunningServer) -> None:
-    tenant = f"exact-{uuid.uuid4().hex[:8]}"
-    _, key = await priced.server.keys.create(tenant, "exact", ["member", "operator"])
-    async with AsyncClient(priced.target, api_key=key) as client:
-        created = await client.conversations.create_conversation(
-            team=conversation_pb2.Team(single_agent="amy")
-        )
-        conversation_id = created.conversation.conversation_id
+    async with tenant_client(priced, "exact") as client:
+        conversation_id = await amy_conversation(client)
         costs = []
         for question in ("Hello there", "What is the ROI of 100 for 130?"):
             events = [e async for e in client.conversations.send(conversation_id, question)]
