@@ -54,6 +54,13 @@ async def test_keys_create_list_revoke(
     assert created.returncode == 0, created.stderr
     made = json.loads(created.stdout)
     assert made["tenant"] == "acme" and made["roles"] == ["member", "operator"]
+    # Said in text: which database holds it (a key made in the wrong one works nowhere).
+    text = await asyncio.to_thread(
+        _cli, "keys", "create", "--tenant", "acme-text", "--name", "other", "--role", "member",
+        env=cli_env, cwd=tmp_path,
+    )  # fmt: skip
+    database = cli_env["DATABASE_URL"].rsplit("/", 1)[1]
+    assert text.returncode == 0 and "in PostgreSQL at " in text.stdout and database in text.stdout
 
     # The printed key works against the running server (same database).
     async with AsyncClient(server.target, api_key=made["token"]) as acme:

@@ -88,13 +88,22 @@ async def _keys(args: argparse.Namespace) -> int:
     configure_logging("WARNING")
     try:
         async with open_database(settings) as (pool, _):
-            return await _run(args, pool)
+            return await _run(args, pool, _where(settings))
     except DatabaseUnavailable as exc:
         print(f"convergio: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
 
 
-async def _run(args: argparse.Namespace, pool: Any) -> int:
+def _where(settings: Any) -> str:
+    """Which database the keys are in: a key made in the wrong one works nowhere."""
+    from convergio_server.infrastructure import redact
+
+    if settings.database_url:
+        return f"PostgreSQL at {redact(settings.database_url)}"
+    return f"the PostgreSQL embedded in {settings.data_dir}"
+
+
+async def _run(args: argparse.Namespace, pool: Any, where: str) -> int:
     from convergio_server.domain.auth import KeyManager
     from convergio_server.storage.keys import PgKeyStore
 
@@ -107,7 +116,7 @@ async def _run(args: argparse.Namespace, pool: Any) -> int:
             else:
                 print(
                     f"created key {stored.key_id} for tenant {stored.tenant_id} "
-                    f"(roles: {', '.join(r.value for r in stored.roles)})"
+                    f"(roles: {', '.join(r.value for r in stored.roles)}) in {where}"
                 )
                 print("the key is shown only now; store it safely:")
                 print(token)
