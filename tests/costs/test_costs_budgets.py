@@ -86,6 +86,23 @@ async def test_settling_frees_what_was_not_used_and_alerts_at_70_and_85(
     assert ("TENANT", "DAILY", 100) in tenant_alerts
 
 
+async def test_a_changed_limit_alerts_again_at_its_own_thresholds(
+    guards: CostGuards, tenant: str
+) -> None:
+    await set_budget(guards, tenant, tenant_daily("1.00"))
+    scope = new_scope(tenant)
+
+    async def spend(amount: str) -> list[int]:
+        reservation = await guards.budgets.reserve(scope, Decimal(amount))
+        alerts, _ = await guards.budgets.settle(reservation, Decimal(amount))
+        return [a.threshold_percent for a in alerts if a.scope == "TENANT"]
+
+    assert await spend("0.75") == [70]
+    await set_budget(guards, tenant, tenant_daily("2.00"))  # raised: 37.5% now
+    assert await spend("0.70") == [70]  # 72.5% of the new limit
+    assert await spend("0.10") == []
+
+
 async def test_an_exhausted_budget_refuses_new_turns_with_quota_failure(
     guards: CostGuards, tenant: str
 ) -> None:

@@ -314,6 +314,8 @@ class Budgets:
             applied.period_id,
             "alert",
             str(threshold),
+            # Per limit: a limit raised or lowered alerts again at its own thresholds.
+            str(applied.counter.limit_nanos),
         )
         if key in self._alerted:
             return None
