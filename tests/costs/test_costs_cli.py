@@ -67,6 +67,7 @@ async def test_cost_commands(
     assert [b["scope"] for b in listed][:1] == ["BUDGET_SCOPE_TENANT"]
     shown = await cli("budget", "get", "user", "ops")
     assert "yes" in shown  # inherited: no budget of its own
+    assert "SPENT_TOTAL" in shown  # a conversation's default limit is a total
     refused = await cli("budget", "delete", "user", "nobody", ok=False)
     assert "budget" in refused and "Traceback" not in refused
 

@@ -149,13 +149,15 @@ def _budget_row(b: cost_pb2.Budget) -> dict[str, Any]:
         "alerts": ",".join(f"{t}%" for t in b.alert_thresholds_percent),
         "spent_today": b.spent_today_usd,
         "spent_month": b.spent_month_usd,
+        "spent_total": b.spent_total_usd,
         "reserved": b.reserved_usd,
         "inherited": "yes" if b.inherited else "",
     }
 
 
 _BUDGET_COLUMNS = ("scope", "subject", "daily", "monthly", "total", "per_turn", "alerts",
-                   "spent_today", "spent_month", "reserved", "inherited")  # fmt: skip
+                   "spent_today", "spent_month", "spent_total", "reserved",
+                   "inherited")  # fmt: skip
 
 
 async def _budget_get(args: argparse.Namespace) -> int:
