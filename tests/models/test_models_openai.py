@@ -330,6 +330,16 @@ def test_model_key_refs_is_a_comma_separated_list(
         (ModelSelection(api_key_ref="DATABASE_URL"), "model.endpoint.api_key_ref"),
         (ModelSelection(api_key_ref="LISTED_NOT_SET"), "model.endpoint.api_key_ref"),
         (ModelSelection(base_url="localhost:11434"), "model.endpoint.base_url"),
+        # URLs that only fail at the first call, as "unreachable" (retried, and counted
+        # against the provider's breaker), or that leak what they hold.
+        (ModelSelection(base_url="http://"), "model.endpoint.base_url"),
+        (ModelSelection(base_url="http://exa mple.com/v1"), "model.endpoint.base_url"),
+        (ModelSelection(base_url="http://127.0.0.1:99999/v1"), "model.endpoint.base_url"),
+        (ModelSelection(base_url="http://127.0.0.1:0/v1"), "model.endpoint.base_url"),
+        (ModelSelection(base_url="http://h:8000/v1?x=1#f"), "model.endpoint.base_url"),
+        (ModelSelection(base_url="http://user:pw@h:8000/v1"), "model.endpoint.base_url"),
+        (ModelSelection(model="gpt\n4o"), "model.model"),
+        (ModelSelection(model="m" * 201), "model.model"),
         (ModelSelection(temperature=2.5), "model.temperature"),
         (ModelSelection(max_output_tokens=-1), "model.max_output_tokens"),
         (ModelSelection(timeout_seconds=0), "model.endpoint.timeout"),
@@ -344,6 +354,8 @@ def test_check_selection_names_the_field(
         check_selection(selection, offering, environ=env)
     assert info.value.violations[0].field == field
     check_selection(ModelSelection(provider="openai", api_key_ref="K"), offering, environ=env)
+    for good in ("http://localhost:11434/v1", "https://api.example.com/v1/", "http://[::1]:8/"):
+        check_selection(ModelSelection(base_url=good, model="llama3.1:8b"), offering)
 
 
 def test_an_unoffered_key_ref_gets_the_same_answer_whether_set_or_not(tmp_path: Path) -> None:

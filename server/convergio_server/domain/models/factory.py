@@ -13,9 +13,11 @@ other environment variable (a database URL, the server's own settings) must stay
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from autogen_core.models import ChatCompletionClient, ModelInfo
 
@@ -139,6 +141,33 @@ def resolve_api_key(
     return _default_key(settings)
 
 
+# A model name as providers spell them ("gpt-4o-mini", "llama3.1:8b", "org/model@v2").
+_MODEL_NAME = re.compile(r"[!-~]{1,200}\Z")
+
+
+def base_url_problem(url: str) -> str | None:
+    """What is wrong with an endpoint's base URL, or None: an http(s) URL with a host, a
+    valid port, no credentials (they would be sent and logged) and no query or fragment."""
+    if not url.startswith(("http://", "https://")):
+        return "must be an http:// or https:// URL"
+    if len(url) > 2000 or any(c.isspace() or not c.isprintable() for c in url):
+        return "must be at most 2000 characters, without spaces"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "has a port that is not a number from 1 to 65535"
+    if not parts.hostname:
+        return "has no host, e.g. http://localhost:11434/v1"
+    if port == 0:
+        return "has a port that is not a number from 1 to 65535"
+    if parts.username is not None or parts.password is not None:
+        return "must not hold credentials (user:password@): name a key with api_key_ref"
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        return "must not have a query or a fragment"
+    return None
+
+
 def check_selection(
     selection: ModelSelection,
     settings: ModelSettings,
@@ -151,9 +180,13 @@ def check_selection(
     env = os.environ if environ is None else environ
     if selection.provider not in ("", *PROVIDERS):
         raise InvalidArgument.for_field(f"{field}.provider", "must be offline or openai")
-    if selection.base_url and not selection.base_url.startswith(("http://", "https://")):
+    if selection.base_url:
+        problem = base_url_problem(selection.base_url)
+        if problem is not None:
+            raise InvalidArgument.for_field(f"{field}.endpoint.base_url", problem)
+    if selection.model and not _MODEL_NAME.match(selection.model):
         raise InvalidArgument.for_field(
-            f"{field}.endpoint.base_url", "must be an http:// or https:// URL"
+            f"{field}.model", "must be 1-200 printable characters without spaces"
         )
     if selection.api_key_ref:
         if not key_ref_offered(selection.api_key_ref, settings):
@@ -196,11 +229,10 @@ def create_model_client(
         )
     if resolved.provider == "openai":
         base_url = resolved.base_url or settings.openai_base_url
-        if base_url and not base_url.startswith(("http://", "https://")):
-            raise ModelError(
-                f"base_url {base_url!r} must start with http:// or https://",
-                kind="configuration",
-            )
+        problem = base_url_problem(base_url) if base_url else None
+        if problem is not None:  # (a selection stored before the rule; not echoed: it may
+            # hold credentials)
+            raise ModelError(f"the endpoint's base_url {problem}", kind="configuration")
         info: ModelInfo | None = None
         if resolved.model_info is not None:
             raw: dict[str, Any] = resolved.model_info.as_autogen()
