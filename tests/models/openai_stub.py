@@ -16,7 +16,7 @@ CREATED = 1_700_000_000
 
 @dataclass
 class Action:
-    kind: str  # "text", "tool", "status", "garbage", "truncated", "hang"
+    kind: str  # "text", "tool", "status", "garbage", "truncated", "cut", "hang"
     text: str = "Hello from the stub"
     status: int = 200
     retry_after_ms: int = 1
@@ -141,6 +141,9 @@ class OpenAIStub:
     async def stream(
         self, action: Action, body: dict[str, Any], writer: asyncio.StreamWriter
     ) -> None:
+        if action.kind == "cut":
+            await self._cut(body, writer)
+            return
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             b"Cache-Control: no-cache\r\nConnection: close\r\n\r\n"
@@ -208,6 +211,25 @@ class OpenAIStub:
             writer.write(f"data: {json.dumps(usage)}\n\n".encode())
         writer.write(b"data: [DONE]\n\n")
         await writer.drain()
+
+    async def _cut(self, body: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        """A chunked answer whose connection drops in the middle of its body."""
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        for word in ("Hello", " from", " the"):
+            event = {
+                "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": CREATED,
+                "model": body.get("model", "stub"),
+                "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
+            }  # fmt: skip
+            data = f"data: {json.dumps(event)}\n\n".encode()
+            writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            await writer.drain()
+        writer.write(b"1000\r\npartial")  # a chunk announced, never finished
+        await writer.drain()
+        writer.close()
 
 
 @asynccontextmanager

@@ -120,6 +120,8 @@ async def test_rate_limit_and_server_errors_are_retried() -> None:
         (Action("status", status=400), "bad_request", False, 1),
         (Action("garbage"), "invalid_response", False, 1),
         (Action("truncated"), "invalid_response", False, 1),
+        # The connection drops mid-body: the endpoint was reached, its answer is cut off.
+        (Action("cut"), "invalid_response", False, 1),
     ],
 )
 async def test_failures_become_model_errors(

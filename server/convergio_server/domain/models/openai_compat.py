@@ -215,6 +215,7 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
             include_usage=include_usage,
         )
         iterator = stream.__aiter__()
+        began = False
         try:
             while True:
                 try:
@@ -226,7 +227,17 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    raise self._error(exc) from exc
+                    error = self._error(exc)
+                    if began and error.kind == "unavailable":
+                        # The endpoint was reached and answered: the stream was cut off.
+                        raise ModelError(
+                            f"model {self._model!r} at "
+                            f"{self._base_url or 'the default endpoint'} cut its stream off "
+                            f"before the end ({exc.__cause__ or exc})",
+                            kind="invalid_response",
+                        ) from exc
+                    raise error from exc
+                began = True
                 if isinstance(item, CreateResult) and item.finish_reason == "unknown":
                     # Every OpenAI-compatible server ends a complete stream with a finish
                     # reason; without one the stream was cut or was not that protocol.
