@@ -125,3 +125,25 @@ async def test_a_context_window_is_kept_with_the_conversation(priced_conv: Async
     cid = await new_conversation(priced_conv, agent="amy", model=selection)
     got = await priced_conv.conversations.get_conversation(conversation_id=cid)
     assert got.conversation.model.endpoint.model_info.context_window_tokens == 8192
+
+
+async def test_a_model_without_function_calling_answers_without_tools(
+    priced_conv: AsyncClient,
+) -> None:
+    # A small local model: the agent's tools are not offered to it (AutoGen would refuse
+    # every call), and it answers.
+    async with openai_stub() as stub:
+        stub.then(Action("text", text="Roughly 11 euros"))
+        cid = await new_conversation(
+            priced_conv,
+            agent="amy",
+            model=_local_model(
+                common_pb2.ModelInfo(function_calling=False), base_url=stub.base_url
+            ),
+        )
+        events = await collect(
+            priced_conv.conversations.send(conversation_id=cid, content="What is the NPV at 8%?")
+        )
+    assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+    assert "tool_call" not in kinds(events)
+    assert all("tools" not in request.body for request in stub.requests)

@@ -212,12 +212,15 @@ class AutogenTeamBuilder:
                 selection, meter, guards, call, text if streaming else None
             )
             closers.append(close)
-            offered = self.tools.autogen_tools(list(spec.tools), ctx) if spec.tools else []
+            # A model that cannot call functions (a small local one, as its model_info
+            # says) answers without the agent's tools rather than failing every call.
+            usable = spec.tools if client.model_info.get("function_calling", True) else ()
+            offered = self.tools.autogen_tools(list(usable), ctx) if usable else []
             tools: list[Any] = [
                 ScreenedTool(tool, screen, attempts) if isinstance(tool, BaseTool) else tool
                 for tool in offered
             ]
-            for name in spec.tools:
+            for name in usable:
                 risk[name] = self.tools.get(name).risk_level.name
             agent = AssistantAgent(
                 spec.name,
