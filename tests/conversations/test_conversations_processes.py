@@ -356,7 +356,8 @@ async def test_a_promoted_turn_whose_server_died_before_starting_it_is_started(
 ) -> None:
     # Any server's look for unstarted turns starts it, once.
     runner = promoted.service.runner
-    assert sorted(await asyncio.gather(runner.sweep(), runner.sweep())) == [0, 1]
+    # (The server's own periodic look may be first: at most one of these starts it.)
+    assert sum(await asyncio.gather(runner.sweep(), runner.sweep())) <= 1
     events = await promoted.events()
     names = kinds(events)
     assert names.count("turn_started") == 1 and names[-1] == "turn_completed", names
@@ -370,7 +371,7 @@ async def test_a_cancel_that_arrives_while_a_promoted_turn_starts_is_not_lost(
     # there: it is applied as soon as the turn starts.
     runner = promoted.service.runner
     assert not runner.cancel_local(promoted.turn_id, "CANCELLED", "stop it")
-    assert await runner.sweep() == 1
+    await runner.sweep()  # (or the server's own periodic look, if it came first)
     events = await promoted.events()
     assert kinds(events).count("turn_completed") == 1
     assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_CANCELLED
