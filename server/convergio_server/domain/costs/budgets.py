@@ -36,6 +36,7 @@ _DAY = 86_400
 # counter that is needed again is seeded from the ledger.
 _TTL = {"DAILY": 2 * _DAY, "MONTHLY": 33 * _DAY, "TOTAL": 35 * _DAY, "PER_TURN": _DAY}
 _RESERVED_TTL = _DAY
+PERIODS = ("DAILY", "MONTHLY", "TOTAL")
 _CACHE_SIZE = 4096
 
 
@@ -174,20 +175,25 @@ class Budgets:
         ids = period_ids(datetime.now(UTC))
         await self.counters.seed(
             [
-                (
-                    Counter(
-                        self.counters.counter_key(
-                            tenant, "CONVERSATION", conversation_id, period, ids[period]
-                        ),
-                        None,
-                        _TTL[period],
-                        seed=True,
-                    ),
-                    0,
-                )
-                for period in ("DAILY", "MONTHLY", "TOTAL")
+                (self._period_counter(tenant, "CONVERSATION", conversation_id, period, ids), 0)
+                for period in PERIODS
             ]
         )
+
+    def _period_counter(
+        self,
+        tenant: str,
+        scope: str,
+        subject: str,
+        period: str,
+        ids: dict[str, str],
+        limit: Decimal | None = None,
+    ) -> Counter:
+        """The counter of one period of a budget (`subject` "" = the scope's default).
+        Seeded from the ledger when missing even without a limit: a limit set later must
+        find what the period already cost, not what was counted since Redis lost its data."""
+        key = self.counters.counter_key(tenant, scope, subject or "-", period, ids[period])
+        return Counter(key, None if limit is None else to_nanos(limit), _TTL[period], seed=True)
 
     async def changed(self, tenant: str) -> None:
         """Budgets of `tenant` were set or deleted: every process reloads them."""
@@ -223,15 +229,8 @@ class Budgets:
         out: list[Applied] = []
         turn_cap: tuple[Decimal, BudgetLimits] | None = None
         for b in budgets:
-            subject_part = b.subject or "-"
-            for period, limit in (("DAILY", b.daily), ("MONTHLY", b.monthly), ("TOTAL", b.total)):
-                key = self.counters.counter_key(tenant, b.scope, subject_part, period, ids[period])
-                # Seeded from the ledger when missing even without a limit: a limit set
-                # later must find what the period already cost, not what was counted since
-                # Redis lost its data.
-                counter = Counter(
-                    key, None if limit is None else to_nanos(limit), _TTL[period], seed=True
-                )
+            for period, limit in zip(PERIODS, (b.daily, b.monthly, b.total), strict=True):
+                counter = self._period_counter(tenant, b.scope, b.subject, period, ids, limit)
                 out.append(
                     Applied(b.scope, b.subject, period, ids[period], limit, b.thresholds, counter)
                 )
