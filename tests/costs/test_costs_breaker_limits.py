@@ -91,6 +91,31 @@ async def test_a_failed_probe_opens_the_breaker_again(
     assert (await b.breakers.get(tenant, TENANT)).state == "CLOSED"
 
 
+async def test_a_turn_failed_by_its_model_endpoint_counts_neither_way(
+    pair: tuple[RunningServer, RunningServer], tenant: str
+) -> None:
+    a, b = guards_of(pair[0]), guards_of(pair[1])
+    for _ in range(4):
+        await a.turn_finished(new_scope(tenant), Decimal(0), failed=True)
+    await b.turn_finished(new_scope(tenant), Decimal(0), failed=True, neutral=True)
+    # Not a fifth failure, and no success resetting the four.
+    counted = await a.breakers.get(tenant, TENANT)
+    assert (counted.state, counted.consecutive_failures) == ("CLOSED", 4)
+
+    await a.breakers.trip(tenant, TENANT, "FAILURES", "test")
+    await asyncio.sleep(COOL_DOWN + 0.1)
+    probe = new_scope(tenant)
+    await b.admit_turn(probe, "probe")
+    await b.turn_finished(probe, Decimal(0), failed=True, neutral=True)
+    # The probe said nothing: still half-open, and the next turn may probe at once.
+    assert (await a.breakers.get(tenant, TENANT)).state == "HALF_OPEN"
+    second = new_scope(tenant)
+    await a.admit_turn(second, "another probe")
+    await a.turn_finished(second, Decimal(0), failed=True)
+    assert (await b.breakers.get(tenant, TENANT)).state == "OPEN"
+    await a.breakers.reset(tenant, TENANT)
+
+
 async def test_repeated_cost_spikes_open_the_tenant_breaker(
     pair: tuple[RunningServer, RunningServer], tenant: str
 ) -> None:

@@ -1,6 +1,7 @@
 """Provider circuit breakers, one per model endpoint: which failed calls count, how the
 endpoint is keyed (as GetCircuitBreaker names it), and, through the API, a conversation whose
-endpoint answers HTTP 500 opening that endpoint's breaker and no other. The ledger entry of a
+endpoint answers HTTP 500 opening that endpoint's breaker and no other (the tenant's
+included). The ledger entry of a
 failed call has the reason of the turn's Error event.
 
 Each test runs in a tenant of its own (`breaker-...`), so no shared tenant's breaker moves."""
@@ -185,22 +186,26 @@ async def test_a_failing_endpoint_opens_its_breaker_and_no_other(
         assert default.circuit_breaker.state == cost_pb2.CIRCUIT_STATE_CLOSED
         assert default.circuit_breaker.consecutive_failures == 0
 
-        # Five failed turns opened the tenant's breaker too; once an operator closes it, the
-        # endpoint's own breaker still refuses its calls, without asking the endpoint.
-        await ops.costs.reset_circuit_breaker(
-            scope=cost_pb2.CIRCUIT_BREAKER_SCOPE_TENANT, reason="test: provider breaker only"
-        )
+        # The endpoint's own breaker refuses its calls, without asking the endpoint.
         asked = len(down.requests)
-        events = await _turn(ops, cid, "Question 5")
-        refused = _error(events)
-        assert refused.reason == common_pb2.ERROR_REASON_CIRCUIT_OPEN
-        assert refused.metadata["breaker"] == provider_name(key)
+        for i in range(5, 7):
+            events = await _turn(ops, cid, f"Question {i}")
+            refused = _error(events)
+            assert refused.reason == common_pb2.ERROR_REASON_CIRCUIT_OPEN
+            assert refused.metadata["breaker"] == provider_name(key)
         assert len(down.requests) == asked
+
+        # Seven turns failed by one endpoint (five failed calls, two refused by its breaker)
+        # leave the tenant's breaker as it was: one caller's broken endpoint does not shut
+        # the tenant out.
+        tenant = cost_pb2.CIRCUIT_BREAKER_SCOPE_TENANT
+        own = (await ops.costs.get_circuit_breaker(scope=tenant)).circuit_breaker
+        assert (own.state, own.consecutive_failures) == (cost_pb2.CIRCUIT_STATE_CLOSED, 0)
 
         # Another endpoint of the same tenant is not affected.
         up.then(Action("text", text="Revenue grew 8%"))
         other = await new_conversation(ops, agent="amy", model=_selection(up))
-        events = await _turn(ops, other, "Question 6")
+        events = await _turn(ops, other, "Question 7")
         assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
         up_key = f"openai:127.0.0.1:{up.port}"
         fine = await ops.costs.get_circuit_breaker(scope=provider, provider=up_key)

@@ -107,11 +107,20 @@ class Guards(Protocol):
         ...
 
     async def turn_finished(
-        self, scope: TurnScope, cost_usd: Decimal, failed: bool, ordinary: bool = True
+        self,
+        scope: TurnScope,
+        cost_usd: Decimal,
+        failed: bool,
+        ordinary: bool = True,
+        *,
+        neutral: bool = False,
     ) -> None:
         """Feed the breaker and the cost-spike detector. Only an `ordinary` turn (one that
         ran to its normal end) is a sample of what turns cost: a turn stopped early
-        (cancelled, refused by a budget, timed out) cost a part of one, often nothing."""
+        (cancelled, refused by a budget, timed out) cost a part of one, often nothing.
+        A `neutral` turn says nothing of the tenant's health (its model endpoint failed,
+        which counts on that endpoint's breaker): it counts neither way, and frees the
+        half-open probe it may have been."""
         ...
 
 
@@ -137,6 +146,12 @@ class NoGuards:
         return content
 
     async def turn_finished(
-        self, scope: TurnScope, cost_usd: Decimal, failed: bool, ordinary: bool = True
+        self,
+        scope: TurnScope,
+        cost_usd: Decimal,
+        failed: bool,
+        ordinary: bool = True,
+        *,
+        neutral: bool = False,
     ) -> None:
         return None

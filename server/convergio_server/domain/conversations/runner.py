@@ -54,7 +54,7 @@ from convergio_server.domain.conversations.model import (
 from convergio_server.domain.conversations.selection import Plan
 from convergio_server.domain.conversations.store import ConversationStore
 from convergio_server.domain.errors import Unavailable
-from convergio_server.domain.events.failures import error_event
+from convergio_server.domain.events.failures import endpoint_failure, error_event
 from convergio_server.domain.events.log import EventLog
 from convergio_server.domain.events.model import (
     BudgetAlert,
@@ -282,6 +282,7 @@ class TurnExecution:
         self.speaker_announced = False  # the single agent's SpeakerSelected went with TurnStarted
         self.lease_released = False  # renewed by the runner until then
         self.server_stopping = False  # ended because this process is shutting down
+        self.endpoint_failed = False  # ended by its model endpoint (see `endpoint_failure`)
 
     @property
     def tenant_id(self) -> str:
@@ -712,6 +713,7 @@ class TurnExecution:
             # AutoGen passes an agent's exception on as text: prefer the call's own error.
             cause = team.meter.failure or failure
             log.warning("turn %s: the team failed: %s", self.turn.id, cause)
+            self.endpoint_failed = endpoint_failure(cause)
             error = error_event(cause)
             return TurnOutcome(stop_reason=_stop_reason(error), stop_detail=error.message), error
         stop_reason, detail = COMPLETED, ""
@@ -827,6 +829,9 @@ class TurnExecution:
                 # breaker must not open for it.
                 outcome.stop_reason == ERROR and not self.server_stopping,
                 ordinary=outcome.stop_reason in (COMPLETED, MAX_TURNS),
+                # A failing model endpoint counts on its own breaker: one caller's broken
+                # endpoint must not shut the whole tenant out.
+                neutral=self.endpoint_failed,
             )
         if next_turn is not None:
             await runner.start_promoted(next_turn, lease_held=True)

@@ -108,6 +108,10 @@ class Breakers:
     async def success(self, tenant: str, name: str) -> BreakerState:
         return self._state(name, await self._op(tenant, name, "success"))
 
+    async def release(self, tenant: str, name: str) -> BreakerState:
+        """Neither a success nor a failure: only frees the half-open probe slot."""
+        return self._state(name, await self._op(tenant, name, "release"))
+
     async def failure(self, tenant: str, name: str, detail: str) -> BreakerState:
         return self._state(name, await self._op(tenant, name, "failure", detail[:200]))
 

@@ -202,14 +202,22 @@ class CostGuards:
         return cleaned
 
     async def turn_finished(
-        self, scope: TurnScope, cost_usd: Decimal, failed: bool, ordinary: bool = True
+        self,
+        scope: TurnScope,
+        cost_usd: Decimal,
+        failed: bool,
+        ordinary: bool = True,
+        *,
+        neutral: bool = False,
     ) -> None:
         principal = scope.principal
         if not self.active(principal):
             return
         tenant = principal.tenant_id
         try:
-            if failed:
+            if neutral:
+                await self.breakers.release(tenant, TENANT)
+            elif failed:
                 await self.breakers.failure(tenant, TENANT, f"turn {scope.turn_id} failed")
             elif ordinary:
                 await self.breakers.turn_succeeded(tenant, cost_usd)

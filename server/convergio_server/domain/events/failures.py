@@ -35,6 +35,23 @@ _DOMAIN_CODES = {
 }
 
 
+def endpoint_failure(exc: BaseException) -> bool:
+    """Whether a turn ended by `exc` failed because of its model endpoint: a model call that
+    failed, or a call refused by the endpoint's open breaker. Such failures count on the
+    endpoint's own breaker, not on the tenant's (one caller's broken endpoint must not shut
+    the whole tenant out)."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, DomainError):
+        cause = cause.__cause__
+    if isinstance(cause, ModelError):
+        return True
+    return (
+        isinstance(cause, DomainError)
+        and cause.reason == "CIRCUIT_OPEN"
+        and cause.metadata.get("breaker", "").startswith("provider:")
+    )
+
+
 def error_event(exc: BaseException) -> ErrorOccurred:
     """The Error event of a failure that ended a turn."""
     cause: BaseException | None = exc
