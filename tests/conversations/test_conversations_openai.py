@@ -1,6 +1,7 @@
 """A turn over an OpenAI-compatible endpoint (a local server that speaks the protocol with
 server-sent events): the endpoint's streamed text reaches the client as token deltas, its
-tool call runs, and its reported usage is the turn's."""
+tool call runs (a malformed or unknown one becomes a tool error the turn goes on after), and
+its reported usage is the turn's."""
 
 from __future__ import annotations
 
@@ -147,3 +148,88 @@ async def test_a_model_without_function_calling_answers_without_tools(
     assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
     assert "tool_call" not in kinds(events)
     assert all("tools" not in request.body for request in stub.requests)
+
+
+async def _turn_with_a_tool_call(
+    client: AsyncClient, call: Action, answer: str
+) -> tuple[list[events_pb2.ConversationEvent], list[dict[str, object]]]:
+    """A turn in which the endpoint asks for `call`, then answers `answer`: the events the
+    client received, and the messages of the endpoint's last request."""
+    async with openai_stub() as stub:
+        stub.then(call, Action("text", text=answer))
+        cid = await new_conversation(
+            client,
+            agent="amy",
+            model=common_pb2.ModelSelection(
+                provider=common_pb2.MODEL_PROVIDER_OPENAI,
+                model="gpt-4o-mini",
+                endpoint=common_pb2.ModelEndpoint(base_url=stub.base_url),
+            ),
+        )
+        events = await collect(
+            client.conversations.send(conversation_id=cid, content="What is the NPV at 8%?")
+        )
+        messages = stub.requests[-1].body["messages"]
+    return events, messages
+
+
+def _answered_without_the_tool(
+    events: list[events_pb2.ConversationEvent],
+    messages: list[dict[str, object]],
+    answer: str,
+) -> events_pb2.ToolResult:
+    """The one ToolResult of a turn that went on after the failed call and completed with
+    the endpoint's answer; the model was sent the same error text as the client."""
+    names = kinds(events)
+    assert names[-1] == "turn_completed", names
+    assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+    assert names.index("tool_call") < names.index("tool_result") < names.index("token_delta")
+    results = [e.tool_result for e in events if e.HasField("tool_result")]
+    assert len(results) == 1
+    result = results[0]
+    assert result.is_error and result.attempts == 0
+    completed = [e.message_completed for e in events if e.HasField("message_completed")]
+    assert completed[-1].content == answer
+    assert messages[-1]["role"] == "tool" and messages[-1]["content"] == result.content
+    return result
+
+
+@pytest.mark.parametrize(
+    ("arguments", "detail"),
+    [
+        ('{"operation": "npv", "values": [-100, 60', "not valid JSON"),
+        ("[-100, 60, 70]", "an array"),
+    ],
+)
+async def test_a_tool_call_whose_arguments_are_not_a_json_object_is_invalid(
+    priced_conv: AsyncClient, arguments: str, detail: str
+) -> None:
+    answer = "I could not run the calculator, so here is an estimate"
+    events, messages = await _turn_with_a_tool_call(
+        priced_conv, Action("tool", tool_arguments=arguments), answer
+    )
+    result = _answered_without_the_tool(events, messages, answer)
+    assert result.tool == "financial_calculator"
+    assert result.error_kind == events_pb2.TOOL_ERROR_KIND_INVALID_ARGUMENTS
+    assert result.content.startswith(
+        "error (INVALID_ARGUMENTS): arguments are not a JSON object"
+    ), result.content
+    assert detail in result.content
+
+
+async def test_a_call_of_a_tool_the_agent_does_not_have_names_the_tools_it_has(
+    priced_conv: AsyncClient,
+) -> None:
+    answer = "I have no such tool, so here is an estimate"
+    events, messages = await _turn_with_a_tool_call(
+        priced_conv, Action("tool", tool_name="send_wire_transfer"), answer
+    )
+    call = next(e.tool_call for e in events if e.HasField("tool_call"))
+    assert call.tool == "send_wire_transfer"
+    result = _answered_without_the_tool(events, messages, answer)
+    assert result.tool == "send_wire_transfer"
+    assert result.error_kind == events_pb2.TOOL_ERROR_KIND_UNKNOWN_TOOL
+    assert result.content.startswith("error (UNKNOWN_TOOL): "), result.content
+    assert "'send_wire_transfer'" in result.content
+    for tool in ("financial_calculator", "search_knowledge_base", "conversation_cost"):
+        assert tool in result.content

@@ -20,6 +20,7 @@ from autogen_core import CancellationToken, FunctionCall
 from autogen_core.models import CreateResult, LLMMessage, SystemMessage, UserMessage
 from convergio_server.config import Settings
 from convergio_server.domain.agents.roster import Roster
+from convergio_server.domain.conversations.agent import ParticipantAgent
 from convergio_server.domain.errors import InvalidArgument
 from convergio_server.domain.models.errors import ModelError
 from convergio_server.domain.models.factory import (
@@ -209,6 +210,65 @@ async def test_assistant_agent_over_the_endpoint_streams_and_calls_tools() -> No
     # The tool result went back to the endpoint.
     last = stub.requests[-1].body["messages"]
     assert last[-1]["role"] == "tool" and "NPV = 15.57" in last[-1]["content"]
+
+
+@pytest.mark.parametrize(
+    ("tools", "call", "expected"),
+    [
+        (
+            ["financial_calculator"],
+            Action("tool", tool_arguments='{"operation": "npv", "values": [1'),
+            "error (INVALID_ARGUMENTS): arguments are not a JSON object: not valid JSON "
+            "(Expecting ',' delimiter: line 1 column 34 (char 33))",
+        ),
+        (
+            ["financial_calculator"],
+            Action("tool", tool_arguments="null"),
+            "error (INVALID_ARGUMENTS): arguments are not a JSON object: got null",
+        ),
+        (
+            ["financial_calculator", "conversation_cost"],
+            Action("tool", tool_name="fx_convert"),
+            "error (UNKNOWN_TOOL): amy has no tool 'fx_convert'; "
+            "its tools are financial_calculator, conversation_cost",
+        ),
+        (
+            [],
+            Action("tool", tool_name="fx_convert"),
+            "error (UNKNOWN_TOOL): amy has no tool 'fx_convert'; it has no tools",
+        ),
+        # Blank arguments are a call without arguments, as the tools read them.
+        (
+            ["workflow_catalog"],
+            Action("tool", tool_name="workflow_catalog", tool_arguments=""),
+            "strategic_analysis",
+        ),
+    ],
+)
+async def test_calls_autogen_would_refuse_get_tool_error_kinds(
+    tools: list[str], call: Action, expected: str
+) -> None:
+    async with openai_stub() as stub:
+        stub.then(call, Action("text", text="Answered without it"))
+        agent = ParticipantAgent(
+            "amy",
+            model_client=client(stub.base_url),
+            tools=ToolRegistry.builtin().autogen_tools(tools, ToolContext(tenant_id="t")) or None,
+            model_client_stream=True,
+            reflect_on_tool_use=True,
+        )
+        events = [e async for e in agent.run_stream(task="NPV of -100, 60, 70 at 8%?")]
+    execution = next(e for e in events if isinstance(e, ToolCallExecutionEvent))
+    result = execution.content[0]
+    assert result.name == call.tool_name and result.call_id == "call_1"
+    if expected.startswith("error ("):
+        assert result.is_error and result.content == expected
+    else:
+        assert not result.is_error and expected in result.content
+    text = next(e for e in events if isinstance(e, TextMessage) and e.source == "amy")
+    assert text.content == "Answered without it"
+    last = stub.requests[-1].body["messages"]
+    assert last[-1]["role"] == "tool" and last[-1]["content"] == result.content
 
 
 def test_offline_is_the_default(tmp_path: Path) -> None:

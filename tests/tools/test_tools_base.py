@@ -69,7 +69,7 @@ async def test_valid_call_returns_content() -> None:
         ({"city": "Rome", "days": 99}, "days:"),
         ({}, "city: Field required"),
         ('{"city": ', "not valid JSON"),
-        ("[1, 2]", "must be a JSON object"),
+        ("[1, 2]", "arguments are not a JSON object: got an array"),
     ],
 )
 async def test_invalid_arguments_never_reach_the_tool(arguments: object, expected: str) -> None:

@@ -678,7 +678,9 @@ class TurnExecution:
                 elif isinstance(item, ToolCallExecutionEvent):
                     took = time.monotonic() - tools_started
                     for res in item.content:
-                        attempts = team.tool_attempts.get(res.call_id, 1)
+                        # A failed call no tool recorded never reached one (an unknown
+                        # tool, arguments that are not a JSON object).
+                        attempts = team.tool_attempts.get(res.call_id, 0 if res.is_error else 1)
                         self.post(_tool_result(source, res, attempts, took))
                 elif isinstance(item, TextMessage | ToolCallSummaryMessage) and source != "user":
                     usage = pending_usage.pop(source, Usage()) + _usage(item.models_usage)
@@ -865,8 +867,9 @@ _TOOL_ERROR_KINDS = frozenset(
 
 
 def _tool_result(agent: str, res: Any, attempts: int, seconds: float) -> ToolResult:
-    """A ToolResult event from AutoGen's FunctionExecutionResult. The tool adapter words
-    failures as "error (KIND): ..."; AutoGen's own failures (an unknown tool) are plain text."""
+    """A ToolResult event from AutoGen's FunctionExecutionResult. The tool adapter and the
+    participant agent word failures as "error (KIND): ..."; any other failing text (AutoGen's
+    own, should it answer a call itself) is classified by what it says."""
     content = str(res.content)
     kind = "UNSPECIFIED"
     if res.is_error:

@@ -17,6 +17,7 @@ from autogen_core.tools import BaseTool
 from convergio_server.config import Settings
 from convergio_server.domain.agents.roster import AgentSpec, Roster
 from convergio_server.domain.auth import Principal
+from convergio_server.domain.conversations.agent import ParticipantAgent
 from convergio_server.domain.conversations.history import RecentHistory
 from convergio_server.domain.conversations.metering import Meter, MeteredClient, Pricing, free
 from convergio_server.domain.conversations.model import Conversation, Turn
@@ -222,7 +223,7 @@ class AutogenTeamBuilder:
             ]
             for name in usable:
                 risk[name] = self.tools.get(name).risk_level.name
-            agent = AssistantAgent(
+            agent = ParticipantAgent(
                 spec.name,
                 client,
                 tools=tools or None,

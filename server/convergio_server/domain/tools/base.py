@@ -37,6 +37,7 @@ class ToolErrorKind(StrEnum):
     TRANSIENT = "TRANSIENT"  # a dependency failed in a way that may pass (retried)
     PERMANENT = "PERMANENT"  # it cannot succeed with these arguments
     DENIED = "DENIED"  # not allowed for this caller or tenant
+    UNKNOWN_TOOL = "UNKNOWN_TOOL"  # the agent asked for a tool it does not have
 
 
 class RiskLevel(IntEnum):
@@ -103,6 +104,37 @@ def describe_validation_error(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
+_JSON_TYPES: tuple[tuple[type[Any], str], ...] = (
+    (bool, "a boolean"),  # before int: a bool is an int
+    (int, "a number"),
+    (float, "a number"),
+    (str, "a string"),
+    (list, "an array"),
+)
+
+
+def parse_arguments(arguments: object) -> dict[str, Any]:
+    """A call's arguments as a dict, from the JSON text a model sent (blank is `{}`, as for
+    a tool without parameters) or from parsed values; ToolError(INVALID_ARGUMENTS) saying
+    the arguments are not a JSON object, and why, otherwise."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ToolError(
+                ToolErrorKind.INVALID_ARGUMENTS,
+                f"arguments are not a JSON object: not valid JSON ({exc})",
+            ) from exc
+    if isinstance(arguments, Mapping):
+        return dict(arguments)
+    got = "null" if arguments is None else type(arguments).__name__
+    for python_type, json_type in _JSON_TYPES:
+        if isinstance(arguments, python_type):
+            got = json_type
+            break
+    raise ToolError(ToolErrorKind.INVALID_ARGUMENTS, f"arguments are not a JSON object: got {got}")
+
+
 # Errors from lower layers that usually pass on their own.
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
@@ -132,17 +164,9 @@ class ConvergioTool(ABC, Generic[ArgsT]):
 
     def validate(self, arguments: Mapping[str, Any] | str) -> ArgsT:
         """The typed arguments, or ToolError(INVALID_ARGUMENTS) naming each bad field."""
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
-            except json.JSONDecodeError as exc:
-                raise ToolError(
-                    ToolErrorKind.INVALID_ARGUMENTS, f"arguments are not valid JSON: {exc}"
-                ) from exc
-        if not isinstance(arguments, Mapping):
-            raise ToolError(ToolErrorKind.INVALID_ARGUMENTS, "arguments must be a JSON object")
+        values = parse_arguments(arguments)
         try:
-            return self.args_model.model_validate(dict(arguments))  # type: ignore[return-value]
+            return self.args_model.model_validate(values)  # type: ignore[return-value]
         except ValidationError as exc:
             raise ToolError(
                 ToolErrorKind.INVALID_ARGUMENTS, describe_validation_error(exc)
