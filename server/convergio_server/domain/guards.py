@@ -29,6 +29,16 @@ class BudgetAlertInfo:
     limit_usd: Decimal
 
 
+@dataclass(frozen=True)
+class ScreenedResult:
+    """What a model may see of a tool result (secrets redacted, instructions withheld or
+    marked), the screening rules it matched, and whether it was withheld (`blocked`)."""
+
+    text: str
+    rules: tuple[str, ...] = ()
+    blocked: bool = False
+
+
 # Called by the guards during a turn (from inside a model call) with each alert crossed.
 AlertSink = Callable[[BudgetAlertInfo], Awaitable[None]]
 
@@ -102,8 +112,8 @@ class Guards(Protocol):
         interrupted calls recorded as CLIENT_GONE rather than CANCELLED."""
         ...
 
-    async def screen_tool_result(self, scope: TurnScope, content: str) -> str:
-        """Screen a tool result before it reaches a model; returns what to pass on."""
+    async def screen_tool_result(self, scope: TurnScope, content: str) -> ScreenedResult:
+        """Screen a tool result before it reaches a model: what to pass on, and why."""
         ...
 
     async def turn_finished(
@@ -142,8 +152,8 @@ class NoGuards:
     def wrap_model_client(self, client: Any, call: CallInfo) -> Any:
         return client
 
-    async def screen_tool_result(self, scope: TurnScope, content: str) -> str:
-        return content
+    async def screen_tool_result(self, scope: TurnScope, content: str) -> ScreenedResult:
+        return ScreenedResult(content)
 
     async def turn_finished(
         self,

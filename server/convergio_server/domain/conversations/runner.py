@@ -74,7 +74,14 @@ from convergio_server.domain.events.model import (
     TurnStarted,
     Usage,
 )
-from convergio_server.domain.guards import Admission, AlertSink, BudgetAlertInfo, Guards, TurnScope
+from convergio_server.domain.guards import (
+    Admission,
+    AlertSink,
+    BudgetAlertInfo,
+    Guards,
+    ScreenedResult,
+    TurnScope,
+)
 from convergio_server.domain.models.tap import TextSink
 
 log = logging.getLogger(__name__)
@@ -142,6 +149,8 @@ class BuiltTeam:
     inject_context: Callable[[], Awaitable[None]] | None = None
     history_tokens: int = 0  # the agents' memory budget (bounds a group member's buffer)
     tool_attempts: dict[str, int] = field(default_factory=dict)  # call id -> attempts
+    # Call id -> what input screening found in the call's result (when it found anything).
+    screened: dict[str, ScreenedResult] = field(default_factory=dict)
 
 
 class TeamBuilder(Protocol):
@@ -681,6 +690,9 @@ class TurnExecution:
                         # A failed call no tool recorded never reached one (an unknown
                         # tool, arguments that are not a JSON object).
                         attempts = team.tool_attempts.get(res.call_id, 0 if res.is_error else 1)
+                        screened = team.screened.pop(res.call_id, None)
+                        if screened is not None and not screened.blocked:
+                            self.post(_result_flagged(res.call_id, screened))
                         self.post(_tool_result(source, res, attempts, took))
                 elif isinstance(item, TextMessage | ToolCallSummaryMessage) and source != "user":
                     usage = pending_usage.pop(source, Usage()) + _usage(item.models_usage)
@@ -932,6 +944,16 @@ def _admission_events(admission: Admission | None, turn: Turn) -> list[EventBody
         ]
         out.append(InputFlagged(message_id=turn.user_message_id, call_id="", findings=findings))
     return out
+
+
+def _result_flagged(call_id: str, screened: ScreenedResult) -> InputFlagged:
+    """What screening found in a tool result it let through (redacted or marked)."""
+    findings = []
+    for rule in screened.rules:
+        category = _category(rule)
+        detail = "redacted" if category == "SECRET" else "marked as data, let through"
+        findings.append(ScreeningFinding(category=category, rule=rule, detail=detail))
+    return InputFlagged(message_id="", call_id=call_id, findings=findings)
 
 
 def _category(rule: str) -> str:

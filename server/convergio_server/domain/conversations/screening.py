@@ -1,5 +1,6 @@
 """Tool results pass the input screening (`Guards.screen_tool_result`) before a model sees
-them: a result that carries instructions is withheld or marked, secrets are redacted."""
+them: a result that carries instructions is withheld (a failed call, kind BLOCKED) or marked,
+secrets are redacted. What screening found is kept per call for the turn's events."""
 
 from __future__ import annotations
 
@@ -10,22 +11,30 @@ from autogen_core import CancellationToken
 from autogen_core.tools import BaseTool, ToolSchema
 from pydantic import BaseModel
 
-from convergio_server.domain.tools.registry import cached_schema
+from convergio_server.domain.guards import ScreenedResult
+from convergio_server.domain.tools.base import ToolErrorKind, ToolOutcome
+from convergio_server.domain.tools.registry import ToolCallFailed, cached_schema
 
-Screen = Callable[[str], Awaitable[str]]
+Screen = Callable[[str], Awaitable[ScreenedResult]]
 
 
 class ScreenedTool(BaseTool[BaseModel, Any]):
     """`inner`, with its results screened."""
 
     def __init__(
-        self, inner: BaseTool[Any, Any], screen: Screen, attempts: dict[str, int] | None = None
+        self,
+        inner: BaseTool[Any, Any],
+        screen: Screen,
+        attempts: dict[str, int] | None = None,
+        screened: dict[str, ScreenedResult] | None = None,
     ) -> None:
         super().__init__(inner.args_type(), inner.return_type(), inner.name, inner.description)
         self.inner = inner
         self.screen = screen
         # Attempts per call id (retries of transient failures), for the ToolResult event.
         self.attempts = attempts if attempts is not None else {}
+        # What screening found, per call id of a result that matched a rule.
+        self.screened = screened if screened is not None else {}
 
     @property
     def schema(self) -> ToolSchema:
@@ -43,11 +52,24 @@ class ScreenedTool(BaseTool[BaseModel, Any]):
             outcomes = getattr(self.inner, "outcomes", None)
             if call_id and outcomes:
                 self.attempts[call_id] = int(getattr(outcomes[-1], "attempts", 1))
-        return await self.screen(self.inner.return_value_as_string(result))
+        return await self._screened(self.inner.return_value_as_string(result), call_id)
 
     async def run(self, args: BaseModel, cancellation_token: CancellationToken) -> Any:
         result = await self.inner.run(args, cancellation_token)
-        return await self.screen(self.inner.return_value_as_string(result))
+        return await self._screened(self.inner.return_value_as_string(result), None)
+
+    async def _screened(self, text: str, call_id: str | None) -> str:
+        screened = await self.screen(text)
+        if screened.rules and call_id:
+            self.screened[call_id] = screened
+        if screened.blocked:
+            # A failed call to the model and to the client (kind BLOCKED): nothing of what
+            # the tool returned goes on.
+            withheld = ToolOutcome(
+                self.name, screened.text.strip("[]"), True, ToolErrorKind.BLOCKED
+            )
+            raise ToolCallFailed(withheld)
+        return screened.text
 
     def return_value_as_string(self, value: Any) -> str:
         return value if isinstance(value, str) else self.inner.return_value_as_string(value)

@@ -37,7 +37,7 @@ from convergio_server.domain.features import (
     TRUE_STREAMING,
     FeatureGate,
 )
-from convergio_server.domain.guards import AlertSink, CallInfo, Guards, TurnScope
+from convergio_server.domain.guards import AlertSink, CallInfo, Guards, ScreenedResult, TurnScope
 from convergio_server.domain.knowledge import MAX_QUERY_CHARS, KnowledgeBase
 from convergio_server.domain.models.factory import create_model_client, resolve_selection
 from convergio_server.domain.models.selection import ModelInfoOverride, ModelSelection
@@ -189,8 +189,9 @@ class AutogenTeamBuilder:
         closers = []
 
         attempts: dict[str, int] = {}
+        screened: dict[str, ScreenedResult] = {}
 
-        async def screen(content: str) -> str:
+        async def screen(content: str) -> ScreenedResult:
             return await guards.screen_tool_result(scope, content)
 
         ctx = ToolContext(
@@ -218,7 +219,9 @@ class AutogenTeamBuilder:
             usable = spec.tools if client.model_info.get("function_calling", True) else ()
             offered = self.tools.autogen_tools(list(usable), ctx) if usable else []
             tools: list[Any] = [
-                ScreenedTool(tool, screen, attempts) if isinstance(tool, BaseTool) else tool
+                ScreenedTool(tool, screen, attempts, screened)
+                if isinstance(tool, BaseTool)
+                else tool
                 for tool in offered
             ]
             for name in usable:
@@ -258,6 +261,7 @@ class AutogenTeamBuilder:
                 inject_context=inject_context,
                 history_tokens=self.settings.history_max_tokens,
                 tool_attempts=attempts,
+                screened=screened,
             )
         participants = [
             Participant(s.name, tuple(s.expertise), s.priority, s.description) for s in specs
@@ -314,6 +318,7 @@ class AutogenTeamBuilder:
             inject_context=inject_context,
             history_tokens=self.settings.history_max_tokens,
             tool_attempts=attempts,
+            screened=screened,
         )
 
     async def _find_context(

@@ -35,7 +35,7 @@ from convergio_server.domain.costs.screening import Screener
 from convergio_server.domain.errors import DomainError, Unavailable
 from convergio_server.domain.events.failures import error_event
 from convergio_server.domain.features import COST_SAFETY, FeatureGate
-from convergio_server.domain.guards import Admission, CallInfo, TurnScope
+from convergio_server.domain.guards import Admission, CallInfo, ScreenedResult, TurnScope
 from convergio_server.domain.models.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -195,11 +195,16 @@ class CostGuards:
     def wrap_model_client(self, client: Any, call: CallInfo) -> Any:
         return BilledModelClient(client, call, self)
 
-    async def screen_tool_result(self, scope: TurnScope, content: str) -> str:
+    async def screen_tool_result(self, scope: TurnScope, content: str) -> ScreenedResult:
         if not self.active(scope.principal):
-            return content
-        cleaned, _ = self.screener.clean_tool_result(content)
-        return cleaned
+            return ScreenedResult(content)
+        screener = self.screener
+        cleaned, found = screener.clean_tool_result(content)
+        return ScreenedResult(
+            cleaned,
+            tuple(dict.fromkeys(f.rule for f in found)),
+            blocked=screener.action == "block" and any(f.category != "secret" for f in found),
+        )
 
     async def turn_finished(
         self,

@@ -38,6 +38,7 @@ class ToolErrorKind(StrEnum):
     PERMANENT = "PERMANENT"  # it cannot succeed with these arguments
     DENIED = "DENIED"  # not allowed for this caller or tenant
     UNKNOWN_TOOL = "UNKNOWN_TOOL"  # the agent asked for a tool it does not have
+    BLOCKED = "BLOCKED"  # input screening withheld the result (instructions in it)
 
 
 class RiskLevel(IntEnum):
