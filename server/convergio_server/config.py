@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -374,23 +375,50 @@ def load_settings(
     # environment names in any case, so they are compared in one case here too.
     env_names = {name.upper() for name in os.environ}
     merged: dict[str, Any] = {}
+    # Where each value that is not the environment's came from, so that an error names the
+    # place the operator has to fix.
+    origins: dict[str, str] = {}
     for key, value in file_values.items():
         field = Settings.model_fields.get(key)
         if field is None:
             raise SettingsError(f"unknown setting {key!r} in {path}")
-        names = {f"CONVERGIO_{key.upper()}"}
-        alias = field.validation_alias
-        if isinstance(alias, AliasChoices):
-            names |= {str(choice).upper() for choice in alias.choices}
-        if not names & env_names:
+        if not _env_names(key) & env_names:
             merged[key] = value
+            origins[key] = f"in {path}, where it is {_toml_kind(value)}"
     for key, value in (overrides or {}).items():
         if value is not None:
             merged[key] = value
+            origins[key] = f"--{key.replace('_', '-')}"
     try:
         return Settings(**merged)
     except ValidationError as exc:
-        raise SettingsError(describe_settings_error(exc)) from None
+        raise SettingsError(describe_settings_error(exc, origins)) from None
+
+
+def _env_names(key: str) -> set[str]:
+    """The environment variables (upper case) that set the field `key`."""
+    names = {f"CONVERGIO_{key.upper()}"}
+    alias = Settings.model_fields[key].validation_alias
+    if isinstance(alias, AliasChoices):
+        names |= {str(choice).upper() for choice in alias.choices}
+    return names
+
+
+def _toml_kind(value: Any) -> str:
+    # The type, never the value: a mistyped key or URL may hold a secret.
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date or time"
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -410,23 +438,29 @@ def _read_file(path: Path) -> dict[str, Any]:
     raise SettingsError(f"settings file {path}: {problem}")
 
 
-def describe_settings_error(error: ValidationError) -> str:
-    """One line naming each bad setting with its environment variable."""
+def describe_settings_error(
+    error: ValidationError, origins: Mapping[str, str] | None = None
+) -> str:
+    """One line naming each bad setting with where it came from: `origins` for values given
+    by the settings file or the command line (see `load_settings`), else its environment
+    variable."""
+    origins = origins or {}
     parts = []
     for item in error.errors():
         name = ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
-        field = Settings.model_fields.get(name)
-        if field is not None:
-            alias = field.validation_alias
-            env = (
-                str(alias.choices[0])
-                if isinstance(alias, AliasChoices)
-                else f"CONVERGIO_{name.upper()}"
-            )
-            name = f"{name} ({env})"
+        key = str(item["loc"][0]) if item["loc"] else ""
+        if key in origins:
+            name = f"{name} ({origins[key]})"
+        elif key in Settings.model_fields:
+            name = f"{name} ({_env_name_of(key)})"
         parts.append(f"{name}: {message}" if name else message)
     return "invalid settings: " + "; ".join(parts)
+
+
+def _env_name_of(key: str) -> str:
+    alias = Settings.model_fields[key].validation_alias
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"CONVERGIO_{key.upper()}"
 
 
 def prepare_data_dir(settings: Settings) -> None:

@@ -250,7 +250,9 @@ async def test_provider_failures_open_its_breaker_and_are_in_the_ledger(
     assert refused.value.reason == "CIRCUIT_OPEN"
     billed = await entries(guards, tenant)
     assert [e.outcome for e in billed] == ["ERROR"] * 5
-    assert all(e.completion_tokens == 0 and e.prompt_tokens > 0 for e in billed)
+    # Never connected: the request never left, so nothing is billed.
+    nothing = (0, 0, Decimal(0))
+    assert all((e.prompt_tokens, e.completion_tokens, e.cost_usd) == nothing for e in billed)
     assert all(e.error_reason == "UNAVAILABLE" for e in billed)
     # The tenant's other endpoints are not affected.
     assert (await guards.breakers.get(tenant, provider_name("openai"))).state == "CLOSED"
@@ -273,8 +275,8 @@ async def test_a_workflow_step_is_billed_to_its_execution(guards: CostGuards, te
 async def test_a_turns_usage_counts_what_the_ledger_bills_for_a_failed_call(
     guards: CostGuards, tenant: str
 ) -> None:
-    # The endpoint is down: no usage comes back, but the prompt is billed all the same. The
-    # turn's meter reads the billed client's usage, so it must say what the ledger says.
+    # The endpoint is down (nothing listens on port 9): the request never left, nothing is
+    # billed. The turn's meter reads the billed client's usage: it says what the ledger says.
     down = OpenAICompatChatCompletionClient(
         model="gpt-4o-mini", base_url="http://127.0.0.1:9/v1", api_key="unused", max_retries=0
     )
@@ -283,8 +285,8 @@ async def test_a_turns_usage_counts_what_the_ledger_bills_for_a_failed_call(
     with pytest.raises(Exception):  # noqa: B017 - whatever the client raises for a refusal
         await client.create(MESSAGES)
     [entry] = await entries(guards, tenant)
-    assert entry.outcome == "ERROR" and entry.prompt_tokens > 0
-    assert (meter.prompt_tokens, meter.completion_tokens) == (entry.prompt_tokens, 0)
+    assert (entry.outcome, entry.prompt_tokens, entry.cost_usd) == ("ERROR", 0, Decimal(0))
+    assert (meter.prompt_tokens, meter.completion_tokens) == (0, 0)
     # A second, successful call adds only its own usage.
     ok = MeteredClient(
         guards.wrap_model_client(

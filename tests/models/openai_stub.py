@@ -1,6 +1,6 @@
 """A local HTTP server that speaks the OpenAI chat-completions protocol (JSON and
 server-sent events), scripted per request: answer, stream text, stream a tool call, fail
-with a status, send garbage, or hang."""
+with a status, send garbage, hang, or keep streaming past `max_tokens`."""
 
 from __future__ import annotations
 
@@ -16,12 +16,18 @@ CREATED = 1_700_000_000
 
 @dataclass
 class Action:
-    kind: str  # "text", "tool", "status", "garbage", "truncated", "cut", "hang"
+    # "text", "tool", "status", "garbage", "truncated", "cut", "hang", and "runaway" (text,
+    # or a tool call's arguments with "runaway_tool") that ignores max_tokens
+    kind: str
     text: str = "Hello from the stub"
     status: int = 200
     retry_after_ms: int = 1
     tool_name: str = "financial_calculator"
     tool_arguments: str = '{"operation": "npv", "rate": 0.08, "values": [-100, 60, 70]}'
+    report_usage: bool = True  # False: no usage chunk, even when asked for one
+    words: int = 2000  # how much a runaway streams, one word (or number) per chunk
+    linger_seconds: float = 5.0  # how long a runaway waits for a hang-up before it ends
+    cut_after: tuple[str, ...] = ("Hello", " from", " the")  # what "cut" sends before it drops
 
 
 @dataclass
@@ -29,6 +35,8 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    # The client closed the connection before the stub had sent its whole answer.
+    hung_up: bool = False
 
 
 @dataclass
@@ -47,6 +55,10 @@ class OpenAIStub:
         self.script.extend(actions)
         return self
 
+    async def answered(self) -> None:
+        """Waits until every request so far has had its whole answer (or its hang-up)."""
+        await asyncio.wait_for(asyncio.gather(*self.handlers, return_exceptions=True), 30)
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -64,9 +76,13 @@ class OpenAIStub:
                 headers[name.strip().lower()] = value.strip()
             raw = await reader.readexactly(int(headers.get("content-length", "0")))
             body = json.loads(raw) if raw else {}
-            self.requests.append(Recorded(request_line.split()[1], headers, body))
+            recorded = Recorded(request_line.split()[1], headers, body)
+            self.requests.append(recorded)
             self.received.set()
             action = self.script.pop(0) if self.script else Action("text")
+            if action.kind.startswith("runaway"):
+                await self._runaway(action, body, reader, writer, recorded)
+                return
             await self.respond(action, body, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -142,7 +158,7 @@ class OpenAIStub:
         self, action: Action, body: dict[str, Any], writer: asyncio.StreamWriter
     ) -> None:
         if action.kind == "cut":
-            await self._cut(body, writer)
+            await self._cut(action, body, writer)
             return
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
@@ -199,7 +215,7 @@ class OpenAIStub:
             await writer.drain()
         if action.kind == "truncated":
             return
-        if (body.get("stream_options") or {}).get("include_usage"):
+        if action.report_usage and (body.get("stream_options") or {}).get("include_usage"):
             usage = {
                 "id": "chatcmpl-1",
                 "object": "chat.completion.chunk",
@@ -212,13 +228,72 @@ class OpenAIStub:
         writer.write(b"data: [DONE]\n\n")
         await writer.drain()
 
-    async def _cut(self, body: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+    async def _runaway(
+        self,
+        action: Action,
+        body: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        recorded: Recorded,
+    ) -> None:
+        """Streams `action.words` pieces whatever max_tokens says, then waits a while for
+        the client to hang up before it ends the answer and reports its usage honestly."""
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Cache-Control: no-cache\r\nConnection: close\r\n\r\n"
+        )
+
+        def event(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
+            choices = (
+                [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+            )
+            chunk = {
+                "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": CREATED,
+                "model": body.get("model", "stub"), "choices": choices, **extra,
+            }  # fmt: skip
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
+        tool = action.kind == "runaway_tool"
+        try:
+            writer.write(event({"role": "assistant", "content": ""}))
+            if tool:
+                writer.write(event({"tool_calls": [{
+                    "index": 0, "id": "call_1", "type": "function",
+                    "function": {"name": action.tool_name, "arguments": '{"values": ['},
+                }]}))  # fmt: skip
+            for index in range(action.words):
+                piece: dict[str, Any]
+                if tool:
+                    piece = {"tool_calls": [{"index": 0, "function": {"arguments": f"{index}, "}}]}
+                else:
+                    piece = {"content": f"word{index}" if index == 0 else f" word{index}"}
+                writer.write(event(piece))
+                await writer.drain()
+            try:
+                recorded.hung_up = (
+                    await asyncio.wait_for(reader.read(), action.linger_seconds) == b""
+                )
+            except TimeoutError:
+                pass
+            if recorded.hung_up:
+                return
+            writer.write(event({}, "tool_calls" if tool else "stop"))
+            usage = {"prompt_tokens": 11, "completion_tokens": action.words,
+                     "total_tokens": 11 + action.words}  # fmt: skip
+            writer.write(event(None, usage=usage) + b"data: [DONE]\n\n")
+            await writer.drain()
+        except ConnectionError:
+            recorded.hung_up = True
+
+    async def _cut(
+        self, action: Action, body: dict[str, Any], writer: asyncio.StreamWriter
+    ) -> None:
         """A chunked answer whose connection drops in the middle of its body."""
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
         )
-        for word in ("Hello", " from", " the"):
+        for word in action.cut_after:
             event = {
                 "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": CREATED,
                 "model": body.get("model", "stub"),

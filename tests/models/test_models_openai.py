@@ -109,6 +109,71 @@ async def test_rate_limit_and_server_errors_are_retried() -> None:
     assert len(stub.requests) == 3
 
 
+async def test_a_stream_past_max_tokens_is_cut_there_and_closed() -> None:
+    """An endpoint that ignores max_tokens: the answer ends at the cap, as a length-capped
+    answer ends, the connection is closed, and the usage says what was taken, not what the
+    endpoint would have sent (its own count is never read)."""
+    async with openai_stub() as stub:
+        stub.then(Action("runaway", words=2000))
+        model = client(stub.base_url, max_output_tokens=25)
+        items = [item async for item in model.create_stream(MESSAGES)]
+        await stub.answered()
+        await model.close()
+    chunks, final = items[:-1], items[-1]
+    assert chunks == ["word0", *(f" word{i}" for i in range(1, 25))]
+    assert isinstance(final, CreateResult) and final.finish_reason == "length"
+    assert final.content == "".join(str(c) for c in chunks)
+    # The prompt as the cost guards count it when they reserve (the endpoint's count never
+    # came), and the 25 tokens taken.
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (
+        model.count_tokens(MESSAGES), 25,
+    )  # fmt: skip
+    assert model.total_usage() == final.usage == model.actual_usage()
+    assert stub.requests[0].body["max_tokens"] == 25
+    assert stub.requests[0].hung_up  # it stopped reading before the endpoint was done
+
+
+async def test_a_tool_call_past_max_tokens_is_cut_there_too() -> None:
+    async with openai_stub() as stub:
+        stub.then(Action("runaway_tool", words=500))
+        model = client(stub.base_url, max_output_tokens=30)
+        items = [item async for item in model.create_stream(MESSAGES)]
+        await stub.answered()
+    final = items[-1]
+    assert isinstance(final, CreateResult) and final.usage.completion_tokens <= 30
+    assert isinstance(final.content, list) and final.content[0].name == "financial_calculator"
+    assert final.content[0].arguments.startswith('{"values": [0, 1, 2')
+    assert stub.requests[0].hung_up
+
+
+async def test_an_answer_within_max_tokens_is_not_cut() -> None:
+    async with openai_stub() as stub:
+        # Exactly at the cap: a server that streams token by token sends 4 chunks here.
+        stub.then(Action("text"), Action("runaway", words=4, linger_seconds=0))
+        capped = client(stub.base_url, max_output_tokens=4)
+        items = [item async for item in capped.create_stream(MESSAGES)]
+        again = [item async for item in capped.create_stream(MESSAGES)]
+    final = items[-1]
+    assert isinstance(final, CreateResult) and final.finish_reason == "stop"
+    assert final.content == "Hello from the stub" and final.usage.completion_tokens == 7
+    last = again[-1]
+    assert isinstance(last, CreateResult) and last.content == "word0 word1 word2 word3"
+    assert last.finish_reason == "stop" and last.usage.completion_tokens == 4
+
+
+async def test_a_stream_without_usage_is_counted_not_free() -> None:
+    async with openai_stub() as stub:
+        stub.then(Action("text", report_usage=False))
+        model = client(stub.base_url)
+        items = [item async for item in model.create_stream(MESSAGES)]
+    final = items[-1]
+    assert isinstance(final, CreateResult) and final.content == "Hello from the stub"
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (
+        model.count_tokens(MESSAGES), 4,
+    )  # fmt: skip
+    assert model.total_usage() == final.usage
+
+
 # AutoGen warns about the empty result a garbage stream gives before it becomes an error.
 @pytest.mark.filterwarnings("ignore:No text content or tool calls:UserWarning")
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from convergio_server.config import Settings, load_settings
+from convergio_server.config import Settings, SettingsError, load_settings
 from pydantic import ValidationError
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -58,3 +58,59 @@ def test_invalid_values_are_rejected(field: str, value: Any) -> None:
     with pytest.raises(ValidationError) as caught:
         Settings(**{field: value})
     assert field in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "kind"),
+    [
+        ("listen = 51107", "listen", "an integer"),
+        ("metrics_listen = 9090", "metrics_listen", "an integer"),
+        ('db_pool_max = "ten"', "db_pool_max", "a string"),
+        ('bootstrap_dev_key = "maybe"', "bootstrap_dev_key", "a string"),
+        ("model_timeout_seconds = [60]", "model_timeout_seconds", "an array"),
+        ('log_level = { level = "INFO" }', "log_level", "a table"),
+        ("database_url = 5432", "database_url", "an integer"),
+        ("redis_url = true", "redis_url", "a boolean"),
+        ("flags_file = 1979-05-27", "flags_file", "a date or time"),
+    ],
+)
+def test_a_bad_value_in_the_file_is_named_by_its_key_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str, key: str, kind: str
+) -> None:
+    """The operator has to fix the file, not an environment variable they never set."""
+    for name in (f"CONVERGIO_{key.upper()}", key.upper()):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "convergio.toml"
+    config.write_text(line + "\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(None, config)
+    message = str(caught.value)
+    assert message.startswith(f"invalid settings: {key} (in {config}, where it is {kind}): ")
+    assert "CONVERGIO_" not in message and key.upper() not in message
+
+
+def test_a_bad_file_value_is_not_echoed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONVERGIO_OPENAI_API_KEY", raising=False)
+    config = tmp_path / "convergio.toml"
+    config.write_text("openai_api_key = 7355608\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(None, config)
+    assert "openai_api_key (in " in str(caught.value) and "7355608" not in str(caught.value)
+
+
+def test_bad_values_elsewhere_are_named_where_they_were_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "convergio.toml"
+    config.write_text('listen = "127.0.0.1:7000"\ndb_pool_max = 5\n')
+    # The environment beats the file: its value is the one refused, under its own name.
+    monkeypatch.setenv("CONVERGIO_DB_POOL_MAX", "five")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(None, config)
+    assert "db_pool_max (CONVERGIO_DB_POOL_MAX): " in str(caught.value)
+    assert str(config) not in str(caught.value)
+    monkeypatch.delenv("CONVERGIO_DB_POOL_MAX")
+    # A command-line flag beats both.
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"listen": "nohost"}, config)
+    assert "listen (--listen): " in str(caught.value)

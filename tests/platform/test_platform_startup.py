@@ -79,6 +79,16 @@ async def test_bad_config_file_is_one_line_in_every_command(tmp_path: Path) -> N
     _assert_one_line_error(done, "/nope.toml")
 
 
+async def test_a_mistyped_file_value_names_the_file_key(tmp_path: Path) -> None:
+    config = tmp_path / "convergio.toml"
+    config.write_text("listen = 51107\n")
+    env = server_env(CONVERGIO_DATA_DIR=str(tmp_path / "data"))
+    env.pop("CONVERGIO_LISTEN", None)
+    done = await asyncio.to_thread(_run, ["serve", "--config", str(config)], env, tmp_path)
+    _assert_one_line_error(done, f"listen (in {config}, where it is an integer)")
+    assert "CONVERGIO_LISTEN" not in done.stderr
+
+
 @pytest.mark.parametrize("kind", ["file", "missing parent"])
 async def test_unusable_data_dir_is_refused_before_any_key(
     tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, kind: str

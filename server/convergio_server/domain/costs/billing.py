@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from convergio_server.domain.costs.breaker import endpoint_key, provider_name
 from convergio_server.domain.guards import CallInfo
 from convergio_server.domain.models.delegating import DelegatingChatCompletionClient
+from convergio_server.domain.models.errors import ModelError
 from convergio_server.domain.models.text import count_text_tokens, tokenize
 
 if TYPE_CHECKING:
@@ -42,6 +43,15 @@ def base_url_of(client: ChatCompletionClient) -> str:
     return str(getattr(client, "base_url", "") or "")
 
 
+def _refused_by_endpoint(error: BaseException | None) -> bool:
+    """The endpoint answered with an error status (429, 5xx, a rejected request) instead of
+    an answer, or was never reached: it generated nothing, and providers bill nothing for a
+    refused call."""
+    while error is not None and not isinstance(error, ModelError):
+        error = error.__cause__
+    return error is not None and (error.status_code is not None or not error.sent)
+
+
 def _cached_tokens(result: CreateResult) -> int:
     # AutoGen's RequestUsage has no cached count; OpenAI-compatible clients may attach one.
     details = getattr(result.usage, "prompt_tokens_details", None)
@@ -55,8 +65,9 @@ class BilledModelClient(DelegatingChatCompletionClient):
         self._guards = guards
         self._breaker = provider_name(endpoint_key(call.provider or "offline", base_url_of(inner)))
         # What the ledger billed beyond what the wrapped client reported (a call that failed
-        # or was cancelled before its result: the prompt is billed all the same), so that a
-        # turn's usage, read from `total_usage`, says what its ledger rows say.
+        # or was cancelled before its result: the prompt is billed all the same, unless the
+        # endpoint refused it), so that a turn's usage, read from `total_usage`, says what its
+        # ledger rows say.
         self._billed_beyond = RequestUsage(prompt_tokens=0, completion_tokens=0)
 
     def total_usage(self) -> RequestUsage:
@@ -97,12 +108,18 @@ class BilledModelClient(DelegatingChatCompletionClient):
         outcome: str,
         error: BaseException | None,
         before: RequestUsage,
+        max_output: int,
     ) -> None:
         if result is not None:
             prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
             cached = _cached_tokens(result)
+        elif streamed_tokens == 0 and _refused_by_endpoint(error):
+            prompt, completion, cached = 0, 0, 0
         else:
-            prompt, completion, cached = ticket.prompt_estimate, streamed_tokens, 0
+            # Counted locally, the tokens streamed may come out above what the endpoint
+            # was allowed to generate; it generated no more than that.
+            prompt, completion = ticket.prompt_estimate, min(streamed_tokens, max_output)
+            cached = 0
             after = self._inner.total_usage()
             beyond = self._billed_beyond
             self._billed_beyond = RequestUsage(
@@ -133,11 +150,9 @@ class BilledModelClient(DelegatingChatCompletionClient):
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
     ) -> CreateResult:
+        max_output = self._max_output(extra_create_args)
         ticket = await self._guards.begin_call(
-            self._call,
-            self._prompt_tokens(messages, tools),
-            self._max_output(extra_create_args),
-            self._breaker,
+            self._call, self._prompt_tokens(messages, tools), max_output, self._breaker
         )
         result: CreateResult | None = None
         outcome, error = "OK", None
@@ -163,7 +178,7 @@ class BilledModelClient(DelegatingChatCompletionClient):
             generated = max(
                 0, self._inner.total_usage().completion_tokens - before.completion_tokens
             )
-            await self._finish(ticket, result, generated, outcome, error, before)
+            await self._finish(ticket, result, generated, outcome, error, before, max_output)
 
     async def create_stream(
         self,
@@ -175,11 +190,9 @@ class BilledModelClient(DelegatingChatCompletionClient):
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
     ) -> AsyncGenerator[str | CreateResult, None]:
+        max_output = self._max_output(extra_create_args)
         ticket = await self._guards.begin_call(
-            self._call,
-            self._prompt_tokens(messages, tools),
-            self._max_output(extra_create_args),
-            self._breaker,
+            self._call, self._prompt_tokens(messages, tools), max_output, self._breaker
         )
         before = self._inner.total_usage()
         result: CreateResult | None = None
@@ -211,4 +224,4 @@ class BilledModelClient(DelegatingChatCompletionClient):
             outcome, error = "ERROR", exc
             raise
         finally:
-            await self._finish(ticket, result, streamed, outcome, error, before)
+            await self._finish(ticket, result, streamed, outcome, error, before, max_output)

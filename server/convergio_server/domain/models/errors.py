@@ -33,6 +33,7 @@ class ModelError(DomainError):
     reason: str = "MODEL_ERROR"
     kind: ModelErrorKind = "invalid_response"
     status_code: int | None = None
+    sent: bool = True  # False: the request never reached the endpoint (no connection)
 
     @property
     def retryable(self) -> bool:

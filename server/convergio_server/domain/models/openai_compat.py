@@ -12,6 +12,10 @@ It wraps autogen_ext's `OpenAIChatCompletionClient` and adds what a platform nee
   between two streamed chunks;
 - errors: every failure becomes a `ModelError` with a kind, never a raw SDK exception; a
   stream that ends without a finish reason (cut off, or not the protocol) is one too;
+- the answer cap: a stream is read only up to the call's `max_tokens` (what the cost guards
+  reserved for), then closed and ended as cut off at its length limit, whether or not the
+  endpoint honours the cap; a stream whose usage is missing (cut off, or an endpoint that
+  does not report it) gets an estimate, so that it is not billed as free;
 - token counting offline: `count_tokens` uses the local tokenizer of `text.py` instead of
   tiktoken (which downloads its encodings on first use and fails without network);
 - cancellation: the cancellation token aborts the HTTP request at once.
@@ -23,7 +27,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import openai
 from autogen_core import CancellationToken
@@ -31,9 +35,18 @@ from autogen_core.models import (
     CreateResult,
     LLMMessage,
     ModelInfo,
+    RequestUsage,
 )
 from autogen_core.tools import Tool, ToolSchema
 from autogen_ext.models.openai import OpenAIChatCompletionClient
+from openai import AsyncStream, omit
+from openai.types.chat import (
+    ChatCompletionChunk,
+    ChatCompletionMessageParam,
+    ChatCompletionToolParam,
+)
+from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
+from openai.types.completion_usage import CompletionUsage
 from pydantic import BaseModel, ValidationError
 
 from convergio_server.domain.models.delegating import DelegatingChatCompletionClient
@@ -54,6 +67,17 @@ UNKNOWN_MODEL_INFO: ModelInfo = {
 }
 
 
+def _never_connected(exc: openai.APIConnectionError) -> bool:
+    """Whether the call failed before a connection was made. The HTTP library's connect
+    error is told by its name: the library is the openai package's choice, not ours."""
+    cause: BaseException | None = exc.__cause__
+    while cause is not None:
+        if type(cause).__name__ in ("ConnectError", "ConnectionRefusedError", "gaierror"):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def model_error(exc: BaseException, *, model: str, base_url: str) -> ModelError:
     """The ModelError for an exception raised by a call to `model` at `base_url`."""
     where = f"model {model!r} at {base_url or 'the default endpoint'}"
@@ -62,7 +86,12 @@ def model_error(exc: BaseException, *, model: str, base_url: str) -> ModelError:
     if isinstance(exc, TimeoutError | openai.APITimeoutError):
         return ModelError(f"{where} did not answer in time", kind="timeout")
     if isinstance(exc, openai.APIConnectionError):
-        return ModelError(f"{where} cannot be reached: {exc.__cause__ or exc}", kind="unavailable")
+        return ModelError(
+            f"{where} cannot be reached: {exc.__cause__ or exc}",
+            kind="unavailable",
+            # No connection was made (refused, no such host): the request never left.
+            sent=not _never_connected(exc),
+        )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         detail = _detail(exc)
@@ -107,11 +136,128 @@ def _detail(exc: openai.APIStatusError) -> str:
     return str(exc.message)[:300]
 
 
+def _answer_cap(create_args: Mapping[str, Any]) -> int:
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = create_args.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
+def _text_tokens(text: str) -> int:
+    """Tokens of a streamed piece of text, counted low so that an answer within its cap is
+    not cut: every chunk is at least one token (servers that stream token by token send one
+    each, "..." and "'s" included), and a chunk of several words at least one per word
+    (the usual tokenizers never make one token of two words apart)."""
+    if not text:
+        return 0
+    return max(1, len(text.split()))
+
+
+def _generated_tokens(chunk: ChatCompletionChunk) -> int:
+    """Tokens a chunk adds to the answer: text, reasoning and tool calls alike."""
+    if not chunk.choices:
+        return 0
+    delta = chunk.choices[0].delta
+    pieces = [delta.content or ""]
+    reasoning = (delta.model_extra or {}).get("reasoning_content")
+    if isinstance(reasoning, str):
+        pieces.append(reasoning)
+    for call in delta.tool_calls or ():
+        if call.function is not None:
+            pieces += [call.function.name or "", call.function.arguments or ""]
+    return sum(_text_tokens(piece) for piece in pieces)
+
+
+def _usage_chunk(last: ChatCompletionChunk, usage: CompletionUsage) -> ChatCompletionChunk:
+    return ChatCompletionChunk(
+        id=last.id,
+        object="chat.completion.chunk",
+        created=last.created,
+        model=last.model,
+        choices=[],
+        usage=usage,
+    )
+
+
+class _CappedOpenAIClient(OpenAIChatCompletionClient):
+    """AutoGen's client with its reader of a stream's chunks replaced by one that stops at
+    the call's `max_tokens`, closes the HTTP response whenever it stops (AutoGen's leaves it
+    open when a stream is abandoned), and ends a stream that reported no usage with a usage
+    chunk of its own (AutoGen would report 0 tokens). Its prompt count is 0: the wrapping
+    client, which has the messages, puts its estimate there."""
+
+    async def _create_stream_chunks(
+        self,
+        tool_params: list[ChatCompletionToolParam],
+        oai_messages: list[ChatCompletionMessageParam],
+        create_args: dict[str, Any],
+        cancellation_token: CancellationToken | None,
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
+        cap = _answer_cap(create_args)
+        opened = asyncio.ensure_future(
+            self._client.chat.completions.create(
+                messages=oai_messages,
+                stream=True,
+                tools=tool_params if tool_params else omit,
+                **create_args,
+            )
+        )
+        if cancellation_token is not None:
+            cancellation_token.link_future(opened)
+        stream = cast(AsyncStream[ChatCompletionChunk], await opened)
+        generated = 0
+        last: ChatCompletionChunk | None = None
+        reported: CompletionUsage | None = None
+        try:
+            while True:
+                read = asyncio.ensure_future(anext(stream))
+                if cancellation_token is not None:
+                    cancellation_token.link_future(read)
+                try:
+                    chunk = await read
+                except StopAsyncIteration:
+                    break
+                tokens = _generated_tokens(chunk)
+                if cap and generated + tokens > cap:
+                    # The endpoint ignores the cap: what it sends past it was not reserved
+                    # for. Stop reading, and end the answer as a length-capped one ends.
+                    await stream.close()
+                    log.warning(
+                        "model %r kept answering past max_tokens=%d; its answer was cut there",
+                        create_args.get("model"),
+                        cap,
+                    )
+                    yield chunk.model_copy(
+                        update={
+                            "choices": [
+                                Choice(index=0, delta=ChoiceDelta(), finish_reason="length")
+                            ],
+                            "usage": None,
+                        }
+                    )
+                    yield _usage_chunk(chunk, CompletionUsage(
+                        prompt_tokens=0, completion_tokens=generated, total_tokens=generated
+                    ))  # fmt: skip
+                    return
+                generated += tokens
+                reported = chunk.usage or reported
+                last = chunk
+                yield chunk
+            if last is not None and last.usage is None:
+                # AutoGen reads the usage of the last chunk only.
+                yield _usage_chunk(last, reported or CompletionUsage(
+                    prompt_tokens=0, completion_tokens=generated, total_tokens=generated
+                ))  # fmt: skip
+        finally:
+            await stream.close()
+
+
 class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
     """An OpenAI-compatible endpoint with usage, retries, offline token counting and domain
     errors (see the module docstring)."""
 
-    _inner: OpenAIChatCompletionClient
+    _inner: _CappedOpenAIClient
 
     def __init__(
         self,
@@ -147,12 +293,14 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
             config["max_tokens"] = max_output_tokens
         if model_info is not None:
             config["model_info"] = model_info
+        # Prompts whose count the endpoint did not report (see `create_stream`).
+        self._estimated = RequestUsage(prompt_tokens=0, completion_tokens=0)
         try:
-            self._inner = OpenAIChatCompletionClient(**config)
+            self._inner = _CappedOpenAIClient(**config)
         except ValueError:
             # A name the library does not know: function calling only, as documented.
             config["model_info"] = UNKNOWN_MODEL_INFO
-            self._inner = OpenAIChatCompletionClient(**config)
+            self._inner = _CappedOpenAIClient(**config)
 
     @property
     def model(self) -> str:
@@ -249,9 +397,42 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
                             kind="invalid_response",
                         )
                     )
+                if isinstance(item, CreateResult) and item.usage.prompt_tokens == 0:
+                    # No prompt can be empty: the endpoint did not report this call's usage
+                    # (or its answer was cut off before it did).
+                    item = self._with_prompt_estimate(item, messages, tools)
                 yield item
         finally:
             await stream.aclose()
+
+    def _with_prompt_estimate(
+        self,
+        result: CreateResult,
+        messages: Sequence[LLMMessage],
+        tools: Sequence[Tool | ToolSchema],
+    ) -> CreateResult:
+        # The same count the cost guards reserved for, so that a cut-off answer is billed
+        # no more than its reservation.
+        prompt = self.count_tokens(messages, tools=tools)
+        self._estimated = RequestUsage(
+            prompt_tokens=self._estimated.prompt_tokens + prompt, completion_tokens=0
+        )
+        usage = RequestUsage(prompt_tokens=prompt, completion_tokens=result.usage.completion_tokens)
+        return result.model_copy(update={"usage": usage})
+
+    def total_usage(self) -> RequestUsage:
+        inner = self._inner.total_usage()
+        return RequestUsage(
+            prompt_tokens=inner.prompt_tokens + self._estimated.prompt_tokens,
+            completion_tokens=inner.completion_tokens,
+        )
+
+    def actual_usage(self) -> RequestUsage:
+        inner = self._inner.actual_usage()
+        return RequestUsage(
+            prompt_tokens=inner.prompt_tokens + self._estimated.prompt_tokens,
+            completion_tokens=inner.completion_tokens,
+        )
 
     def count_tokens(
         self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []
