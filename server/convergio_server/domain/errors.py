@@ -131,3 +131,11 @@ def server_stopping() -> Unavailable:
         reason="SERVER_STOPPING",
         retry_after_seconds=0.5,
     )
+
+
+def domain_cause(error: BaseException | None) -> DomainError | None:
+    """The DomainError behind `error`, if any (AutoGen may wrap what a client raised)."""
+    cause = error
+    while cause is not None and not isinstance(cause, DomainError):
+        cause = cause.__cause__
+    return cause

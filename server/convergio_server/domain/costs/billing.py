@@ -22,6 +22,7 @@ from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
 from convergio_server.domain.costs.breaker import endpoint_key, provider_name
+from convergio_server.domain.errors import domain_cause
 from convergio_server.domain.guards import CallInfo
 from convergio_server.domain.models.delegating import DelegatingChatCompletionClient
 from convergio_server.domain.models.errors import ModelError
@@ -47,9 +48,8 @@ def _refused_by_endpoint(error: BaseException | None) -> bool:
     """The endpoint answered with an error status (429, 5xx, a rejected request) instead of
     an answer, or was never reached: it generated nothing, and providers bill nothing for a
     refused call."""
-    while error is not None and not isinstance(error, ModelError):
-        error = error.__cause__
-    return error is not None and (error.status_code is not None or not error.sent)
+    cause = domain_cause(error)
+    return isinstance(cause, ModelError) and (cause.status_code is not None or not cause.sent)
 
 
 def _cached_tokens(result: CreateResult) -> int:

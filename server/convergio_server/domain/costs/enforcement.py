@@ -32,7 +32,7 @@ from convergio_server.domain.costs.money import to_nanos
 from convergio_server.domain.costs.prices import PriceQuote, PriceTable, call_cost
 from convergio_server.domain.costs.ratelimits import RateLimits
 from convergio_server.domain.costs.screening import Screener
-from convergio_server.domain.errors import DomainError, Unavailable
+from convergio_server.domain.errors import Unavailable, domain_cause
 from convergio_server.domain.events.failures import error_event
 from convergio_server.domain.features import COST_SAFETY, FeatureGate
 from convergio_server.domain.guards import Admission, CallInfo, ScreenedResult, TurnScope
@@ -49,14 +49,6 @@ _PROVIDER_FAULTS = frozenset(
 )
 
 
-def _domain_cause(error: BaseException) -> DomainError | None:
-    """The DomainError behind `error`, if any (AutoGen may wrap what a client raised)."""
-    cause: BaseException | None = error
-    while cause is not None and not isinstance(cause, DomainError):
-        cause = cause.__cause__
-    return cause
-
-
 def _error_reason(error: BaseException) -> str:
     """The reason the turn's Error event gives for `error`: a failed call's ledger entry
     must say what the turn that made it said."""
@@ -70,7 +62,7 @@ def _breaker_op(outcome: str, error: BaseException | None) -> str:
         return "success"
     if outcome != "ERROR" or error is None:  # cancelled: not the endpoint's doing
         return "release"
-    cause = _domain_cause(error)
+    cause = domain_cause(error)
     if isinstance(cause, ModelError):
         return "failure" if cause.kind in _PROVIDER_FAULTS else "release"
     if cause is not None:  # refused by the platform itself
@@ -198,13 +190,9 @@ class CostGuards:
     async def screen_tool_result(self, scope: TurnScope, content: str) -> ScreenedResult:
         if not self.active(scope.principal):
             return ScreenedResult(content)
-        screener = self.screener
-        cleaned, found = screener.clean_tool_result(content)
-        return ScreenedResult(
-            cleaned,
-            tuple(dict.fromkeys(f.rule for f in found)),
-            blocked=screener.action == "block" and any(f.category != "secret" for f in found),
-        )
+        cleaned, found = self.screener.clean_tool_result(content)
+        rules = tuple(dict.fromkeys(f.rule for f in found))
+        return ScreenedResult(cleaned, rules, blocked=self.screener.withholds(found))
 
     async def turn_finished(
         self,

@@ -88,6 +88,11 @@ class Screener:
             )
         return found
 
+    def withholds(self, found: list[Finding]) -> bool:
+        """Whether a tool result with these findings is withheld from the model: when
+        blocking, and it carries more than secrets (those are redacted)."""
+        return self.action == "block" and any(f.category != "secret" for f in found)
+
     def clean_tool_result(self, text: str) -> tuple[str, list[Finding]]:
         """What a model may see of a tool result: secrets redacted; instructions withheld
         (block) or marked as untrusted data (flag)."""
@@ -100,7 +105,7 @@ class Screener:
         attacks = [f for f in found if f.category != "secret"]
         if attacks:
             names = ", ".join(sorted({f.rule for f in attacks}))
-            if self.action == "block":
+            if self.withholds(found):
                 return (
                     f"[tool result withheld by input screening: it contained {names}]",
                     found,

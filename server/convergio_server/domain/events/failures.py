@@ -4,7 +4,7 @@ cost ledger)."""
 
 from __future__ import annotations
 
-from convergio_server.domain.errors import DomainError
+from convergio_server.domain.errors import DomainError, domain_cause
 from convergio_server.domain.events.model import ErrorOccurred
 from convergio_server.domain.models.errors import ModelError
 
@@ -40,13 +40,11 @@ def endpoint_failure(exc: BaseException) -> bool:
     failed, or a call refused by the endpoint's open breaker. Such failures count on the
     endpoint's own breaker, not on the tenant's (one caller's broken endpoint must not shut
     the whole tenant out)."""
-    cause: BaseException | None = exc
-    while cause is not None and not isinstance(cause, DomainError):
-        cause = cause.__cause__
+    cause = domain_cause(exc)
     if isinstance(cause, ModelError):
         return True
     return (
-        isinstance(cause, DomainError)
+        cause is not None
         and cause.reason == "CIRCUIT_OPEN"
         and cause.metadata.get("breaker", "").startswith("provider:")
     )
@@ -54,9 +52,7 @@ def endpoint_failure(exc: BaseException) -> bool:
 
 def error_event(exc: BaseException) -> ErrorOccurred:
     """The Error event of a failure that ended a turn."""
-    cause: BaseException | None = exc
-    while cause is not None and not isinstance(cause, DomainError):
-        cause = cause.__cause__
+    cause = domain_cause(exc)
     if isinstance(cause, ModelError):
         code, reason = _MODEL_ERROR_CODES.get(cause.kind, (14, "UNAVAILABLE"))
         return ErrorOccurred(

@@ -169,7 +169,15 @@ def _generated_tokens(chunk: ChatCompletionChunk) -> int:
     return sum(_text_tokens(piece) for piece in pieces)
 
 
-def _usage_chunk(last: ChatCompletionChunk, usage: CompletionUsage) -> ChatCompletionChunk:
+def _usage_chunk(
+    last: ChatCompletionChunk, usage: CompletionUsage | None, generated: int
+) -> ChatCompletionChunk:
+    """A last chunk carrying `usage`, or, when the endpoint reported none, the tokens counted
+    here (the prompt is left to the wrapping client's estimate)."""
+    if usage is None:
+        usage = CompletionUsage(
+            prompt_tokens=0, completion_tokens=generated, total_tokens=generated
+        )
     return ChatCompletionChunk(
         id=last.id,
         object="chat.completion.chunk",
@@ -236,9 +244,7 @@ class _CappedOpenAIClient(OpenAIChatCompletionClient):
                             "usage": None,
                         }
                     )
-                    yield _usage_chunk(chunk, CompletionUsage(
-                        prompt_tokens=0, completion_tokens=generated, total_tokens=generated
-                    ))  # fmt: skip
+                    yield _usage_chunk(chunk, None, generated)
                     return
                 generated += tokens
                 reported = chunk.usage or reported
@@ -246,9 +252,7 @@ class _CappedOpenAIClient(OpenAIChatCompletionClient):
                 yield chunk
             if last is not None and last.usage is None:
                 # AutoGen reads the usage of the last chunk only.
-                yield _usage_chunk(last, reported or CompletionUsage(
-                    prompt_tokens=0, completion_tokens=generated, total_tokens=generated
-                ))  # fmt: skip
+                yield _usage_chunk(last, reported, generated)
         finally:
             await stream.close()
 
@@ -421,14 +425,12 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
         return result.model_copy(update={"usage": usage})
 
     def total_usage(self) -> RequestUsage:
-        inner = self._inner.total_usage()
-        return RequestUsage(
-            prompt_tokens=inner.prompt_tokens + self._estimated.prompt_tokens,
-            completion_tokens=inner.completion_tokens,
-        )
+        return self._with_estimates(self._inner.total_usage())
 
     def actual_usage(self) -> RequestUsage:
-        inner = self._inner.actual_usage()
+        return self._with_estimates(self._inner.actual_usage())
+
+    def _with_estimates(self, inner: RequestUsage) -> RequestUsage:
         return RequestUsage(
             prompt_tokens=inner.prompt_tokens + self._estimated.prompt_tokens,
             completion_tokens=inner.completion_tokens,
