@@ -278,6 +278,14 @@ class Settings(BaseSettings):
         description="lease of a running turn; another process ends the turn of a "
         "process that stopped renewing it for this long",
     )
+    turn_endings_at_once: int = Field(
+        2,
+        ge=0,
+        le=10_000,
+        description="turns of a process that write their end at once while other turns "
+        "of the process stream tokens; more wait their turn, so that tokens do not wait "
+        "behind a burst of ends. 0 = no limit",
+    )
 
     @field_validator("listen")
     @classmethod

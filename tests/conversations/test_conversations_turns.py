@@ -307,3 +307,45 @@ async def test_the_sync_client_sends_too(server: RunningServer, streaming: None)
     assert kinds(events)[0] == "turn_started" and kinds(events)[-1] == "turn_completed"
     # What was logged, again: the deltas included while the live window holds them.
     assert [e.SerializeToString() for e in replayed] == [e.SerializeToString() for e in events]
+
+
+async def test_turns_ending_together_while_another_streams_all_end_whole(
+    paced_client: AsyncClient,
+) -> None:
+    # Six turns end at about the same moment while a team turn streams: their ends take
+    # turns (two at a time, the default), and each still ends with its message stored and
+    # its TurnCompleted, as does the team turn.
+    team_cid = await new_conversation(paced_client, team=pb.Team(preset="core"))
+    team_stream = paced_client.conversations.send(
+        conversation_id=team_cid,
+        content="Plan next year's launch with the whole team.",
+        max_turns=3,
+    )
+    team_events = []
+    async for event in team_stream:
+        team_events.append(event)
+        if event.HasField("token_delta"):
+            break
+    cids = [await new_conversation(paced_client) for _ in range(6)]
+    results = await asyncio.gather(
+        *(
+            collect(paced_client.conversations.send(conversation_id=cid, content="Hello there"))
+            for cid in cids
+        ),
+        collect(team_stream),
+    )
+    team_events += results[-1]
+    for cid, events in zip(cids, results[:-1], strict=True):
+        assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+        completed = next(e.message_completed for e in events if e.HasField("message_completed"))
+        text = "".join(e.token_delta.text for e in events if e.HasField("token_delta"))
+        assert text == completed.content
+        stored = await paced_client.conversations.list_messages(conversation_id=cid)
+        assert [m.content for m in stored.messages if m.role == events_pb2.MESSAGE_ROLE_AGENT] == [
+            text
+        ]
+    assert team_events[-1].turn_completed.stop_reason in (
+        events_pb2.STOP_REASON_COMPLETED,
+        events_pb2.STOP_REASON_MAX_TURNS,
+    )
+    assert team_events[-1].turn_completed.message_count >= 2

@@ -361,6 +361,7 @@ def build(ctx: ServiceContext) -> ConversationServicer:
         config=RunnerConfig(
             coalesce_seconds=settings.token_coalesce_ms / 1000,
             lease_seconds=settings.turn_lease_seconds,
+            endings_at_once=settings.turn_endings_at_once,
         ),
         principal_of=lambda tenant, name: Principal(tenant, name, frozenset({Role.MEMBER}), ""),
     )

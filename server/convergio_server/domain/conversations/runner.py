@@ -36,6 +36,7 @@ from autogen_core.models import RequestUsage
 from convergio_server.domain.auth import Principal
 from convergio_server.domain.background import cancel_and_wait
 from convergio_server.domain.conversations import state_packing
+from convergio_server.domain.conversations.endings import EndingGate
 from convergio_server.domain.conversations.history import trim_team_state
 from convergio_server.domain.conversations.metering import Meter, Pricing
 from convergio_server.domain.conversations.metering import free as _free
@@ -191,6 +192,8 @@ class Leases(Protocol):
 class RunnerConfig:
     coalesce_seconds: float
     lease_seconds: float
+    # Turn ends run at once while other turns stream (see `endings.py`); 0 = no limit.
+    endings_at_once: int = 0
 
 
 class _Deltas:
@@ -292,6 +295,7 @@ class TurnExecution:
         self.lease_released = False  # renewed by the runner until then
         self.server_stopping = False  # ended because this process is shutting down
         self.endpoint_failed = False  # ended by its model endpoint (see `endpoint_failure`)
+        self._streaming = False  # counted among the runner's streaming turns
 
     @property
     def tenant_id(self) -> str:
@@ -342,6 +346,9 @@ class TurnExecution:
             self.put(exc)
 
     def _on_chunk(self, item: _Chunk) -> None:
+        if not self._streaming:
+            self._streaming = True
+            self.runner.endings.started_streaming()
         self._announce(item.source)
         deltas = self._deltas
         if deltas.parts and deltas.message_id != item.message_id:
@@ -353,6 +360,11 @@ class TurnExecution:
         elif self._timer is None:
             # One timer per window, not a timeout per chunk.
             self._timer = asyncio.get_running_loop().call_later(left, self._window_closed)
+
+    def _stopped_streaming(self) -> None:
+        if self._streaming:
+            self._streaming = False
+            self.runner.endings.stopped_streaming()
 
     def _window_closed(self) -> None:
         if self._idle and not self.queue.qsize():
@@ -535,7 +547,11 @@ class TurnExecution:
                 log.warning("turn %s failed: %s", self.turn.id, exc)
                 error = error_event(exc)
                 outcome = TurnOutcome(stop_reason=_stop_reason(error), stop_detail=error.message)
-            await self._finish(outcome, error)
+            # A cancelled turn's end is not queued: its stream must end at once.
+            async with self.runner.endings.slot(urgent=self.stop is not None):
+                next_turn = await self._finish(outcome, error)
+            if next_turn is not None:
+                await self.runner.start_promoted(next_turn, lease_held=True)
         except Exception:
             log.exception("turn %s could not be finished", self.turn.id)
         finally:
@@ -667,9 +683,11 @@ class TurnExecution:
                 self._announce(source)
                 if type(item) is _Answered:
                     streamed[source] = item.message_id
+                    self._stopped_streaming()
                     continue
                 self._emit_delta()
                 if isinstance(item, ToolCallRequestEvent):
+                    self._stopped_streaming()
                     tools_started = time.monotonic()
                     pending_usage[source] = pending_usage.get(source, Usage()) + _usage(
                         item.models_usage
@@ -699,12 +717,15 @@ class TurnExecution:
                     role = "TOOL" if isinstance(item, ToolCallSummaryMessage) else "AGENT"
                     # Under the id of its deltas, when it was streamed.
                     message_id = streamed.pop(source, "") if role == "AGENT" else ""
-                    await self._complete_message(
-                        team, message_id or item.id, source, role, item.content, usage
-                    )
+                    # A single agent's message is the last of its turn: part of its end.
+                    async with self.runner.endings.slot(urgent=team.plan is not None):
+                        await self._complete_message(
+                            team, message_id or item.id, source, role, item.content, usage
+                        )
                     self._spoken += 1
                     self._announce_next()
         finally:
+            self._stopped_streaming()
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -737,8 +758,10 @@ class TurnExecution:
             and "Maximum number of turns" in (result.stop_reason)
         ):
             stop_reason, detail = MAX_TURNS, result.stop_reason
-        saved = trim_team_state(await team.runnable.save_state(), buffer_tokens=team.history_tokens)
-        state = state_packing.encode(saved)
+        async with self.runner.endings.slot():
+            state = state_packing.encode(
+                trim_team_state(await team.runnable.save_state(), buffer_tokens=team.history_tokens)
+            )
         return (
             TurnOutcome(stop_reason=stop_reason, stop_detail=detail, team_state_json=state),
             None,
@@ -796,7 +819,8 @@ class TurnExecution:
             )
         )
 
-    async def _finish(self, outcome: TurnOutcome, error: ErrorOccurred | None) -> None:
+    async def _finish(self, outcome: TurnOutcome, error: ErrorOccurred | None) -> Turn | None:
+        """Close the turn; returns the queued turn it promoted, to be started here."""
         outcome.usage = self.meter.usage
         outcome.cost_usd = self.meter.cost
         if error is not None:
@@ -847,8 +871,7 @@ class TurnExecution:
                 # endpoint must not shut the whole tenant out.
                 neutral=self.endpoint_failed,
             )
-        if next_turn is not None:
-            await runner.start_promoted(next_turn, lease_held=True)
+        return next_turn
 
     async def _flush_until_logged(self) -> None:
         """Flush, retrying while the log is unreachable: a client follows the turn until
@@ -987,6 +1010,7 @@ class TurnRunner:
         self.config = config
         self.principal_of = principal_of
         self.owner = uuid.uuid4().hex[:12]
+        self.endings = EndingGate(config.endings_at_once)
         self.local: dict[str, TurnExecution] = {}
         self._renewer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
