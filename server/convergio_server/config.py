@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import (
     AliasChoices,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -60,6 +61,17 @@ class Settings(BaseSettings):
         # An infinite or NaN interval only ever ends in an overflow deep in a library.
         allow_inf_nan=False,
     )
+    # Where values given other than by the environment came from (`load_settings`).
+    _places: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def source(self, key: str) -> str:
+        """Where the value of setting `key` came from, as an operator finds it to change it:
+        `--listen`, `in /etc/convergio.toml`, the environment variable, or the default."""
+        if key in self._places:
+            return self._places[key]
+        names = _env_names(key)
+        given = next((name for name in os.environ if name.upper() in names), None)
+        return given or f"the default; {_env_name_of(key)} sets it"
 
     listen: str = Field(
         "127.0.0.1:50051",
@@ -384,7 +396,8 @@ def load_settings(
     env_names = {name.upper() for name in os.environ}
     merged: dict[str, Any] = {}
     # Where each value that is not the environment's came from, so that an error names the
-    # place the operator has to fix.
+    # place the operator has to fix (`origins`: with the TOML type a bad value had there).
+    places: dict[str, str] = {}
     origins: dict[str, str] = {}
     for key, value in file_values.items():
         field = Settings.model_fields.get(key)
@@ -392,15 +405,18 @@ def load_settings(
             raise SettingsError(f"unknown setting {key!r} in {path}")
         if not _env_names(key) & env_names:
             merged[key] = value
+            places[key] = f"in {path}"
             origins[key] = f"in {path}, where it is {_toml_kind(value)}"
     for key, value in (overrides or {}).items():
         if value is not None:
             merged[key] = value
-            origins[key] = f"--{key.replace('_', '-')}"
+            places[key] = origins[key] = f"--{key.replace('_', '-')}"
     try:
-        return Settings(**merged)
+        settings = Settings(**merged)
     except ValidationError as exc:
         raise SettingsError(describe_settings_error(exc, origins)) from None
+    settings._places = places
+    return settings
 
 
 def _env_names(key: str) -> set[str]:
@@ -486,5 +502,6 @@ def prepare_data_dir(settings: Settings) -> None:
         if isinstance(exc, FileExistsError | NotADirectoryError):
             problem = "exists and is not a directory"
         raise SettingsError(
-            f"data_dir (CONVERGIO_DATA_DIR) {path} is not a writable directory: {problem}"
+            f"data_dir ({settings.source('data_dir')}) {path} is not a writable directory: "
+            f"{problem}"
         ) from None

@@ -59,16 +59,15 @@ def anonymous_callers(settings: Settings) -> dict[str, Principal]:
 
 
 def bind_problem(setting: str, address: str) -> str | None:
-    """One line saying why `address` (of the setting `setting`) cannot be listened on, or
-    None if it can. Asked before gRPC binds: gRPC only says that binding failed, and its
-    core logs a line of its own to stderr."""
+    """One line saying why `address` (of the setting `setting`, named with where it was set)
+    cannot be listened on, or None if it can. Asked before gRPC binds: gRPC only says that
+    binding failed, and its core logs a line of its own to stderr."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
-    env = f"CONVERGIO_{setting.upper()}"
     try:
         infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
     except (OSError, ValueError) as exc:
-        return f"{setting} ({env}): cannot bind to {address}: {exc}"
+        return f"{setting}: cannot bind to {address}: {exc}"
     for family, kind, proto, _name, sockaddr in infos:
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
@@ -76,8 +75,8 @@ def bind_problem(setting: str, address: str) -> str | None:
                 sock.bind(sockaddr)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
-                    return f"{setting} ({env}): {address}: address in use"
-                return f"{setting} ({env}): cannot bind to {address}: {exc.strerror or exc}"
+                    return f"{setting}: {address}: address in use"
+                return f"{setting}: cannot bind to {address}: {exc.strerror or exc}"
     return None
 
 
@@ -145,7 +144,8 @@ class ConvergioServer:
 
     async def _start(self) -> int:
         listen = self.settings.listen
-        problem = bind_problem("listen", listen)
+        setting = f"listen ({self.settings.source('listen')})"
+        problem = bind_problem(setting, listen)
         if problem is not None:
             raise StartupError(problem)
         try:
@@ -154,15 +154,16 @@ class ConvergioServer:
             self.port = 0
         if self.port == 0:
             raise StartupError(
-                bind_problem("listen", listen)
-                or f"listen (CONVERGIO_LISTEN): cannot bind to {listen}"
+                bind_problem(setting, listen) or f"{setting}: cannot bind to {listen}"
             )
         # Bound before serving so that a taken metrics port stops the start, not a later call.
         try:
             self._metrics = start_metrics_server(self.settings.metrics_listen)
-        except OSError:
+        except OSError as exc:
+            metrics = f"metrics_listen ({self.settings.source('metrics_listen')})"
+            address = self.settings.metrics_listen
             raise StartupError(
-                bind_problem("metrics_listen", self.settings.metrics_listen)
+                bind_problem(metrics, address) or f"{metrics}: cannot bind to {address}: {exc}"
             ) from None
         await self.health.check_once()
         for starter in self.context.starters:

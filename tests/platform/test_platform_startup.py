@@ -5,6 +5,7 @@ printed only while it works for the configured tenant; a second signal stops at 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -134,8 +135,50 @@ async def test_address_in_use_is_one_line(
         CONVERGIO_METRICS_LISTEN=taken if setting == "metrics_listen" else "",
     )
     done = await asyncio.to_thread(_run, ["serve"], env, tmp_path)
-    _assert_one_line_error(done, setting, "address in use")
+    _assert_one_line_error(done, f"{setting} (CONVERGIO_{setting.upper()})", "address in use")
     assert "Exception ignored" not in done.stderr
+
+
+async def test_a_start_up_problem_names_where_the_setting_was_given(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, held_port: int
+) -> None:
+    # A value from the command line or the settings file is named there, not as an
+    # environment variable the operator never set.
+    taken = f"127.0.0.1:{held_port}"
+    env = server_env(
+        DATABASE_URL=pg_dsn,
+        REDIS_URL=redis_url,
+        CONVERGIO_REDIS_PREFIX=redis_prefix,
+        CONVERGIO_BOOTSTRAP_DEV_KEY="false",
+    )
+    env.pop("CONVERGIO_LISTEN", None)
+    env.pop("CONVERGIO_DATA_DIR", None)
+    data = str(tmp_path / "data")
+    done = await asyncio.to_thread(
+        _run, ["serve", "--listen", taken, "--data-dir", data], env, tmp_path
+    )
+    _assert_one_line_error(done, "listen (--listen)", "address in use")
+    assert "CONVERGIO_LISTEN" not in done.stderr
+
+    config = tmp_path / "convergio.toml"
+    config.write_text(f'listen = "{taken}"\ndata_dir = "{tmp_path / "a-file"}"\n')
+    (tmp_path / "a-file").write_text("")
+    done = await asyncio.to_thread(_run, ["serve", "--config", str(config)], env, tmp_path)
+    _assert_one_line_error(done, f"data_dir (in {config})", "not a writable directory")
+    (tmp_path / "a-file").unlink()
+    config.write_text(f'listen = "{taken}"\ndata_dir = "{data}"\n')
+    done = await asyncio.to_thread(_run, ["serve", "--config", str(config)], env, tmp_path)
+    _assert_one_line_error(done, f"listen (in {config})", "address in use")
+
+
+def test_a_default_value_is_named_with_the_variable_that_changes_it() -> None:
+    settings = load_settings({})
+    assert settings.source("metrics_listen") == (
+        "CONVERGIO_METRICS_LISTEN"
+        if "CONVERGIO_METRICS_LISTEN" in os.environ
+        else "the default; CONVERGIO_METRICS_LISTEN sets it"
+    )
+    assert load_settings({"listen": "127.0.0.1:7003"}).source("listen") == "--listen"
 
 
 def test_lowercase_environment_beats_the_file(
