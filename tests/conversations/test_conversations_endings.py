@@ -129,3 +129,35 @@ async def test_no_limit() -> None:
     assert log == list("abcdef")
     release.set()
     await asyncio.gather(*tasks)
+
+
+async def _enter(gate: EndingGate, entered: asyncio.Event, release: asyncio.Event) -> None:
+    async with gate.slot():
+        entered.set()
+        await release.wait()
+
+
+async def test_no_end_waits_longer_than_its_limit() -> None:
+    # When the ends running now are slow (the stores answer slowly), the others go ahead
+    # after `max_wait` instead of piling up behind them.
+    gate = EndingGate(1, max_wait=0.05)
+    gate.started_streaming()
+    entered = {name: asyncio.Event() for name in "abc"}
+    release = asyncio.Event()
+    tasks = [asyncio.create_task(_enter(gate, entered[n], release)) for n in "abc"]
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in entered.values())), timeout=30)
+    assert gate.ending == 3
+    release.set()
+    await asyncio.gather(*tasks)
+    assert gate.ending == 0
+    # Then one at a time again.
+    log: list[str] = []
+    more = {name: asyncio.Event() for name in "de"}
+    late = [asyncio.create_task(_hold(gate, n, log, more[n])) for n in "de"]
+    await _settle()
+    assert log == ["d"]
+    more["d"].set()
+    await _settle()
+    assert log == ["d", "e"]
+    more["e"].set()
+    await asyncio.gather(*late)

@@ -8,7 +8,9 @@ them: 200 paced turns ending within a second delayed tokens by 60-150 ms. While 
 the process is streaming an answer, only a few ends run at once and the others wait their
 turn, so that a token waits for a few ends at most; a turn's end is a little later, its
 tokens are not. With nothing streaming, ends do not wait: a burst of ends alone delays no
-token, and limiting it would only slow it down.
+token, and limiting it would only slow it down. No end waits longer than `max_wait`: when
+the stores are slow, ends are slow for want of answers, not of the loop, and holding them
+back would only pile them up.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from collections.abc import AsyncIterator
 
 
 class EndingGate:
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_wait: float = 1.0) -> None:
         self.limit = limit  # 0 = no limit
+        self.max_wait = max_wait
         self.ending = 0  # ends running now
         self.streaming = 0  # turns streaming an answer now
         self._handed = 0  # places given to waiters that have not resumed yet
@@ -38,7 +41,13 @@ class EndingGate:
             waiter = asyncio.get_running_loop().create_future()
             self._waiting.append(waiter)
             try:
-                await waiter
+                async with asyncio.timeout(self.max_wait):
+                    await waiter
+            except TimeoutError:  # waited long enough: goes now, beyond the limit
+                if waiter in self._waiting:
+                    self._waiting.remove(waiter)
+                elif not waiter.cancelled():  # let in just as its time ran out
+                    self._handed -= 1
             except BaseException:
                 if waiter in self._waiting:
                     self._waiting.remove(waiter)
@@ -46,7 +55,8 @@ class EndingGate:
                     self._handed -= 1
                 self._wake()  # (those queued behind it may go now)
                 raise
-            self._handed -= 1
+            else:
+                self._handed -= 1
         self.ending += 1
         try:
             yield
