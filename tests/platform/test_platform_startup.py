@@ -28,6 +28,13 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
     )
 
 
+def _on_stores(pg_dsn: str, redis_url: str, redis_prefix: str, **values: str) -> dict[str, str]:
+    """The environment of a server on the session's PostgreSQL and Redis."""
+    return server_env(
+        DATABASE_URL=pg_dsn, REDIS_URL=redis_url, CONVERGIO_REDIS_PREFIX=redis_prefix, **values
+    )
+
+
 def _assert_one_line_error(done: subprocess.CompletedProcess[str], *words: str) -> None:
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
@@ -96,10 +103,10 @@ async def test_unusable_data_dir_is_refused_before_any_key(
 ) -> None:
     data_dir = tmp_path / "a-file" if kind == "file" else Path("/proc/nope")
     (tmp_path / "a-file").write_text("")
-    env = server_env(
-        DATABASE_URL=pg_dsn,
-        REDIS_URL=redis_url,
-        CONVERGIO_REDIS_PREFIX=redis_prefix,
+    env = _on_stores(
+        pg_dsn,
+        redis_url,
+        redis_prefix,
         CONVERGIO_DATA_DIR=str(data_dir),
         CONVERGIO_DEV_TENANT=f"t-{uuid.uuid4().hex[:12]}",
         CONVERGIO_LISTEN=f"127.0.0.1:{free_port()}",
@@ -125,10 +132,10 @@ async def test_address_in_use_is_one_line(
     tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, held_port: int, setting: str
 ) -> None:
     taken = f"127.0.0.1:{held_port}"
-    env = server_env(
-        DATABASE_URL=pg_dsn,
-        REDIS_URL=redis_url,
-        CONVERGIO_REDIS_PREFIX=redis_prefix,
+    env = _on_stores(
+        pg_dsn,
+        redis_url,
+        redis_prefix,
         CONVERGIO_DATA_DIR=str(tmp_path / "data"),
         CONVERGIO_BOOTSTRAP_DEV_KEY="false",
         CONVERGIO_LISTEN=taken if setting == "listen" else f"127.0.0.1:{free_port()}",
@@ -145,12 +152,7 @@ async def test_a_start_up_problem_names_where_the_setting_was_given(
     # A value from the command line or the settings file is named there, not as an
     # environment variable the operator never set.
     taken = f"127.0.0.1:{held_port}"
-    env = server_env(
-        DATABASE_URL=pg_dsn,
-        REDIS_URL=redis_url,
-        CONVERGIO_REDIS_PREFIX=redis_prefix,
-        CONVERGIO_BOOTSTRAP_DEV_KEY="false",
-    )
+    env = _on_stores(pg_dsn, redis_url, redis_prefix, CONVERGIO_BOOTSTRAP_DEV_KEY="false")
     env.pop("CONVERGIO_LISTEN", None)
     env.pop("CONVERGIO_DATA_DIR", None)
     data = str(tmp_path / "data")
@@ -207,10 +209,10 @@ class _Serve:
 
     def __init__(self, tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str) -> None:
         self.cwd = tmp_path
-        self.env = server_env(
-            DATABASE_URL=pg_dsn,
-            REDIS_URL=redis_url,
-            CONVERGIO_REDIS_PREFIX=redis_prefix,
+        self.env = _on_stores(
+            pg_dsn,
+            redis_url,
+            redis_prefix,
             CONVERGIO_DATA_DIR=str(tmp_path / "data"),
             CONVERGIO_GRACE_PERIOD_SECONDS="1",
         )
@@ -287,10 +289,10 @@ async def test_second_signal_stops_at_once(
     tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
 ) -> None:
     port = free_port()
-    env = server_env(
-        DATABASE_URL=pg_dsn,
-        REDIS_URL=redis_url,
-        CONVERGIO_REDIS_PREFIX=redis_prefix,
+    env = _on_stores(
+        pg_dsn,
+        redis_url,
+        redis_prefix,
         CONVERGIO_LISTEN=f"127.0.0.1:{port}",
         CONVERGIO_DATA_DIR=str(tmp_path),
         CONVERGIO_BOOTSTRAP_DEV_KEY="false",
