@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -289,8 +290,11 @@ def _read_until(terminal: int, wanted: bytes, seconds: float) -> bytes:
 
 def _take_the_terminal() -> None:
     """In the child, after setsid: its stdin's terminal becomes its controlling one, so
-    that ^C typed there sends it SIGINT, as in a shell."""
+    that ^C typed there sends it SIGINT, as in a shell. A shell also gives a foreground
+    command SIGINT's default action, which a suite started in the background (where
+    SIGINT is ignored) would otherwise pass on."""
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 async def test_chat_leaves_at_once_on_ctrl_c_at_the_prompt(server: RunningServer) -> None:
