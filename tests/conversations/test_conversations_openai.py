@@ -5,9 +5,13 @@ its reported usage is the turn's."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import asyncpg
 import pytest
 from convergio import AsyncClient
 from convergio.common.v1 import common_pb2
+from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
 from convergio.errors import InvalidArgument
 
@@ -17,9 +21,10 @@ from tests.conversations.conftest import (
     kinds,
     member_key,
     new_conversation,
+    wait_streaming,
 )
 from tests.models.openai_stub import Action, openai_stub
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, running_server, server_settings
 
 
 async def test_a_turn_streams_an_endpoints_tool_call_and_answer(priced_conv: AsyncClient) -> None:
@@ -233,3 +238,64 @@ async def test_a_call_of_a_tool_the_agent_does_not_have_names_the_tools_it_has(
     assert "'send_wire_transfer'" in result.content
     for tool in ("financial_calculator", "search_knowledge_base", "conversation_cost"):
         assert tool in result.content
+
+
+async def test_an_answer_over_the_message_limit_is_cut_on_the_wire_and_kept_whole(
+    tmp_path: Path,
+    pg_dsn: str,
+    redis_url: str,
+    redis_prefix: str,
+    priced_streaming: None,
+) -> None:
+    # An endpoint answers about 300 KB (the caller allowed 120,000 output tokens) to a
+    # server whose gRPC messages are at most 256 KiB: the answer's MessageCompleted could
+    # not be sent, and a client re-attaching would meet it again forever. Its text is cut
+    # to fit, with a note; the transcript keeps the whole answer.
+    limit = 256 * 1024
+    answer = " ".join(f"{i:04d}" + "x" * 995 for i in range(300))
+    settings = server_settings(tmp_path, pg_dsn, redis_url, redis_prefix, max_message_bytes=limit)
+    async with running_server(settings) as small, openai_stub() as stub:
+        stub.then(Action("text", text=answer))
+        async with AsyncClient(
+            small.target, api_key=await member_key(small, PRICED_TENANT)
+        ) as client:
+            await wait_streaming(client)
+            cid = await new_conversation(
+                client,
+                agent="amy",
+                model=common_pb2.ModelSelection(
+                    provider=common_pb2.MODEL_PROVIDER_OPENAI,
+                    model="gpt-4o-mini",
+                    max_output_tokens=120_000,
+                    endpoint=common_pb2.ModelEndpoint(base_url=stub.base_url),
+                ),
+            )
+            events = await collect(
+                client.conversations.send(conversation_id=cid, content="Write it all out.")
+            )
+            replayed = [
+                response.event
+                async for response in client.conversations.stream_events(
+                    conversation_id=cid, mode=pb.STREAM_EVENTS_MODE_REPLAY
+                )
+            ]
+            listed = await client.conversations.list_messages(conversation_id=cid)
+    assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+    completed = next(e.message_completed for e in events if e.HasField("message_completed"))
+    assert completed.content.startswith(answer[:1000])
+    assert "[cut: " in completed.content and "max_message_bytes" in completed.content
+    assert len(completed.content.encode()) < limit
+    assert kinds(replayed) == kinds(events)
+    agent = [m for m in listed.messages if m.role == events_pb2.MESSAGE_ROLE_AGENT]
+    assert len(agent) == 1 and "[cut: " in agent[0].content
+    # The tokens arrived whole (each delta is small), and the transcript has every byte.
+    streamed = "".join(e.token_delta.text for e in events if e.HasField("token_delta"))
+    assert streamed == answer
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        stored = await connection.fetchval(
+            "SELECT content FROM messages WHERE id = $1", completed.message_id
+        )
+    finally:
+        await connection.close()
+    assert stored == answer

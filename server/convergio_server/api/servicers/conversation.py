@@ -27,11 +27,12 @@ from convergio_server.api.conversation_convert import (
     turn_pb,
 )
 from convergio_server.api.idempotency import once
-from convergio_server.api.page_fit import FittingPage
+from convergio_server.api.page_fit import ENVELOPE_BYTES, FittingPage
 from convergio_server.api.services import FACTORIES, ServiceContext
+from convergio_server.api.text_fit import fit_event, fit_message
 from convergio_server.domain.agents.roster import Roster, split_dirs
 from convergio_server.domain.auth import Principal, Role
-from convergio_server.domain.conversations.model import CANCEL, CONTINUE
+from convergio_server.domain.conversations.model import CANCEL, CONTINUE, Message
 from convergio_server.domain.conversations.runner import RunnerConfig, TurnRunner
 from convergio_server.domain.conversations.service import ConversationService, ServiceConfig
 from convergio_server.domain.conversations.team import AutogenTeamBuilder, selection_from_json
@@ -203,7 +204,10 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListMessagesResponse:
-        page = FittingPage(message_pb, self.ctx.settings.max_message_bytes)
+        limit = self.ctx.settings.max_message_bytes
+        page: FittingPage[Message, pb.Message] = FittingPage(
+            lambda m: fit_message(message_pb(m), limit - ENVELOPE_BYTES), limit
+        )
         _, token = await self.service.list_messages(
             self._principal(),
             request.conversation_id,
@@ -238,6 +242,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             max_turns=request.max_turns,
         )
         finished = False
+        limit = self.ctx.settings.max_message_bytes
         try:
             async for event in self.service.follow(
                 principal,
@@ -252,7 +257,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
                     continue
                 if isinstance(event.body, TurnCompleted):
                     finished = True
-                yield pb.SendMessageResponse(event=event_to_pb(event))
+                yield pb.SendMessageResponse(event=fit_event(event_to_pb(event), limit))
         finally:
             if started.subscription is not None:
                 started.subscription.close()  # in case the stream ended before it began
@@ -266,6 +271,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self, request: pb.StreamEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamEventsResponse]:
         principal = self._principal()
+        limit = self.ctx.settings.max_message_bytes
         async for event in self.service.follow(
             principal,
             request.conversation_id,
@@ -276,7 +282,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             if event is None:
                 yield pb.StreamEventsResponse(event=heartbeat_pb())
             else:
-                yield pb.StreamEventsResponse(event=event_to_pb(event))
+                yield pb.StreamEventsResponse(event=fit_event(event_to_pb(event), limit))
 
     async def CancelTurn(
         self, request: pb.CancelTurnRequest, context: grpc.aio.ServicerContext
