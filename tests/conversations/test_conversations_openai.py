@@ -23,22 +23,28 @@ from tests.conversations.conftest import (
     new_conversation,
     wait_streaming,
 )
-from tests.models.openai_stub import Action, openai_stub
+from tests.models.openai_stub import Action, OpenAIStub, openai_stub
 from tests.support.server import RunningServer, running_server, server_settings
+
+
+async def _stub_conversation(client: AsyncClient, stub: OpenAIStub, **selection: int) -> str:
+    """A conversation with amy answering through the stub endpoint."""
+    return await new_conversation(
+        client,
+        agent="amy",
+        model=common_pb2.ModelSelection(
+            provider=common_pb2.MODEL_PROVIDER_OPENAI,
+            model="gpt-4o-mini",
+            endpoint=common_pb2.ModelEndpoint(base_url=stub.base_url),
+            **selection,
+        ),
+    )
 
 
 async def test_a_turn_streams_an_endpoints_tool_call_and_answer(priced_conv: AsyncClient) -> None:
     async with openai_stub() as stub:
         stub.then(Action("tool"), Action("text", text="At 8% the NPV is about 11 euros"))
-        cid = await new_conversation(
-            priced_conv,
-            agent="amy",
-            model=common_pb2.ModelSelection(
-                provider=common_pb2.MODEL_PROVIDER_OPENAI,
-                model="gpt-4o-mini",
-                endpoint=common_pb2.ModelEndpoint(base_url=stub.base_url),
-            ),
-        )
+        cid = await _stub_conversation(priced_conv, stub)
         events = await collect(
             priced_conv.conversations.send(conversation_id=cid, content="What is the NPV at 8%?")
         )
@@ -162,15 +168,7 @@ async def _turn_with_a_tool_call(
     client received, and the messages of the endpoint's last request."""
     async with openai_stub() as stub:
         stub.then(call, Action("text", text=answer))
-        cid = await new_conversation(
-            client,
-            agent="amy",
-            model=common_pb2.ModelSelection(
-                provider=common_pb2.MODEL_PROVIDER_OPENAI,
-                model="gpt-4o-mini",
-                endpoint=common_pb2.ModelEndpoint(base_url=stub.base_url),
-            ),
-        )
+        cid = await _stub_conversation(client, stub)
         events = await collect(
             client.conversations.send(conversation_id=cid, content="What is the NPV at 8%?")
         )
@@ -260,16 +258,7 @@ async def test_an_answer_over_the_message_limit_is_cut_on_the_wire_and_kept_whol
             small.target, api_key=await member_key(small, PRICED_TENANT)
         ) as client:
             await wait_streaming(client)
-            cid = await new_conversation(
-                client,
-                agent="amy",
-                model=common_pb2.ModelSelection(
-                    provider=common_pb2.MODEL_PROVIDER_OPENAI,
-                    model="gpt-4o-mini",
-                    max_output_tokens=120_000,
-                    endpoint=common_pb2.ModelEndpoint(base_url=stub.base_url),
-                ),
-            )
+            cid = await _stub_conversation(client, stub, max_output_tokens=120_000)
             events = await collect(
                 client.conversations.send(conversation_id=cid, content="Write it all out.")
             )
