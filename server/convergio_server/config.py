@@ -428,21 +428,19 @@ def _env_names(key: str) -> set[str]:
     return names
 
 
+_TOML_KINDS: tuple[tuple[type[Any], str], ...] = (
+    (bool, "a boolean"),  # before int: a bool is an int
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "a table"),
+)
+
+
 def _toml_kind(value: Any) -> str:
     # The type, never the value: a mistyped key or URL may hold a secret.
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return "a date or time"
+    return next((kind for t, kind in _TOML_KINDS if isinstance(value, t)), "a date or time")
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -35,10 +35,18 @@ def fitting(items: Sequence[Message], budget: int) -> int:
 
 class FittingPage(Generic[T, M]):
     """The `fits` of a domain list call: converts the page's items to messages, in order,
-    while they fit in one answer (the first always goes); `messages` holds them after."""
+    while they fit in one answer (the first always goes); `messages` holds them after.
+    `shrink` makes an item that is over the budget on its own fit it (else such an item
+    makes the answer too large)."""
 
-    def __init__(self, convert: Callable[[T], M], max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        convert: Callable[[T], M],
+        max_message_bytes: int,
+        shrink: Callable[[M, int], M] | None = None,
+    ) -> None:
         self.convert = convert
+        self.shrink = shrink
         self.budget = max_message_bytes - ENVELOPE_BYTES
         self.messages: list[M] = []
 
@@ -47,6 +55,8 @@ class FittingPage(Generic[T, M]):
         used = 0
         for item in items:
             message = self.convert(item)
+            if self.shrink is not None:
+                message = self.shrink(message, self.budget)
             used += item_bytes(message)
             if self.messages and used > self.budget:
                 break

@@ -27,12 +27,12 @@ from convergio_server.api.conversation_convert import (
     turn_pb,
 )
 from convergio_server.api.idempotency import once
-from convergio_server.api.page_fit import ENVELOPE_BYTES, FittingPage
+from convergio_server.api.page_fit import FittingPage
 from convergio_server.api.services import FACTORIES, ServiceContext
 from convergio_server.api.text_fit import fit_event, fit_message
 from convergio_server.domain.agents.roster import Roster, split_dirs
 from convergio_server.domain.auth import Principal, Role
-from convergio_server.domain.conversations.model import CANCEL, CONTINUE, Message
+from convergio_server.domain.conversations.model import CANCEL, CONTINUE
 from convergio_server.domain.conversations.runner import RunnerConfig, TurnRunner
 from convergio_server.domain.conversations.service import ConversationService, ServiceConfig
 from convergio_server.domain.conversations.team import AutogenTeamBuilder, selection_from_json
@@ -204,10 +204,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListMessagesResponse:
-        limit = self.ctx.settings.max_message_bytes
-        page: FittingPage[Message, pb.Message] = FittingPage(
-            lambda m: fit_message(message_pb(m), limit - ENVELOPE_BYTES), limit
-        )
+        page = FittingPage(message_pb, self.ctx.settings.max_message_bytes, fit_message)
         _, token = await self.service.list_messages(
             self._principal(),
             request.conversation_id,

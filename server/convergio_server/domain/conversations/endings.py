@@ -44,16 +44,10 @@ class EndingGate:
                 async with asyncio.timeout(self.max_wait):
                     await waiter
             except TimeoutError:  # waited long enough: goes now, beyond the limit
-                if waiter in self._waiting:
-                    self._waiting.remove(waiter)
-                elif not waiter.cancelled():  # let in just as its time ran out
-                    self._handed -= 1
+                self._leave(waiter)
             except BaseException:
-                if waiter in self._waiting:
-                    self._waiting.remove(waiter)
-                elif not waiter.cancelled():  # woken, then cancelled: its place goes on
-                    self._handed -= 1
-                self._wake()  # (those queued behind it may go now)
+                self._leave(waiter)
+                self._wake()  # (its place, and those queued behind it, may go now)
                 raise
             else:
                 self._handed -= 1
@@ -63,6 +57,14 @@ class EndingGate:
         finally:
             self.ending -= 1
             self._wake()
+
+    def _leave(self, waiter: asyncio.Future[None]) -> None:
+        """A waiter stops waiting: out of the queue, or, when it was let in just before
+        (and has not taken its place), that place handed back."""
+        if waiter in self._waiting:
+            self._waiting.remove(waiter)
+        elif not waiter.cancelled():
+            self._handed -= 1
 
     def started_streaming(self) -> None:
         self.streaming += 1
