@@ -537,7 +537,9 @@ class Message(_message.Message):
     source: _builtins.str
     """The author: the agent's name, "user" for the user, "system" for notes."""
     content: _builtins.str
-    """The text (Markdown)."""
+    """The text (Markdown); cut to fit, ending with a note that says so, only
+    when it would be over the server's message limit (max_message_bytes).
+    """
     model: _builtins.str
     """The model that wrote it ("provider/model", e.g. "openai/gpt-4o-mini");
     empty for user messages.

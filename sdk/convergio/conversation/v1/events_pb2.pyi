@@ -793,7 +793,9 @@ class MessageCompleted(_message.Message):
     role: Global___MessageRole.ValueType
     """The role: AGENT, or TOOL for a summary of tool results."""
     content: _builtins.str
-    """The full text."""
+    """The full text; cut to fit, ending with a note that says so, only when it
+    would be over the server's message limit (max_message_bytes).
+    """
     model: _builtins.str
     """The model that wrote it, "provider/model", e.g. "offline/offline"."""
     cost_usd: _builtins.str
