@@ -36,6 +36,7 @@ from autogen_core.models import RequestUsage
 from convergio_server.domain.auth import Principal
 from convergio_server.domain.background import cancel_and_wait
 from convergio_server.domain.conversations import state_packing
+from convergio_server.domain.conversations.admittance import Admittance
 from convergio_server.domain.conversations.endings import EndingGate
 from convergio_server.domain.conversations.history import trim_team_state
 from convergio_server.domain.conversations.metering import Meter, Pricing
@@ -164,6 +165,7 @@ class TeamBuilder(Protocol):
         features: list[str],
         alerts: AlertSink | None = None,
         text: TextSink | None = None,
+        admittance: Admittance | None = None,
     ) -> BuiltTeam: ...
 
     def resolve(self, principal: Principal, conversation: Conversation) -> tuple[str, list[str]]:
@@ -273,6 +275,10 @@ class TurnExecution:
         self.meter = Meter()
         self.task: asyncio.Task[None] | None = None
         self.preparing: asyncio.Future[BuiltTeam] | None = None
+        # The team runs as soon as it is built, while the turn may still be being admitted;
+        # what it produces waits in the queue until `_drive` (see `admittance.py`).
+        self.admittance = Admittance()
+        self.pump: asyncio.Task[None] | None = None
         self.holder = f"{runner.owner}|{turn.id}"
         # Events posted by the turn and not yet in the log; one writer task appends them in
         # order, in batches, so the team never waits for Redis between tokens.
@@ -510,6 +516,7 @@ class TurnExecution:
         """Queue the turn's first events and start it: the team starts while they are
         being logged (`first_logged`)."""
         self._writing.__enter__()
+        self.admittance.admit()
         try:
             for body in first:
                 self.post(body)
@@ -570,17 +577,24 @@ class TurnExecution:
 
     def discard(self) -> None:
         """The turn does not start now (refused, queued, a repeated request)."""
+        self.token.cancel()  # its team's first model call may be under way
         if self.preparing is not None:
             self.preparing.cancel()
             self.preparing.add_done_callback(self._drop_team)
 
     def _drop_team(self, preparing: asyncio.Future[BuiltTeam]) -> None:
-        # Whatever it ended with, nobody waits for it; a team that was built is closed.
+        # Whatever it ended with, nobody waits for it; a team that was built is stopped (its
+        # first model call may be under way) and closed.
         if preparing.cancelled() or preparing.exception() is not None:
             return
-        closing = asyncio.ensure_future(_close_team(preparing.result()))
+        closing = asyncio.ensure_future(self._abandon(preparing.result()))
         _closing.add(closing)  # a reference, so that the task is not collected midway
         closing.add_done_callback(_closing.discard)
+
+    async def _abandon(self, team: BuiltTeam) -> None:
+        if self.pump is not None:
+            await cancel_and_wait([self.pump])
+        await _close_team(team)
 
     async def _prepare(self) -> BuiltTeam:
         team = await self.runner.builder.build(
@@ -591,6 +605,7 @@ class TurnExecution:
             self.features,
             self._alert,
             self,
+            self.admittance,
         )
         if self.conversation.message_count or self.conversation.turn_count > 1:
             memory = await self.runner.store.load_memory(
@@ -605,30 +620,14 @@ class TurnExecution:
             ]
         if team.inject_context is not None:
             await team.inject_context()
+        self._run_team(team)
         return team
 
-    async def _drive(self, team: BuiltTeam) -> tuple[TurnOutcome, ErrorOccurred | None]:
-        if team.plan is None and team.participants and not self.speaker_announced:
-            self.post(_single_speaker(team.participants[0]))
-        if team.context:
-            first = team.participants[0] if team.plan is None else (team.plan.speakers or [""])[0]
-            self.post(
-                ContextInjected(
-                    agent=first,
-                    query=self.turn.content[:500],
-                    documents=team.context,
-                    threshold=0.0,
-                )
-            )
+    def _run_team(self, team: BuiltTeam) -> None:
+        """Run the team, its events queued for `_drive`."""
         self._plan = team.plan
         if team.plan is not None:
             team.plan.on_select = lambda: self.put(_SELECTED)
-        # Per agent, the id its streamed text went out under, for the message made of it.
-        streamed: dict[str, str] = {}
-        pending_usage: dict[str, Usage] = {}
-        tools_started = time.monotonic()
-        result: TaskResult | None = None
-        failure: BaseException | None = None
 
         async def pump() -> None:
             try:
@@ -647,8 +646,31 @@ class TurnExecution:
                 return
             self.put(_END)
 
+        self.pump = asyncio.create_task(pump(), name=f"turn:{self.turn.id}")
+
+    async def _drive(self, team: BuiltTeam) -> tuple[TurnOutcome, ErrorOccurred | None]:
+        if team.plan is None and team.participants and not self.speaker_announced:
+            self.post(_single_speaker(team.participants[0]))
+        if team.context:
+            first = team.participants[0] if team.plan is None else (team.plan.speakers or [""])[0]
+            self.post(
+                ContextInjected(
+                    agent=first,
+                    query=self.turn.content[:500],
+                    documents=team.context,
+                    threshold=0.0,
+                )
+            )
+        # Per agent, the id its streamed text went out under, for the message made of it.
+        streamed: dict[str, str] = {}
+        pending_usage: dict[str, Usage] = {}
+        tools_started = time.monotonic()
+        result: TaskResult | None = None
+        failure: BaseException | None = None
+
         replayed = {m.id for m in self.missed}
-        pumping = asyncio.create_task(pump(), name=f"turn:{self.turn.id}")
+        pumping = self.pump
+        assert pumping is not None  # started by `_prepare`
         try:
             while True:
                 self._idle = True

@@ -19,7 +19,8 @@ Screen = Callable[[str], Awaitable[ScreenedResult]]
 
 
 class ScreenedTool(BaseTool[BaseModel, Any]):
-    """`inner`, with its results screened."""
+    """`inner`, with its results screened; each call first awaits `ready` when given (the
+    turn's admission: see `admittance.py`)."""
 
     def __init__(
         self,
@@ -27,6 +28,7 @@ class ScreenedTool(BaseTool[BaseModel, Any]):
         screen: Screen,
         attempts: dict[str, int] | None = None,
         screened: dict[str, ScreenedResult] | None = None,
+        ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__(inner.args_type(), inner.return_type(), inner.name, inner.description)
         self.inner = inner
@@ -35,6 +37,7 @@ class ScreenedTool(BaseTool[BaseModel, Any]):
         self.attempts = attempts if attempts is not None else {}
         # What screening found, per call id of a result that matched a rule.
         self.screened = screened if screened is not None else {}
+        self.ready = ready
 
     @property
     def schema(self) -> ToolSchema:
@@ -46,6 +49,8 @@ class ScreenedTool(BaseTool[BaseModel, Any]):
         cancellation_token: CancellationToken,
         call_id: str | None = None,
     ) -> Any:
+        if self.ready is not None:
+            await self.ready()
         try:
             result = await self.inner.run_json(args, cancellation_token, call_id=call_id)
         finally:
@@ -55,6 +60,8 @@ class ScreenedTool(BaseTool[BaseModel, Any]):
         return await self._screened(self.inner.return_value_as_string(result), call_id)
 
     async def run(self, args: BaseModel, cancellation_token: CancellationToken) -> Any:
+        if self.ready is not None:
+            await self.ready()
         result = await self.inner.run(args, cancellation_token)
         return await self._screened(self.inner.return_value_as_string(result), None)
 

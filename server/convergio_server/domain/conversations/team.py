@@ -17,6 +17,7 @@ from autogen_core.tools import BaseTool
 from convergio_server.config import Settings
 from convergio_server.domain.agents.roster import AgentSpec, Roster
 from convergio_server.domain.auth import Principal
+from convergio_server.domain.conversations.admittance import Admittance, AdmittedClient
 from convergio_server.domain.conversations.agent import ParticipantAgent
 from convergio_server.domain.conversations.history import RecentHistory
 from convergio_server.domain.conversations.metering import Meter, MeteredClient, Pricing, free
@@ -143,6 +144,7 @@ class AutogenTeamBuilder:
         guards: Guards,
         call: CallInfo,
         text: TextSink | None,
+        admittance: Admittance | None,
     ) -> tuple[ChatCompletionClient, Pricing, Any]:
         raw = create_model_client(selection, self.settings)
         provider, _, model = model_label(selection).partition("/")
@@ -151,6 +153,8 @@ class AutogenTeamBuilder:
         client: ChatCompletionClient = MeteredClient(billed, meter, pricing)
         if text is not None:
             client = TappedClient(client, call.agent, text)
+        if admittance is not None:
+            client = AdmittedClient(client, admittance)
         return client, pricing, raw.close
 
     def _history(
@@ -176,7 +180,10 @@ class AutogenTeamBuilder:
         features: list[str],
         alerts: AlertSink | None = None,
         text: TextSink | None = None,
+        admittance: Admittance | None = None,
     ) -> BuiltTeam:
+        """With `admittance`, the team may run before the turn is admitted (see
+        `admittance.py`)."""
         meter = Meter()
         guards = self.guards()
         scope = TurnScope(principal, conversation.id, turn.id, alerts)
@@ -211,15 +218,16 @@ class AutogenTeamBuilder:
                 scope, spec.name, provider, model, "agent_reply", selection.max_output_tokens
             )
             client, pricing[spec.name], close = self._client(
-                selection, meter, guards, call, text if streaming else None
+                selection, meter, guards, call, text if streaming else None, admittance
             )
             closers.append(close)
             # A model that cannot call functions (a small local one, as its model_info
             # says) answers without the agent's tools rather than failing every call.
             usable = spec.tools if client.model_info.get("function_calling", True) else ()
             offered = self.tools.autogen_tools(list(usable), ctx) if usable else []
+            ready = admittance.wait if admittance is not None else None
             tools: list[Any] = [
-                ScreenedTool(tool, screen, attempts, screened)
+                ScreenedTool(tool, screen, attempts, screened, ready)
                 if isinstance(tool, BaseTool)
                 else tool
                 for tool in offered
@@ -291,6 +299,7 @@ class AutogenTeamBuilder:
             guards,
             CallInfo(scope, "selector", provider, model, "speaker_selection"),
             None,  # the selector's answers are not streamed
+            admittance,
         )
         closers.append(close)
         team = SelectorGroupChat(

@@ -1,0 +1,98 @@
+"""A turn's team starts while the store admits the turn, so that its first model call (the
+reservation, the request, the wait for the first token) overlaps that round trip instead of
+following it. A turn the store then refuses (a repeated request, a busy conversation) must
+have done nothing a refused turn may not do: its tools and its later model calls wait until
+the admission has come back. The first call is cancelled with the turn; the ledger keeps it,
+as it keeps every call made."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any, Literal
+
+from autogen_core import CancellationToken
+from autogen_core.models import ChatCompletionClient, CreateResult, LLMMessage
+from autogen_core.tools import Tool, ToolSchema
+from pydantic import BaseModel
+
+from convergio_server.domain.models.delegating import DelegatingChatCompletionClient
+
+
+class Admittance:
+    """Whether the turn has been admitted; one per turn, shared by its team."""
+
+    def __init__(self) -> None:
+        self._admitted = asyncio.Event()
+        self._first_call_taken = False
+
+    def admit(self) -> None:
+        self._admitted.set()
+
+    @property
+    def admitted(self) -> bool:
+        return self._admitted.is_set()
+
+    async def wait(self) -> None:
+        """Until the turn is admitted (a tool call waits here)."""
+        if not self._admitted.is_set():
+            await self._admitted.wait()
+
+    async def call_may_start(self) -> None:
+        """The turn's first model call starts at once; the others once it is admitted."""
+        if not self._first_call_taken:
+            self._first_call_taken = True
+            return
+        await self.wait()
+
+
+class AdmittedClient(DelegatingChatCompletionClient):
+    """`inner`, whose calls start as `admittance` allows."""
+
+    def __init__(self, inner: ChatCompletionClient, admittance: Admittance) -> None:
+        self._inner = inner
+        self._admittance = admittance
+
+    async def create(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> CreateResult:
+        await self._admittance.call_may_start()
+        return await self._inner.create(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            json_output=json_output,
+            extra_create_args=extra_create_args,
+            cancellation_token=cancellation_token,
+        )
+
+    async def create_stream(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> AsyncGenerator[str | CreateResult, None]:
+        await self._admittance.call_may_start()
+        stream = self._inner.create_stream(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            json_output=json_output,
+            extra_create_args=extra_create_args,
+            cancellation_token=cancellation_token,
+        )
+        async with contextlib.aclosing(stream):
+            async for item in stream:
+                yield item
