@@ -412,3 +412,33 @@ async def test_conversation_creation_is_rate_limited_with_retry_info(
             "rate:conversations_per_hour"
         ]
         assert refused.value.retry_delay is not None and 0 < refused.value.retry_delay <= 3600
+
+
+async def test_messages_that_start_no_turn_give_their_rate_limit_slot_back(
+    server: RunningServer, tenant: str, key_for: KeyFor
+) -> None:
+    # The guards admit a turn while its conversation is read: a message that then starts no
+    # turn (no such conversation, a repeated request_id) must not count against the limit.
+    limit = server.settings.rate_limit_turns_per_minute
+    async with await sdk(server, await key_for("member", "rita")) as rita:
+        created = await rita.conversations.create_conversation(
+            team=conv_pb.Team(single_agent="amy")
+        )
+        cid = created.conversation.conversation_id
+        for _ in range(limit):
+            with pytest.raises(errors.NotFound):
+                async for _ in rita.conversations.send_message(
+                    conversation_id="0" * 8 + cid[8:], content="Hello"
+                ):
+                    pass
+        first = [e async for e in rita.conversations.send(cid, "Hello", request_id="once")]
+        for _ in range(limit):
+            again = [e async for e in rita.conversations.send(cid, "Hello", request_id="once")]
+            assert {e.turn_id for e in again} == {first[0].turn_id}
+        for turn in range(limit - 1):  # the first message was the one turn so far
+            async for _ in rita.conversations.send(cid, f"Turn {turn}"):
+                pass
+        with pytest.raises(errors.QuotaExceeded) as refused:
+            async for _ in rita.conversations.send(cid, "One too many"):
+                pass
+        assert refused.value.reason == "RATE_LIMITED"

@@ -116,6 +116,25 @@ async def test_a_turn_failed_by_its_model_endpoint_counts_neither_way(
     await a.breakers.reset(tenant, TENANT)
 
 
+async def test_a_turn_admitted_as_the_probe_that_does_not_start_frees_the_probe(
+    pair: tuple[RunningServer, RunningServer], tenant: str
+) -> None:
+    a, b = guards_of(pair[0]), guards_of(pair[1])
+    await a.breakers.trip(tenant, TENANT, "FAILURES", "test")
+    await asyncio.sleep(COOL_DOWN + 0.1)
+    # Admitted as the half-open probe while its conversation was read, which was missing.
+    missing = new_scope(tenant)
+    admission = await b.admit_turn(missing, "probe")
+    assert admission.probe
+    await b.turn_not_started(missing, admission)
+    # The next turn may probe at once: nothing holds the probe until it expires.
+    second = new_scope(tenant)
+    assert (await a.admit_turn(second, "the real probe")).probe
+    await a.turn_finished(second, Decimal(0), failed=True)
+    assert (await b.breakers.get(tenant, TENANT)).state == "OPEN"
+    await a.breakers.reset(tenant, TENANT)
+
+
 async def test_repeated_cost_spikes_open_the_tenant_breaker(
     pair: tuple[RunningServer, RunningServer], tenant: str
 ) -> None:

@@ -78,6 +78,10 @@ class Admission:
     alerts: list[BudgetAlertInfo] = field(default_factory=list)
     # Ids of the screening rules that matched the message when the action is "flag".
     flagged_input: list[str] = field(default_factory=list)
+    # What the admission counted, for `Guards.turn_not_started`: the rate-limit slot (its
+    # key and name) and whether the turn is the tenant breaker's half-open probe.
+    rate_slot: tuple[str, str] | None = None
+    probe: bool = False
 
 
 class Guards(Protocol):
@@ -90,17 +94,18 @@ class Guards(Protocol):
         otherwise look up). Never raises."""
         ...
 
-    async def prepare(self, scope: TurnScope) -> None:
-        """Load what `admit_turn` will need (the budgets in force), so that it can happen
-        while the conversation is being read. Never raises: `admit_turn` reports."""
-        ...
-
     async def admit_turn(
         self, scope: TurnScope, content: str, documents: Sequence[str] = ()
     ) -> Admission:
         """Rate limit, breaker, budgets and input screening (of the message and of the
         documents sent with it) before a turn starts. Raises QuotaExceeded, Unavailable or
         InvalidArgument to refuse it."""
+        ...
+
+    async def turn_not_started(self, scope: TurnScope, admission: Admission) -> None:
+        """A turn admitted while its conversation was being read did not start after all
+        (the conversation does not exist, or the request repeats one that started): give
+        back what `admit_turn` counted. Never raises."""
         ...
 
     def wrap_model_client(self, client: Any, call: CallInfo) -> Any:
@@ -141,13 +146,13 @@ class NoGuards:
     async def conversation_stored(self, principal: Principal, conversation_id: str) -> None:
         return None
 
-    async def prepare(self, scope: TurnScope) -> None:
-        return None
-
     async def admit_turn(
         self, scope: TurnScope, content: str, documents: Sequence[str] = ()
     ) -> Admission:
         return Admission()
+
+    async def turn_not_started(self, scope: TurnScope, admission: Admission) -> None:
+        return None
 
     def wrap_model_client(self, client: Any, call: CallInfo) -> Any:
         return client

@@ -263,8 +263,8 @@ return breaker_out({decision, retry}, KEYS[1], now)
 # Admission of a turn, in this order, changing nothing unless all pass: budgets spent?, rate
 # limit, tenant breaker (may take the half-open probe), then count the turn.
 # KEYS: version, rate set, breaker hash, breaker index, budget counters...
-# ARGV: version, rate limit, window ms, rate member, breaker member, 5 breaker parameters,
-# probe ms, limits (comma-separated, one per counter).
+# ARGV: version, rate limit, window ms, rate member (unique: `rate_give_back` removes it),
+# breaker member, 5 breaker parameters, probe ms, limits (comma-separated, one per counter).
 # Returns {1, decision} | {-1, version} | {0, 'budget', i, cur} | {0, 'rate', used, oldest,
 # now} | {0, 'breaker', retry, fields...}.
 _ADMIT = (
@@ -287,7 +287,7 @@ if allowed == 0 then return {0, 'rate', used, oldest, now} end
 local p = {ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]}
 local decision, retry = breaker_step(KEYS[3], KEYS[4], ARGV[5], 'check', p, ARGV[11], '', now)
 if decision == 0 then return breaker_out({0, 'breaker', retry}, KEYS[3], now) end
-redis.call('ZADD', KEYS[2], now, tostring(now) .. ':' .. ARGV[4])
+redis.call('ZADD', KEYS[2], now, ARGV[4])
 redis.call('PEXPIRE', KEYS[2], window)
 return {1, decision}
 """
@@ -505,6 +505,9 @@ class RedisCostCounters:
             bool(int(raw[0])), int(raw[1]), None if oldest < 0 else oldest, int(raw[3])
         )
 
+    async def rate_give_back(self, key: str, member: str) -> None:
+        await _guarded(self.redis.zrem(key, member))
+
     # Circuit breakers.
     async def breaker(
         self,
@@ -539,6 +542,7 @@ class RedisCostCounters:
         breaker: str,
         thresholds: BreakerThresholds,
         probe_ms: int,
+        rate_member: str,
     ) -> AdmitResult:
         raw = await _guarded(self._admit(
             keys=[
@@ -549,7 +553,7 @@ class RedisCostCounters:
                 *(c.key for c in counters),
             ],
             args=[
-                version, rate_limit, window_ms, secrets.token_hex(6), breaker,
+                version, rate_limit, window_ms, rate_member, breaker,
                 *_params(thresholds), probe_ms, _limits(counters),
             ],
         ))  # fmt: skip

@@ -52,7 +52,7 @@ from convergio_server.domain.events.model import (
     TurnQueued,
     Usage,
 )
-from convergio_server.domain.guards import Guards, TurnScope
+from convergio_server.domain.guards import Admission, Guards, TurnScope
 from convergio_server.domain.pagination import (
     Fits,
     decode_token,
@@ -435,47 +435,56 @@ class ConversationService:
     ) -> SendResult:
         turn_id = str(uuid.uuid4())
         scope = TurnScope(principal, conversation_id, turn_id)
-        # The reads at once: the conversation with a turn of the same request_id, and what
-        # the guards will need.
-        (conversation, earlier_id), _ = await asyncio.gather(
+        holder = f"{self.runner.owner}|{turn_id}"
+        # The conversation (with a turn of the same request_id), the guards and the run lease
+        # at once: one round trip's time before the turn is admitted, not two. What a turn
+        # that does not start took of them is given back (`_not_started`).
+        read, guarded, leased = await asyncio.gather(
             self.store.get_for_request(principal.tenant_id, conversation_id, request_id),
-            self.guards().prepare(scope),
-        )
-        if conversation is None:
-            raise _no_conversation(conversation_id)
-        turn = Turn(
-            tenant_id=principal.tenant_id,
-            conversation_id=conversation_id,
-            id=turn_id,
-            request_id=request_id,
-            status=QUEUED,
-            content=content,
-            options=TurnOptions(
-                max_turns=max_turns or conversation.max_turns_per_message,
-                on_disconnect=on_disconnect,
-                documents=documents,
-            ),
-            user_message_id=str(uuid.uuid4()),
-            created_by=principal.name,
-        )
-        if earlier_id is not None:
-            earlier = await self.store.get_turn(principal.tenant_id, conversation_id, earlier_id)
-            if earlier is not None:
-                _check_same_message(earlier, turn)
-                return await self._attach(principal, earlier)
-        # The guards and the run lease at once: two round trips to Redis in the time of one.
-        holder = f"{self.runner.owner}|{turn.id}"
-        guarded, leased = await asyncio.gather(
             self.guards().admit_turn(scope, content, [d.get("content", "") for d in documents]),
             self.leases.acquire_if_free(principal.tenant_id, conversation_id, holder),
             return_exceptions=True,
         )
-        if isinstance(guarded, BaseException):
-            if leased is True:
-                await self.leases.release(principal.tenant_id, conversation_id, holder)
-            raise guarded
-        if isinstance(leased, BaseException):
-            raise leased
+        try:
+            if isinstance(read, BaseException):
+                raise read
+            conversation, earlier_id = read
+            if conversation is None:
+                raise _no_conversation(conversation_id)
+            turn = Turn(
+                tenant_id=principal.tenant_id,
+                conversation_id=conversation_id,
+                id=turn_id,
+                request_id=request_id,
+                status=QUEUED,
+                content=content,
+                options=TurnOptions(
+                    max_turns=max_turns or conversation.max_turns_per_message,
+                    on_disconnect=on_disconnect,
+                    documents=documents,
+                ),
+                user_message_id=str(uuid.uuid4()),
+                created_by=principal.name,
+            )
+            earlier = None
+            if earlier_id is not None:
+                earlier = await self.store.get_turn(
+                    principal.tenant_id, conversation_id, earlier_id
+                )
+                if earlier is not None:
+                    _check_same_message(earlier, turn)
+            if earlier is None:
+                if isinstance(guarded, BaseException):
+                    raise guarded
+                if isinstance(leased, BaseException):
+                    raise leased
+        except BaseException:
+            await self._not_started(scope, guarded, leased, holder)
+            raise
+        if earlier is not None:  # a repeated request: its turn, not a second one
+            await self._not_started(scope, guarded, leased, holder)
+            return await self._attach(principal, earlier)
+        assert not isinstance(guarded, BaseException) and not isinstance(leased, BaseException)
         admission = guarded
         # The team is built while the turn is admitted; dropped if it does not start now.
         prepared = self.runner.prepare(principal, conversation, turn) if leased is True else None
@@ -532,6 +541,19 @@ class ConversationService:
             prepared=prepared,
         )
         return SendResult(conversation_id, turn.id, first - 1)
+
+    async def _not_started(
+        self, scope: TurnScope, guarded: object, leased: object, holder: str
+    ) -> None:
+        """Give back what a turn that does not start took: its admission by the guards and
+        the run lease."""
+        if isinstance(guarded, Admission):
+            await self.guards().turn_not_started(scope, guarded)
+        if leased is True:
+            try:
+                await self.leases.release(scope.principal.tenant_id, scope.conversation_id, holder)
+            except Exception:  # it expires
+                log.warning("could not release the lease of a turn that did not start")
 
     async def _admit(self, turn: Turn, enqueue: bool, held: bool | None = None) -> Admitted:
         """Admit the turn, holding its lease first in case it runs at once, so that a running

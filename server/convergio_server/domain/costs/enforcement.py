@@ -9,6 +9,7 @@ is refused with UNAVAILABLE, because running it would mean spending without a bu
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -135,14 +136,6 @@ class CostGuards:
         except Exception as exc:  # the first model call seeds them from the ledger instead
             log.debug("conversation %s: budget counters not started: %s", conversation_id, exc)
 
-    async def prepare(self, scope: TurnScope) -> None:
-        if not self.active(scope.principal):
-            return
-        try:
-            await self.budgets.resolved(scope)
-        except Exception as exc:  # admit_turn loads again and reports what is wrong
-            log.debug("budgets not preloaded: %s", exc)
-
     async def admit_turn(
         self, scope: TurnScope, content: str, documents: Sequence[str] = ()
     ) -> Admission:
@@ -157,6 +150,8 @@ class CostGuards:
             )
         tenant, user = principal.tenant_id, principal.name
         budgets, limit = self.budgets, self.limits.turns
+        rate_key = budgets.counters.rate_key(tenant, limit.kind.lower(), user)
+        rate_member = secrets.token_hex(8)
         # One round trip: budgets spent?, the rate limit, the tenant breaker, in that
         # order; nothing is counted unless all of them let the turn through.
         for attempt in range(3):
@@ -167,10 +162,9 @@ class CostGuards:
                 if a.counter.limit_nanos is not None
             ]
             result = await budgets.counters.admit(
-                tenant, version, [a.counter for a in applied],
-                budgets.counters.rate_key(tenant, limit.kind.lower(), user), limit.limit,
+                tenant, version, [a.counter for a in applied], rate_key, limit.limit,
                 limit.window_seconds * 1000, TENANT, self.breakers.thresholds,
-                self.breakers.probe_ms,
+                self.breakers.probe_ms, rate_member,
             )  # fmt: skip
             if result.stale_version is None:
                 break
@@ -182,7 +176,20 @@ class CostGuards:
             raise self.breakers.refusal(TENANT, result.breaker)
         if not result.ok:
             raise Unavailable("budgets are being changed; retry", retry_after_seconds=1.0)
-        return Admission(flagged_input=[f.rule for f in findings])
+        return Admission(
+            flagged_input=[f.rule for f in findings],
+            rate_slot=(rate_key, rate_member),
+            probe=result.probe,
+        )
+
+    async def turn_not_started(self, scope: TurnScope, admission: Admission) -> None:
+        try:
+            if admission.rate_slot is not None:
+                await self.budgets.counters.rate_give_back(*admission.rate_slot)
+            if admission.probe:
+                await self.breakers.release(scope.principal.tenant_id, TENANT)
+        except Exception:  # the slot expires with its window, the probe with its time
+            log.warning("could not give back a turn's admission", exc_info=True)
 
     def wrap_model_client(self, client: Any, call: CallInfo) -> Any:
         return BilledModelClient(client, call, self)

@@ -106,6 +106,10 @@ class CounterStore(Protocol):
 
     async def rate(self, key: str, limit: int, window_ms: int, take: bool) -> RateResult: ...
 
+    async def rate_give_back(self, key: str, member: str) -> None:
+        """Remove a slot that `admit` took under `member`."""
+        ...
+
     def rate_key(self, tenant: str, kind: str, user: str) -> str: ...
 
     async def breaker(
@@ -125,7 +129,10 @@ class CounterStore(Protocol):
         breaker: str,
         thresholds: BreakerThresholds,
         probe_ms: int,
-    ) -> AdmitResult: ...
+        rate_member: str,
+    ) -> AdmitResult:
+        """`rate_member`: unique, the slot's name in the rate limit's window."""
+        ...
 
     async def call_begin(
         self,
