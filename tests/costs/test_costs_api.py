@@ -442,3 +442,26 @@ async def test_messages_that_start_no_turn_give_their_rate_limit_slot_back(
             async for _ in rita.conversations.send(cid, "One too many"):
                 pass
         assert refused.value.reason == "RATE_LIMITED"
+
+
+async def test_a_conversation_budget_set_after_creation_holds_from_its_first_turn(
+    server: RunningServer, tenant: str, key_for: KeyFor
+) -> None:
+    # Creating a conversation loads the budgets its first turn will need: a budget set
+    # after that must still be the one that turn meets.
+    async with (
+        await sdk(server, await key_for("operator", "ops")) as ops,
+        await sdk(server, await key_for("member", "sam")) as sam,
+    ):
+        created = await sam.conversations.create_conversation(team=conv_pb.Team(single_agent="amy"))
+        cid = created.conversation.conversation_id
+        await ops.costs.set_budget(
+            budget=cost_pb2.Budget(scope=CONV_SCOPE, subject=cid, total_limit_usd="0")
+        )
+        with pytest.raises(errors.QuotaExceeded) as refused:
+            async for _ in sam.conversations.send(cid, "Hello"):
+                pass
+        assert refused.value.reason == "BUDGET_EXHAUSTED"
+        assert [q.subject for q in refused.value.quota_violations] == [
+            f"budget:conversation:{cid}:total"
+        ]

@@ -8,6 +8,7 @@ is refused with UNAVAILABLE, because running it would mean spending without a bu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -131,10 +132,15 @@ class CostGuards:
     async def conversation_stored(self, principal: Principal, conversation_id: str) -> None:
         if not self.active(principal):
             return
-        try:
-            await self.budgets.start_conversation(principal.tenant_id, conversation_id)
-        except Exception as exc:  # the first model call seeds them from the ledger instead
-            log.debug("conversation %s: budget counters not started: %s", conversation_id, exc)
+        # The budgets in force for its first turn too, which would otherwise look them up
+        # before it is admitted.
+        started, _ = await asyncio.gather(
+            self.budgets.start_conversation(principal.tenant_id, conversation_id),
+            self.budgets.resolved(TurnScope(principal, conversation_id, "")),
+            return_exceptions=True,
+        )
+        if isinstance(started, Exception):  # the first model call seeds them from the ledger
+            log.debug("conversation %s: budget counters not started: %s", conversation_id, started)
 
     async def admit_turn(
         self, scope: TurnScope, content: str, documents: Sequence[str] = ()
