@@ -518,14 +518,17 @@ class TurnExecution:
         self._writing.__enter__()
         self.admittance.admit()
         try:
-            for body in first:
-                self.post(body)
             if self.preparing is None:
                 self.prepare()
+            # The turn's loop is created before the log's writer (by the first `post`), so it
+            # runs first: words the team said while the turn was admitted go out in the same
+            # append as TurnStarted, not in one after it.
             self.task = asyncio.create_task(self.run(), name=f"turn-run:{self.turn.id}")
         except BaseException:
             self._writing.__exit__(None, None, None)
             raise
+        for body in first:
+            self.post(body)
 
     async def run(self) -> None:
         try:
