@@ -437,6 +437,18 @@ async def test_the_selector_phrase_in_a_conversation_is_not_a_selection() -> Non
     assert isinstance(result.content, str) and len(result.content.split()) > 5
 
 
+def test_tool_schemas_count_in_the_prompt_whatever_form_they_come_in() -> None:
+    client = OfflineChatCompletionClient()
+    messages = ask("Hello")
+    as_tool = client.count_tokens(messages, tools=[CALCULATOR])
+    # AutoGen hands a fresh copy of each schema to every call.
+    as_copy = client.count_tokens(messages, tools=[json.loads(json.dumps(CALCULATOR.schema))])
+    assert as_tool == as_copy > client.count_tokens(messages)
+    longer = json.loads(json.dumps(CALCULATOR.schema))
+    longer["description"] += " It also explains every figure it returns, step by step."
+    assert client.count_tokens(messages, tools=[longer]) > as_copy
+
+
 def test_stems_ignore_plurals_and_verb_forms() -> None:
     assert stem("risks") == stem("risk") == "risk"
     assert stem("planning") == stem("plan") == stem("plans")

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
 from autogen_core import FunctionCall, Image
 from autogen_core.models import (
     AssistantMessage,
@@ -179,13 +180,25 @@ def _schema_tokens(tool: Tool | ToolSchema) -> int:
     return count_text_tokens(json.dumps(dict(tool_schema(tool)), sort_keys=True))
 
 
+@functools.lru_cache(maxsize=1024)
+def _json_schema_tokens(compact: bytes) -> int:
+    schema: ToolSchema = orjson.loads(compact)
+    return _schema_tokens(schema)
+
+
 # Tools of one kind, name and arguments share their schema: its token count is computed once.
 _TOOL_TOKENS: dict[tuple[type, str, str, Any], int] = {}
 
 
 def tool_tokens(tool: Tool | ToolSchema) -> int:
     if isinstance(tool, dict):
-        return _schema_tokens(tool)
+        # AutoGen hands over a fresh copy of each schema on every call: keyed by its compact
+        # JSON (a tenth of the cost of the JSON it is counted in).
+        try:
+            compact = orjson.dumps(tool, option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # what orjson does not take (keys that are not strings)
+            return _schema_tokens(tool)
+        return _json_schema_tokens(compact)
     args = getattr(tool, "args_type", None)
     key = (type(tool), tool.name, tool.description, args() if callable(args) else None)
     found = _TOOL_TOKENS.get(key)
