@@ -310,18 +310,19 @@ async def test_the_first_token_is_not_held_for_a_reader_behind(
     paced_client: AsyncClient, paced: RunningServer
 ) -> None:
     # A reader here that takes nothing is behind from the turn's first events on: the first
-    # token still goes out alone, at once; the later ones wait for it and grow.
+    # token still goes out alone, at once; the later ones wait for it and grow. (The answer
+    # comes after a tool's result, so that its words are all spoken while the turn runs:
+    # words said while it is still being admitted go out together.)
     cid = await new_conversation(paced_client, agent="amy")
     events = paced.server.context.components["conversations"].events
     stuck = events.subscribe(TENANT, cid)
     try:
         sent = await collect(
-            paced_client.conversations.send(
-                conversation_id=cid, content="How do I plan a product launch?"
-            )
+            paced_client.conversations.send(conversation_id=cid, content=FINANCE_QUESTION)
         )
     finally:
         stuck.close()
+    assert "tool_result" in kinds(sent)
     deltas = [e.token_delta.text for e in sent if e.HasField("token_delta")]
     assert len(deltas[0].split()) == 1
     assert max(len(text.split()) for text in deltas[1:]) >= 3

@@ -79,8 +79,11 @@ async def test_token_chunks_are_coalesced_and_the_first_goes_out_at_once(
 ) -> None:
     # The offline model at zero delay produces the answer in a burst: the first word goes
     # out alone, the rest in a few deltas (one per coalescing window), not one per word.
+    # The question asks for a tool first, so that the answer is spoken while the turn runs
+    # (words said while it is still being admitted go out together, with its first events).
     cid = await new_conversation(conv, agent="amy")
-    events = await collect(conv.conversations.send(conversation_id=cid, content="Hello there"))
+    events = await collect(conv.conversations.send(conversation_id=cid, content=FINANCE_QUESTION))
+    assert "tool_result" in kinds(events)
     completed = next(e.message_completed for e in events if e.HasField("message_completed"))
     deltas = [e.token_delta.text for e in events if e.HasField("token_delta")]
     words = completed.content.split()
