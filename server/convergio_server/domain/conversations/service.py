@@ -486,7 +486,8 @@ class ConversationService:
             return await self._attach(principal, earlier)
         assert not isinstance(guarded, BaseException) and not isinstance(leased, BaseException)
         admission = guarded
-        # The team is built while the turn is admitted; dropped if it does not start now.
+        # The team is built and starts running while the turn is admitted (`admittance.py`);
+        # stopped and dropped if the turn does not start now.
         prepared = self.runner.prepare(principal, conversation, turn) if leased is True else None
         try:
             admitted = await self._admit(turn, enqueue, held=leased)
