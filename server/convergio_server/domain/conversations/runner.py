@@ -574,8 +574,8 @@ class TurnExecution:
             self.runner.local.pop(self.turn.id, None)
 
     def prepare(self) -> None:
-        """Build the team and restore its state, while the turn is admitted and
-        TurnStarted logged."""
+        """Build the team, restore its state and start it, while the turn is admitted and
+        TurnStarted logged (what it produces waits for `_drive`)."""
         self.preparing = asyncio.ensure_future(self._prepare())
 
     def discard(self) -> None:
@@ -1070,9 +1070,9 @@ class TurnRunner:
     def prepare(
         self, principal: Principal, conversation: Conversation, turn: Turn
     ) -> TurnExecution:
-        """Build the team of a turn that is being admitted and restore its state, while the
-        admission runs. Pass the result to `start`, or `discard` it if the turn does not
-        start now."""
+        """Build the team of a turn that is being admitted, restore its state and start it,
+        while the admission runs (see `admittance.py`). Pass the result to `start`, or
+        `discard` it if the turn does not start now."""
         policy, features = self.builder.resolve(principal, conversation)
         if len(conversation.participants) == 1 and conversation.team.single_agent:
             policy = "single"
