@@ -465,3 +465,30 @@ async def test_a_conversation_budget_set_after_creation_holds_from_its_first_tur
         assert [q.subject for q in refused.value.quota_violations] == [
             f"budget:conversation:{cid}:total"
         ]
+
+
+async def test_callers_gone_before_their_turn_is_admitted_give_their_slots_back(
+    server: RunningServer, tenant: str, key_for: KeyFor
+) -> None:
+    # Each caller goes away while its conversation is read and the guards admit its turn:
+    # the slot the guards took is given back once they answer.
+    limit = server.settings.rate_limit_turns_per_minute
+    service = server.server.context.components["conversations"]
+    principal = service.runner.principal_of(tenant, "tess")
+    async with await sdk(server, await key_for("member", "tess")) as tess:
+        created = await tess.conversations.create_conversation(
+            team=conv_pb.Team(single_agent="amy")
+        )
+        cid = created.conversation.conversation_id
+        for _ in range(limit):
+            sending = asyncio.create_task(service.send(principal, cid, content="Hello"))
+            await asyncio.sleep(0)  # the read, the guards and the lease are under way
+            sending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sending
+        for turn in range(limit):
+            async for _ in tess.conversations.send(cid, f"Turn {turn}"):
+                pass
+        with pytest.raises(errors.QuotaExceeded):
+            async for _ in tess.conversations.send(cid, "One too many"):
+                pass

@@ -9,7 +9,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -439,12 +439,17 @@ class ConversationService:
         # The conversation (with a turn of the same request_id), the guards and the run lease
         # at once: one round trip's time before the turn is admitted, not two. What a turn
         # that does not start took of them is given back (`_not_started`).
-        read, guarded, leased = await asyncio.gather(
+        gathered = asyncio.gather(
             self.store.get_for_request(principal.tenant_id, conversation_id, request_id),
             self.guards().admit_turn(scope, content, [d.get("content", "") for d in documents]),
             self.leases.acquire_if_free(principal.tenant_id, conversation_id, holder),
             return_exceptions=True,
         )
+        try:
+            read, guarded, leased = await asyncio.shield(gathered)
+        except asyncio.CancelledError:  # the caller went away: give back once they answer
+            self._in_background(self._not_started_later(scope, gathered, holder))
+            raise
         try:
             if isinstance(read, BaseException):
                 raise read
@@ -555,6 +560,12 @@ class ConversationService:
                 await self.leases.release(scope.principal.tenant_id, scope.conversation_id, holder)
             except Exception:  # it expires
                 log.warning("could not release the lease of a turn that did not start")
+
+    async def _not_started_later(
+        self, scope: TurnScope, gathered: asyncio.Future[tuple[Any, Any, Any]], holder: str
+    ) -> None:
+        _, guarded, leased = await gathered
+        await self._not_started(scope, guarded, leased, holder)
 
     async def _admit(self, turn: Turn, enqueue: bool, held: bool | None = None) -> Admitted:
         """Admit the turn, holding its lease first in case it runs at once, so that a running
@@ -865,8 +876,12 @@ class ConversationService:
             except Exception:  # the turn may already be gone; nothing to report to
                 pass
 
-        task = asyncio.create_task(run())
-        _BACKGROUND.add(task)
+        self._in_background(run())
+
+    @staticmethod
+    def _in_background(work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        _BACKGROUND.add(task)  # a reference, so that the task is not collected midway
         task.add_done_callback(_BACKGROUND.discard)
 
 
