@@ -27,10 +27,6 @@ class Admittance:
     def admit(self) -> None:
         self._admitted.set()
 
-    @property
-    def admitted(self) -> bool:
-        return self._admitted.is_set()
-
     async def wait(self) -> None:
         """Until the turn is admitted (a tool call waits here)."""
         if not self._admitted.is_set():
