@@ -279,7 +279,7 @@ class TurnExecution:
         # what it produces waits in the queue until `_drive` (see `admittance.py`).
         self.admittance = Admittance()
         self.pump: asyncio.Task[None] | None = None
-        self.holder = f"{runner.owner}|{turn.id}"
+        self.holder = runner.holder(turn.id)
         # Events posted by the turn and not yet in the log; one writer task appends them in
         # order, in batches, so the team never waits for Redis between tokens.
         self._outbox: list[tuple[EventBody, datetime | None]] = []
@@ -880,7 +880,7 @@ class TurnExecution:
         if next_turn is not None:
             # Hand the lease straight to the promoted turn: no moment without an owner.
             await runner.leases.acquire(
-                self.tenant_id, self.conversation.id, f"{runner.owner}|{next_turn.id}"
+                self.tenant_id, self.conversation.id, runner.holder(next_turn.id)
             )
         self.lease_released = True
         await runner.leases.release(self.tenant_id, self.conversation.id, self.holder)
@@ -1067,6 +1067,10 @@ class TurnRunner:
                 if not ok and not execution.lease_released:
                     execution.cancel(ERROR, "this server lost the turn's lease")
 
+    def holder(self, turn_id: str) -> str:
+        """The holder of a conversation's run lease while this process runs turn `turn_id`."""
+        return f"{self.owner}|{turn_id}"
+
     def prepare(
         self, principal: Principal, conversation: Conversation, turn: Turn
     ) -> TurnExecution:
@@ -1093,7 +1097,7 @@ class TurnRunner:
         """Start a turn that the store has just made RUNNING; returns its first sequence.
         The guards' warnings about it (`admission`) follow TurnStarted."""
         if not lease_held:
-            holder = f"{self.owner}|{turn.id}"
+            holder = self.holder(turn.id)
             await self.leases.acquire(conversation.tenant_id, conversation.id, holder)
         execution = prepared or self.prepare(principal, conversation, turn)
         execution.turn = turn  # as admitted
@@ -1136,7 +1140,7 @@ class TurnRunner:
         """Start a turn that the end of the previous one promoted to RUNNING, unless another
         process holds its conversation's lease or started it already (`Turn.started`):
         whether it started here."""
-        holder = f"{self.owner}|{turn.id}"
+        holder = self.holder(turn.id)
         tenant, conversation_id = turn.tenant_id, turn.conversation_id
         if self.stopping:
             if lease_held:

@@ -435,7 +435,7 @@ class ConversationService:
     ) -> SendResult:
         turn_id = str(uuid.uuid4())
         scope = TurnScope(principal, conversation_id, turn_id)
-        holder = f"{self.runner.owner}|{turn_id}"
+        holder = self.runner.holder(turn_id)
         # The conversation (with a turn of the same request_id), the guards and the run lease
         # at once: one round trip's time before the turn is admitted, not two. What a turn
         # that does not start took of them is given back (`_not_started`).
@@ -571,7 +571,7 @@ class ConversationService:
         """Admit the turn, holding its lease first in case it runs at once, so that a running
         turn never lacks an owner in Redis (the reaper relies on that). `held`: the caller
         has already tried to take the lease (None: take it here)."""
-        holder = f"{self.runner.owner}|{turn.id}"
+        holder = self.runner.holder(turn.id)
         if held is None:
             held = await self.leases.acquire_if_free(turn.tenant_id, turn.conversation_id, holder)
         try:
