@@ -71,7 +71,7 @@ class Settings(BaseSettings):
             return self._places[key]
         names = _env_names(key)
         given = next((name for name in os.environ if name.upper() in names), None)
-        return given or f"the default; {_env_name_of(key)} sets it"
+        return given or f"the default; {names[0]} sets it"
 
     listen: str = Field(
         "127.0.0.1:50051",
@@ -403,7 +403,7 @@ def load_settings(
         field = Settings.model_fields.get(key)
         if field is None:
             raise SettingsError(f"unknown setting {key!r} in {path}")
-        if not _env_names(key) & env_names:
+        if env_names.isdisjoint(_env_names(key)):
             merged[key] = value
             places[key] = f"in {path}"
             origins[key] = f"in {path}, where it is {_toml_kind(value)}"
@@ -419,13 +419,13 @@ def load_settings(
     return settings
 
 
-def _env_names(key: str) -> set[str]:
-    """The environment variables (upper case) that set the field `key`."""
-    names = {f"CONVERGIO_{key.upper()}"}
+def _env_names(key: str) -> list[str]:
+    """The environment variables (upper case) that set the field `key`, the one the docs
+    name first."""
     alias = Settings.model_fields[key].validation_alias
     if isinstance(alias, AliasChoices):
-        names |= {str(choice).upper() for choice in alias.choices}
-    return names
+        return [str(choice).upper() for choice in alias.choices]
+    return [f"CONVERGIO_{key.upper()}"]
 
 
 _TOML_KINDS: tuple[tuple[type[Any], str], ...] = (
@@ -475,14 +475,9 @@ def describe_settings_error(
         if key in origins:
             name = f"{name} ({origins[key]})"
         elif key in Settings.model_fields:
-            name = f"{name} ({_env_name_of(key)})"
+            name = f"{name} ({_env_names(key)[0]})"
         parts.append(f"{name}: {message}" if name else message)
     return "invalid settings: " + "; ".join(parts)
-
-
-def _env_name_of(key: str) -> str:
-    alias = Settings.model_fields[key].validation_alias
-    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"CONVERGIO_{key.upper()}"
 
 
 def prepare_data_dir(settings: Settings) -> None:
