@@ -24,6 +24,7 @@ from convergio_server.domain.costs.ports import BreakerResult, BreakerThresholds
 from convergio_server.domain.errors import Unavailable
 
 TENANT = "tenant"
+PROVIDER_PREFIX = "provider:"  # of the breaker names of provider endpoints
 
 # Where a provider's client goes when it is given no base URL: calls there and calls to an
 # explicit URL of the same host share one breaker, named by the provider alone.
@@ -53,7 +54,7 @@ def endpoint_key(provider: str, base_url: str = "") -> str:
 def provider_name(provider: str) -> str:
     """The breaker name of a provider endpoint key. Keys are made lower case, so that a key
     typed with capitals (GetCircuitBreaker) finds the breaker the calls count on."""
-    return f"provider:{provider.lower()}"
+    return f"{PROVIDER_PREFIX}{provider.lower()}"
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class Breakers:
             next_probe = _ms(max(probe_until, result.now_ms))
         return BreakerState(
             scope="TENANT" if name == TENANT else "PROVIDER",
-            provider="" if name == TENANT else name.removeprefix("provider:"),
+            provider="" if name == TENANT else name.removeprefix(PROVIDER_PREFIX),
             state=state,
             consecutive_failures=int(f.get("failures", "0") or 0),
             cost_spikes=int(f.get("spikes", "0") or 0),

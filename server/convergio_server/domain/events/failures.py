@@ -4,6 +4,7 @@ cost ledger)."""
 
 from __future__ import annotations
 
+from convergio_server.domain.costs.breaker import PROVIDER_PREFIX
 from convergio_server.domain.errors import DomainError, domain_cause
 from convergio_server.domain.events.model import ErrorOccurred
 from convergio_server.domain.models.errors import ModelError
@@ -46,7 +47,7 @@ def endpoint_failure(exc: BaseException) -> bool:
     return (
         cause is not None
         and cause.reason == "CIRCUIT_OPEN"
-        and cause.metadata.get("breaker", "").startswith("provider:")
+        and cause.metadata.get("breaker", "").startswith(PROVIDER_PREFIX)
     )
 
 
