@@ -315,16 +315,7 @@ class TurnExecution:
 
     async def _alert(self, alert: BudgetAlertInfo) -> None:
         # Called from inside a model call: the event loop of the turn emits it in order.
-        self.put(
-            BudgetAlert(
-                scope=alert.scope,
-                subject=alert.subject,
-                period=alert.period,
-                threshold_percent=alert.threshold_percent,
-                spent_usd=money(alert.spent_usd),
-                limit_usd=money(alert.limit_usd),
-            )
-        )
+        self.put(_budget_alert(alert))
 
     # The turn's TextSink, called from inside a model call: a chunk is handled at once when
     # the turn's loop is idle, else queued, so that it keeps its place among the team's events.
@@ -971,20 +962,21 @@ def _single_speaker(agent: str) -> SpeakerSelected:
     )
 
 
+def _budget_alert(alert: BudgetAlertInfo) -> BudgetAlert:
+    return BudgetAlert(
+        scope=alert.scope,
+        subject=alert.subject,
+        period=alert.period,
+        threshold_percent=alert.threshold_percent,
+        spent_usd=money(alert.spent_usd),
+        limit_usd=money(alert.limit_usd),
+    )
+
+
 def _admission_events(admission: Admission | None, turn: Turn) -> list[EventBody]:
     if admission is None:
         return []
-    out: list[EventBody] = [
-        BudgetAlert(
-            scope=a.scope,
-            subject=a.subject,
-            period=a.period,
-            threshold_percent=a.threshold_percent,
-            spent_usd=money(a.spent_usd),
-            limit_usd=money(a.limit_usd),
-        )
-        for a in admission.alerts
-    ]
+    out: list[EventBody] = [_budget_alert(a) for a in admission.alerts]
     if admission.flagged_input:
         findings = [
             ScreeningFinding(category=_category(rule), rule=rule, detail="flagged, let through")

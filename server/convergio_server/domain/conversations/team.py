@@ -201,6 +201,8 @@ class AutogenTeamBuilder:
         async def screen(content: str) -> ScreenedResult:
             return await guards.screen_tool_result(scope, content)
 
+        # Tools run once the turn is admitted (see `admittance.py`).
+        ready = admittance.wait if admittance is not None else None
         ctx = ToolContext(
             tenant_id=principal.tenant_id,
             principal=principal,
@@ -225,7 +227,6 @@ class AutogenTeamBuilder:
             # says) answers without the agent's tools rather than failing every call.
             usable = spec.tools if client.model_info.get("function_calling", True) else ()
             offered = self.tools.autogen_tools(list(usable), ctx) if usable else []
-            ready = admittance.wait if admittance is not None else None
             tools: list[Any] = [
                 ScreenedTool(tool, screen, attempts, screened, ready)
                 if isinstance(tool, BaseTool)
