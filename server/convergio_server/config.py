@@ -298,6 +298,19 @@ class Settings(BaseSettings):
         "of the process stream tokens; more wait their turn, so that tokens do not wait "
         "behind a burst of ends. 0 = no limit",
     )
+    teams_kept: int = Field(
+        256,
+        ge=0,
+        le=100_000,
+        description="AutoGen teams a process keeps in memory after their turn, so that the "
+        "conversation's next turn there need not rebuild and restore its team. 0 = none",
+    )
+    team_idle_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="how long a kept team waits for its conversation's next turn before "
+        "it is dropped",
+    )
 
     @field_validator("listen")
     @classmethod

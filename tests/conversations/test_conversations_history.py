@@ -107,7 +107,8 @@ def test_a_groups_saved_thread_and_buffers_keep_their_latest_entries() -> None:
             "SelectorGroupChatManager": {"message_thread": thread, "current_turn": 3},
         },
     }
-    trimmed = trim_team_state(state, 100)
+    trimmed, cut = trim_team_state(state, 100)
+    assert cut
     manager = trimmed["agent_states"]["SelectorGroupChatManager"]
     assert [m["content"] for m in manager["message_thread"]] == [str(i) for i in range(150, 250)]
     assert manager["current_turn"] == 3
@@ -116,18 +117,34 @@ def test_a_groups_saved_thread_and_buffers_keep_their_latest_entries() -> None:
     assert trimmed["agent_states"]["amy"] == state["agent_states"]["amy"]
     assert len(thread) == 250  # the state saved is not changed in place
     single: dict[str, Any] = {"llm_context": {"messages": []}}
-    assert trim_team_state(single) == single
+    assert trim_team_state(single) == (single, False)
+
+
+def test_a_thread_is_cut_only_once_it_holds_twice_its_entries() -> None:
+    # Cut now and then, not at every turn: a team kept in memory holds what is saved.
+    thread = [{"type": "TextMessage", "content": str(i)} for i in range(200)]
+    state: dict[str, Any] = {"agent_states": {"manager": {"message_thread": thread}}}
+    kept, cut = trim_team_state(state, 100)
+    assert not cut
+    assert kept["agent_states"]["manager"]["message_thread"] == thread
+    state["agent_states"]["manager"]["message_thread"] = [*thread, {"content": "200"}]
+    kept, cut = trim_team_state(state, 100)
+    assert cut
+    assert len(kept["agent_states"]["manager"]["message_thread"]) == 100
 
 
 def test_a_members_buffer_keeps_its_newest_messages_within_the_budget() -> None:
     # A member the policy has not picked for a while: what it heard meanwhile.
     heard = [{"type": "TextMessage", "content": words(30, f"m{i}x")} for i in range(20)]
     state: dict[str, Any] = {"agent_states": {"xavier": {"message_buffer": heard}}}
-    trimmed = trim_team_state(state, 100, buffer_tokens=100)
+    trimmed, cut = trim_team_state(state, 100, buffer_tokens=100)
     kept = trimmed["agent_states"]["xavier"]["message_buffer"]
+    assert cut
     assert kept == heard[-len(kept) :]
     assert len(kept) == 3  # messages of 30 one-token words: three fit in 100 tokens
-    assert trim_team_state(state, 100)["agent_states"]["xavier"]["message_buffer"] == heard
+    untouched, cut = trim_team_state(state, 100)
+    assert untouched["agent_states"]["xavier"]["message_buffer"] == heard
+    assert not cut
 
 
 @pytest.fixture(scope="module")

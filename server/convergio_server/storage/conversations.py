@@ -533,7 +533,13 @@ class PgConversationStore:
         return [(row["position"], _message(row)) for row in rows]
 
     async def load_memory(
-        self, tenant_id: str, conversation_id: str, turn_id: str, limit: int
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        turn_id: str,
+        limit: int,
+        *,
+        held_turn_id: str = "",
     ) -> Memory:
         # One round trip when the state is current (the usual case): the state, where its
         # turn's messages end, and whether other turns wrote messages after that.
@@ -550,7 +556,10 @@ class PgConversationStore:
                         9223372036854775807)
                     END AS position
             )
-            SELECT (SELECT state FROM s) AS state, (SELECT position FROM cut) AS cut,
+            SELECT CASE WHEN (SELECT turn_id::text FROM s) = $4 THEN NULL
+                    ELSE (SELECT state FROM s) END AS state,
+                (SELECT turn_id::text FROM s) = $4 AS held,
+                (SELECT position FROM cut) AS cut,
                 EXISTS (SELECT 1 FROM messages m
                     WHERE m.tenant_id = $1 AND m.conversation_id = $2 AND m.turn_id <> $3
                         AND m.position > (SELECT position FROM cut)) AS behind
@@ -558,10 +567,12 @@ class PgConversationStore:
             tenant_id,
             conversation_id,
             turn_id,
+            held_turn_id,
         )
         state = orjson.loads(row["state"]) if row["state"] else None
+        held = bool(row["held"])
         if not row["behind"]:
-            return Memory(state, [])
+            return Memory(state, [], held)
         rows = await self.pool.fetch(
             "SELECT * FROM messages "
             "WHERE tenant_id = $1 AND conversation_id = $2 AND turn_id <> $3 AND position > $4 "
@@ -572,7 +583,7 @@ class PgConversationStore:
             row["cut"],
             limit,
         )
-        return Memory(state, [_message(r) for r in reversed(rows)])
+        return Memory(state, [_message(r) for r in reversed(rows)], held)
 
     async def running_turns(self, tenant_id: str, conversation_id: str) -> list[Turn]:
         rows = await self.pool.fetch(

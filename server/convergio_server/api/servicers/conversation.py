@@ -337,9 +337,11 @@ def build(ctx: ServiceContext) -> ConversationServicer:
             split_dirs(settings.agents_dir), known_tools=tools.names()
         )
 
+    no_guards = NoGuards()  # one, so that a team kept between turns sees the same guards
+
     def guards() -> Guards:
         found: Guards | None = ctx.components.get("guards")
-        return found if found is not None else NoGuards()
+        return found if found is not None else no_guards
 
     def flags() -> FeatureGate:
         found: FeatureGate | None = ctx.components.get("flags")
@@ -365,6 +367,8 @@ def build(ctx: ServiceContext) -> ConversationServicer:
             coalesce_seconds=settings.token_coalesce_ms / 1000,
             lease_seconds=settings.turn_lease_seconds,
             endings_at_once=settings.turn_endings_at_once,
+            teams_kept=settings.teams_kept,
+            team_idle_seconds=settings.team_idle_seconds,
         ),
         principal_of=lambda tenant, name: Principal(tenant, name, frozenset({Role.MEMBER}), ""),
     )

@@ -21,8 +21,10 @@ from convergio_server.domain.models.text import count_message_tokens, count_text
 # Saved state keeps up to this many times the budget of earlier turns' messages, so that
 # trimming happens now and then rather than on every message.
 _SLACK = 2
-# Entries of a group chat's message thread kept in its saved state (the speaker policies
-# look only at the running turn's; AutoGen's model-based selection reads the latest).
+# Entries of a group chat's message thread kept in its saved state, 100-200 (the speaker
+# policies look only at the running turn's; AutoGen's model-based selection reads the
+# latest). Cut now and then rather than at every turn, so that a team kept in memory
+# between turns mostly holds what its saved state holds (see `kept_teams.py`).
 THREAD_ENTRIES = 100
 
 
@@ -101,30 +103,34 @@ class RecentHistory(ChatCompletionContext):
 
 def trim_team_state(
     state: Mapping[str, Any], entries: int = THREAD_ENTRIES, buffer_tokens: int = 0
-) -> Mapping[str, Any]:
+) -> tuple[Mapping[str, Any], bool]:
     """A team's saved state with each group chat manager's message thread, and each
     member's buffer of messages heard since it last spoke (which grows for as long as the
-    policy does not pick it), cut to their latest `entries`; a buffer also to its newest
-    messages within `buffer_tokens` (0 = no such bound). A member hears its buffer as part
-    of the turn it next speaks in, which its memory shows whole: without this bound, a
-    member picked rarely would carry everything it missed into that turn."""
+    policy does not pick it), cut to their latest `entries` once they hold twice as many;
+    a buffer also to its newest messages within `buffer_tokens` (0 = no such bound). A
+    member hears its buffer as part of the turn it next speaks in, which its memory shows
+    whole: without this bound, a member picked rarely would carry everything it missed into
+    that turn. Also says whether anything was cut (the team in memory then holds more than
+    its saved state)."""
     agents = state.get("agent_states")
     if not isinstance(agents, Mapping):
-        return state
+        return state, False
     trimmed: dict[str, Any] = {}
+    cut_any = False
     for name, agent in agents.items():
         if isinstance(agent, Mapping):
             for key in ("message_thread", "message_buffer"):
                 kept = agent.get(key)
                 if not isinstance(kept, list):
                     continue
-                cut = kept[-entries:]
+                cut = kept[-entries:] if len(kept) > _SLACK * entries else kept
                 if key == "message_buffer" and buffer_tokens > 0:
                     cut = _newest_within(cut, buffer_tokens)
                 if len(cut) < len(kept):
                     agent = {**agent, key: cut}
+                    cut_any = True
         trimmed[name] = agent
-    return {**state, "agent_states": trimmed}
+    return {**state, "agent_states": trimmed}, cut_any
 
 
 def _newest_within(messages: list[Any], tokens: int) -> list[Any]:

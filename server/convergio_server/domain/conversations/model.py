@@ -171,6 +171,8 @@ class Memory:
 
     state: dict[str, Any] | None
     missed: list[Message]
+    # The saved state is the one the caller said it holds (`state` is then not read).
+    held: bool = False
 
 
 @dataclass

@@ -39,6 +39,7 @@ from convergio_server.domain.conversations import state_packing
 from convergio_server.domain.conversations.admittance import Admittance
 from convergio_server.domain.conversations.endings import EndingGate
 from convergio_server.domain.conversations.history import trim_team_state
+from convergio_server.domain.conversations.kept_teams import KeptTeams, close_team
 from convergio_server.domain.conversations.metering import Meter, Pricing
 from convergio_server.domain.conversations.metering import free as _free
 from convergio_server.domain.conversations.model import (
@@ -153,6 +154,7 @@ class BuiltTeam:
     tool_attempts: dict[str, int] = field(default_factory=dict)  # call id -> attempts
     # Call id -> what input screening found in the call's result (when it found anything).
     screened: dict[str, ScreenedResult] = field(default_factory=dict)
+    kept: Any = None  # what the builder needs to make the team ready for another turn
 
 
 class TeamBuilder(Protocol):
@@ -167,6 +169,22 @@ class TeamBuilder(Protocol):
         text: TextSink | None = None,
         admittance: Admittance | None = None,
     ) -> BuiltTeam: ...
+
+    async def reuse(
+        self,
+        team: BuiltTeam,
+        principal: Principal,
+        conversation: Conversation,
+        turn: Turn,
+        policy: str,
+        features: list[str],
+        alerts: AlertSink | None = None,
+        text: TextSink | None = None,
+        admittance: Admittance | None = None,
+    ) -> BuiltTeam | None:
+        """`team`, which ran the conversation's previous turn, made ready for `turn`; None
+        when the turn needs a team of another make (then `build` one)."""
+        ...
 
     def resolve(self, principal: Principal, conversation: Conversation) -> tuple[str, list[str]]:
         """The speaker policy and the features (flags) on for this caller's turn."""
@@ -196,6 +214,9 @@ class RunnerConfig:
     lease_seconds: float
     # Turn ends run at once while other turns stream (see `endings.py`); 0 = no limit.
     endings_at_once: int = 0
+    # Teams kept between turns (see `kept_teams.py`): how many, and for how long idle.
+    teams_kept: int = 0
+    team_idle_seconds: float = 300.0
 
 
 class _Deltas:
@@ -301,6 +322,8 @@ class TurnExecution:
         self.lease_released = False  # renewed by the runner until then
         self.server_stopping = False  # ended because this process is shutting down
         self.endpoint_failed = False  # ended by its model endpoint (see `endpoint_failure`)
+        self._team_reusable = False  # the team holds exactly the state it saved
+        self.keep_team = False  # see `kept_teams.py`
         self._streaming = False  # counted among the runner's streaming turns
 
     @property
@@ -560,7 +583,10 @@ class TurnExecution:
             with contextlib.suppress(Exception):
                 await self.flush()
             if team is not None:
-                await _close_team(team)
+                if self.keep_team:
+                    self.runner.teams.keep(self.conversation.id, team, self.turn.id)
+                else:
+                    await close_team(team)
             self.done.set()
             self.runner.local.pop(self.turn.id, None)
 
@@ -588,10 +614,11 @@ class TurnExecution:
     async def _abandon(self, team: BuiltTeam) -> None:
         if self.pump is not None:
             await cancel_and_wait([self.pump])
-        await _close_team(team)
+        await close_team(team)
 
     async def _prepare(self) -> BuiltTeam:
-        team = await self.runner.builder.build(
+        builder, teams = self.runner.builder, self.runner.teams
+        args = (
             self.principal,
             self.conversation,
             self.turn,
@@ -601,17 +628,33 @@ class TurnExecution:
             self,
             self.admittance,
         )
+        kept = teams.take(self.conversation.id)
+        team = await builder.reuse(kept.team, *args) if kept is not None else None
+        if kept is not None and team is None:
+            teams.close_later(kept.team)
         if self.conversation.message_count or self.conversation.turn_count > 1:
             memory = await self.runner.store.load_memory(
-                self.tenant_id, self.conversation.id, self.turn.id, MAX_MISSED_MESSAGES
+                self.tenant_id,
+                self.conversation.id,
+                self.turn.id,
+                MAX_MISSED_MESSAGES,
+                held_turn_id=kept.state_turn_id if team is not None and kept else "",
             )
-            if memory.state:
-                await team.runnable.load_state(state_packing.unpack(memory.state))
+            if team is not None and not memory.held:
+                # Another process ran a turn since: the kept team is out of date.
+                teams.close_later(team)
+                team = None
+            if team is None:
+                team = await builder.build(*args)
+                if memory.state:
+                    await team.runnable.load_state(state_packing.unpack(memory.state))
             # Turns that ended without saving the team (cancelled, failed, timed out) are
             # still part of the conversation: the team hears them again before this message.
             self.missed = [
                 TextMessage(content=m.content, source=m.source) for m in memory.missed if m.content
             ]
+        if team is None:  # the conversation's first turn
+            team = await builder.build(*args)
         if team.inject_context is not None:
             await team.inject_context()
         self._run_team(team)
@@ -775,9 +818,12 @@ class TurnExecution:
         ):
             stop_reason, detail = MAX_TURNS, result.stop_reason
         async with self.runner.endings.slot():
-            state = state_packing.encode(
-                trim_team_state(await team.runnable.save_state(), buffer_tokens=team.history_tokens)
+            saved, cut = trim_team_state(
+                await team.runnable.save_state(), buffer_tokens=team.history_tokens
             )
+            state = state_packing.encode(saved)
+        # The team in memory can serve the next turn when it holds what is saved.
+        self._team_reusable = not cut
         return (
             TurnOutcome(stop_reason=stop_reason, stop_detail=detail, team_state_json=state),
             None,
@@ -851,6 +897,8 @@ class TurnExecution:
         ended, next_turn = await runner.store.finish_turn(
             self.tenant_id, self.conversation.id, self.turn.id, outcome
         )
+        # Kept for the next turn when its state is what was just saved.
+        self.keep_team = ended and self._team_reusable and outcome.team_state_json is not None
         if ended:
             self.post(
                 TurnCompleted(
@@ -950,12 +998,6 @@ def _stop_reason(error: ErrorOccurred) -> str:
 _closing: set[asyncio.Future[None]] = set()  # teams of discarded turns being closed
 
 
-async def _close_team(team: BuiltTeam) -> None:
-    for closer in team.closers:
-        with contextlib.suppress(Exception):
-            await closer()
-
-
 def _single_speaker(agent: str) -> SpeakerSelected:
     return SpeakerSelected(
         agent=agent, round=1, policy="single", reason="single-agent conversation"
@@ -1028,6 +1070,7 @@ class TurnRunner:
         self.principal_of = principal_of
         self.owner = uuid.uuid4().hex[:12]
         self.endings = EndingGate(config.endings_at_once)
+        self.teams = KeptTeams(config.teams_kept, config.team_idle_seconds)
         self.local: dict[str, TurnExecution] = {}
         self._renewer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -1221,3 +1264,4 @@ class TurnRunner:
                     await execution.done.wait()
         if self._renewer is not None:
             await cancel_and_wait([self._renewer])
+        await self.teams.close()

@@ -39,6 +39,24 @@ class ScreenedTool(BaseTool[BaseModel, Any]):
         self.screened = screened if screened is not None else {}
         self.ready = ready
 
+    def bind(
+        self,
+        inner: BaseTool[Any, Any],
+        screen: Screen,
+        attempts: dict[str, int],
+        screened: dict[str, ScreenedResult],
+        ready: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        """Serve another turn (a team kept between turns): its tool context, screening,
+        records and admission."""
+        self.inner, self.screen, self.attempts, self.screened, self.ready = (
+            inner,
+            screen,
+            attempts,
+            screened,
+            ready,
+        )
+
     @property
     def schema(self) -> ToolSchema:
         return cached_schema(self)

@@ -154,11 +154,18 @@ class _PlanCompleteConfig(BaseModel):
     pass
 
 
-class PlanComplete(TerminationCondition):
-    """Ends the group's run once every planned speaker has replied."""
+class CurrentPlan:
+    """The plan of the turn a team runs now (a team kept between turns runs one per turn)."""
 
-    def __init__(self, plan: Plan) -> None:
-        self._plan = plan
+    def __init__(self) -> None:
+        self.plan = Plan(speakers=[], candidates=[], reason="", policy="")
+
+
+class PlanComplete(TerminationCondition):
+    """Ends the group's run once every planned speaker of the current plan has replied."""
+
+    def __init__(self, current: CurrentPlan) -> None:
+        self._current = current
         self._replies = 0
         self._terminated = False
 
@@ -176,7 +183,7 @@ class PlanComplete(TerminationCondition):
                 # Only replies to the turn's message count: a task that replays an earlier
                 # (cancelled) turn's replies before the message must not complete the plan.
                 self._replies = 0 if message.source == "user" else self._replies + 1
-        if self._replies >= len(self._plan.speakers):
+        if self._replies >= len(self._current.plan.speakers):
             self._terminated = True
             return StopMessage(content="plan complete", source="PlanComplete")
         return None

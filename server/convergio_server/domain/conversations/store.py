@@ -120,10 +120,17 @@ class ConversationStore(Protocol):
     ) -> list[tuple[int, Message]]: ...
 
     async def load_memory(
-        self, tenant_id: str, conversation_id: str, turn_id: str, limit: int
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        turn_id: str,
+        limit: int,
+        *,
+        held_turn_id: str = "",
     ) -> Memory:
         """The saved team state and at most `limit` (the latest) messages of other turns
-        written after it."""
+        written after it. With `held_turn_id` (the caller holds the state saved by that
+        turn): when that is still the saved state, `held` and no state."""
         ...
 
     async def running_turns(self, tenant_id: str, conversation_id: str) -> list[Turn]: ...

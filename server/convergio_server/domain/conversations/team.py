@@ -4,15 +4,14 @@ speaker policy, or the single agent alone."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.teams import SelectorGroupChat
 from autogen_core.models import ChatCompletionClient, LLMMessage, SystemMessage
-from autogen_core.tools import BaseTool
 
 from convergio_server.config import Settings
 from convergio_server.domain.agents.roster import AgentSpec, Roster
@@ -25,7 +24,9 @@ from convergio_server.domain.conversations.model import Conversation, Turn
 from convergio_server.domain.conversations.runner import BuiltTeam
 from convergio_server.domain.conversations.screening import ScreenedTool
 from convergio_server.domain.conversations.selection import (
+    CurrentPlan,
     Participant,
+    Plan,
     PlanComplete,
     agent_replies_since_user,
     get_policy,
@@ -40,11 +41,12 @@ from convergio_server.domain.features import (
 )
 from convergio_server.domain.guards import AlertSink, CallInfo, Guards, ScreenedResult, TurnScope
 from convergio_server.domain.knowledge import MAX_QUERY_CHARS, KnowledgeBase
+from convergio_server.domain.models.delegating import SwitchedClient
 from convergio_server.domain.models.factory import create_model_client, resolve_selection
 from convergio_server.domain.models.selection import ModelInfoOverride, ModelSelection
 from convergio_server.domain.models.tap import TappedClient, TextSink
 from convergio_server.domain.tools.base import ToolContext
-from convergio_server.domain.tools.registry import ToolRegistry
+from convergio_server.domain.tools.registry import AutogenTool, ToolRegistry
 
 TURN_FEATURES = (RAG_IN_LOOP, TRUE_STREAMING, SPEAKER_POLICY)
 # Knowledge-base documents put into a turn's context, and the least score that counts.
@@ -87,6 +89,51 @@ def _pricing(guards: Guards, provider: str, model: str) -> Pricing:
 
 def model_label(selection: ModelSelection) -> str:
     return f"{selection.provider or 'offline'}/{selection.model}"
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What a team is made of: a turn that needs another shape gets a team of its own."""
+
+    specs: tuple[AgentSpec, ...]
+    selections: tuple[ModelSelection, ...]  # per agent
+    selector: ModelSelection
+    single: bool
+    policy: str
+    features: tuple[str, ...]
+    max_turns: int
+
+
+@dataclass
+class _Member:
+    """A model's client and tools, kept with the team; what they report to (the turn's
+    meter, guards, text sink and admission) is switched at every turn."""
+
+    spec: AgentSpec | None  # None for the speaker selector
+    selection: ModelSelection
+    raw: ChatCompletionClient
+    client: SwitchedClient
+    tools: list[ScreenedTool]
+    streaming: bool
+
+
+@dataclass
+class _Kept:
+    """What `reuse` needs of a built team."""
+
+    shape: _Shape
+    guards: Guards
+    members: list[_Member]
+    selector: _Member | None
+    plan: CurrentPlan
+    agents: list[AssistantAgent] = field(default_factory=list)
+
+
+async def _unscreened(content: str) -> ScreenedResult:
+    return ScreenedResult(content)
+
+
+_NO_CONTEXT = ToolContext(tenant_id="")
 
 
 class AutogenTeamBuilder:
@@ -137,16 +184,17 @@ class AutogenTeamBuilder:
             )
         return resolved
 
-    def _client(
+    def _chain(
         self,
+        raw: ChatCompletionClient,
         selection: ModelSelection,
         meter: Meter,
         guards: Guards,
         call: CallInfo,
         text: TextSink | None,
         admittance: Admittance | None,
-    ) -> tuple[ChatCompletionClient, Pricing, Any]:
-        raw = create_model_client(selection, self.settings)
+    ) -> tuple[ChatCompletionClient, Pricing]:
+        """The turn's wrappers around a model client: guards, meter, text tap, admittance."""
         provider, _, model = model_label(selection).partition("/")
         billed = guards.wrap_model_client(raw, call)
         pricing = _pricing(guards, provider, model)
@@ -155,7 +203,7 @@ class AutogenTeamBuilder:
             client = TappedClient(client, call.agent, text)
         if admittance is not None:
             client = AdmittedClient(client, admittance)
-        return client, pricing, raw.close
+        return client, pricing
 
     def _history(
         self,
@@ -171,6 +219,20 @@ class AutogenTeamBuilder:
         room -= selection.max_output_tokens or self.settings.cost_default_max_output_tokens
         return RecentHistory(min(self.settings.history_max_tokens, max(room, 1)))
 
+    def _shape(
+        self, conversation: Conversation, turn: Turn, policy: str, features: list[str]
+    ) -> _Shape:
+        specs = tuple(self.roster.get(name) for name in conversation.participants)
+        return _Shape(
+            specs=specs,
+            selections=tuple(self._selection(conversation, spec) for spec in specs),
+            selector=self._selection(conversation, None),
+            single=len(specs) == 1 and bool(conversation.team.single_agent),
+            policy=policy,
+            features=tuple(features),
+            max_turns=turn.options.max_turns,
+        )
+
     async def build(
         self,
         principal: Principal,
@@ -184,17 +246,146 @@ class AutogenTeamBuilder:
     ) -> BuiltTeam:
         """With `admittance`, the team may run before the turn is admitted (see
         `admittance.py`)."""
-        meter = Meter()
+        shape = self._shape(conversation, turn, policy, features)
         guards = self.guards()
-        scope = TurnScope(principal, conversation.id, turn.id, alerts)
         streaming = TRUE_STREAMING in features
-        specs = [self.roster.get(name) for name in conversation.participants]
-        agents: list[AssistantAgent] = []
-        models: dict[str, str] = {}
-        pricing: dict[str, Pricing] = {}
+        members: list[_Member] = []
         risk: dict[str, str] = {}
-        closers = []
+        models: dict[str, str] = {}
+        closers: list[Callable[[], Awaitable[None]]] = []
+        for spec, selection in zip(shape.specs, shape.selections, strict=True):
+            raw = create_model_client(selection, self.settings)
+            closers.append(raw.close)
+            models[spec.name] = model_label(selection)
+            # A model that cannot call functions (a small local one, as its model_info
+            # says) answers without the agent's tools rather than failing every call.
+            usable = spec.tools if raw.model_info.get("function_calling", True) else ()
+            tools = [self.tools.get(name) for name in dict.fromkeys(usable)]
+            for tool in tools:
+                risk[tool.name] = tool.risk_level.name
+            members.append(
+                _Member(
+                    spec,
+                    selection,
+                    raw,
+                    SwitchedClient(raw),
+                    [ScreenedTool(AutogenTool(t, _NO_CONTEXT), _unscreened) for t in tools],
+                    streaming,
+                )
+            )
+        selector: _Member | None = None
+        if not shape.single:
+            raw = create_model_client(shape.selector, self.settings)
+            closers.append(raw.close)
+            # The selector's answers are not streamed.
+            selector = _Member(None, shape.selector, raw, SwitchedClient(raw), [], False)
+        kept = _Kept(shape, guards, members, selector, CurrentPlan())
+        bound = self._bind(kept, principal, conversation, turn, alerts, text, admittance)
+        agents: list[AssistantAgent] = []
+        for member in members:
+            assert member.spec is not None
+            agents.append(
+                ParticipantAgent(
+                    member.spec.name,
+                    member.client,
+                    tools=list[Any](member.tools) or None,
+                    description=member.spec.selector_description,
+                    system_message=member.spec.system_message,
+                    model_client_stream=member.streaming,
+                    reflect_on_tool_use=True if member.tools else None,
+                    model_context=self._history(
+                        member.client, member.selection, member.spec.system_message, member.tools
+                    ),
+                )
+            )
+        kept.agents = agents
+        if selector is None:
+            runnable: Any = agents[0]
+        else:
+            holder = kept.plan
 
+            def select(messages: Sequence[Any]) -> str | None:
+                del messages
+                selection = holder.plan.next_selection()
+                if selection is None:
+                    # Past the plan (only if the termination did not fire): the first speaker.
+                    return holder.plan.speakers[0] if holder.plan.speakers else None
+                return selection.agent
+
+            def candidates(messages: Sequence[Any]) -> list[str]:
+                index = agent_replies_since_user(messages)
+                if index < len(holder.plan.speakers):
+                    return [holder.plan.speakers[index]]
+                return [a.name for a in agents]
+
+            runnable = SelectorGroupChat(
+                list[Any](agents),
+                model_client=selector.client,
+                termination_condition=PlanComplete(holder),
+                max_turns=turn.options.max_turns,
+                selector_func=select,
+                candidate_func=candidates,
+                allow_repeated_speaker=True,
+                model_context=self._history(selector.client, selector.selection),
+            )
+        built = replace(
+            bound,
+            runnable=runnable,
+            participants=[a.name for a in agents],
+            models=models,
+            risk=risk,
+            closers=closers,
+            history_tokens=self.settings.history_max_tokens,
+        )
+        return await self._with_context(built, principal, turn)
+
+    async def reuse(
+        self,
+        team: BuiltTeam,
+        principal: Principal,
+        conversation: Conversation,
+        turn: Turn,
+        policy: str,
+        features: list[str],
+        alerts: AlertSink | None = None,
+        text: TextSink | None = None,
+        admittance: Admittance | None = None,
+    ) -> BuiltTeam | None:
+        """`team`, which ran an earlier turn of this conversation, made ready for `turn`; None
+        when the team this turn needs differs (other agents, models, features, policy, turn
+        limit, guards): then build one."""
+        kept = team.kept
+        if not isinstance(kept, _Kept) or kept.guards is not self.guards():
+            return None
+        if kept.shape != self._shape(conversation, turn, policy, features):
+            return None
+        bound = self._bind(kept, principal, conversation, turn, alerts, text, admittance)
+        again = replace(
+            team,
+            plan=bound.plan,
+            policy=bound.policy,
+            meter=bound.meter,
+            pricing=bound.pricing,
+            tool_attempts=bound.tool_attempts,
+            screened=bound.screened,
+        )
+        return await self._with_context(again, principal, turn)
+
+    def _bind(
+        self,
+        kept: _Kept,
+        principal: Principal,
+        conversation: Conversation,
+        turn: Turn,
+        alerts: AlertSink | None,
+        text: TextSink | None,
+        admittance: Admittance | None,
+    ) -> BuiltTeam:
+        """Point the team's model clients and tools at `turn`: its meter, guards scope,
+        text sink, admittance and tool context; plan its speakers."""
+        guards = kept.guards
+        meter = Meter()
+        scope = TurnScope(principal, conversation.id, turn.id, alerts)
         attempts: dict[str, int] = {}
         screened: dict[str, ScreenedResult] = {}
 
@@ -211,125 +402,69 @@ class AutogenTeamBuilder:
             pool=self.pool,
             components=self.components,
         )
-        for spec in specs:
-            selection = self._selection(conversation, spec)
-            label = model_label(selection)
-            models[spec.name] = label
-            provider, _, model = label.partition("/")
+        pricing: dict[str, Pricing] = {}
+        for member in kept.members:
+            assert member.spec is not None
+            name = member.spec.name
+            provider, _, model = model_label(member.selection).partition("/")
             call = CallInfo(
-                scope, spec.name, provider, model, "agent_reply", selection.max_output_tokens
+                scope, name, provider, model, "agent_reply", member.selection.max_output_tokens
             )
-            client, pricing[spec.name], close = self._client(
-                selection, meter, guards, call, text if streaming else None, admittance
+            chain, pricing[name] = self._chain(
+                member.raw,
+                member.selection,
+                meter,
+                guards,
+                call,
+                text if member.streaming else None,
+                admittance,
             )
-            closers.append(close)
-            # A model that cannot call functions (a small local one, as its model_info
-            # says) answers without the agent's tools rather than failing every call.
-            usable = spec.tools if client.model_info.get("function_calling", True) else ()
-            offered = self.tools.autogen_tools(list(usable), ctx) if usable else []
-            tools: list[Any] = [
-                ScreenedTool(tool, screen, attempts, screened, ready)
-                if isinstance(tool, BaseTool)
-                else tool
-                for tool in offered
+            member.client.use(chain)
+            for tool in member.tools:
+                assert isinstance(tool.inner, AutogenTool)
+                tool.bind(AutogenTool(tool.inner.tool, ctx), screen, attempts, screened, ready)
+        plan: Plan | None = None
+        if kept.selector is not None:
+            provider, _, model = model_label(kept.selector.selection).partition("/")
+            call = CallInfo(scope, "selector", provider, model, "speaker_selection")
+            chain, _ = self._chain(
+                kept.selector.raw, kept.selector.selection, meter, guards, call, None, admittance
+            )
+            kept.selector.client.use(chain)
+            participants = [
+                Participant(s.name, tuple(s.expertise), s.priority, s.description)
+                for s in kept.shape.specs
             ]
-            for name in usable:
-                risk[name] = self.tools.get(name).risk_level.name
-            agent = ParticipantAgent(
-                spec.name,
-                client,
-                tools=tools or None,
-                description=spec.selector_description,
-                system_message=spec.system_message,
-                model_client_stream=streaming,
-                reflect_on_tool_use=True if tools else None,
-                model_context=self._history(client, selection, spec.system_message, tools),
+            plan = get_policy(kept.shape.policy).plan(
+                turn.content, participants, turn.options.max_turns
             )
-            agents.append(agent)
-        context, documents = await self._find_context(principal, turn, features)
+            kept.plan.plan = plan
+        return BuiltTeam(
+            runnable=None,
+            participants=[s.name for s in kept.shape.specs],
+            policy=plan.policy if plan is not None else "single",
+            plan=plan,
+            meter=meter,
+            models={},
+            features=list(kept.shape.features),
+            pricing=pricing,
+            tool_attempts=attempts,
+            screened=screened,
+            kept=kept,
+        )
+
+    async def _with_context(self, team: BuiltTeam, principal: Principal, turn: Turn) -> BuiltTeam:
+        """`team` with the turn's documents, which go into its agents' memories once their
+        saved state is restored."""
+        context, documents = await self._find_context(principal, turn, team.features)
+        agents = team.kept.agents if isinstance(team.kept, _Kept) else []
 
         async def inject_context() -> None:
-            # After the saved state is restored, which replaces the agents' memories.
             for document in documents:
                 for agent in agents:
                     await agent.model_context.add_message(document)
 
-        if len(agents) == 1 and conversation.team.single_agent:
-            return BuiltTeam(
-                runnable=agents[0],
-                participants=[agents[0].name],
-                policy="single",
-                plan=None,
-                meter=meter,
-                models=models,
-                risk=risk,
-                features=features,
-                closers=closers,
-                pricing=pricing,
-                context=context,
-                inject_context=inject_context,
-                history_tokens=self.settings.history_max_tokens,
-                tool_attempts=attempts,
-                screened=screened,
-            )
-        participants = [
-            Participant(s.name, tuple(s.expertise), s.priority, s.description) for s in specs
-        ]
-        plan = get_policy(policy).plan(turn.content, participants, turn.options.max_turns)
-
-        def select(messages: Sequence[Any]) -> str | None:
-            selection = plan.next_selection()
-            if selection is None:
-                # Past the plan (only if the termination did not fire): the first speaker.
-                return plan.speakers[0] if plan.speakers else None
-            del messages
-            return selection.agent
-
-        def candidates(messages: Sequence[Any]) -> list[str]:
-            index = agent_replies_since_user(messages)
-            if index < len(plan.speakers):
-                return [plan.speakers[index]]
-            return [a.name for a in agents]
-
-        # The selector model is only asked when the policy has no answer (never for "simple").
-        selector_selection = self._selection(conversation, None)
-        provider, _, model = model_label(selector_selection).partition("/")
-        selector_client, _, close = self._client(
-            selector_selection,
-            meter,
-            guards,
-            CallInfo(scope, "selector", provider, model, "speaker_selection"),
-            None,  # the selector's answers are not streamed
-            admittance,
-        )
-        closers.append(close)
-        team = SelectorGroupChat(
-            list[Any](agents),
-            model_client=selector_client,
-            termination_condition=PlanComplete(plan),
-            max_turns=turn.options.max_turns,
-            selector_func=select,
-            candidate_func=candidates,
-            allow_repeated_speaker=True,
-            model_context=self._history(selector_client, selector_selection),
-        )
-        return BuiltTeam(
-            runnable=team,
-            participants=[a.name for a in agents],
-            policy=plan.policy,
-            plan=plan,
-            meter=meter,
-            models=models,
-            risk=risk,
-            features=features,
-            closers=closers,
-            pricing=pricing,
-            context=context,
-            inject_context=inject_context,
-            history_tokens=self.settings.history_max_tokens,
-            tool_attempts=attempts,
-            screened=screened,
-        )
+        return replace(team, context=context, inject_context=inject_context)
 
     async def _find_context(
         self, principal: Principal, turn: Turn, features: list[str]

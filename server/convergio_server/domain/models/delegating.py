@@ -4,7 +4,7 @@ decorators (billing, turn metering, the text tap, endpoint adaptation) build on 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Literal
 
 from autogen_core import CancellationToken
@@ -74,3 +74,21 @@ class DelegatingChatCompletionClient(ChatCompletionClient):
     @property
     def model_info(self) -> ModelInfo:
         return self._inner.model_info
+
+
+class SwitchedClient(DelegatingChatCompletionClient):
+    """Passes every call to the client it was last told to `use`: an agent kept between
+    turns keeps this one, and each turn puts its own wrappers (meter, guards) behind it."""
+
+    def __init__(self, inner: ChatCompletionClient) -> None:
+        self._inner = inner
+
+    def use(self, inner: ChatCompletionClient) -> None:
+        self._inner = inner
+
+    # The options (tools, tool_choice, json_output, extra_create_args, cancellation_token)
+    # pass through as given.
+    def create_stream(
+        self, messages: Sequence[LLMMessage], **options: Any
+    ) -> AsyncGenerator[str | CreateResult, None]:
+        return self._inner.create_stream(messages, **options)
