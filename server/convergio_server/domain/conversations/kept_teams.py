@@ -49,6 +49,9 @@ class KeptTeams:
     def __len__(self) -> int:
         return len(self._teams)
 
+    def __contains__(self, conversation_id: object) -> bool:
+        return conversation_id in self._teams
+
     def take(self, conversation_id: str) -> KeptTeam | None:
         """The team kept for the conversation, which is no longer kept (a turn runs it)."""
         kept = self._teams.pop(conversation_id, None)

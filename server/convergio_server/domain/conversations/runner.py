@@ -323,7 +323,7 @@ class TurnExecution:
         self.server_stopping = False  # ended because this process is shutting down
         self.endpoint_failed = False  # ended by its model endpoint (see `endpoint_failure`)
         self._team_reusable = False  # the team holds exactly the state it saved
-        self.keep_team = False  # see `kept_teams.py`
+        self.team_kept = False  # see `kept_teams.py`
         self._streaming = False  # counted among the runner's streaming turns
 
     @property
@@ -573,7 +573,7 @@ class TurnExecution:
                 outcome = TurnOutcome(stop_reason=_stop_reason(error), stop_detail=error.message)
             # A cancelled turn's end is not queued: its stream must end at once.
             async with self.runner.endings.slot(urgent=self.stop is not None):
-                next_turn = await self._finish(outcome, error)
+                next_turn = await self._finish(outcome, error, team)
             if next_turn is not None:
                 await self.runner.start_promoted(next_turn, lease_held=True)
         except Exception:
@@ -582,11 +582,8 @@ class TurnExecution:
             self.lease_released = True  # (if not already): no more renewals
             with contextlib.suppress(Exception):
                 await self.flush()
-            if team is not None:
-                if self.keep_team:
-                    self.runner.teams.keep(self.conversation.id, team, self.turn.id)
-                else:
-                    await close_team(team)
+            if team is not None and not self.team_kept:
+                await close_team(team)
             self.done.set()
             self.runner.local.pop(self.turn.id, None)
 
@@ -881,7 +878,9 @@ class TurnExecution:
             )
         )
 
-    async def _finish(self, outcome: TurnOutcome, error: ErrorOccurred | None) -> Turn | None:
+    async def _finish(
+        self, outcome: TurnOutcome, error: ErrorOccurred | None, team: BuiltTeam | None
+    ) -> Turn | None:
         """Close the turn; returns the queued turn it promoted, to be started here."""
         outcome.usage = self.meter.usage
         outcome.cost_usd = self.meter.cost
@@ -897,8 +896,11 @@ class TurnExecution:
         ended, next_turn = await runner.store.finish_turn(
             self.tenant_id, self.conversation.id, self.turn.id, outcome
         )
-        # Kept for the next turn when its state is what was just saved.
-        self.keep_team = ended and self._team_reusable and outcome.team_state_json is not None
+        if ended and team is not None and self._team_reusable and outcome.team_state_json:
+            # Its state is what was just saved: kept for the next turn, before the client
+            # hears that this one ended.
+            runner.teams.keep(self.conversation.id, team, self.turn.id)
+            self.team_kept = True
         if ended:
             self.post(
                 TurnCompleted(
