@@ -305,6 +305,13 @@ class Settings(BaseSettings):
         description="AutoGen teams a process keeps in memory after their turn, so that the "
         "conversation's next turn there need not rebuild and restore its team. 0 = none",
     )
+    teams_kept_mib: int = Field(
+        256,
+        ge=0,
+        le=1_000_000,
+        description="memory the kept teams may hold together, estimated as ten times the "
+        "size of their saved state; the oldest are dropped beyond it",
+    )
     team_idle_seconds: float = Field(
         300.0,
         gt=0,

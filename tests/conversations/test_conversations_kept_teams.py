@@ -14,7 +14,7 @@ import pytest
 from convergio import AsyncClient
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
-from convergio_server.domain.conversations.kept_teams import KeptTeams
+from convergio_server.domain.conversations.kept_teams import MEMORY_PER_STATE_BYTE, KeptTeams
 
 from tests.conversations.conftest import (
     FINANCE_QUESTION,
@@ -218,3 +218,20 @@ async def test_a_team_idle_too_long_is_dropped_and_closed() -> None:
     none_kept.keep("x", unkept, "t1")
     await none_kept.close()
     assert unkept.closed == 1 and none_kept.take("x") is None
+
+
+async def test_kept_teams_stay_within_their_memory_budget() -> None:
+    # Weighed by their saved state's size: big teams push the oldest out, and a team
+    # bigger than the whole budget is not kept at all.
+    teams = KeptTeams(size=100, idle_seconds=60, memory_bytes=1000 * MEMORY_PER_STATE_BYTE)
+    small, big, huge = _Team(), _Team(), _Team()
+    teams.keep("small", small, "t1", state_bytes=400)
+    teams.keep("big", big, "t1", state_bytes=700)
+    assert "small" not in teams and "big" in teams
+    assert teams.weight == 700 * MEMORY_PER_STATE_BYTE
+    teams.keep("huge", huge, "t1", state_bytes=1001)
+    assert "huge" not in teams and "big" in teams
+    taken = teams.take("big")
+    assert taken is not None and teams.weight == 0
+    await teams.close()
+    assert (small.closed, big.closed, huge.closed) == (1, 0, 1)

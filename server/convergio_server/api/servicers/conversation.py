@@ -368,6 +368,7 @@ def build(ctx: ServiceContext) -> ConversationServicer:
             lease_seconds=settings.turn_lease_seconds,
             endings_at_once=settings.turn_endings_at_once,
             teams_kept=settings.teams_kept,
+            teams_kept_bytes=settings.teams_kept_mib << 20,
             team_idle_seconds=settings.team_idle_seconds,
         ),
         principal_of=lambda tenant, name: Principal(tenant, name, frozenset({Role.MEMBER}), ""),

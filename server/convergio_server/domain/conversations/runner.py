@@ -214,8 +214,10 @@ class RunnerConfig:
     lease_seconds: float
     # Turn ends run at once while other turns stream (see `endings.py`); 0 = no limit.
     endings_at_once: int = 0
-    # Teams kept between turns (see `kept_teams.py`): how many, and for how long idle.
+    # Teams kept between turns (see `kept_teams.py`): how many, how much memory they may
+    # hold (estimated), and for how long idle.
     teams_kept: int = 0
+    teams_kept_bytes: int = 0
     team_idle_seconds: float = 300.0
 
 
@@ -899,7 +901,9 @@ class TurnExecution:
         if ended and team is not None and self._team_reusable and outcome.team_state_json:
             # Its state is what was just saved: kept for the next turn, before the client
             # hears that this one ended.
-            runner.teams.keep(self.conversation.id, team, self.turn.id)
+            runner.teams.keep(
+                self.conversation.id, team, self.turn.id, len(outcome.team_state_json)
+            )
             self.team_kept = True
         if ended:
             self.post(
@@ -1072,7 +1076,7 @@ class TurnRunner:
         self.principal_of = principal_of
         self.owner = uuid.uuid4().hex[:12]
         self.endings = EndingGate(config.endings_at_once)
-        self.teams = KeptTeams(config.teams_kept, config.team_idle_seconds)
+        self.teams = KeptTeams(config.teams_kept, config.team_idle_seconds, config.teams_kept_bytes)
         self.local: dict[str, TurnExecution] = {}
         self._renewer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
