@@ -326,6 +326,7 @@ class TurnExecution:
         self.endpoint_failed = False  # ended by its model endpoint (see `endpoint_failure`)
         self._team_reusable = False  # the team holds exactly the state it saved
         self.team_kept = False  # see `kept_teams.py`
+        self._in_hand: BuiltTeam | None = None  # the team `_prepare` is making ready
         self._streaming = False  # counted among the runner's streaming turns
 
     @property
@@ -616,6 +617,21 @@ class TurnExecution:
         await close_team(team)
 
     async def _prepare(self) -> BuiltTeam:
+        try:
+            team = await self._ready_team()
+            if team.inject_context is not None:
+                await team.inject_context()
+        except BaseException:
+            # A kept or built team that will not run is closed (its model clients).
+            if self._in_hand is not None:
+                self.runner.teams.close_later(self._in_hand)
+            raise
+        self._run_team(team)
+        return team
+
+    async def _ready_team(self) -> BuiltTeam:
+        """The team kept from the conversation's last turn when it is still current, else
+        one built and restored from the saved state."""
         builder, teams = self.runner.builder, self.runner.teams
         args = (
             self.principal,
@@ -628,9 +644,13 @@ class TurnExecution:
             self.admittance,
         )
         kept = teams.take(self.conversation.id)
-        team = await builder.reuse(kept.team, *args) if kept is not None else None
-        if kept is not None and team is None:
-            teams.close_later(kept.team)
+        team: BuiltTeam | None = None
+        if kept is not None:
+            self._in_hand = kept.team
+            team = await builder.reuse(kept.team, *args)
+            if team is None:  # this turn needs a team of another make
+                teams.close_later(kept.team)
+                self._in_hand = None
         if self.conversation.message_count or self.conversation.turn_count > 1:
             memory = await self.runner.store.load_memory(
                 self.tenant_id,
@@ -642,9 +662,9 @@ class TurnExecution:
             if team is not None and not memory.held:
                 # Another process ran a turn since: the kept team is out of date.
                 teams.close_later(team)
-                team = None
+                team = self._in_hand = None
             if team is None:
-                team = await builder.build(*args)
+                team = self._in_hand = await builder.build(*args)
                 if memory.state:
                     await team.runnable.load_state(state_packing.unpack(memory.state))
             # Turns that ended without saving the team (cancelled, failed, timed out) are
@@ -653,10 +673,7 @@ class TurnExecution:
                 TextMessage(content=m.content, source=m.source) for m in memory.missed if m.content
             ]
         if team is None:  # the conversation's first turn
-            team = await builder.build(*args)
-        if team.inject_context is not None:
-            await team.inject_context()
-        self._run_team(team)
+            team = self._in_hand = await builder.build(*args)
         return team
 
     def _run_team(self, team: BuiltTeam) -> None:
