@@ -1,4 +1,4 @@
-"""Runs in its own process (its flagd stubs clash with the SDK's in one protobuf pool):
+"""Runs in its own process (OpenFeature's API and its provider are process-wide state):
 OpenFeature's Python SDK with the flagd provider in RPC mode against a Convergio server.
 
     python tests/flags/flagd_client.py HOST PORT FLAG_KEY VARIANT_KEY
