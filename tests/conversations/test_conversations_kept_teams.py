@@ -86,34 +86,27 @@ async def _transcript(client: AsyncClient, cid: str) -> list[tuple[str, str, int
     ]
 
 
+@pytest.mark.parametrize(
+    "team",
+    [pb.Team(preset="core"), pb.Team(single_agent="amy")],
+    ids=["core team", "single agent"],
+)
 async def test_a_kept_team_answers_as_a_team_restored_from_its_saved_state(
-    server: RunningServer, clients: tuple[AsyncClient, AsyncClient]
+    server: RunningServer, clients: tuple[AsyncClient, AsyncClient], team: pb.Team
 ) -> None:
     # The offline model answers from its whole context and counts its prompt: a kept team
     # that remembered more, less or otherwise than the saved state would differ here.
     keeping, rebuilt = clients
-    kept_cid = await new_conversation(keeping, team=pb.Team(preset="core"))
-    rebuilt_cid = await new_conversation(rebuilt, team=pb.Team(preset="core"))
+    kept_cid = await new_conversation(keeping, team=team)
+    rebuilt_cid = await new_conversation(rebuilt, team=team)
     teams = _teams(server)
     for content, docs in MESSAGES:
         used = await _turn(keeping, kept_cid, content, docs)
         assert kept_cid in teams  # kept for the next turn
         assert used == await _turn(rebuilt, rebuilt_cid, content, docs)
     kept, restored = await _transcript(keeping, kept_cid), await _transcript(rebuilt, rebuilt_cid)
-    assert len(kept) > 2 * len(MESSAGES)  # several speakers per message
+    assert len(kept) >= 2 * len(MESSAGES)  # the user's and at least one answer each
     assert kept == restored
-
-
-async def test_a_single_agent_kept_between_turns_answers_as_a_restored_one(
-    clients: tuple[AsyncClient, AsyncClient],
-) -> None:
-    keeping, rebuilt = clients
-    kept_cid = await new_conversation(keeping, agent="amy")
-    rebuilt_cid = await new_conversation(rebuilt, agent="amy")
-    for content, docs in MESSAGES:
-        await _turn(keeping, kept_cid, content, docs)
-        await _turn(rebuilt, rebuilt_cid, content, docs)
-    assert await _transcript(keeping, kept_cid) == await _transcript(rebuilt, rebuilt_cid)
 
 
 async def test_a_team_kept_here_is_not_used_after_another_process_ran_a_turn(

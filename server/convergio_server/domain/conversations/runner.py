@@ -157,32 +157,27 @@ class BuiltTeam:
     kept: Any = None  # what the builder needs to make the team ready for another turn
 
 
-class TeamBuilder(Protocol):
-    async def build(
-        self,
-        principal: Principal,
-        conversation: Conversation,
-        turn: Turn,
-        policy: str,
-        features: list[str],
-        alerts: AlertSink | None = None,
-        text: TextSink | None = None,
-        admittance: Admittance | None = None,
-    ) -> BuiltTeam: ...
+@dataclass(frozen=True)
+class TeamRequest:
+    """What a turn asks of the team builder: whose turn, with which policy and features,
+    and where its team reports (budget alerts, streamed text, the turn's admission)."""
 
-    async def reuse(
-        self,
-        team: BuiltTeam,
-        principal: Principal,
-        conversation: Conversation,
-        turn: Turn,
-        policy: str,
-        features: list[str],
-        alerts: AlertSink | None = None,
-        text: TextSink | None = None,
-        admittance: Admittance | None = None,
-    ) -> BuiltTeam | None:
-        """`team`, which ran the conversation's previous turn, made ready for `turn`; None
+    principal: Principal
+    conversation: Conversation
+    turn: Turn
+    policy: str
+    features: list[str]
+    alerts: AlertSink | None = None
+    text: TextSink | None = None
+    # With it, the team may run before the turn is admitted (see `admittance.py`).
+    admittance: Admittance | None = None
+
+
+class TeamBuilder(Protocol):
+    async def build(self, request: TeamRequest) -> BuiltTeam: ...
+
+    async def reuse(self, team: BuiltTeam, request: TeamRequest) -> BuiltTeam | None:
+        """`team`, which ran the conversation's previous turn, made ready for this one; None
         when the turn needs a team of another make (then `build` one)."""
         ...
 
@@ -633,7 +628,7 @@ class TurnExecution:
         """The team kept from the conversation's last turn when it is still current, else
         one built and restored from the saved state."""
         builder, teams = self.runner.builder, self.runner.teams
-        args = (
+        request = TeamRequest(
             self.principal,
             self.conversation,
             self.turn,
@@ -647,7 +642,7 @@ class TurnExecution:
         team: BuiltTeam | None = None
         if kept is not None:
             self._in_hand = kept.team
-            team = await builder.reuse(kept.team, *args)
+            team = await builder.reuse(kept.team, request)
             if team is None:  # this turn needs a team of another make
                 teams.close_later(kept.team)
                 self._in_hand = None
@@ -664,7 +659,7 @@ class TurnExecution:
                 teams.close_later(team)
                 team = self._in_hand = None
             if team is None:
-                team = self._in_hand = await builder.build(*args)
+                team = self._in_hand = await builder.build(request)
                 if memory.state:
                     await team.runnable.load_state(state_packing.unpack(memory.state))
             # Turns that ended without saving the team (cancelled, failed, timed out) are
@@ -673,7 +668,7 @@ class TurnExecution:
                 TextMessage(content=m.content, source=m.source) for m in memory.missed if m.content
             ]
         if team is None:  # the conversation's first turn
-            team = self._in_hand = await builder.build(*args)
+            team = self._in_hand = await builder.build(request)
         return team
 
     def _run_team(self, team: BuiltTeam) -> None:

@@ -21,7 +21,7 @@ from convergio_server.domain.conversations.agent import ParticipantAgent
 from convergio_server.domain.conversations.history import RecentHistory
 from convergio_server.domain.conversations.metering import Meter, MeteredClient, Pricing, free
 from convergio_server.domain.conversations.model import Conversation, Turn
-from convergio_server.domain.conversations.runner import BuiltTeam
+from convergio_server.domain.conversations.runner import BuiltTeam, TeamRequest
 from convergio_server.domain.conversations.screening import ScreenedTool
 from convergio_server.domain.conversations.selection import (
     CurrentPlan,
@@ -39,7 +39,7 @@ from convergio_server.domain.features import (
     TRUE_STREAMING,
     FeatureGate,
 )
-from convergio_server.domain.guards import AlertSink, CallInfo, Guards, ScreenedResult, TurnScope
+from convergio_server.domain.guards import CallInfo, Guards, ScreenedResult, TurnScope
 from convergio_server.domain.knowledge import MAX_QUERY_CHARS, KnowledgeBase
 from convergio_server.domain.models.delegating import SwitchedClient
 from convergio_server.domain.models.factory import create_model_client, resolve_selection
@@ -219,36 +219,23 @@ class AutogenTeamBuilder:
         room -= selection.max_output_tokens or self.settings.cost_default_max_output_tokens
         return RecentHistory(min(self.settings.history_max_tokens, max(room, 1)))
 
-    def _shape(
-        self, conversation: Conversation, turn: Turn, policy: str, features: list[str]
-    ) -> _Shape:
+    def _shape(self, request: TeamRequest) -> _Shape:
+        conversation = request.conversation
         specs = tuple(self.roster.get(name) for name in conversation.participants)
         return _Shape(
             specs=specs,
             selections=tuple(self._selection(conversation, spec) for spec in specs),
             selector=self._selection(conversation, None),
             single=len(specs) == 1 and bool(conversation.team.single_agent),
-            policy=policy,
-            features=tuple(features),
-            max_turns=turn.options.max_turns,
+            policy=request.policy,
+            features=tuple(request.features),
+            max_turns=request.turn.options.max_turns,
         )
 
-    async def build(
-        self,
-        principal: Principal,
-        conversation: Conversation,
-        turn: Turn,
-        policy: str,
-        features: list[str],
-        alerts: AlertSink | None = None,
-        text: TextSink | None = None,
-        admittance: Admittance | None = None,
-    ) -> BuiltTeam:
-        """With `admittance`, the team may run before the turn is admitted (see
-        `admittance.py`)."""
-        shape = self._shape(conversation, turn, policy, features)
+    async def build(self, request: TeamRequest) -> BuiltTeam:
+        shape = self._shape(request)
         guards = self.guards()
-        streaming = TRUE_STREAMING in features
+        streaming = TRUE_STREAMING in request.features
         members: list[_Member] = []
         risk: dict[str, str] = {}
         models: dict[str, str] = {}
@@ -280,7 +267,7 @@ class AutogenTeamBuilder:
             # The selector's answers are not streamed.
             selector = _Member(None, shape.selector, raw, SwitchedClient(raw), [], False)
         kept = _Kept(shape, guards, members, selector, CurrentPlan())
-        bound = self._bind(kept, principal, conversation, turn, alerts, text, admittance)
+        bound = self._bind(kept, request)
         agents: list[AssistantAgent] = []
         for member in members:
             assert member.spec is not None
@@ -322,7 +309,7 @@ class AutogenTeamBuilder:
                 list[Any](agents),
                 model_client=selector.client,
                 termination_condition=PlanComplete(holder),
-                max_turns=turn.options.max_turns,
+                max_turns=shape.max_turns,
                 selector_func=select,
                 candidate_func=candidates,
                 allow_repeated_speaker=True,
@@ -337,29 +324,18 @@ class AutogenTeamBuilder:
             closers=closers,
             history_tokens=self.settings.history_max_tokens,
         )
-        return await self._with_context(built, principal, turn)
+        return await self._with_context(built, request)
 
-    async def reuse(
-        self,
-        team: BuiltTeam,
-        principal: Principal,
-        conversation: Conversation,
-        turn: Turn,
-        policy: str,
-        features: list[str],
-        alerts: AlertSink | None = None,
-        text: TextSink | None = None,
-        admittance: Admittance | None = None,
-    ) -> BuiltTeam | None:
-        """`team`, which ran an earlier turn of this conversation, made ready for `turn`; None
-        when the team this turn needs differs (other agents, models, features, policy, turn
-        limit, guards): then build one."""
+    async def reuse(self, team: BuiltTeam, request: TeamRequest) -> BuiltTeam | None:
+        """`team`, which ran an earlier turn of this conversation, made ready for this one;
+        None when the team this turn needs differs (other agents, models, features, policy,
+        turn limit, guards): then build one."""
         kept = team.kept
         if not isinstance(kept, _Kept) or kept.guards is not self.guards():
             return None
-        if kept.shape != self._shape(conversation, turn, policy, features):
+        if kept.shape != self._shape(request):
             return None
-        bound = self._bind(kept, principal, conversation, turn, alerts, text, admittance)
+        bound = self._bind(kept, request)
         again = replace(
             team,
             plan=bound.plan,
@@ -369,23 +345,16 @@ class AutogenTeamBuilder:
             tool_attempts=bound.tool_attempts,
             screened=bound.screened,
         )
-        return await self._with_context(again, principal, turn)
+        return await self._with_context(again, request)
 
-    def _bind(
-        self,
-        kept: _Kept,
-        principal: Principal,
-        conversation: Conversation,
-        turn: Turn,
-        alerts: AlertSink | None,
-        text: TextSink | None,
-        admittance: Admittance | None,
-    ) -> BuiltTeam:
-        """Point the team's model clients and tools at `turn`: its meter, guards scope,
-        text sink, admittance and tool context; plan its speakers."""
+    def _bind(self, kept: _Kept, request: TeamRequest) -> BuiltTeam:
+        """Point the team's model clients and tools at the request's turn: its meter, guards
+        scope, text sink, admittance and tool context; plan its speakers."""
+        principal, conversation, turn = request.principal, request.conversation, request.turn
+        text, admittance = request.text, request.admittance
         guards = kept.guards
         meter = Meter()
-        scope = TurnScope(principal, conversation.id, turn.id, alerts)
+        scope = TurnScope(principal, conversation.id, turn.id, request.alerts)
         attempts: dict[str, int] = {}
         screened: dict[str, ScreenedResult] = {}
 
@@ -453,10 +422,12 @@ class AutogenTeamBuilder:
             kept=kept,
         )
 
-    async def _with_context(self, team: BuiltTeam, principal: Principal, turn: Turn) -> BuiltTeam:
+    async def _with_context(self, team: BuiltTeam, request: TeamRequest) -> BuiltTeam:
         """`team` with the turn's documents, which go into its agents' memories once their
         saved state is restored."""
-        context, documents = await self._find_context(principal, turn, team.features)
+        context, documents = await self._find_context(
+            request.principal, request.turn, team.features
+        )
         agents = team.kept.agents if isinstance(team.kept, _Kept) else []
 
         async def inject_context() -> None:
