@@ -9,11 +9,25 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY, Gauge, start_http_server
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from convergio_server.domain.conversations.kept_teams import (
+    ANOTHER_MAKE,
+    NONE_KEPT,
+    REUSED,
+    STALE,
+    KeptTeams,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +102,53 @@ class _RpcCalls:
 
 _RPC_CALLS = _RpcCalls()
 REGISTRY.register(_RPC_CALLS)  # type: ignore[arg-type]
+
+
+class _KeptTeams:
+    """`convergio_teams_kept` and `convergio_team_turns_total`, read at scrape time from the
+    kept teams of every runner of the process (see `domain/conversations/kept_teams.py`)."""
+
+    def __init__(self) -> None:
+        self.watched: weakref.WeakSet[KeptTeams] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[Metric]:
+        watched = list(self.watched)
+        kept = GaugeMetricFamily(
+            "convergio_teams_kept",
+            "AutoGen teams kept in memory for their conversation's next turn.",
+            value=sum(len(teams) for teams in watched),
+        )
+        yield kept
+        memory = GaugeMetricFamily(
+            "convergio_teams_kept_estimated_bytes",
+            "Memory the kept teams are estimated to hold (ten times their saved state).",
+            value=sum(teams.weight for teams in watched),
+        )
+        yield memory
+        turns = CounterMetricFamily(
+            "convergio_team_turns",
+            "Turns by how they got their team: reused (kept from the last turn), stale (the "
+            "kept one missed a turn run elsewhere), another_make, none_kept.",
+            labels=["team"],
+        )
+        for how in (REUSED, STALE, ANOTHER_MAKE, NONE_KEPT):
+            turns.add_metric([how], sum(teams.turns[how] for teams in watched))
+        yield turns
+        dropped = CounterMetricFamily(
+            "convergio_teams_dropped",
+            "Kept teams dropped unused (idle too long, or the oldest beyond the bounds).",
+            value=sum(teams.dropped for teams in watched),
+        )
+        yield dropped
+
+
+_KEPT_TEAMS = _KeptTeams()
+REGISTRY.register(_KEPT_TEAMS)  # type: ignore[arg-type]
+
+
+def watch_kept_teams(teams: KeptTeams) -> None:
+    """Report these kept teams in the metrics (until they are collected)."""
+    _KEPT_TEAMS.watched.add(teams)
 
 
 def observe_call(method: str, code: str, seconds: float) -> None:

@@ -25,7 +25,8 @@ from tests.conversations.conftest import (
     switch_on,
     wait_streaming,
 )
-from tests.support.server import RunningServer, running_server, server_settings
+from tests.platform.procs import free_port
+from tests.support.server import RunningServer, running_server, scrape_metrics, server_settings
 
 # A core-team conversation: several speakers, a tool call and its result, documents.
 MESSAGES: list[tuple[str, list[pb.InputDocument]]] = [
@@ -228,3 +229,30 @@ async def test_kept_teams_stay_within_their_memory_budget() -> None:
     assert taken is not None and teams.weight == 0
     await teams.close()
     assert (small.closed, big.closed, huge.closed) == (1, 0, 1)
+
+
+def _sample(text: str, name: str, labels: str = "") -> float:
+    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+    return float(next(row for row in text.splitlines() if row.startswith(prefix)).split()[-1])
+
+
+async def test_an_operator_sees_how_turns_got_their_teams(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
+) -> None:
+    # The metrics sum every runner of this process (other tests' servers too): compare.
+    address = f"127.0.0.1:{free_port()}"
+    settings = server_settings(tmp_path, pg_dsn, redis_url, redis_prefix, metrics_listen=address)
+    async with running_server(settings) as running:
+        async with AsyncClient(running.target, api_key=running.admin_key) as client:
+            cid = await new_conversation(client)
+            await collect(client.conversations.send(cid, "Hello there."))
+            before = await asyncio.to_thread(scrape_metrics, address)
+            await collect(client.conversations.send(cid, "And again."))
+            after = await asyncio.to_thread(scrape_metrics, address)
+    reused = 'team="reused"'
+    assert _sample(after, "convergio_team_turns_total", reused) == (
+        _sample(before, "convergio_team_turns_total", reused) + 1
+    )
+    assert _sample(before, "convergio_team_turns_total", 'team="none_kept"') >= 1
+    assert _sample(after, "convergio_teams_kept") >= 1
+    assert _sample(after, "convergio_teams_kept_estimated_bytes") > 0

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from pathlib import Path
 
 import pytest
 from convergio import AsyncClient, errors
 
 from tests.platform.procs import free_port
-from tests.support.server import running_server, server_settings
-
-
-def _scrape(address: str) -> str:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
-        body: bytes = response.read()
-        return body.decode()
+from tests.support.server import running_server, scrape_metrics, server_settings
 
 
 async def test_metrics_count_calls_by_method_and_code(
@@ -29,7 +22,7 @@ async def test_metrics_count_calls_by_method_and_code(
             for _ in range(3):
                 with pytest.raises(errors.InvalidArgument):
                     await client.workflows.get_execution(execution_id="bad")
-        text = await asyncio.to_thread(_scrape, address)
+        text = await asyncio.to_thread(scrape_metrics, address)
     method = "/convergio.workflow.v1.WorkflowService/GetExecution"
     line = next(
         row
@@ -62,10 +55,10 @@ async def test_call_durations_are_a_prometheus_histogram(
     async with running_server(settings) as running:
         async with AsyncClient(running.target, api_key=running.admin_key) as client:
             await client.flags.list_flags()
-            before = await asyncio.to_thread(_scrape, address)
+            before = await asyncio.to_thread(scrape_metrics, address)
             for _ in range(4):
                 await client.flags.list_flags()
-        after = await asyncio.to_thread(_scrape, address)
+        after = await asyncio.to_thread(scrape_metrics, address)
     buckets = _series(after, "convergio_rpc_duration_seconds_bucket", method)
     # Cumulative, from the smallest bound to +Inf, which holds every call.
     les = list(buckets)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,3 +62,10 @@ async def running_server(settings: Settings) -> AsyncIterator[RunningServer]:
     finally:
         await server.stop(0.5)
         await infra.close()
+
+
+def scrape_metrics(address: str) -> str:
+    """What a Prometheus scrape of the server's metrics address reads (blocking)."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        body: bytes = response.read()
+        return body.decode()

@@ -51,6 +51,7 @@ from convergio_server.storage.events import PgDurableEvents, RedisLiveEvents
 from convergio_server.storage.knowledge import PgKnowledgeStore
 from convergio_server.storage.redis import create_redis
 from convergio_server.storage.turn_leases import CancelChannel, RedisLeases
+from convergio_server.telemetry import watch_kept_teams
 
 _SERVICE = "/convergio.conversation.v1.ConversationService/"
 
@@ -373,6 +374,7 @@ def build(ctx: ServiceContext) -> ConversationServicer:
         ),
         principal_of=lambda tenant, name: Principal(tenant, name, frozenset({Role.MEMBER}), ""),
     )
+    watch_kept_teams(runner.teams)
     service = ConversationService(
         store=store,
         events=events,

@@ -24,6 +24,12 @@ class Closable(Protocol):
     closers: list[Callable[[], Awaitable[None]]]
 
 
+# How a turn got its team (`KeptTeams.turns`): the one kept from the conversation's last
+# turn; a new one because the kept one missed a turn run elsewhere, or the turn needed
+# another make; a new one because none was kept (a first turn, a team dropped or never
+# kept, a turn on another process before).
+REUSED, STALE, ANOTHER_MAKE, NONE_KEPT = "reused", "stale", "another_make", "none_kept"
+
 # A team in memory holds about this many times the bytes of its saved state's JSON (the
 # core team of eight after 40 turns: 0.6 MB of JSON, about 5.6 MB of the process's memory;
 # AutoGen keeps each message in objects per agent where the saved state holds it once).
@@ -51,6 +57,8 @@ class KeptTeams:
         self.idle_seconds = idle_seconds
         self.memory_bytes = memory_bytes
         self.weight = 0  # of the kept teams, together
+        self.turns = dict.fromkeys((REUSED, STALE, ANOTHER_MAKE, NONE_KEPT), 0)
+        self.dropped = 0  # kept teams dropped unused (idle, oldest beyond the bounds)
         self._teams: OrderedDict[str, KeptTeam] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None  # drops the idle ones when due
@@ -65,6 +73,7 @@ class KeptTeams:
         """The team kept for the conversation, which is no longer kept (a turn runs it)."""
         kept = self._pop(conversation_id)
         if kept is not None and kept.until < time.monotonic():
+            self.dropped += 1
             self.close_later(kept.team)
             return None
         return kept
@@ -99,7 +108,12 @@ class KeptTeams:
     def _pop_oldest(self) -> KeptTeam:
         kept = self._teams.popitem(last=False)[1]
         self.weight -= kept.weight
+        self.dropped += 1
         return kept
+
+    def count(self, how: str) -> None:
+        """Count how a turn got its team (REUSED, STALE, ANOTHER_MAKE or NONE_KEPT)."""
+        self.turns[how] += 1
 
     def _expire(self) -> None:
         self._timer = None

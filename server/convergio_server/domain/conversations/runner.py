@@ -39,7 +39,14 @@ from convergio_server.domain.conversations import state_packing
 from convergio_server.domain.conversations.admittance import Admittance
 from convergio_server.domain.conversations.endings import EndingGate
 from convergio_server.domain.conversations.history import trim_team_state
-from convergio_server.domain.conversations.kept_teams import KeptTeams, close_team
+from convergio_server.domain.conversations.kept_teams import (
+    ANOTHER_MAKE,
+    NONE_KEPT,
+    REUSED,
+    STALE,
+    KeptTeams,
+    close_team,
+)
 from convergio_server.domain.conversations.metering import Meter, Pricing
 from convergio_server.domain.conversations.metering import free as _free
 from convergio_server.domain.conversations.model import (
@@ -640,10 +647,13 @@ class TurnExecution:
         )
         kept = teams.take(self.conversation.id)
         team: BuiltTeam | None = None
+        how = NONE_KEPT
         if kept is not None:
             self._in_hand = kept.team
             team = await builder.reuse(kept.team, request)
+            how = REUSED
             if team is None:  # this turn needs a team of another make
+                how = ANOTHER_MAKE
                 teams.close_later(kept.team)
                 self._in_hand = None
         if self.conversation.message_count or self.conversation.turn_count > 1:
@@ -656,6 +666,7 @@ class TurnExecution:
             )
             if team is not None and not memory.held:
                 # Another process ran a turn since: the kept team is out of date.
+                how = STALE
                 teams.close_later(team)
                 team = self._in_hand = None
             if team is None:
@@ -669,6 +680,7 @@ class TurnExecution:
             ]
         if team is None:  # the conversation's first turn
             team = self._in_hand = await builder.build(request)
+        teams.count(how)
         return team
 
     def _run_team(self, team: BuiltTeam) -> None:
