@@ -48,6 +48,8 @@ LONG_ANSWER_TOKENS = 600
 STEADY_ANSWER_TOKENS = 300
 # Turns of the one conversation with the core team whose later turns' first token is timed.
 LONG_TEAM_TURNS = 30
+# The scenario of conversations that go on times the turn after this many.
+CONTINUED_AFTER = 4
 # Channels of one process to the same address share one connection unless each has a
 # subchannel pool of its own (then it has its own connection, as a client process would).
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
@@ -222,10 +224,12 @@ async def _turns(
     redis_pid: int | None = None,
     *,
     steady: bool = False,
+    earlier_turns: int = 0,
 ) -> Run:
     """One turn in each of n new single-agent conversations, all at once (with `pid` and
     `redis_pid`, the CPU time of the server and of Redis while they stream; with `steady`,
-    what `_steady_window` needs)."""
+    what `_steady_window` needs; with `earlier_turns`, the conversations had that many
+    turns before, untimed)."""
     from convergio import AsyncClient
     from convergio.conversation.v1 import conversation_pb2 as pb
 
@@ -242,6 +246,13 @@ async def _turns(
                 team=pb.Team(single_agent="amy")
             )
             ids.append((client, created.conversation.conversation_id))
+
+        async def converse(client: Any, cid: str) -> None:
+            for turn in range(earlier_turns):
+                async for _ in client.conversations.send(cid, f"Turn {turn}. {QUESTION}"):
+                    pass
+
+        await asyncio.gather(*(converse(client, cid) for client, cid in ids))
 
         async def one(client: Any, cid: str) -> None:
             sent = time.perf_counter()
@@ -514,6 +525,9 @@ async def run(env: BenchEnv) -> list[Result]:
     async with _convergio(env, 0.0, LONG_ANSWER_TOKENS) as (pid, target, key, _):
         await _turns(target, key, 2)
         long_run = await _turns(target, key, long_n, pid)
+    async with _convergio(env, 0.0) as (pid, target, key, _):
+        await _turns(target, key, 2)
+        continued = await _turns(target, key, long_n, pid, earlier_turns=CONTINUED_AFTER)
     async with _convergio(env, PACE, STEADY_ANSWER_TOKENS) as (pid, target, key, _):
         await _turns(target, key, 2)
         steady_run = await _turns(target, key, counts[-1], pid, steady=True)
@@ -612,6 +626,24 @@ async def run(env: BenchEnv) -> list[Result]:
                     / max(1, long_run.tokens)
                     * 1e6,
                     "server_cpu_ms_per_turn": long_run.server_cpu_seconds / long_n * 1000,
+                    "bare_messages_per_s": bare.events / bare.seconds,
+                },
+            )
+        )
+        # Conversations that go on: the turn after CONTINUED_AFTER earlier ones (each
+        # conversation's team is kept in memory, or restored from its saved state).
+        bare = await _bare(bare_target, bare_pid, long_n, continued, 0.0)
+        results.append(
+            Result(
+                AREA,
+                f"tokens/s delivered, {long_n} streams, zero delay, "
+                f"turn {CONTINUED_AFTER + 1} of each conversation",
+                continued.tokens / continued.seconds,
+                "tok/s",
+                baseline=bare.events / bare.seconds * continued.tokens_per_delta,
+                extra={
+                    "tokens_per_delta": continued.tokens_per_delta,
+                    "server_cpu_ms_per_turn": continued.server_cpu_seconds / long_n * 1000,
                     "bare_messages_per_s": bare.events / bare.seconds,
                 },
             )
