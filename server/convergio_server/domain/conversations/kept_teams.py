@@ -52,6 +52,8 @@ async def close_team(team: Closable) -> None:
 
 
 class KeptTeams:
+    """A process's kept teams, by conversation, oldest first."""
+
     def __init__(self, size: int, idle_seconds: float, memory_bytes: int = 1 << 62) -> None:
         self.size = size
         self.idle_seconds = idle_seconds
