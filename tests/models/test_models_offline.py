@@ -34,6 +34,7 @@ from autogen_core.models import (
 )
 from autogen_core.tools import BaseTool
 from convergio_server.domain.agents.roster import Roster
+from convergio_server.domain.models.arguments import tool_score
 from convergio_server.domain.models.offline import OfflineChatCompletionClient
 from convergio_server.domain.models.text import count_text_tokens, stem
 from convergio_server.domain.tools.base import ToolContext
@@ -447,6 +448,19 @@ def test_tool_schemas_count_in_the_prompt_whatever_form_they_come_in() -> None:
     longer = json.loads(json.dumps(CALCULATOR.schema))
     longer["description"] += " It also explains every figure it returns, step by step."
     assert client.count_tokens(messages, tools=[longer]) > as_copy
+
+
+def test_a_tools_terms_are_its_own_whatever_schema_came_before_under_its_name() -> None:
+    # Terms are worked out once per schema: one of the same name that reads otherwise is
+    # matched by what it says.
+    request = "Convert 100 dollars to euros with the exchange rate"
+    plain = {"name": "helper", "description": "Does useful things.", "parameters": {}}
+    converter = {**plain, "description": "Converts an amount with an exchange rate."}
+    assert tool_score(plain["name"], plain["description"], request) == 0
+    assert tool_score(converter["name"], converter["description"], request) >= 2
+    assert tool_score(plain["name"], plain["description"], request) == 0
+    listed = {"properties": {"currency": {"type": "string", "enum": ["euros", "yen"]}}}
+    assert tool_score("helper", "Does useful things.", request, listed) == 2
 
 
 def test_stems_ignore_plurals_and_verb_forms() -> None:

@@ -14,10 +14,13 @@ properties always get a value that satisfies the schema.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from convergio_server.domain.models.text import keywords, stem, stems
 
@@ -98,6 +101,46 @@ def _schema_terms(parameters: Mapping[str, Any]) -> tuple[set[str], str]:
     return enum_stems, " ".join(text)
 
 
+@dataclass(frozen=True)
+class _ToolTerms:
+    """What `tool_score` matches a request against, worked out once per tool schema."""
+
+    name_stems: frozenset[str]
+    enum_stems: frozenset[str]
+    description_stems: frozenset[str]
+    haystack: str  # the description and the properties' text, lowercased
+
+
+# By tool name, description and parameters (AutoGen hands every call fresh copies of the
+# schemas, and working out their terms was about 1% of a zero-delay turn).
+_TOOL_TERMS: dict[bytes, _ToolTerms] = {}
+_TOOL_TERMS_KEPT = 1024
+
+
+def _tool_terms(name: str, description: str, parameters: Mapping[str, Any]) -> _ToolTerms:
+    key = orjson.dumps([name, description, parameters], option=orjson.OPT_SORT_KEYS, default=str)
+    found = _TOOL_TERMS.get(key)
+    if found is None:
+        enum_stems, property_text = _schema_terms(parameters)
+        found = _ToolTerms(
+            frozenset(stems(name.replace("_", " "))),
+            frozenset(enum_stems),
+            frozenset(stems(description)),
+            (description + " " + property_text).lower(),
+        )
+        if len(_TOOL_TERMS) >= _TOOL_TERMS_KEPT:
+            _TOOL_TERMS.clear()  # schemas made up on the fly: keep the table small
+        _TOOL_TERMS[key] = found
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _request_stems(request: str) -> frozenset[str]:
+    """The request's word stems, numbers left out (the same request is scored against each
+    tool offered)."""
+    return frozenset(s for s in stems(request) if not s[0].isdigit())
+
+
 def tool_score(
     name: str, description: str, request: str, parameters: Mapping[str, Any] | None = None
 ) -> int:
@@ -105,19 +148,19 @@ def tool_score(
     count 2 each; name words count 2 each when at least two (or all) of them appear, else
     1; other description words and spelled-out operations count 1. "What will the office
     cost?" does not call `conversation_cost`; "what has this conversation cost?" does."""
-    request_stems = {s for s in stems(request) if not s[0].isdigit()}
-    enum_stems, property_text = _schema_terms(parameters or {})
-    name_stems = stems(name.replace("_", " "))
-    name_hits = len(request_stems & name_stems)
-    name_score = 2 * name_hits if name_hits >= min(2, len(name_stems)) else name_hits
-    enum_hits = len(request_stems & enum_stems)
-    description_hits = len((request_stems - enum_stems - name_stems) & stems(description))
+    request_stems = _request_stems(request)
+    terms = _tool_terms(name, description, parameters or {})
+    name_hits = len(request_stems & terms.name_stems)
+    name_score = 2 * name_hits if name_hits >= min(2, len(terms.name_stems)) else name_hits
+    enum_hits = len(request_stems & terms.enum_stems)
+    description_hits = len(
+        (request_stems - terms.enum_stems - terms.name_stems) & terms.description_stems
+    )
     lowered = request.lower()
-    haystack = (description + " " + property_text).lower()
     alias_hits = sum(
         1
         for value, aliases in _ENUM_ALIASES.items()
-        if value in haystack and any(alias in lowered for alias in aliases)
+        if value in terms.haystack and any(alias in lowered for alias in aliases)
     )
     return name_score + 2 * enum_hits + description_hits + alias_hits
 
