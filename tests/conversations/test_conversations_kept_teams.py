@@ -256,3 +256,15 @@ async def test_an_operator_sees_how_turns_got_their_teams(
     assert _sample(before, "convergio_team_turns_total", 'team="none_kept"') >= 1
     assert _sample(after, "convergio_teams_kept") >= 1
     assert _sample(after, "convergio_teams_kept_estimated_bytes") > 0
+
+
+async def test_a_deleted_conversation_leaves_no_kept_team(
+    server: RunningServer, clients: tuple[AsyncClient, AsyncClient]
+) -> None:
+    keeping, _ = clients
+    cid = await new_conversation(keeping)
+    await _turn(keeping, cid, "Hello there.", [])
+    teams = _teams(server)
+    assert cid in teams
+    await keeping.conversations.delete_conversation(conversation_id=cid)
+    assert cid not in teams

@@ -454,11 +454,11 @@ def test_a_tools_terms_are_its_own_whatever_schema_came_before_under_its_name() 
     # Terms are worked out once per schema: one of the same name that reads otherwise is
     # matched by what it says.
     request = "Convert 100 dollars to euros with the exchange rate"
-    plain = {"name": "helper", "description": "Does useful things.", "parameters": {}}
-    converter = {**plain, "description": "Converts an amount with an exchange rate."}
-    assert tool_score(plain["name"], plain["description"], request) == 0
-    assert tool_score(converter["name"], converter["description"], request) >= 2
-    assert tool_score(plain["name"], plain["description"], request) == 0
+    plain = "Does useful things."
+    converter = "Converts an amount with an exchange rate."
+    assert tool_score("helper", plain, request) == 0
+    assert tool_score("helper", converter, request) >= 2
+    assert tool_score("helper", plain, request) == 0
     listed = {"properties": {"currency": {"type": "string", "enum": ["euros", "yen"]}}}
     assert tool_score("helper", "Does useful things.", request, listed) == 2
 

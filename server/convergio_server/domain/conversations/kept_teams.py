@@ -80,6 +80,12 @@ class KeptTeams:
             return None
         return kept
 
+    def forget(self, conversation_id: str) -> None:
+        """Drop the conversation's kept team (the conversation is gone)."""
+        kept = self._pop(conversation_id)
+        if kept is not None:
+            self.close_later(kept.team)
+
     def keep(
         self, conversation_id: str, team: Closable, state_turn_id: str, state_bytes: int = 0
     ) -> None:

@@ -341,6 +341,7 @@ class ConversationService:
             # Only while no turn runs or waits: the end of a turn may have promoted a queued
             # one since (it is then stopped on the next round).
             if await self.store.delete(principal.tenant_id, conversation_id, idle_only=True):
+                self.runner.teams.forget(conversation_id)  # its kept team, if here
                 await self.events.live.delete(principal.tenant_id, conversation_id)
                 return
         raise FailedPrecondition(
