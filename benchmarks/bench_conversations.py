@@ -501,6 +501,24 @@ async def _active_memory(pid: int, target: str, key: str, n: int) -> float:
     return (peak - before) / n
 
 
+def _throughput(name: str, measured: Run, bare: Run, n: int, **extra: float) -> Result:
+    """Tokens per second delivered in `n` streams, against the bare server's messages per
+    second times the tokens per delta."""
+    return Result(
+        AREA,
+        name,
+        measured.tokens / measured.seconds,
+        "tok/s",
+        baseline=bare.events / bare.seconds * measured.tokens_per_delta,
+        extra={
+            "tokens_per_delta": measured.tokens_per_delta,
+            "server_cpu_ms_per_turn": measured.server_cpu_seconds / n * 1000,
+            "bare_messages_per_s": bare.events / bare.seconds,
+            **extra,
+        },
+    )
+
+
 async def run(env: BenchEnv) -> list[Result]:
     counts = (1, 10) if env.quick else (1, 50, 200)
     results: list[Result] = []
@@ -613,39 +631,25 @@ async def run(env: BenchEnv) -> list[Result]:
         # Streaming alone: long answers at zero delay, where a delta carries more tokens.
         bare = await _bare(bare_target, bare_pid, long_n, long_run, 0.0)
         results.append(
-            Result(
-                AREA,
+            _throughput(
                 f"tokens/s delivered, {long_n} streams, zero delay, "
                 f"{LONG_ANSWER_TOKENS}-token answers",
-                long_run.tokens / long_run.seconds,
-                "tok/s",
-                baseline=bare.events / bare.seconds * long_run.tokens_per_delta,
-                extra={
-                    "tokens_per_delta": long_run.tokens_per_delta,
-                    "server_cpu_us_per_token": long_run.server_cpu_seconds
-                    / max(1, long_run.tokens)
-                    * 1e6,
-                    "server_cpu_ms_per_turn": long_run.server_cpu_seconds / long_n * 1000,
-                    "bare_messages_per_s": bare.events / bare.seconds,
-                },
+                long_run,
+                bare,
+                long_n,
+                server_cpu_us_per_token=long_run.server_cpu_seconds / max(1, long_run.tokens) * 1e6,
             )
         )
         # Conversations that go on: the turn after CONTINUED_AFTER earlier ones (each
         # conversation's team is kept in memory, or restored from its saved state).
         bare = await _bare(bare_target, bare_pid, long_n, continued, 0.0)
         results.append(
-            Result(
-                AREA,
+            _throughput(
                 f"tokens/s delivered, {long_n} streams, zero delay, "
                 f"turn {CONTINUED_AFTER + 1} of each conversation",
-                continued.tokens / continued.seconds,
-                "tok/s",
-                baseline=bare.events / bare.seconds * continued.tokens_per_delta,
-                extra={
-                    "tokens_per_delta": continued.tokens_per_delta,
-                    "server_cpu_ms_per_turn": continued.server_cpu_seconds / long_n * 1000,
-                    "bare_messages_per_s": bare.events / bare.seconds,
-                },
+                continued,
+                bare,
+                long_n,
             )
         )
         if steady is not None:
