@@ -93,11 +93,13 @@ def model_label(selection: ModelSelection) -> str:
 
 @dataclass(frozen=True)
 class _Shape:
-    """What a team is made of: a turn that needs another shape gets a team of its own."""
+    """What a team is made of: a turn that needs another shape gets a team of its own. The
+    models as the conversation names them (the server's settings resolve them the same way
+    every time)."""
 
     specs: tuple[AgentSpec, ...]
-    selections: tuple[ModelSelection, ...]  # per agent
-    selector: ModelSelection
+    model: dict[str, Any]
+    agent_models: dict[str, dict[str, Any]]
     single: bool
     policy: str
     features: tuple[str, ...]
@@ -224,8 +226,8 @@ class AutogenTeamBuilder:
         specs = tuple(self.roster.get(name) for name in conversation.participants)
         return _Shape(
             specs=specs,
-            selections=tuple(self._selection(conversation, spec) for spec in specs),
-            selector=self._selection(conversation, None),
+            model=conversation.model,
+            agent_models=conversation.agent_models,
             single=len(specs) == 1 and bool(conversation.team.single_agent),
             policy=request.policy,
             features=tuple(request.features),
@@ -240,7 +242,8 @@ class AutogenTeamBuilder:
         risk: dict[str, str] = {}
         models: dict[str, str] = {}
         closers: list[Callable[[], Awaitable[None]]] = []
-        for spec, selection in zip(shape.specs, shape.selections, strict=True):
+        for spec in shape.specs:
+            selection = self._selection(request.conversation, spec)
             raw = create_model_client(selection, self.settings)
             closers.append(raw.close)
             models[spec.name] = model_label(selection)
@@ -262,10 +265,11 @@ class AutogenTeamBuilder:
             )
         selector: _Member | None = None
         if not shape.single:
-            raw = create_model_client(shape.selector, self.settings)
+            selection = self._selection(request.conversation, None)
+            raw = create_model_client(selection, self.settings)
             closers.append(raw.close)
             # The selector's answers are not streamed.
-            selector = _Member(None, shape.selector, raw, SwitchedClient(raw), [], False)
+            selector = _Member(None, selection, raw, SwitchedClient(raw), [], False)
         kept = _Kept(shape, guards, members, selector, CurrentPlan())
         bound = self._bind(kept, request)
         agents: list[AssistantAgent] = []
