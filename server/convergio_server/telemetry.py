@@ -21,13 +21,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from convergio_server.domain.conversations.kept_teams import (
-    ANOTHER_MAKE,
-    NONE_KEPT,
-    REUSED,
-    STALE,
-    KeptTeams,
-)
+from convergio_server.domain.conversations.kept_teams import TEAM_ORIGINS, KeptTeams
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +99,9 @@ REGISTRY.register(_RPC_CALLS)  # type: ignore[arg-type]
 
 
 class _KeptTeams:
-    """`convergio_teams_kept` and `convergio_team_turns_total`, read at scrape time from the
-    kept teams of every runner of the process (see `domain/conversations/kept_teams.py`)."""
+    """The kept teams' metrics (how many, their estimated memory, how turns got their team,
+    how many were dropped unused), read at scrape time from every runner of the process
+    (see `domain/conversations/kept_teams.py`)."""
 
     def __init__(self) -> None:
         self.watched: weakref.WeakSet[KeptTeams] = weakref.WeakSet()
@@ -131,7 +126,7 @@ class _KeptTeams:
             "kept one missed a turn run elsewhere), another_make, none_kept.",
             labels=["team"],
         )
-        for how in (REUSED, STALE, ANOTHER_MAKE, NONE_KEPT):
+        for how in TEAM_ORIGINS:
             turns.add_metric([how], sum(teams.turns[how] for teams in watched))
         yield turns
         dropped = CounterMetricFamily(

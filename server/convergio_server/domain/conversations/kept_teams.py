@@ -29,6 +29,7 @@ class Closable(Protocol):
 # another make; a new one because none was kept (a first turn, a team dropped or never
 # kept, a turn on another process before).
 REUSED, STALE, ANOTHER_MAKE, NONE_KEPT = "reused", "stale", "another_make", "none_kept"
+TEAM_ORIGINS = (REUSED, STALE, ANOTHER_MAKE, NONE_KEPT)
 
 # A team in memory holds about this many times the bytes of its saved state's JSON (the
 # core team of eight after 40 turns: 0.6 MB of JSON, about 5.6 MB of the process's memory;
@@ -59,7 +60,7 @@ class KeptTeams:
         self.idle_seconds = idle_seconds
         self.memory_bytes = memory_bytes
         self.weight = 0  # of the kept teams, together
-        self.turns = dict.fromkeys((REUSED, STALE, ANOTHER_MAKE, NONE_KEPT), 0)
+        self.turns = dict.fromkeys(TEAM_ORIGINS, 0)
         self.dropped = 0  # kept teams dropped unused (idle, oldest beyond the bounds)
         self._teams: OrderedDict[str, KeptTeam] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()

@@ -186,26 +186,38 @@ class AutogenTeamBuilder:
             )
         return resolved
 
-    def _chain(
-        self,
-        raw: ChatCompletionClient,
-        selection: ModelSelection,
+    @staticmethod
+    def _point(
+        member: _Member,
+        scope: TurnScope,
         meter: Meter,
         guards: Guards,
-        call: CallInfo,
         text: TextSink | None,
         admittance: Admittance | None,
-    ) -> tuple[ChatCompletionClient, Pricing]:
-        """The turn's wrappers around a model client: guards, meter, text tap, admittance."""
-        provider, _, model = model_label(selection).partition("/")
-        billed = guards.wrap_model_client(raw, call)
+    ) -> Pricing:
+        """Put the turn's wrappers (guards, meter, text tap, admittance) behind the member's
+        client; the cost of one of its calls."""
+        provider, _, model = model_label(member.selection).partition("/")
+        if member.spec is None:
+            call = CallInfo(scope, "selector", provider, model, "speaker_selection")
+        else:
+            call = CallInfo(
+                scope,
+                member.spec.name,
+                provider,
+                model,
+                "agent_reply",
+                member.selection.max_output_tokens,
+            )
+        billed = guards.wrap_model_client(member.raw, call)
         pricing = _pricing(guards, provider, model)
         client: ChatCompletionClient = MeteredClient(billed, meter, pricing)
-        if text is not None:
+        if text is not None and member.streaming:
             client = TappedClient(client, call.agent, text)
         if admittance is not None:
             client = AdmittedClient(client, admittance)
-        return client, pricing
+        member.client.use(client)
+        return pricing
 
     def _history(
         self,
@@ -378,32 +390,13 @@ class AutogenTeamBuilder:
         pricing: dict[str, Pricing] = {}
         for member in kept.members:
             assert member.spec is not None
-            name = member.spec.name
-            provider, _, model = model_label(member.selection).partition("/")
-            call = CallInfo(
-                scope, name, provider, model, "agent_reply", member.selection.max_output_tokens
-            )
-            chain, pricing[name] = self._chain(
-                member.raw,
-                member.selection,
-                meter,
-                guards,
-                call,
-                text if member.streaming else None,
-                admittance,
-            )
-            member.client.use(chain)
+            pricing[member.spec.name] = self._point(member, scope, meter, guards, text, admittance)
             for tool in member.tools:
                 assert isinstance(tool.inner, AutogenTool)
                 tool.bind(AutogenTool(tool.inner.tool, ctx), screen, attempts, screened, ready)
         plan: Plan | None = None
         if kept.selector is not None:
-            provider, _, model = model_label(kept.selector.selection).partition("/")
-            call = CallInfo(scope, "selector", provider, model, "speaker_selection")
-            chain, _ = self._chain(
-                kept.selector.raw, kept.selector.selection, meter, guards, call, None, admittance
-            )
-            kept.selector.client.use(chain)
+            self._point(kept.selector, scope, meter, guards, text, admittance)
             participants = [
                 Participant(s.name, tuple(s.expertise), s.priority, s.description)
                 for s in kept.shape.specs
@@ -432,7 +425,7 @@ class AutogenTeamBuilder:
         context, documents = await self._find_context(
             request.principal, request.turn, team.features
         )
-        agents = team.kept.agents if isinstance(team.kept, _Kept) else []
+        agents = team.kept.agents
 
         async def inject_context() -> None:
             for document in documents:
