@@ -298,6 +298,14 @@ class Settings(BaseSettings):
         "of the process stream tokens; more wait their turn, so that tokens do not wait "
         "behind a burst of ends. 0 = no limit",
     )
+    max_running_turns: int = Field(
+        500,
+        ge=0,
+        le=1_000_000,
+        description="new turns a process runs at once; beyond it SendMessage answers "
+        "UNAVAILABLE (reason SERVER_BUSY, retry after 1 s), so that the turns running keep "
+        "their latency. Queued turns it promotes are not refused. 0 = no limit",
+    )
     teams_kept: int = Field(
         256,
         ge=0,

@@ -21,7 +21,8 @@ from prometheus_client.core import (
     Metric,
 )
 
-from convergio_server.domain.conversations.kept_teams import TEAM_ORIGINS, KeptTeams
+from convergio_server.domain.conversations.kept_teams import TEAM_ORIGINS
+from convergio_server.domain.conversations.runner import TurnRunner
 
 log = logging.getLogger(__name__)
 
@@ -98,28 +99,38 @@ _RPC_CALLS = _RpcCalls()
 REGISTRY.register(_RPC_CALLS)  # type: ignore[arg-type]
 
 
-class _KeptTeams:
-    """The kept teams' metrics (how many, their estimated memory, how turns got their team,
-    how many were dropped unused), read at scrape time from every runner of the process
-    (see `domain/conversations/kept_teams.py`)."""
+class _Turns:
+    """Metrics of every turn runner of the process, read at scrape time: the turns running,
+    the new ones refused at the limit, and the kept teams (how many, their estimated memory,
+    how turns got their team, how many were dropped unused; see
+    `domain/conversations/kept_teams.py`)."""
 
     def __init__(self) -> None:
-        self.watched: weakref.WeakSet[KeptTeams] = weakref.WeakSet()
+        self.watched: weakref.WeakSet[TurnRunner] = weakref.WeakSet()
 
     def collect(self) -> Iterator[Metric]:
-        watched = list(self.watched)
-        kept = GaugeMetricFamily(
+        runners = list(self.watched)
+        yield GaugeMetricFamily(
+            "convergio_turns_running",
+            "Turns running in this process.",
+            value=sum(len(runner.local) for runner in runners),
+        )
+        yield CounterMetricFamily(
+            "convergio_turns_refused_busy",
+            "New turns refused because the process ran CONVERGIO_MAX_RUNNING_TURNS already.",
+            value=sum(runner.refused_busy for runner in runners),
+        )
+        watched = [runner.teams for runner in runners]
+        yield GaugeMetricFamily(
             "convergio_teams_kept",
             "AutoGen teams kept in memory for their conversation's next turn.",
             value=sum(len(teams) for teams in watched),
         )
-        yield kept
-        memory = GaugeMetricFamily(
+        yield GaugeMetricFamily(
             "convergio_teams_kept_estimated_bytes",
             "Memory the kept teams are estimated to hold (ten times their saved state).",
             value=sum(teams.weight for teams in watched),
         )
-        yield memory
         turns = CounterMetricFamily(
             "convergio_team_turns",
             "Turns by how they got their team: reused (kept from the last turn), stale (the "
@@ -129,21 +140,20 @@ class _KeptTeams:
         for how in TEAM_ORIGINS:
             turns.add_metric([how], sum(teams.turns[how] for teams in watched))
         yield turns
-        dropped = CounterMetricFamily(
+        yield CounterMetricFamily(
             "convergio_teams_dropped",
             "Kept teams dropped unused (idle too long, or the oldest beyond the bounds).",
             value=sum(teams.dropped for teams in watched),
         )
-        yield dropped
 
 
-_KEPT_TEAMS = _KeptTeams()
-REGISTRY.register(_KEPT_TEAMS)  # type: ignore[arg-type]
+_TURNS = _Turns()
+REGISTRY.register(_TURNS)  # type: ignore[arg-type]
 
 
-def watch_kept_teams(teams: KeptTeams) -> None:
-    """Report these kept teams in the metrics (until they are collected)."""
-    _KEPT_TEAMS.watched.add(teams)
+def watch_turns(runner: TurnRunner) -> None:
+    """Report this runner's turns and kept teams in the metrics (until it is collected)."""
+    _TURNS.watched.add(runner)
 
 
 def observe_call(method: str, code: str, seconds: float) -> None:

@@ -51,7 +51,7 @@ from convergio_server.storage.events import PgDurableEvents, RedisLiveEvents
 from convergio_server.storage.knowledge import PgKnowledgeStore
 from convergio_server.storage.redis import create_redis
 from convergio_server.storage.turn_leases import CancelChannel, RedisLeases
-from convergio_server.telemetry import watch_kept_teams
+from convergio_server.telemetry import watch_turns
 
 _SERVICE = "/convergio.conversation.v1.ConversationService/"
 
@@ -371,10 +371,11 @@ def build(ctx: ServiceContext) -> ConversationServicer:
             teams_kept=settings.teams_kept,
             teams_kept_bytes=settings.teams_kept_mib << 20,
             team_idle_seconds=settings.team_idle_seconds,
+            max_running_turns=settings.max_running_turns,
         ),
         principal_of=lambda tenant, name: Principal(tenant, name, frozenset({Role.MEMBER}), ""),
     )
-    watch_kept_teams(runner.teams)
+    watch_turns(runner)
     service = ConversationService(
         store=store,
         events=events,

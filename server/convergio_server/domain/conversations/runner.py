@@ -221,6 +221,8 @@ class RunnerConfig:
     teams_kept: int = 0
     teams_kept_bytes: int = 0
     team_idle_seconds: float = 300.0
+    # New turns a process runs at once (queued turns it promotes excepted); 0 = no limit.
+    max_running_turns: int = 0
 
 
 class _Deltas:
@@ -1102,6 +1104,8 @@ class TurnRunner:
         self.endings = EndingGate(config.endings_at_once)
         self.teams = KeptTeams(config.teams_kept, config.team_idle_seconds, config.teams_kept_bytes)
         self.local: dict[str, TurnExecution] = {}
+        self._starting = 0  # new turns between `reserve_start` and `end_start`
+        self.refused_busy = 0  # new turns refused at `max_running_turns`
         self._renewer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         # Cancels of turns that were not running here when asked: (reason, detail, until).
@@ -1131,6 +1135,31 @@ class TurnRunner:
             for execution, ok in zip(held, kept, strict=True):
                 if not ok and not execution.lease_released:
                     execution.cancel(ERROR, "this server lost the turn's lease")
+
+    def reserve_start(self) -> bool:
+        """Count a new turn about to start here against `max_running_turns`: False when
+        the process runs (or is starting) that many. Else call `end_start` once the turn
+        runs, or did not start."""
+        limit = self.config.max_running_turns
+        if limit and len(self.local) + self._starting >= limit:
+            self.refused_busy += 1
+            return False
+        self._starting += 1
+        return True
+
+    def end_start(self) -> None:
+        self._starting -= 1
+
+    def at_capacity(self) -> Unavailable:
+        """What a turn refused by `reserve_start` is told: its client retries, here later or
+        on another server."""
+        return Unavailable(
+            f"this server runs its limit of {self.config.max_running_turns} turns at once "
+            "(CONVERGIO_MAX_RUNNING_TURNS); retry in a moment, here or on another server "
+            "(the SDK retries by itself)",
+            reason="SERVER_BUSY",
+            retry_after_seconds=1.0,
+        )
 
     def holder(self, turn_id: str) -> str:
         """The holder of a conversation's run lease while this process runs turn `turn_id`."""

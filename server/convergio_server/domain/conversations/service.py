@@ -491,7 +491,26 @@ class ConversationService:
             await self._not_started(scope, guarded, leased, holder)
             return await self._attach(principal, earlier)
         assert not isinstance(guarded, BaseException) and not isinstance(leased, BaseException)
-        admission = guarded
+        if not self.runner.reserve_start():
+            await self._not_started(scope, guarded, leased, holder)
+            raise self.runner.at_capacity()
+        try:
+            return await self._start_new(principal, conversation, turn, guarded, leased, enqueue)
+        finally:
+            self.runner.end_start()
+
+    async def _start_new(
+        self,
+        principal: Principal,
+        conversation: Conversation,
+        turn: Turn,
+        admission: Admission,
+        leased: bool,
+        enqueue: bool,
+    ) -> SendResult:
+        """Admit a new turn: start it here, queue it, or refuse it (the conversation is
+        busy)."""
+        conversation_id, request_id = conversation.id, turn.request_id
         # The team is built and starts running while the turn is admitted (`admittance.py`);
         # stopped and dropped if the turn does not start now.
         prepared = self.runner.prepare(principal, conversation, turn) if leased is True else None
