@@ -334,9 +334,9 @@ class _Pacer:
             self._waiter.cancel()
 
     async def wait_until(self, tokens: int) -> None:
-        if self._token is not None and self._token.is_cancelled():
-            raise asyncio.CancelledError()
         if self._rate <= 0:
+            if self._token is not None and self._token.is_cancelled():
+                raise asyncio.CancelledError()
             # Let other tasks run (and cancel us) now and then, as a network stream does
             # between reads: a loop iteration per chunk would cost more than the chunk.
             # Right after the first chunk too, so that it reaches the client at once.
@@ -349,6 +349,9 @@ class _Pacer:
                     raise asyncio.CancelledError()
             return
         delay = self._start + tokens / self._rate - time.monotonic()
+        # Paced, the token's callback sets `_cancelled` (is_cancelled takes a lock per call).
+        if self._cancelled:
+            raise asyncio.CancelledError()
         if delay <= 0:
             await asyncio.sleep(0)
         else:
@@ -360,7 +363,7 @@ class _Pacer:
             finally:
                 handle.cancel()
                 self._waiter = None
-        if self._cancelled or (self._token is not None and self._token.is_cancelled()):
+        if self._cancelled:
             raise asyncio.CancelledError()
 
     def generated(self) -> int:
