@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
-from convergio_server.api.text_fit import fit_event, fit_message
+from convergio_server.api.text_fit import MARGIN_BYTES, fit_event, fit_message, surely_fits
 
 LIMIT = 256 * 1024
 
@@ -38,3 +38,18 @@ def test_a_listed_message_over_its_page_budget_is_cut() -> None:
     fitted = fit_message(message, LIMIT)
     assert fitted.ByteSize() <= LIMIT
     assert "[cut: 300,000 bytes" in fitted.content
+
+
+def test_a_delta_said_to_fit_without_measuring_does_fit() -> None:
+    # The server skips measuring token deltas that `surely_fits`: the worst case (four-byte
+    # characters, long names) must still fit, and a delta that could not is measured.
+    longest = next(n for n in range(LIMIT, 0, -1) if surely_fits("😀" * n, LIMIT))
+    event = events_pb2.ConversationEvent(conversation_id="c" * 36, turn_id="t" * 36)
+    event.sequence = 2**62
+    event.event_time.GetCurrentTime()
+    event.token_delta.message_id = "m" * 36
+    event.token_delta.agent = "a" * 64
+    event.token_delta.text = "😀" * longest
+    assert event.ByteSize() <= LIMIT - MARGIN_BYTES
+    assert not surely_fits("😀" * (longest + 1), LIMIT)
+    assert not surely_fits("x" * LIMIT, LIMIT)

@@ -32,6 +32,12 @@ def _cut(text: str, over: int) -> str:
     return data[:keep].decode(errors="ignore") + note
 
 
+def surely_fits(text: str, max_message_bytes: int) -> bool:
+    """Whether an event whose only long field is `text` fits without measuring it (a token
+    delta, nearly always: measuring costs a serialization of its own)."""
+    return len(text) * 4 + MARGIN_BYTES * 4 <= max_message_bytes
+
+
 def fit_event(
     event: events_pb2.ConversationEvent, max_message_bytes: int
 ) -> events_pb2.ConversationEvent:

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 from convergio.conversation.v1 import conversation_pb2 as pb
-from convergio.conversation.v1 import conversation_pb2_grpc
+from convergio.conversation.v1 import conversation_pb2_grpc, events_pb2
 
 from convergio_server.api.context import current_principal
 from convergio_server.api.conversation_convert import (
@@ -29,7 +29,7 @@ from convergio_server.api.conversation_convert import (
 from convergio_server.api.idempotency import once
 from convergio_server.api.page_fit import FittingPage
 from convergio_server.api.services import FACTORIES, ServiceContext
-from convergio_server.api.text_fit import fit_event, fit_message
+from convergio_server.api.text_fit import fit_event, fit_message, surely_fits
 from convergio_server.domain.agents.roster import Roster, split_dirs
 from convergio_server.domain.auth import Principal, Role
 from convergio_server.domain.conversations.model import CANCEL, CONTINUE
@@ -38,7 +38,7 @@ from convergio_server.domain.conversations.service import ConversationService, S
 from convergio_server.domain.conversations.team import AutogenTeamBuilder, selection_from_json
 from convergio_server.domain.errors import FailedPrecondition, InvalidArgument
 from convergio_server.domain.events.log import EventLog
-from convergio_server.domain.events.model import TurnCompleted
+from convergio_server.domain.events.model import Event, TokenDelta, TurnCompleted
 from convergio_server.domain.features import AllOn, FeatureGate
 from convergio_server.domain.guards import Guards, NoGuards
 from convergio_server.domain.knowledge import KnowledgeBase
@@ -255,7 +255,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
                     continue
                 if isinstance(event.body, TurnCompleted):
                     finished = True
-                yield pb.SendMessageResponse(event=fit_event(event_to_pb(event), limit))
+                yield pb.SendMessageResponse(event=_fitted(event, limit))
         finally:
             if started.subscription is not None:
                 started.subscription.close()  # in case the stream ended before it began
@@ -280,7 +280,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             if event is None:
                 yield pb.StreamEventsResponse(event=heartbeat_pb())
             else:
-                yield pb.StreamEventsResponse(event=fit_event(event_to_pb(event), limit))
+                yield pb.StreamEventsResponse(event=_fitted(event, limit))
 
     async def CancelTurn(
         self, request: pb.CancelTurnRequest, context: grpc.aio.ServicerContext
@@ -410,3 +410,11 @@ def build(ctx: ServiceContext) -> ConversationServicer:
 
 
 FACTORIES["convergio.conversation.v1.ConversationService"] = build
+
+
+def _fitted(event: Event, limit: int) -> events_pb2.ConversationEvent:
+    """The event as sent: its text cut to the message limit if it would not fit."""
+    body = event.body
+    if type(body) is TokenDelta and surely_fits(body.text, limit):
+        return event_to_pb(event)
+    return fit_event(event_to_pb(event), limit)
