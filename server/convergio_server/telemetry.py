@@ -6,11 +6,10 @@ Metric names follow `convergio_<what>_<unit>`; capabilities add their own
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client import REGISTRY, Gauge, start_http_server
@@ -23,6 +22,8 @@ from prometheus_client.core import (
 
 from convergio_server.domain.conversations.kept_teams import TEAM_ORIGINS
 from convergio_server.domain.conversations.runner import TurnRunner
+from convergio_server.domain.conversations.turn_stats import DURATION_BOUNDS, FIRST_TOKEN_BOUNDS
+from convergio_server.domain.histogram import Histogram, merged
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,26 @@ _DURATION_BOUNDS = (  # seconds
     10.0,
     60.0,
 )
-# The buckets' `le` labels, as prometheus_client writes them.
-_LE = (*(repr(bound) for bound in _DURATION_BOUNDS), "+Inf")
+
+
+def _le(bounds: Sequence[float]) -> tuple[str, ...]:
+    """The buckets' `le` labels, as prometheus_client writes them."""
+    return (*(repr(bound) for bound in bounds), "+Inf")
+
+
+def _histogram(
+    name: str,
+    documentation: str,
+    bounds: Sequence[float],
+    rows: Iterable[tuple[list[str], list[Histogram]]],
+    labels: Sequence[str] = (),
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=list(labels))
+    le = _le(bounds)
+    for values, histograms in rows:
+        counts, total = merged(histograms) if histograms else ([0] * len(le), 0.0)
+        family.add_metric(values, list(zip(le, counts, strict=True)), total)
+    return family
 
 
 class _RpcCalls:
@@ -63,17 +82,15 @@ class _RpcCalls:
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str], int] = {}
-        # Per method: a count per bucket (the last one past every bound), then the sum.
-        self.durations: dict[str, list[float]] = {}
+        self.durations: dict[str, Histogram] = {}
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         key = (method, code)
         self.counts[key] = self.counts.get(key, 0) + 1
-        row = self.durations.get(method)
-        if row is None:
-            row = self.durations[method] = [0.0] * (len(_DURATION_BOUNDS) + 2)
-        row[bisect.bisect_left(_DURATION_BOUNDS, seconds)] += 1
-        row[-1] += seconds
+        histogram = self.durations.get(method)
+        if histogram is None:
+            histogram = self.durations[method] = Histogram(_DURATION_BOUNDS)
+        histogram.observe(seconds)
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -84,15 +101,13 @@ class _RpcCalls:
         for (method, code), count in list(self.counts.items()):
             requests.add_metric([method, code], count)
         yield requests
-        durations = HistogramMetricFamily(
+        yield _histogram(
             "convergio_rpc_duration_seconds",
             "RPC duration from the start of the call pipeline to the last message, by method.",
-            labels=["method"],
+            _DURATION_BOUNDS,
+            [([method], [histogram]) for method, histogram in list(self.durations.items())],
+            ["method"],
         )
-        for method, row in list(self.durations.items()):
-            cumulative = itertools.accumulate(row[:-1])
-            durations.add_metric([method], list(zip(_LE, cumulative, strict=True)), row[-1])
-        yield durations
 
 
 _RPC_CALLS = _RpcCalls()
@@ -120,6 +135,62 @@ class _Turns:
             "New turns refused because the process ran CONVERGIO_MAX_RUNNING_TURNS already.",
             value=sum(runner.refused_busy for runner in runners),
         )
+        stats = [runner.stats for runner in runners]
+        ended = CounterMetricFamily(
+            "convergio_turns",
+            "Turns ended by this process, by stop reason (queued turns cancelled and the "
+            "turns of a process that died included).",
+            labels=["stop_reason"],
+        )
+        for reason in sorted({reason for s in stats for reason in s.ended}):
+            ended.add_metric([reason], sum(s.ended[reason] for s in stats))
+        yield ended
+        yield _histogram(
+            "convergio_turn_duration_seconds",
+            "Duration of the turns that ran in this process, from their admission to their end.",
+            DURATION_BOUNDS,
+            [([], [s.durations for s in stats])],
+        )
+        yield _histogram(
+            "convergio_turn_first_token_seconds",
+            "Time from a turn's admission to its first token delta.",
+            FIRST_TOKEN_BOUNDS,
+            [([], [s.first_tokens for s in stats])],
+        )
+        messages = CounterMetricFamily(
+            "convergio_agent_messages",
+            "Messages the agents completed, by agent.",
+            labels=["agent"],
+        )
+        for agent in sorted({agent for s in stats for agent in s.messages}):
+            messages.add_metric([agent], sum(s.messages[agent] for s in stats))
+        yield messages
+        tokens = CounterMetricFamily(
+            "convergio_model_tokens",
+            "Tokens of the turns' model calls, by kind (prompt, completion).",
+            labels=["kind"],
+        )
+        for kind in ("prompt", "completion"):
+            tokens.add_metric([kind], sum(s.tokens[kind] for s in stats))
+        yield tokens
+        yield CounterMetricFamily(
+            "convergio_model_calls",
+            "Model calls of the turns.",
+            value=sum(s.model_calls for s in stats),
+        )
+        yield CounterMetricFamily(
+            "convergio_turn_cost_usd",
+            "Cost of the turns' model calls, in USD.",
+            value=float(sum((s.cost_usd for s in stats), Decimal(0))),
+        )
+        results = CounterMetricFamily(
+            "convergio_tool_results",
+            "Tool results, by tool and result (ok, or the error kind).",
+            labels=["tool", "result"],
+        )
+        for key in sorted({key for s in stats for key in s.tool_results}):
+            results.add_metric(list(key), sum(s.tool_results[key] for s in stats))
+        yield results
         watched = [runner.teams for runner in runners]
         yield GaugeMetricFamily(
             "convergio_teams_kept",

@@ -243,7 +243,7 @@ async def test_an_operator_sees_how_turns_got_their_teams(
     address = f"127.0.0.1:{free_port()}"
     settings = server_settings(tmp_path, pg_dsn, redis_url, redis_prefix, metrics_listen=address)
     async with running_server(settings) as running:
-        async with AsyncClient(running.target, api_key=running.admin_key) as client:
+        async with AsyncClient(running.target, api_key=await member_key(running)) as client:
             cid = await new_conversation(client)
             await collect(client.conversations.send(cid, "Hello there."))
             before = await asyncio.to_thread(scrape_metrics, address)

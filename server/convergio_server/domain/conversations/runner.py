@@ -63,6 +63,7 @@ from convergio_server.domain.conversations.model import (
 )
 from convergio_server.domain.conversations.selection import Plan
 from convergio_server.domain.conversations.store import ConversationStore
+from convergio_server.domain.conversations.turn_stats import TurnStats
 from convergio_server.domain.errors import Unavailable
 from convergio_server.domain.events.failures import endpoint_failure, error_event
 from convergio_server.domain.events.log import EventLog
@@ -318,6 +319,7 @@ class TurnExecution:
         # The turn's first token delta is never held: its readers are behind the turn's
         # first events then, and the first token must not wait for them.
         self._delta_logged = False
+        self._first_delta = False  # the turn's first token delta was posted
         # The sequence of the turn's first event (TurnStarted), once it is logged.
         self.first_logged: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         # While the turn runs, this process publishes its events straight to its readers.
@@ -795,7 +797,11 @@ class TurnExecution:
                         screened = team.screened.pop(res.call_id, None)
                         if screened is not None and not screened.blocked:
                             self.post(_result_flagged(res.call_id, screened))
-                        self.post(_tool_result(source, res, attempts, took))
+                        answered = _tool_result(source, res, attempts, took)
+                        self.runner.stats.tool_result(
+                            answered.tool, answered.error_kind if answered.is_error else None
+                        )
+                        self.post(answered)
                 elif isinstance(item, TextMessage | ToolCallSummaryMessage) and source != "user":
                     usage = pending_usage.pop(source, Usage()) + _usage(item.models_usage)
                     role = "TOOL" if isinstance(item, ToolCallSummaryMessage) else "AGENT"
@@ -862,6 +868,9 @@ class TurnExecution:
     def _emit_delta(self) -> None:
         taken = self._deltas.take()
         if taken is not None:
+            if not self._first_delta:
+                self._first_delta = True
+                self.runner.stats.first_token(time.monotonic() - self.started)
             # A delta's time is when the model generated its first token, so that a client
             # can tell how long the text took to reach it.
             self.post(*taken)
@@ -887,6 +896,7 @@ class TurnExecution:
         )
         self.message_count += 1
         self.last_message_id = message_id
+        self.runner.stats.message(agent)
         self.post(
             MessageCompleted(
                 message_id=message_id,
@@ -932,6 +942,15 @@ class TurnExecution:
             )
             self.team_kept = True
         if ended:
+            duration = time.monotonic() - self.started
+            runner.stats.turn_ended(
+                outcome.stop_reason,
+                duration,
+                prompt_tokens=outcome.usage.prompt_tokens,
+                completion_tokens=outcome.usage.completion_tokens,
+                model_calls=self.meter.calls,
+                cost_usd=outcome.cost_usd,
+            )
             self.post(
                 TurnCompleted(
                     stop_reason=outcome.stop_reason,
@@ -940,7 +959,7 @@ class TurnExecution:
                     cost_usd=money(outcome.cost_usd),
                     message_count=self.message_count,
                     last_message_id=self.last_message_id,
-                    duration=time.monotonic() - self.started,
+                    duration=duration,
                 ),
                 ending=True,
             )
@@ -1106,6 +1125,7 @@ class TurnRunner:
         self.local: dict[str, TurnExecution] = {}
         self._starting = 0  # new turns between `reserve_start` and `end_start`
         self.refused_busy = 0  # new turns refused at `max_running_turns`
+        self.stats = TurnStats()  # for the metrics
         self._renewer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         # Cancels of turns that were not running here when asked: (reason, detail, until).

@@ -739,6 +739,7 @@ class ConversationService:
             TurnOutcome(stop_reason=stop, stop_detail=detail),
         )
         if ended:
+            self.runner.stats.turn_ended(stop, None)
             await self.events.append(
                 principal.tenant_id,
                 turn.conversation_id,
@@ -786,6 +787,7 @@ class ConversationService:
         )
         if not ended:
             return False
+        self.runner.stats.turn_ended(ERROR, None)
         await self.events.append(conversation.tenant_id, conversation.id, turn.id, error)
         await self.events.append(
             conversation.tenant_id,

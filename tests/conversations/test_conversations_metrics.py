@@ -1,0 +1,106 @@
+"""The turns' metrics an operator scrapes: how turns ended and how long they took, how soon
+their first token came, the agents' messages, the model calls' tokens, and the tool results,
+each matching what the clients were told."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+from convergio import AsyncClient
+from convergio.conversation.v1 import conversation_pb2 as pb
+from convergio.conversation.v1 import events_pb2
+
+from tests.conversations.conftest import (
+    FINANCE_QUESTION,
+    collect,
+    member_key,
+    new_conversation,
+    wait_streaming,
+)
+from tests.platform.procs import free_port
+from tests.support.server import running_server, scrape_metrics, server_settings
+
+
+def _sample(text: str, name: str, labels: str = "") -> float:
+    """A sample's value (0 when absent: a counter not counted yet)."""
+    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+    rows = [row for row in text.splitlines() if row.startswith(prefix)]
+    return float(rows[0].split()[-1]) if rows else 0.0
+
+
+def _grown(before: str, after: str, name: str, labels: str = "") -> float:
+    # The metrics sum every runner of this process (other tests' servers too): compare.
+    return _sample(after, name, labels) - _sample(before, name, labels)
+
+
+async def test_an_operator_sees_how_turns_went(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    settings = server_settings(
+        tmp_path,
+        pg_dsn,
+        redis_url,
+        redis_prefix,
+        metrics_listen=address,
+        offline_tokens_per_second=60.0,
+    )
+    async with running_server(settings) as running:
+        async with AsyncClient(running.target, api_key=await member_key(running)) as client:
+            await wait_streaming(client)
+            before = await asyncio.to_thread(scrape_metrics, address)
+            # One turn completes, with a tool call.
+            answered = await collect(
+                client.conversations.send(await new_conversation(client), FINANCE_QUESTION)
+            )
+            # One is cancelled after its first token, and the one queued behind it too.
+            cid = await new_conversation(client)
+            cancelled_stream = client.conversations.send(cid, "Tell me about the plan.")
+            cancelled = [await cancelled_stream.__anext__()]
+            while not cancelled[-1].HasField("token_delta"):
+                cancelled.append(await cancelled_stream.__anext__())
+            queued = client.conversations.send(
+                cid, "And the risks?", if_busy=pb.BUSY_POLICY_ENQUEUE
+            )
+            waiting = await queued.__anext__()
+            assert waiting.HasField("turn_queued")
+            await client.conversations.cancel_turn(conversation_id=cid, turn_id=waiting.turn_id)
+            await client.conversations.cancel_turn(conversation_id=cid)
+            cancelled += await collect(cancelled_stream)
+            await collect(queued)
+            after = await asyncio.to_thread(scrape_metrics, address)
+
+    stops = [answered[-1].turn_completed, cancelled[-1].turn_completed]
+    assert [s.stop_reason for s in stops] == [
+        events_pb2.STOP_REASON_COMPLETED,
+        events_pb2.STOP_REASON_CANCELLED,
+    ]
+    assert _grown(before, after, "convergio_turns_total", 'stop_reason="COMPLETED"') == 1
+    assert _grown(before, after, "convergio_turns_total", 'stop_reason="CANCELLED"') == 2
+    # The queued turn never ran: it has no duration and no first token.
+    assert _grown(before, after, "convergio_turn_duration_seconds_count") == 2
+    assert _grown(before, after, "convergio_turn_first_token_seconds_count") == 2
+    # Both first tokens came within 30 s of their turn's admission.
+    assert _grown(before, after, "convergio_turn_first_token_seconds_bucket", 'le="30.0"') == 2
+    assert _grown(before, after, "convergio_model_tokens_total", 'kind="completion"') == sum(
+        s.usage.completion_tokens for s in stops
+    )
+    assert _grown(before, after, "convergio_model_tokens_total", 'kind="prompt"') == sum(
+        s.usage.prompt_tokens for s in stops
+    )
+    assert _grown(before, after, "convergio_model_calls_total") == sum(
+        s.usage.model_calls for s in stops
+    )
+    messages = Counter(
+        e.message_completed.agent for e in answered + cancelled if e.HasField("message_completed")
+    )
+    assert messages
+    for agent, count in messages.items():
+        assert _grown(before, after, "convergio_agent_messages_total", f'agent="{agent}"') == count
+    tools = Counter(e.tool_result.tool for e in answered if e.HasField("tool_result"))
+    assert tools
+    for tool, count in tools.items():
+        labels = f'result="ok",tool="{tool}"'
+        assert _grown(before, after, "convergio_tool_results_total", labels) == count
