@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from convergio import AsyncClient, errors
 
 from tests.platform.procs import free_port
@@ -72,3 +76,53 @@ async def test_call_durations_are_a_prometheus_histogram(
     assert 0 < _series(after, total, method)[""] - _series(before, total, method)[""] < 40
     calls, ok = "convergio_rpc_requests_total", 'code="OK"'
     assert _series(after, calls, method, ok)[""] - _series(before, calls, method, ok)[""] == 4
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+_SUFFIXES = re.compile(r"_(total|bucket|sum|count|created)$")
+
+
+def _base(name: str) -> str:
+    return _SUFFIXES.sub("", name)
+
+
+def _rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load((DEPLOY / "prometheus" / "convergio-rules.yaml").read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def _dashboard_exprs() -> list[str]:
+    dashboard = json.loads((DEPLOY / "grafana" / "convergio-dashboard.json").read_text())
+    exprs = []
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        exprs += [target["expr"] for target in panel["targets"]]
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource"]
+    return exprs
+
+
+async def test_the_dashboard_and_the_alerts_use_metrics_the_server_serves(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
+) -> None:
+    # A metric renamed in the server, or misspelt in deploy/, would leave a panel empty or
+    # an alert silent for good.
+    address = f"127.0.0.1:{free_port()}"
+    settings = server_settings(tmp_path, pg_dsn, redis_url, redis_prefix, metrics_listen=address)
+    async with running_server(settings):
+        text = await asyncio.to_thread(scrape_metrics, address)
+    served = {_base(row.split()[2]) for row in text.splitlines() if row.startswith("# TYPE ")}
+    rules = _rules()
+    recorded = {rule["record"] for rule in rules if "record" in rule}
+    exprs = [rule["expr"] for rule in rules] + _dashboard_exprs()
+    used = {_base(name) for expr in exprs for name in re.findall(r"\bconvergio_[a-z_]+", expr)}
+    assert used, "no metric found in deploy/"
+    assert used <= served, f"not served: {sorted(used - served)}"
+    for rule in rules:
+        assert ("record" in rule) != ("alert" in rule), rule
+        # A recording rule an alert or a panel uses is defined here.
+        assert set(re.findall(r"\bconvergio:[a-z0-9_:]+", rule["expr"])) <= recorded, rule
+        if "alert" in rule:
+            assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+            assert rule["annotations"]["summary"], rule["alert"]
