@@ -1,13 +1,15 @@
 """The turns' metrics an operator scrapes: how turns ended and how long they took, how soon
 their first token came, the agents' messages, the model calls' tokens, and the tool results,
-each matching what the clients were told."""
+each matching what the clients were told; and the log line of each turn."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from convergio import AsyncClient
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
@@ -104,3 +106,22 @@ async def test_an_operator_sees_how_turns_went(
     for tool, count in tools.items():
         labels = f'result="ok",tool="{tool}"'
         assert _grown(before, after, "convergio_tool_results_total", labels) == count
+
+
+async def test_each_turn_that_ends_is_one_log_line(
+    conv: AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="convergio.turns")
+    cid = await new_conversation(conv)
+    events = await collect(conv.conversations.send(cid, FINANCE_QUESTION))
+    ended = events[-1].turn_completed
+    (record,) = [r for r in caplog.records if getattr(r, "turn", None) == events[-1].turn_id]
+    assert record.name == "convergio.turns" and record.levelno == logging.INFO
+    fields = record.__dict__
+    assert fields["conversation"] == cid
+    assert fields["stop_reason"] == "COMPLETED"
+    assert fields["messages"] == ended.message_count
+    assert fields["model_calls"] == ended.usage.model_calls
+    assert fields["prompt_tokens"] == ended.usage.prompt_tokens
+    assert fields["completion_tokens"] == ended.usage.completion_tokens
+    assert 0 < fields["first_token_ms"] <= fields["duration_ms"]

@@ -96,6 +96,8 @@ from convergio_server.domain.guards import (
 from convergio_server.domain.models.tap import TextSink
 
 log = logging.getLogger(__name__)
+# One line per turn that ends here: what operators search when a caller asks about a turn.
+turn_log = logging.getLogger("convergio.turns")
 
 # At most this many messages of turns that ended without saving the team are replayed to it.
 MAX_MISSED_MESSAGES = 50
@@ -319,7 +321,7 @@ class TurnExecution:
         # The turn's first token delta is never held: its readers are behind the turn's
         # first events then, and the first token must not wait for them.
         self._delta_logged = False
-        self._first_delta = False  # the turn's first token delta was posted
+        self.first_token_seconds: float | None = None  # when its first delta was posted
         # The sequence of the turn's first event (TurnStarted), once it is logged.
         self.first_logged: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         # While the turn runs, this process publishes its events straight to its readers.
@@ -868,9 +870,9 @@ class TurnExecution:
     def _emit_delta(self) -> None:
         taken = self._deltas.take()
         if taken is not None:
-            if not self._first_delta:
-                self._first_delta = True
-                self.runner.stats.first_token(time.monotonic() - self.started)
+            if self.first_token_seconds is None:
+                self.first_token_seconds = time.monotonic() - self.started
+                self.runner.stats.first_token(self.first_token_seconds)
             # A delta's time is when the model generated its first token, so that a client
             # can tell how long the text took to reach it.
             self.post(*taken)
@@ -951,6 +953,7 @@ class TurnExecution:
                 model_calls=self.meter.calls,
                 cost_usd=outcome.cost_usd,
             )
+            self._log_end(outcome, duration)
             self.post(
                 TurnCompleted(
                     stop_reason=outcome.stop_reason,
@@ -987,6 +990,29 @@ class TurnExecution:
                 neutral=self.endpoint_failed,
             )
         return next_turn
+
+    def _log_end(self, outcome: TurnOutcome, duration: float) -> None:
+        failed = outcome.stop_reason in (ERROR, TIMEOUT)
+        level = logging.WARNING if failed else logging.INFO
+        if not turn_log.isEnabledFor(level):
+            return
+        first = self.first_token_seconds
+        extra: dict[str, Any] = {
+            "tenant": self.tenant_id,
+            "conversation": self.conversation.id,
+            "turn": self.turn.id,
+            "stop_reason": outcome.stop_reason,
+            "duration_ms": round(duration * 1000, 1),
+            "first_token_ms": None if first is None else round(first * 1000, 1),
+            "messages": self.message_count,
+            "model_calls": self.meter.calls,
+            "prompt_tokens": outcome.usage.prompt_tokens,
+            "completion_tokens": outcome.usage.completion_tokens,
+            "cost_usd": str(outcome.cost_usd),
+        }
+        if outcome.stop_detail:
+            extra["detail"] = outcome.stop_detail[:500]
+        turn_log.log(level, "turn", extra=extra)
 
     async def _flush_until_logged(self) -> None:
         """Flush, retrying while the log is unreachable: a client follows the turn until
