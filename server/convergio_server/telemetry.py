@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -136,15 +137,13 @@ class _Turns:
             value=sum(runner.refused_busy for runner in runners),
         )
         stats = [runner.stats for runner in runners]
-        ended = CounterMetricFamily(
+        yield _counter(
             "convergio_turns",
             "Turns ended by this process, by stop reason (queued turns cancelled and the "
             "turns of a process that died included).",
-            labels=["stop_reason"],
+            ["stop_reason"],
+            _summed(s.ended for s in stats),
         )
-        for reason in sorted({reason for s in stats for reason in s.ended}):
-            ended.add_metric([reason], sum(s.ended[reason] for s in stats))
-        yield ended
         yield _histogram(
             "convergio_turn_duration_seconds",
             "Duration of the turns that ran in this process, from their admission to their end.",
@@ -157,22 +156,19 @@ class _Turns:
             FIRST_TOKEN_BOUNDS,
             [([], [s.first_tokens for s in stats])],
         )
-        messages = CounterMetricFamily(
+        yield _counter(
             "convergio_agent_messages",
             "Messages the agents completed, by agent.",
-            labels=["agent"],
+            ["agent"],
+            _summed(s.messages for s in stats),
         )
-        for agent in sorted({agent for s in stats for agent in s.messages}):
-            messages.add_metric([agent], sum(s.messages[agent] for s in stats))
-        yield messages
-        tokens = CounterMetricFamily(
+        tokens = _summed(s.tokens for s in stats)
+        yield _counter(
             "convergio_model_tokens",
             "Tokens of the turns' model calls, by kind (prompt, completion).",
-            labels=["kind"],
+            ["kind"],
+            {kind: tokens[kind] for kind in ("prompt", "completion")},
         )
-        for kind in ("prompt", "completion"):
-            tokens.add_metric([kind], sum(s.tokens[kind] for s in stats))
-        yield tokens
         yield CounterMetricFamily(
             "convergio_model_calls",
             "Model calls of the turns.",
@@ -183,14 +179,12 @@ class _Turns:
             "Cost of the turns' model calls, in USD.",
             value=float(sum((s.cost_usd for s in stats), Decimal(0))),
         )
-        results = CounterMetricFamily(
+        yield _counter(
             "convergio_tool_results",
             "Tool results, by tool and result (ok, or the error kind).",
-            labels=["tool", "result"],
+            ["tool", "result"],
+            _summed(s.tool_results for s in stats),
         )
-        for key in sorted({key for s in stats for key in s.tool_results}):
-            results.add_metric(list(key), sum(s.tool_results[key] for s in stats))
-        yield results
         watched = [runner.teams for runner in runners]
         yield GaugeMetricFamily(
             "convergio_teams_kept",
@@ -202,20 +196,36 @@ class _Turns:
             "Memory the kept teams are estimated to hold (ten times their saved state).",
             value=sum(teams.weight for teams in watched),
         )
-        turns = CounterMetricFamily(
+        origins = _summed(Counter(teams.turns) for teams in watched)
+        yield _counter(
             "convergio_team_turns",
             "Turns by how they got their team: reused (kept from the last turn), stale (the "
             "kept one missed a turn run elsewhere), another_make, none_kept.",
-            labels=["team"],
+            ["team"],
+            {how: origins[how] for how in TEAM_ORIGINS},
         )
-        for how in TEAM_ORIGINS:
-            turns.add_metric([how], sum(teams.turns[how] for teams in watched))
-        yield turns
         yield CounterMetricFamily(
             "convergio_teams_dropped",
             "Kept teams dropped unused (idle too long, or the oldest beyond the bounds).",
             value=sum(teams.dropped for teams in watched),
         )
+
+
+def _summed(counters: Iterable[Counter[Any]]) -> Counter[Any]:
+    total: Counter[Any] = Counter()
+    for counter in counters:
+        total.update(counter)
+    return total
+
+
+def _counter(
+    name: str, documentation: str, labels: list[str], values: Mapping[Any, float]
+) -> CounterMetricFamily:
+    """A counter with a sample per key of `values` (a label value, or a tuple of them)."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key in sorted(values):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], values[key])
+    return family
 
 
 _TURNS = _Turns()
