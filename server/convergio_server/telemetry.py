@@ -152,7 +152,7 @@ class _Turns:
         )
         yield _histogram(
             "convergio_turn_first_token_seconds",
-            "Time from a turn's admission to its first token delta.",
+            "Time from a turn's admission to its first token delta (turns that stream tokens).",
             FIRST_TOKEN_BOUNDS,
             [([], [s.first_tokens for s in stats])],
         )

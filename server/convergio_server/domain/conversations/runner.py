@@ -1200,8 +1200,8 @@ class TurnRunner:
         """What a turn refused by `reserve_start` is told: its client retries, here later or
         on another server."""
         return Unavailable(
-            f"this server runs its limit of {self.config.max_running_turns} turns at once "
-            "(CONVERGIO_MAX_RUNNING_TURNS); retry in a moment, here or on another server "
+            "this server runs as many turns at once as it may (CONVERGIO_MAX_RUNNING_TURNS="
+            f"{self.config.max_running_turns}); retry in a moment, here or on another server "
             "(the SDK retries by itself)",
             reason="SERVER_BUSY",
             retry_after_seconds=1.0,
