@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pytest
 import yaml
 from convergio import AsyncClient, errors
@@ -117,6 +118,8 @@ async def test_the_dashboard_and_the_alerts_use_metrics_the_server_serves(
     recorded = {rule["record"] for rule in rules if "record" in rule}
     exprs = [rule["expr"] for rule in rules] + _dashboard_exprs()
     used = {_base(name) for expr in exprs for name in re.findall(r"\bconvergio_[a-z_]+", expr)}
+    for expr in exprs:  # valid PromQL (Grafana fills in $__rate_interval)
+        promql_parser.parse(expr.replace("$__rate_interval", "5m"))
     assert used, "no metric found in deploy/"
     assert used <= served, f"not served: {sorted(used - served)}"
     for rule in rules:
