@@ -70,8 +70,25 @@ def _histogram(
     family = HistogramMetricFamily(name, documentation, labels=list(labels))
     le = _le(bounds)
     for values, histograms in rows:
-        counts, total = merged(histograms) if histograms else ([0] * len(le), 0.0)
+        counts, total = merged(bounds, histograms)
         family.add_metric(values, list(zip(le, counts, strict=True)), total)
+    return family
+
+
+def _summed(counters: Iterable[Counter[Any]]) -> Counter[Any]:
+    total: Counter[Any] = Counter()
+    for counter in counters:
+        total.update(counter)
+    return total
+
+
+def _counter(
+    name: str, documentation: str, labels: list[str], values: Mapping[Any, float]
+) -> CounterMetricFamily:
+    """A counter with a sample per key of `values` (a label value, or a tuple of them)."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key in sorted(values):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], values[key])
     return family
 
 
@@ -94,14 +111,12 @@ class _RpcCalls:
         histogram.observe(seconds)
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily(
+        yield _counter(
             "convergio_rpc_requests",
             "Finished RPCs by method and status code.",
-            labels=["method", "code"],
+            ["method", "code"],
+            dict(self.counts),
         )
-        for (method, code), count in list(self.counts.items()):
-            requests.add_metric([method, code], count)
-        yield requests
         yield _histogram(
             "convergio_rpc_duration_seconds",
             "RPC duration from the start of the call pipeline to the last message, by method.",
@@ -209,23 +224,6 @@ class _Turns:
             "Kept teams dropped unused (idle too long, or the oldest beyond the bounds).",
             value=sum(teams.dropped for teams in watched),
         )
-
-
-def _summed(counters: Iterable[Counter[Any]]) -> Counter[Any]:
-    total: Counter[Any] = Counter()
-    for counter in counters:
-        total.update(counter)
-    return total
-
-
-def _counter(
-    name: str, documentation: str, labels: list[str], values: Mapping[Any, float]
-) -> CounterMetricFamily:
-    """A counter with a sample per key of `values` (a label value, or a tuple of them)."""
-    family = CounterMetricFamily(name, documentation, labels=labels)
-    for key in sorted(values):
-        family.add_metric(list(key) if isinstance(key, tuple) else [key], values[key])
-    return family
 
 
 _TURNS = _Turns()

@@ -23,9 +23,9 @@ class Histogram:
         return list(itertools.accumulate(self.counts))
 
 
-def merged(histograms: Sequence[Histogram]) -> tuple[list[int], float]:
-    """Cumulative counts and sum of histograms of the same bounds."""
-    counts = [0] * (len(histograms[0].counts) if histograms else 0)
+def merged(bounds: Sequence[float], histograms: Sequence[Histogram]) -> tuple[list[int], float]:
+    """Cumulative counts and sum of histograms of these bounds (zeros when there are none)."""
+    counts = [0] * (len(bounds) + 1)
     total = 0.0
     for histogram in histograms:
         for i, count in enumerate(histogram.cumulative()):
