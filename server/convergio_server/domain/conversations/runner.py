@@ -945,14 +945,7 @@ class TurnExecution:
             self.team_kept = True
         if ended:
             duration = time.monotonic() - self.started
-            runner.stats.turn_ended(
-                outcome.stop_reason,
-                duration,
-                prompt_tokens=outcome.usage.prompt_tokens,
-                completion_tokens=outcome.usage.completion_tokens,
-                model_calls=self.meter.calls,
-                cost_usd=outcome.cost_usd,
-            )
+            runner.stats.turn_ended(outcome.stop_reason, duration, outcome.usage, outcome.cost_usd)
             self._log_end(outcome, duration)
             self.post(
                 TurnCompleted(
@@ -1005,7 +998,7 @@ class TurnExecution:
             "duration_ms": round(duration * 1000, 1),
             "first_token_ms": None if first is None else round(first * 1000, 1),
             "messages": self.message_count,
-            "model_calls": self.meter.calls,
+            "model_calls": outcome.usage.model_calls,
             "prompt_tokens": outcome.usage.prompt_tokens,
             "completion_tokens": outcome.usage.completion_tokens,
             "cost_usd": str(outcome.cost_usd),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from decimal import Decimal
 
+from convergio_server.domain.events.model import Usage
 from convergio_server.domain.histogram import Histogram
 
 # Seconds. A first token within milliseconds (offline) to seconds (a remote model); a turn
@@ -30,10 +31,7 @@ class TurnStats:
         self,
         stop_reason: str,
         seconds: float | None,
-        *,
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
-        model_calls: int = 0,
+        usage: Usage | None = None,
         cost_usd: Decimal = Decimal(0),
     ) -> None:
         """A turn ended by this process (`seconds` None: it did not run here, e.g. a queued
@@ -41,9 +39,10 @@ class TurnStats:
         self.ended[stop_reason] += 1
         if seconds is not None:
             self.durations.observe(seconds)
-        self.tokens["prompt"] += prompt_tokens
-        self.tokens["completion"] += completion_tokens
-        self.model_calls += model_calls
+        if usage is not None:
+            self.tokens["prompt"] += usage.prompt_tokens
+            self.tokens["completion"] += usage.completion_tokens
+            self.model_calls += usage.model_calls
         self.cost_usd += cost_usd
 
     def first_token(self, seconds: float) -> None:
