@@ -21,7 +21,6 @@ from tests.conversations.conftest import (
     new_conversation,
     wait_streaming,
 )
-from tests.platform.procs import free_port
 from tests.support.server import RunningServer, running_server, scrape_metrics, server_settings
 
 ONCE = RetryPolicy(max_attempts=1, resume_window_seconds=0)
@@ -39,7 +38,7 @@ async def limited(
         redis_prefix,
         max_running_turns=2,
         offline_tokens_per_second=25.0,
-        metrics_listen=f"127.0.0.1:{free_port()}",
+        metrics=True,
     )
     async with running_server(settings) as running:
         yield running

@@ -25,7 +25,6 @@ from tests.conversations.conftest import (
     switch_on,
     wait_streaming,
 )
-from tests.platform.procs import free_port
 from tests.support.server import RunningServer, running_server, scrape_metrics, server_settings
 
 # A core-team conversation: several speakers, a tool call and its result, documents.
@@ -240,8 +239,8 @@ async def test_an_operator_sees_how_turns_got_their_teams(
     tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
 ) -> None:
     # The metrics sum every runner of this process (other tests' servers too): compare.
-    address = f"127.0.0.1:{free_port()}"
-    settings = server_settings(tmp_path, pg_dsn, redis_url, redis_prefix, metrics_listen=address)
+    settings = server_settings(tmp_path, pg_dsn, redis_url, redis_prefix, metrics=True)
+    address = settings.metrics_listen
     async with running_server(settings) as running:
         async with AsyncClient(running.target, api_key=await member_key(running)) as client:
             cid = await new_conversation(client)

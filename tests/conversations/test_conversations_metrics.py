@@ -21,7 +21,6 @@ from tests.conversations.conftest import (
     new_conversation,
     wait_streaming,
 )
-from tests.platform.procs import free_port
 from tests.support.server import running_server, scrape_metrics, server_settings
 
 
@@ -40,15 +39,10 @@ def _grown(before: str, after: str, name: str, labels: str = "") -> float:
 async def test_an_operator_sees_how_turns_went(
     tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
 ) -> None:
-    address = f"127.0.0.1:{free_port()}"
     settings = server_settings(
-        tmp_path,
-        pg_dsn,
-        redis_url,
-        redis_prefix,
-        metrics_listen=address,
-        offline_tokens_per_second=60.0,
+        tmp_path, pg_dsn, redis_url, redis_prefix, metrics=True, offline_tokens_per_second=60.0
     )
+    address = settings.metrics_listen
     async with running_server(settings) as running:
         async with AsyncClient(running.target, api_key=await member_key(running)) as client:
             await wait_streaming(client)

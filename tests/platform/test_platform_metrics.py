@@ -13,15 +13,14 @@ import pytest
 import yaml
 from convergio import AsyncClient, errors
 
-from tests.platform.procs import free_port
 from tests.support.server import running_server, scrape_metrics, server_settings
 
 
 async def test_metrics_count_calls_by_method_and_code(
     tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
 ) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    settings = server_settings(tmp_path, pg_dsn, redis_url, redis_prefix, metrics_listen=address)
+    settings = server_settings(tmp_path, pg_dsn, redis_url, redis_prefix, metrics=True)
+    address = settings.metrics_listen
     async with running_server(settings) as running:
         async with AsyncClient(running.target, api_key=running.admin_key) as client:
             for _ in range(3):
@@ -54,8 +53,8 @@ def _series(text: str, name: str, method: str, labels: str = "") -> dict[str, fl
 async def test_call_durations_are_a_prometheus_histogram(
     tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
 ) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    settings = server_settings(tmp_path, pg_dsn, redis_url, redis_prefix, metrics_listen=address)
+    settings = server_settings(tmp_path, pg_dsn, redis_url, redis_prefix, metrics=True)
+    address = settings.metrics_listen
     method = "/convergio.flag.v1.FlagService/ListFlags"
     async with running_server(settings) as running:
         async with AsyncClient(running.target, api_key=running.admin_key) as client:
@@ -109,8 +108,8 @@ async def test_the_dashboard_and_the_alerts_use_metrics_the_server_serves(
 ) -> None:
     # A metric renamed in the server, or misspelt in deploy/, would leave a panel empty or
     # an alert silent for good.
-    address = f"127.0.0.1:{free_port()}"
-    settings = server_settings(tmp_path, pg_dsn, redis_url, redis_prefix, metrics_listen=address)
+    settings = server_settings(tmp_path, pg_dsn, redis_url, redis_prefix, metrics=True)
+    address = settings.metrics_listen
     async with running_server(settings):
         text = await asyncio.to_thread(scrape_metrics, address)
     served = {_base(row.split()[2]) for row in text.splitlines() if row.startswith("# TYPE ")}

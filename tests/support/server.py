@@ -13,6 +13,8 @@ from convergio_server.config import Settings
 from convergio_server.infrastructure import Infrastructure, open_infrastructure
 from convergio_server.server import ConvergioServer
 
+from tests.platform.procs import free_port
+
 
 @dataclass
 class RunningServer:
@@ -31,8 +33,12 @@ def server_settings(
     database_url: str | None,
     redis_url: str | None,
     redis_prefix: str,
+    *,
+    metrics: bool = False,
     **overrides: Any,
 ) -> Settings:
+    """Settings of a test server; with `metrics`, it serves its metrics on a free port
+    (`metrics_listen`, for `scrape_metrics`)."""
     values: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "data_dir": data_dir,
@@ -43,6 +49,8 @@ def server_settings(
         "health_interval_seconds": 0.2,
         "log_level": "WARNING",
     }
+    if metrics:
+        values["metrics_listen"] = f"127.0.0.1:{free_port()}"
     values.update(overrides)
     return Settings(**values)
 
