@@ -954,7 +954,9 @@ class AsyncConversationService:
         or documents over their limits), INVALID_ARGUMENT with INPUT_BLOCKED
         (screening), FAILED_PRECONDITION (a turn is running and if_busy is
         REJECT), RESOURCE_EXHAUSTED with RATE_LIMITED (turns per minute, default
-        10) or BUDGET_EXHAUSTED, UNAVAILABLE with CIRCUIT_OPEN. Problems during the
+        10) or BUDGET_EXHAUSTED, UNAVAILABLE with CIRCUIT_OPEN, UNAVAILABLE with
+        SERVER_BUSY (the server process runs its limit of turns at once; retry
+        after the RetryInfo delay, here or on another process). Problems during the
         turn (model endpoint down, budget spent mid-turn) arrive as an Error event
         followed by TurnCompleted.
 
@@ -1413,7 +1415,9 @@ class ConversationService:
         or documents over their limits), INVALID_ARGUMENT with INPUT_BLOCKED
         (screening), FAILED_PRECONDITION (a turn is running and if_busy is
         REJECT), RESOURCE_EXHAUSTED with RATE_LIMITED (turns per minute, default
-        10) or BUDGET_EXHAUSTED, UNAVAILABLE with CIRCUIT_OPEN. Problems during the
+        10) or BUDGET_EXHAUSTED, UNAVAILABLE with CIRCUIT_OPEN, UNAVAILABLE with
+        SERVER_BUSY (the server process runs its limit of turns at once; retry
+        after the RetryInfo delay, here or on another process). Problems during the
         turn (model endpoint down, budget spent mid-turn) arrive as an Error event
         followed by TurnCompleted.
 

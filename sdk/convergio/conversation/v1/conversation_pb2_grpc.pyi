@@ -106,7 +106,9 @@ class ConversationServiceStub:
     or documents over their limits), INVALID_ARGUMENT with INPUT_BLOCKED
     (screening), FAILED_PRECONDITION (a turn is running and if_busy is
     REJECT), RESOURCE_EXHAUSTED with RATE_LIMITED (turns per minute, default
-    10) or BUDGET_EXHAUSTED, UNAVAILABLE with CIRCUIT_OPEN. Problems during the
+    10) or BUDGET_EXHAUSTED, UNAVAILABLE with CIRCUIT_OPEN, UNAVAILABLE with
+    SERVER_BUSY (the server process runs its limit of turns at once; retry
+    after the RetryInfo delay, here or on another process). Problems during the
     turn (model endpoint down, budget spent mid-turn) arrive as an Error event
     followed by TurnCompleted.
 
@@ -223,7 +225,9 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     or documents over their limits), INVALID_ARGUMENT with INPUT_BLOCKED
     (screening), FAILED_PRECONDITION (a turn is running and if_busy is
     REJECT), RESOURCE_EXHAUSTED with RATE_LIMITED (turns per minute, default
-    10) or BUDGET_EXHAUSTED, UNAVAILABLE with CIRCUIT_OPEN. Problems during the
+    10) or BUDGET_EXHAUSTED, UNAVAILABLE with CIRCUIT_OPEN, UNAVAILABLE with
+    SERVER_BUSY (the server process runs its limit of turns at once; retry
+    after the RetryInfo delay, here or on another process). Problems during the
     turn (model endpoint down, budget spent mid-turn) arrive as an Error event
     followed by TurnCompleted.
 
@@ -397,7 +401,9 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         or documents over their limits), INVALID_ARGUMENT with INPUT_BLOCKED
         (screening), FAILED_PRECONDITION (a turn is running and if_busy is
         REJECT), RESOURCE_EXHAUSTED with RATE_LIMITED (turns per minute, default
-        10) or BUDGET_EXHAUSTED, UNAVAILABLE with CIRCUIT_OPEN. Problems during the
+        10) or BUDGET_EXHAUSTED, UNAVAILABLE with CIRCUIT_OPEN, UNAVAILABLE with
+        SERVER_BUSY (the server process runs its limit of turns at once; retry
+        after the RetryInfo delay, here or on another process). Problems during the
         turn (model endpoint down, budget spent mid-turn) arrive as an Error event
         followed by TurnCompleted.
 
