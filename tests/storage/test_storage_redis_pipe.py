@@ -43,6 +43,36 @@ async def test_callers_sharing_the_connection_get_their_own_replies(
     assert await pipe.get(keys.k("pipe", "missing")) is None
 
 
+class _CountedWrites:
+    """The connection's transport, its writes counted."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.transport, name)
+
+
+async def test_commands_of_one_moment_go_out_in_one_write(pipe: PipelinedRedis, keys: Keys) -> None:
+    counter = keys.k("pipe", "batched")
+    await pipe.execute("PING")  # connected
+    wire = pipe._wire
+    assert wire is not None and wire.transport is not None
+    counted = _CountedWrites(wire.transport)
+    wire.transport = counted  # type: ignore[assignment]
+    values = await asyncio.gather(*(pipe.execute("INCR", counter) for _ in range(200)))
+    assert values == list(range(1, 201))
+    # 200 callers in the same turn of the event loop: one system call, not 200.
+    assert counted.writes == 1
+    assert await pipe.execute("INCR", counter) == 201  # a lone command is not held back
+    assert counted.writes == 2
+
+
 async def test_set_answers_like_redis_py(pipe: PipelinedRedis, keys: Keys) -> None:
     key = keys.k("pipe", "lease")
     assert await pipe.set(key, "a", px=5000, nx=True) is True

@@ -65,6 +65,20 @@ class _Wire(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.open = False
         self._on_lost = on_lost
+        # Commands sent in one turn of the event loop go out in one write (one system call,
+        # one packet for Redis to read) at its end, not one write each.
+        self.outgoing: list[bytes] = []
+
+    def queue(self, packed: bytes) -> None:
+        if not self.outgoing:
+            asyncio.get_running_loop().call_soon(self.write_out)
+        self.outgoing.append(packed)
+
+    def write_out(self) -> None:
+        outgoing, self.outgoing = self.outgoing, []
+        if self.open and outgoing:
+            assert self.transport is not None
+            self.transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)  # (uvloop's is not one)
@@ -98,6 +112,7 @@ class _Wire(asyncio.Protocol):
     def fail(self, error: Exception) -> None:
         """Close the connection and fail every command still waiting for a reply."""
         was_open, self.open = self.open, False
+        self.outgoing.clear()
         if self.transport is not None:
             self.transport.abort()
         while self.waiting:
@@ -140,8 +155,7 @@ class PipelinedRedis:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         wire.waiting.append((future, loop.time() + self.timeout))
-        assert wire.transport is not None
-        wire.transport.write(packed)
+        wire.queue(packed)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout, self._check, wire)
         return future
