@@ -287,12 +287,15 @@ def body_dict(body: EventBody) -> dict[str, Any]:
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_LEAVES = frozenset({str, int, float, bool, type(None)})
 
 
 def _plain(value: Any) -> Any:
     """Dataclasses as dicts, recursively. Unlike `dataclasses.asdict`, leaves are not
     deep-copied: they are immutable (str, int, float, bool, None)."""
     cls = type(value)
+    if cls in _LEAVES:
+        return value
     names = _FIELD_NAMES.get(cls)
     if names is None and dataclasses.is_dataclass(cls):
         names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
