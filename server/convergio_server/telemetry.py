@@ -24,6 +24,7 @@ from prometheus_client.core import (
 from convergio_server.domain.conversations.kept_teams import TEAM_ORIGINS
 from convergio_server.domain.conversations.runner import TurnRunner
 from convergio_server.domain.conversations.turn_stats import DURATION_BOUNDS, FIRST_TOKEN_BOUNDS
+from convergio_server.domain.costs.call_stats import CALL_DURATION_BOUNDS, ModelCallStats
 from convergio_server.domain.histogram import Histogram, merged
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,55 @@ REGISTRY.register(_TURNS)  # type: ignore[arg-type]
 def watch_turns(runner: TurnRunner) -> None:
     """Report this runner's turns and kept teams in the metrics (until it is collected)."""
     _TURNS.watched.add(runner)
+
+
+class _ModelCalls:
+    """Metrics of the model calls of every cost guard of the process (see
+    `domain/costs/call_stats.py`), read at scrape time."""
+
+    def __init__(self) -> None:
+        self.watched: weakref.WeakSet[ModelCallStats] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[Metric]:
+        stats = list(self.watched)
+        yield _counter(
+            "convergio_model_requests",
+            "Model calls ended, by provider, model and outcome (OK, ERROR, CANCELLED, ...); "
+            "the turns' and the workflows' alike.",
+            ["provider", "model", "outcome"],
+            _summed(s.ended for s in stats),
+        )
+        models = sorted({key for s in stats for key in s.durations})
+        yield _histogram(
+            "convergio_model_request_duration_seconds",
+            "Duration of the model calls, from their admission by the guards to their end, by "
+            "provider and model.",
+            CALL_DURATION_BOUNDS,
+            [
+                (list(key), [s.durations[key] for s in stats if key in s.durations])
+                for key in models
+            ],
+            ["provider", "model"],
+        )
+        costs: dict[tuple[str, str], float] = {
+            key: float(sum((s.cost_usd.get(key, Decimal(0)) for s in stats), Decimal(0)))
+            for key in models
+        }
+        yield _counter(
+            "convergio_model_cost_usd",
+            "Cost of the model calls, in USD, by provider and model.",
+            ["provider", "model"],
+            costs,
+        )
+
+
+_MODEL_CALLS = _ModelCalls()
+REGISTRY.register(_MODEL_CALLS)  # type: ignore[arg-type]
+
+
+def watch_model_calls(stats: ModelCallStats) -> None:
+    """Report these model calls in the metrics (until the stats are collected)."""
+    _MODEL_CALLS.watched.add(stats)
 
 
 def observe_call(method: str, code: str, seconds: float) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -34,6 +35,24 @@ def _sample(text: str, name: str, labels: str = "") -> float:
 def _grown(before: str, after: str, name: str, labels: str = "") -> float:
     # The metrics sum every runner of this process (other tests' servers too): compare.
     return _sample(after, name, labels) - _sample(before, name, labels)
+
+
+def _grown_by(before: str, after: str, name: str, label: str) -> dict[str, float]:
+    """How much a counter's samples grew, summed by the value of one of their labels."""
+
+    def by(text: str) -> Counter[str]:
+        totals: Counter[str] = Counter()
+        for row in text.splitlines():
+            if row.startswith(name + "{"):
+                labels, value = row[len(name) + 1 :].rsplit("} ", 1)
+                match = re.search(rf'(?:^|,){label}="([^"]*)"', labels)
+                if match:
+                    totals[match.group(1)] += float(value)
+        return totals
+
+    grown = by(after)
+    grown.subtract(by(before))
+    return {key: value for key, value in grown.items() if value}
 
 
 async def test_an_operator_sees_how_turns_went(
@@ -100,6 +119,20 @@ async def test_an_operator_sees_how_turns_went(
     for tool, count in tools.items():
         labels = f'result="ok",tool="{tool}"'
         assert _grown(before, after, "convergio_tool_results_total", labels) == count
+    # The same calls by model: how they ended, how long they took, what they cost.
+    by_outcome = _grown_by(before, after, "convergio_model_requests_total", "outcome")
+    assert by_outcome["OK"] >= 1 and by_outcome["CANCELLED"] == 1  # the call cut short
+    assert sum(by_outcome.values()) == sum(s.usage.model_calls for s in stops)
+    assert sum(_grown_by(before, after, "convergio_model_requests_total", "model").values()) == (
+        sum(by_outcome.values())
+    )
+    durations = _grown_by(before, after, "convergio_model_request_duration_seconds_count", "model")
+    assert sum(durations.values()) == sum(by_outcome.values())
+    assert re.search(r'^convergio_model_cost_usd_total\{[^}]*provider="offline"', after, re.M)
+    costs = _grown_by(before, after, "convergio_model_cost_usd_total", "provider")
+    assert sum(costs.values()) == pytest.approx(
+        _grown(before, after, "convergio_turn_cost_usd_total")
+    )
 
 
 async def test_each_turn_that_ends_is_one_log_line(

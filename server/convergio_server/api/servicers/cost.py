@@ -36,6 +36,7 @@ from convergio_server.domain.costs.screening import Screener, load_rules
 from convergio_server.domain.errors import InvalidArgument, NotFound, PermissionDenied
 from convergio_server.storage.cost_counters import RedisCostCounters
 from convergio_server.storage.costs import PgCostStore, Totals
+from convergio_server.telemetry import watch_model_calls
 
 log = logging.getLogger(__name__)
 _OPERATORS = frozenset({Role.OPERATOR})
@@ -142,6 +143,7 @@ def setup_guards(ctx: ServiceContext) -> None:
         default_max_output_tokens=s.cost_default_max_output_tokens,
         gate=lambda: ctx.components.get("flags"),
     )
+    watch_model_calls(guards.call_stats)
     ctx.components["guards"] = guards
     ctx.components["cost_store"] = store
     ctx.closers.append(ledger.close)

@@ -29,6 +29,7 @@ from convergio_server.domain.costs.budgets import (
     settle_changes,
     spent_up,
 )
+from convergio_server.domain.costs.call_stats import ModelCallStats
 from convergio_server.domain.costs.ledger import LedgerEntry, LedgerWriter
 from convergio_server.domain.costs.money import to_nanos
 from convergio_server.domain.costs.prices import PriceQuote, PriceTable, call_cost
@@ -104,6 +105,7 @@ class CostGuards:
         self.limits = limits
         self.screener = screener
         self.ledger = ledger
+        self.call_stats = ModelCallStats()
         self.default_max_output_tokens = default_max_output_tokens
         self._gate = gate
 
@@ -289,6 +291,9 @@ class CostGuards:
         scope = call.scope
         cost = call_cost(ticket.quote.price, prompt_tokens, completion_tokens, cached_tokens)
         reason = _error_reason(error) if error is not None else ""
+        provider, model = call.provider or "offline", call.model or "offline"
+        seconds = time.monotonic() - ticket.started
+        self.call_stats.call_ended(provider, model, outcome, seconds, cost)
         self.ledger.add(
             LedgerEntry(
                 entry_id=str(uuid.uuid4()),
@@ -301,8 +306,8 @@ class CostGuards:
                 step_id=scope.step_id,
                 # The speaker selector is no agent (the API reports it as "").
                 agent="" if kind == "SPEAKER_SELECTION" else call.agent,
-                provider=call.provider or "offline",
-                model=call.model or "offline",
+                provider=provider,
+                model=model,
                 call_kind=kind,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
@@ -310,7 +315,7 @@ class CostGuards:
                 cost_usd=cost,
                 price_source=ticket.quote.source.upper(),
                 price=ticket.quote.price,
-                latency_ms=int((time.monotonic() - ticket.started) * 1000),
+                latency_ms=int(seconds * 1000),
                 outcome=outcome,
                 error_reason=reason,
             )
