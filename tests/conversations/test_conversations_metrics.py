@@ -40,18 +40,18 @@ def _grown(before: str, after: str, name: str, labels: str = "") -> float:
 def _grown_by(before: str, after: str, name: str, label: str) -> dict[str, float]:
     """How much a counter's samples grew, summed by the value of one of their labels."""
 
-    def by(text: str) -> Counter[str]:
-        totals: Counter[str] = Counter()
+    def by(text: str) -> dict[str, float]:
+        totals: dict[str, float] = {}
         for row in text.splitlines():
             if row.startswith(name + "{"):
                 labels, value = row[len(name) + 1 :].rsplit("} ", 1)
                 match = re.search(rf'(?:^|,){label}="([^"]*)"', labels)
                 if match:
-                    totals[match.group(1)] += float(value)
+                    totals[match.group(1)] = totals.get(match.group(1), 0.0) + float(value)
         return totals
 
-    grown = by(after)
-    grown.subtract(by(before))
+    earlier, later = by(before), by(after)
+    grown = {key: value - earlier.get(key, 0.0) for key, value in later.items()}
     return {key: value for key, value in grown.items() if value}
 
 
