@@ -116,6 +116,9 @@ async def _refused_call_costs_nothing(
 async def test_a_call_cut_off_mid_answer_costs_what_it_used(
     guards: CostGuards, ops: AsyncClient
 ) -> None:
+    stats = guards.call_stats
+    model = ("openai", "gpt-4o")
+    failed_before, cost_before = stats.ended[(*model, "ERROR")], stats.cost_usd.get(model, 0)
     async with openai_stub() as stub:
         stub.then(Action("cut"))  # "Hello from the", then the connection drops
         cid = await new_conversation(ops, agent="amy", model=_selection(stub))
@@ -135,6 +138,9 @@ async def test_a_call_cut_off_mid_answer_costs_what_it_used(
     assert Decimal(done.cost_usd) == cost
     budget = await _conversation_budget(ops, cid)
     assert Decimal(budget.reserved_usd) == 0 and Decimal(budget.spent_total_usd) == cost
+    # The metrics count the failed call against its model, at what it cost.
+    assert stats.ended[(*model, "ERROR")] == failed_before + 1
+    assert stats.cost_usd[model] - cost_before == cost
 
 
 async def test_an_endpoint_streaming_past_max_tokens_is_cut_at_its_reservation(
