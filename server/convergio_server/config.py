@@ -172,6 +172,17 @@ class Settings(BaseSettings):
     metrics_listen: str = Field(
         "", description="host:port for Prometheus /metrics; empty = no metrics endpoint"
     )
+    traces_endpoint: str = Field(
+        "",
+        description="OTLP/HTTP traces URL (e.g. http://otel-collector:4318/v1/traces) for a "
+        "span per RPC, turn and model call; console = write them to stderr; empty = no traces",
+    )
+    traces_sample_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="share of calls without a sampled traceparent that are traced (0-1)",
+    )
     cost_prices_file: Path | None = Field(
         None, description="TOML price table that overrides and extends the shipped prices"
     )
@@ -339,6 +350,16 @@ class Settings(BaseSettings):
         if value:
             # Port 0 is refused: nothing would tell Prometheus which port was taken.
             _split_host_port("metrics_listen", value, 1)
+        return value
+
+    @field_validator("traces_endpoint")
+    @classmethod
+    def _check_traces_endpoint(cls, value: str) -> str:
+        if value and value != "console" and not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{value!r} is not an OTLP/HTTP URL: use http(s)://host:4318/v1/traces, "
+                "console, or nothing"
+            )
         return value
 
     @field_validator("dev_tenant")

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from convergio_server.api.access import AccessPolicy
 from convergio_server.api.health import HealthMonitor
@@ -28,6 +29,7 @@ from convergio_server.domain.errors import Unauthenticated
 from convergio_server.infrastructure import Infrastructure, StartupError
 from convergio_server.storage.keys import PgKeyStore
 from convergio_server.telemetry import start_metrics_server
+from convergio_server.tracing import start_tracing, stop_tracing
 
 log = logging.getLogger(__name__)
 # At most this long of the grace period goes to ending the work still running (see `stop`).
@@ -129,6 +131,7 @@ class ConvergioServer:
         )
         self.port = 0
         self._metrics: Any = None
+        self._traces: TracerProvider | None = None
 
     async def start(self) -> int:
         """Bind both listeners, then serve. Raises StartupError when an address cannot be
@@ -140,6 +143,8 @@ class ConvergioServer:
             if self._metrics is not None:
                 self._metrics.shutdown()
                 self._metrics = None
+            stop_tracing(self._traces)
+            self._traces = None
             raise
 
     async def _start(self) -> int:
@@ -165,6 +170,9 @@ class ConvergioServer:
             raise StartupError(
                 bind_problem(metrics, address) or f"{metrics}: cannot bind to {address}: {exc}"
             ) from None
+        self._traces = start_tracing(
+            self.settings.traces_endpoint, self.settings.traces_sample_ratio
+        )
         await self.health.check_once()
         for starter in self.context.starters:
             await starter()
@@ -246,6 +254,9 @@ class ConvergioServer:
         await self.context.close()
         if self._metrics is not None:
             self._metrics.shutdown()
+        # Off the event loop: the last spans may wait for the collector.
+        await asyncio.to_thread(stop_tracing, self._traces)
+        self._traces = None
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass, field
+from typing import Any
 
 from convergio_server.domain.auth import Principal
 from convergio_server.domain.errors import Unauthenticated
@@ -19,6 +20,7 @@ class CallInfo:
     tenant_id: str = "-"
     principal: str = "-"
     extra: dict[str, str] = field(default_factory=dict)
+    span: Any = None  # the call's trace span, when tracing is on
 
 
 call_info_var: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(

@@ -34,12 +34,16 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from convergio_server.api import errors as api_errors
 from convergio_server.api.access import AccessPolicy
 from convergio_server.api.context import CallInfo, call_info_var, principal_var
 from convergio_server.api.validation import Validator
 from convergio_server.domain import errors as de
+from convergio_server.domain import tracing
 from convergio_server.domain.auth import KeyManager, Principal
 from convergio_server.logs import request_id_var
 from convergio_server.telemetry import RPC_ACTIVE_STREAMS, observe_call
@@ -67,7 +71,8 @@ def _new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
-_WANTED = ("x-request-id", "authorization")
+_PROPAGATOR = TraceContextTextMapPropagator()
+_WANTED = ("x-request-id", "authorization", "traceparent", "tracestate")
 
 
 def _headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -77,6 +82,39 @@ def _headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
         if k in _WANTED and k not in found:
             found[k] = v if isinstance(v, str) else v.decode()
     return found
+
+
+def _call_span(method: str, request_id: str, headers: dict[str, str]) -> trace.Span:
+    """The call's server span, a child of the caller's span when its metadata carries a
+    W3C `traceparent`; made the current span of the call's task, so that the spans of what
+    the call starts (a turn) are its children."""
+    service, _, name = method.lstrip("/").partition("/")
+    parent = _PROPAGATOR.extract(headers)
+    span = tracing.tracer().start_span(
+        f"{service}/{name}",
+        context=parent,
+        kind=trace.SpanKind.SERVER,
+        attributes={
+            "rpc.system": "grpc",
+            "rpc.service": service,
+            "rpc.method": name,
+            "convergio.request_id": request_id,
+        },
+    )
+    otel_context.attach(trace.set_span_in_context(span, parent))
+    return span
+
+
+def _end_call_span(info: CallInfo, streamed: int | None) -> None:
+    span: trace.Span = info.span
+    code = getattr(grpc.StatusCode, info.code, grpc.StatusCode.UNKNOWN)
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    span.set_attribute("convergio.tenant", info.tenant_id)
+    if streamed is not None:
+        span.set_attribute("convergio.messages_sent", streamed)
+    if info.code not in ("OK", "CANCELLED"):
+        span.set_status(trace.Status(trace.StatusCode.ERROR, info.code))
+    span.end()
 
 
 class RequestLog:
@@ -93,11 +131,15 @@ class RequestLog:
         call_info_var.set(info)
         request_id_var.set(request_id)
         context.set_trailing_metadata((("x-request-id", request_id),))
+        if tracing.enabled() and not method.startswith(PUBLIC_SERVICES):  # not the probes
+            info.span = _call_span(method, request_id, headers)
         return info
 
     def end(self, info: CallInfo, started: float, streamed: int | None = None) -> None:
         elapsed = time.perf_counter() - started
         observe_call(info.method, info.code, elapsed)
+        if info.span is not None:
+            _end_call_span(info, streamed)
         level = logging.INFO if info.code in ("OK", "CANCELLED") else logging.WARNING
         if info.method.startswith("/grpc.health.v1.Health/"):
             level = logging.DEBUG

@@ -17,10 +17,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from autogen_agentchat.base import TaskResult
 from autogen_agentchat.messages import (
@@ -32,7 +32,9 @@ from autogen_agentchat.messages import (
 )
 from autogen_core import CancellationToken
 from autogen_core.models import RequestUsage
+from opentelemetry import trace
 
+from convergio_server.domain import tracing
 from convergio_server.domain.auth import Principal
 from convergio_server.domain.background import cancel_and_wait
 from convergio_server.domain.conversations import state_packing
@@ -95,6 +97,7 @@ from convergio_server.domain.guards import (
 )
 from convergio_server.domain.models.tap import TextSink
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 # One line per turn that ends here: what operators search when a caller asks about a turn.
 turn_log = logging.getLogger("convergio.turns")
@@ -336,6 +339,18 @@ class TurnExecution:
         self.team_kept = False  # see `kept_teams.py`
         self._in_hand: BuiltTeam | None = None  # the team `_prepare` is making ready
         self._streaming = False  # counted among the runner's streaming turns
+        # The turn's trace span (tracing on): a child of the call that started it, the parent
+        # of its model calls' spans (the team's tasks are started in its context).
+        self.span: trace.Span | None = None
+        if tracing.enabled():
+            self.span = tracing.tracer().start_span(
+                "turn",
+                attributes={
+                    "convergio.tenant": conversation.tenant_id,
+                    "convergio.conversation_id": conversation.id,
+                    "convergio.turn_id": turn.id,
+                },
+            )
 
     @property
     def tenant_id(self) -> str:
@@ -548,7 +563,7 @@ class TurnExecution:
             # The turn's loop is created before the log's writer (by the first `post`), so it
             # runs first: words the team said while the turn was admitted go out in the same
             # append as TurnStarted, not in one after it.
-            self.task = asyncio.create_task(self.run(), name=f"turn-run:{self.turn.id}")
+            self.task = self._start_task(self.run(), f"turn-run:{self.turn.id}")
         except BaseException:
             self._writing.__exit__(None, None, None)
             raise
@@ -597,11 +612,18 @@ class TurnExecution:
                 await close_team(team)
             self.done.set()
             self.runner.local.pop(self.turn.id, None)
+            if self.span is not None:
+                self.span.end()
 
     def prepare(self) -> None:
         """Build the team, restore its state and start it, while the turn is admitted and
         TurnStarted logged (what it produces waits for `_drive`)."""
-        self.preparing = asyncio.ensure_future(self._prepare())
+        self.preparing = self._start_task(self._prepare(), f"turn-team:{self.turn.id}")
+
+    def _start_task(self, coro: Coroutine[Any, Any, _T], name: str) -> asyncio.Task[_T]:
+        """A task of the turn: in its span's context when it is traced."""
+        context = tracing.context_with(self.span) if self.span is not None else None
+        return asyncio.get_running_loop().create_task(coro, name=name, context=context)
 
     def discard(self) -> None:
         """The turn does not start now (refused, queued, a repeated request)."""
@@ -947,6 +969,8 @@ class TurnExecution:
             duration = time.monotonic() - self.started
             runner.stats.turn_ended(outcome.stop_reason, duration, outcome.usage, outcome.cost_usd)
             self._log_end(outcome, duration)
+            if self.span is not None:
+                self._describe_span(self.span, outcome)
             self.post(
                 TurnCompleted(
                     stop_reason=outcome.stop_reason,
@@ -983,6 +1007,23 @@ class TurnExecution:
                 neutral=self.endpoint_failed,
             )
         return next_turn
+
+    def _describe_span(self, span: trace.Span, outcome: TurnOutcome) -> None:
+        usage = outcome.usage
+        span.set_attributes(
+            {
+                "convergio.stop_reason": outcome.stop_reason,
+                "convergio.messages": self.message_count,
+                "convergio.model_calls": usage.model_calls,
+                "gen_ai.usage.input_tokens": usage.prompt_tokens,
+                "gen_ai.usage.output_tokens": usage.completion_tokens,
+                "convergio.cost_usd": float(outcome.cost_usd),
+            }
+        )
+        if self.first_token_seconds is not None:
+            span.set_attribute("convergio.first_token_ms", self.first_token_seconds * 1000)
+        if outcome.stop_reason in (ERROR, TIMEOUT):
+            span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.stop_detail[:500]))
 
     def _log_end(self, outcome: TurnOutcome, duration: float) -> None:
         failed = outcome.stop_reason in (ERROR, TIMEOUT)

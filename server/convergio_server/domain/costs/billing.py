@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,8 +20,10 @@ from autogen_core.models import (
     RequestUsage,
 )
 from autogen_core.tools import Tool, ToolSchema
+from opentelemetry import trace
 from pydantic import BaseModel
 
+from convergio_server.domain import tracing
 from convergio_server.domain.costs.breaker import endpoint_key, provider_name
 from convergio_server.domain.errors import domain_cause
 from convergio_server.domain.guards import CallInfo
@@ -128,6 +131,8 @@ class BilledModelClient(DelegatingChatCompletionClient):
                 completion_tokens=beyond.completion_tokens
                 + max(0, completion - (after.completion_tokens - before.completion_tokens)),
             )
+        if tracing.enabled():
+            self._trace(ticket, prompt, completion, outcome, error)
         # A second cancellation must not skip the bill: settle in a task of its own.
         finish = asyncio.ensure_future(
             self._guards.end_call(
@@ -139,6 +144,37 @@ class BilledModelClient(DelegatingChatCompletionClient):
         except asyncio.CancelledError:
             finish.add_done_callback(lambda f: f.exception())
             raise
+
+    def _trace(
+        self,
+        ticket: CallTicket,
+        prompt: int,
+        completion: int,
+        outcome: str,
+        error: BaseException | None,
+    ) -> None:
+        """The call's span (a child of its turn's), made as it ends: it starts when the
+        guards admitted the call."""
+        call = self._call
+        ended = time.time_ns()
+        span = tracing.tracer().start_span(
+            f"chat {call.model or call.provider}",
+            kind=trace.SpanKind.CLIENT,
+            start_time=ended - int((time.monotonic() - ticket.started) * 1e9),
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.system": call.provider or "offline",
+                "gen_ai.request.model": call.model or "offline",
+                "gen_ai.usage.input_tokens": prompt,
+                "gen_ai.usage.output_tokens": completion,
+                "convergio.agent": call.agent,
+                "convergio.call_kind": call.kind,
+                "convergio.outcome": outcome,
+            },
+        )
+        if error is not None:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)[:300]))
+        span.end(end_time=ended)
 
     async def create(
         self,
