@@ -170,8 +170,11 @@ class ConvergioServer:
             raise StartupError(
                 bind_problem(metrics, address) or f"{metrics}: cannot bind to {address}: {exc}"
             ) from None
+        # A collector that is down then holds up the server's stop no longer than a store.
         self._traces = start_tracing(
-            self.settings.traces_endpoint, self.settings.traces_sample_ratio
+            self.settings.traces_endpoint,
+            self.settings.traces_sample_ratio,
+            timeout=self.settings.connect_timeout_seconds,
         )
         await self.health.check_once()
         for starter in self.context.starters:

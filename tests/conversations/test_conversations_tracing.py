@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 from convergio import AsyncClient
+from convergio.conversation.v1 import events_pb2
 from convergio_server.config import Settings
 
 from tests.conversations.conftest import FINANCE_QUESTION, collect, member_key, new_conversation
+from tests.platform.procs import free_port
 from tests.support.otlp_collector import otlp_collector
 from tests.support.server import running_server, server_settings
 
@@ -77,3 +79,21 @@ async def test_a_turn_is_traced_under_the_callers_trace(
 def test_a_traces_endpoint_that_is_no_url_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not an OTLP/HTTP URL"):
         Settings.model_validate({"data_dir": tmp_path, "traces_endpoint": "collector:4318"})
+
+
+async def test_a_collector_that_is_down_costs_the_calls_nothing(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
+) -> None:
+    settings = server_settings(
+        tmp_path,
+        pg_dsn,
+        redis_url,
+        redis_prefix,
+        traces_endpoint=f"http://127.0.0.1:{free_port()}/v1/traces",  # nothing listens
+        connect_timeout_seconds=1.0,
+    )
+    async with running_server(settings) as running:
+        async with AsyncClient(running.target, api_key=await member_key(running)) as client:
+            cid = await new_conversation(client)
+            events = await collect(client.conversations.send(cid, FINANCE_QUESTION))
+    assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
