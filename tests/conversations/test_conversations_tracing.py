@@ -1,6 +1,7 @@
 """Traces an operator's collector receives: a caller's trace goes on through its
-SendMessage call, the turn it started and the turn's model calls, with what each did; a call
-without a sampled trace is sampled at the configured ratio (0 here: not at all)."""
+SendMessage call, the turn it started and the turn's model and tool calls, with what each
+did; a call without a sampled trace is sampled at the configured ratio (0 here: not at
+all)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,13 @@ async def test_a_turn_is_traced_under_the_callers_trace(
     assert sum(c.attributes["gen_ai.usage.output_tokens"] for c in chats) == (
         done.usage.completion_tokens
     )
+    tools = [e.tool_result for e in traced if e.HasField("tool_result")]
+    assert tools
+    executed = [s for s in spans if s.name.startswith("execute_tool ")]
+    assert [s.attributes["gen_ai.tool.name"] for s in executed] == [t.tool for t in tools]
+    for span in executed:
+        assert (span.trace_id, span.parent_span_id) == (trace_id, turn.span_id)
+        assert span.attributes["convergio.attempts"] == 1
     # The second turn came without a trace, at a sample ratio of 0: no span of it.
     assert untraced[-1].HasField("turn_completed")
     assert {s.trace_id for s in spans} == {trace_id}

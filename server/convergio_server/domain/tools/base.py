@@ -19,8 +19,10 @@ from enum import IntEnum, StrEnum
 from typing import Any, ClassVar, Generic, TypeVar
 
 from autogen_core import CancellationToken
+from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
+from convergio_server.domain import tracing
 from convergio_server.domain.auth import Principal
 from convergio_server.domain.errors import DomainError, Unavailable
 
@@ -180,7 +182,32 @@ class ConvergioTool(ABC, Generic[ArgsT]):
         cancellation_token: CancellationToken | None = None,
     ) -> ToolOutcome:
         """Validate, run with a timeout, retry transient failures with backoff. Returns an
-        error outcome instead of raising; cancellation (CancelledError) propagates."""
+        error outcome instead of raising; cancellation (CancelledError) propagates. Traced
+        as a span of its turn when tracing is on."""
+        if not tracing.enabled():
+            return await self._invoke(arguments, ctx, cancellation_token)
+        with tracing.tracer().start_as_current_span(
+            f"execute_tool {self.name}",
+            attributes={
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": self.name,
+                "convergio.risk_level": self.risk_level.name,
+            },
+        ) as span:
+            outcome = await self._invoke(arguments, ctx, cancellation_token)
+            span.set_attribute("convergio.attempts", outcome.attempts)
+            if outcome.is_error:
+                kind = outcome.error_kind.value if outcome.error_kind else "ERROR"
+                span.set_attribute("convergio.error_kind", kind)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.content[:300]))
+            return outcome
+
+    async def _invoke(
+        self,
+        arguments: Mapping[str, Any] | str,
+        ctx: ToolContext,
+        cancellation_token: CancellationToken | None,
+    ) -> ToolOutcome:
         try:
             args = self.validate(arguments)
         except ToolError as exc:
