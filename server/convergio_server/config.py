@@ -175,7 +175,8 @@ class Settings(BaseSettings):
     traces_endpoint: str = Field(
         "",
         description="OTLP/HTTP traces URL (e.g. http://otel-collector:4318/v1/traces) for a "
-        "span per RPC, turn and model call; console = write them to stderr; empty = no traces",
+        "span per RPC, turn, model call and tool call; console = write them to stderr; "
+        "empty = no traces",
     )
     traces_sample_ratio: float = Field(
         1.0,

@@ -1,6 +1,6 @@
 """OpenTelemetry traces: a span per RPC (continuing the caller's trace from its
-`traceparent` metadata), per turn and per model call, exported over OTLP/HTTP to
-CONVERGIO_TRACES_ENDPOINT, or written to stderr with `console`."""
+`traceparent` metadata), per turn, per model call and per tool call, exported over
+OTLP/HTTP to CONVERGIO_TRACES_ENDPOINT, or written to stderr with `console`."""
 
 from __future__ import annotations
 
