@@ -628,6 +628,9 @@ class TurnExecution:
     def discard(self) -> None:
         """The turn does not start now (refused, queued, a repeated request)."""
         self.token.cancel()  # its team's first model call may be under way
+        if self.span is not None:  # its team's first calls may be traced under it
+            self.span.set_attribute("convergio.started", False)
+            self.span.end()
         if self.preparing is not None:
             self.preparing.cancel()
             self.preparing.add_done_callback(self._drop_team)
