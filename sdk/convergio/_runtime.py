@@ -38,6 +38,11 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
+try:  # optional: a caller that traces with OpenTelemetry has it
+    from opentelemetry import propagate as _propagate
+except ImportError:  # pragma: no cover - depends on the caller's environment
+    _propagate = None  # type: ignore[assignment]
+
 from convergio.errors import Cancelled, ConvergioError, from_rpc_error
 
 __all__ = [
@@ -276,6 +281,12 @@ class _Base:
             # One id per logical call, kept across retries, so that the
             # server's logs group the attempts.
             out.append(("x-request-id", uuid.uuid4().hex))
+        if _propagate is not None and "traceparent" not in keys:
+            # The caller's current OpenTelemetry span (when it traces): the server's spans
+            # of this call, its turn and its model calls join the caller's trace.
+            carrier: dict[str, str] = {}
+            _propagate.inject(carrier)
+            out.extend(carrier.items())
         return out + caller
 
     def _callable(self, channel: Any, method: Method[Any, Any], stream: bool, slot: int = 0) -> Any:

@@ -12,6 +12,7 @@ import pytest
 from convergio import AsyncClient
 from convergio.conversation.v1 import events_pb2
 from convergio_server.config import Settings
+from opentelemetry.sdk.trace import TracerProvider
 
 from tests.conversations.conftest import FINANCE_QUESTION, collect, member_key, new_conversation
 from tests.platform.procs import free_port
@@ -46,10 +47,19 @@ async def test_a_turn_is_traced_under_the_callers_trace(
                     )
                 )
                 untraced = await collect(client.conversations.send(cid, "And the risks?"))
+                # A caller that traces with OpenTelemetry: the SDK sends its current span.
+                caller = TracerProvider().get_tracer("caller")
+                with caller.start_as_current_span("caller's work") as work:
+                    await collect(client.conversations.send(cid, "And next year?"))
         # The server sent what it still held as it stopped.
         spans = list(collector.spans)
 
     done = traced[-1].turn_completed
+    work_trace = format(work.get_span_context().trace_id, "032x")
+    (joined,) = [s for s in spans if s.name == SEND and s.trace_id == work_trace]
+    assert joined.parent_span_id == format(work.get_span_context().span_id, "016x")
+    assert any(s.name == "turn" and s.parent_span_id == joined.span_id for s in spans)
+    spans = [s for s in spans if s.trace_id == trace_id]
     (call,) = [s for s in spans if s.name == SEND]
     assert (call.trace_id, call.parent_span_id, call.kind) == (trace_id, caller_span, SERVER)
     assert call.attributes["rpc.system"] == "grpc"
@@ -81,7 +91,7 @@ async def test_a_turn_is_traced_under_the_callers_trace(
         assert span.attributes["convergio.attempts"] == 1
     # The second turn came without a trace, at a sample ratio of 0: no span of it.
     assert untraced[-1].HasField("turn_completed")
-    assert {s.trace_id for s in spans} == {trace_id}
+    assert {s.trace_id for s in collector.spans} == {trace_id, work_trace}
 
 
 def test_a_traces_endpoint_that_is_no_url_is_refused(tmp_path: Path) -> None:
