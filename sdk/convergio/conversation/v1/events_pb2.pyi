@@ -562,6 +562,8 @@ class ContextDocument(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     SCORE_FACTORS_FIELD_NUMBER: _builtins.int
+    SCREENING_FINDINGS_FIELD_NUMBER: _builtins.int
+    WITHHELD_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
     """The document's id (knowledge-base id, or the caller's id for documents
     given with the message).
@@ -576,10 +578,21 @@ class ContextDocument(_message.Message):
     """Where it comes from: "knowledge_base", "request" (given with the
     message) or "memory" (facts from earlier turns).
     """
+    withheld: _builtins.bool
+    """Input screening withheld the document: no agent saw it, and `snippet`
+    is empty.
+    """
     @_builtins.property
     def score_factors(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """The score's parts, e.g. {"relevance": 0.8, "importance": 0.5,
         "recency": 0.9}.
+        """
+
+    @_builtins.property
+    def screening_findings(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ScreeningFinding]:
+        """What input screening found in a knowledge-base document, as for a tool
+        result: secrets are redacted (in the snippet too), instructions marked as
+        data; a document the screening withholds is not injected at all.
         """
 
     def __init__(
@@ -591,10 +604,12 @@ class ContextDocument(_message.Message):
         score: _builtins.float = ...,
         source: _builtins.str = ...,
         score_factors: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        screening_findings: _abc.Iterable[_common_pb2.ScreeningFinding] | None = ...,
+        withheld: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_id", b"document_id", "score", b"score", "score_factors", b"score_factors", "snippet", b"snippet", "source", b"source", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_id", b"document_id", "score", b"score", "score_factors", b"score_factors", "screening_findings", b"screening_findings", "snippet", b"snippet", "source", b"source", "title", b"title", "withheld", b"withheld"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -618,7 +633,9 @@ class ContextInjected(_message.Message):
     """The score threshold applied, 0 to 1."""
     @_builtins.property
     def documents(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContextDocument]:
-        """The documents injected, best first."""
+        """The documents injected, best first, and those input screening withheld
+        (`withheld`).
+        """
 
     def __init__(
         self,

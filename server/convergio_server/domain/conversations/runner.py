@@ -63,6 +63,7 @@ from convergio_server.domain.conversations.model import (
     TurnOutcome,
     money,
 )
+from convergio_server.domain.conversations.screening import category_of, findings_of
 from convergio_server.domain.conversations.selection import Plan
 from convergio_server.domain.conversations.store import ConversationStore
 from convergio_server.domain.conversations.turn_stats import TurnStats
@@ -1135,7 +1136,7 @@ def _admission_events(admission: Admission | None, turn: Turn) -> list[EventBody
     out: list[EventBody] = [_budget_alert(a) for a in admission.alerts]
     if admission.flagged_input:
         findings = [
-            ScreeningFinding(category=_category(rule), rule=rule, detail="flagged, let through")
+            ScreeningFinding(category=category_of(rule), rule=rule, detail="flagged, let through")
             for rule in admission.flagged_input
         ]
         out.append(InputFlagged(message_id=turn.user_message_id, call_id="", findings=findings))
@@ -1144,21 +1145,7 @@ def _admission_events(admission: Admission | None, turn: Turn) -> list[EventBody
 
 def _result_flagged(call_id: str, screened: ScreenedResult) -> InputFlagged:
     """What screening found in a tool result it let through (redacted or marked)."""
-    findings = []
-    for rule in screened.rules:
-        category = _category(rule)
-        detail = "redacted" if category == "SECRET" else "marked as data, let through"
-        findings.append(ScreeningFinding(category=category, rule=rule, detail=detail))
-    return InputFlagged(message_id="", call_id=call_id, findings=findings)
-
-
-def _category(rule: str) -> str:
-    head = rule.split(".", 1)[0].lower()
-    if "secret" in head:
-        return "SECRET"
-    if "jailbreak" in head:
-        return "JAILBREAK"
-    return "PROMPT_INJECTION"
+    return InputFlagged(message_id="", call_id=call_id, findings=findings_of(screened))
 
 
 class TurnRunner:

@@ -1,6 +1,7 @@
 """Tool results pass the input screening (`Guards.screen_tool_result`) before a model sees
 them: a result that carries instructions is withheld (a failed call, kind BLOCKED) or marked,
-secrets are redacted. What screening found is kept per call for the turn's events."""
+secrets are redacted. What screening found is kept per call for the turn's events. The same
+screening applies to knowledge-base documents put into agents' contexts (`team.py`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,36 @@ from autogen_core import CancellationToken
 from autogen_core.tools import BaseTool, ToolSchema
 from pydantic import BaseModel
 
+from convergio_server.domain.events.model import ScreeningFinding
 from convergio_server.domain.guards import ScreenedResult
 from convergio_server.domain.tools.base import ToolErrorKind, ToolOutcome
 from convergio_server.domain.tools.registry import ToolCallFailed, cached_schema
 
 Screen = Callable[[str], Awaitable[ScreenedResult]]
+
+
+def findings_of(screened: ScreenedResult) -> list[ScreeningFinding]:
+    """What screening found in a tool result or a document, as the events report it."""
+    findings = []
+    for rule in screened.rules:
+        category = category_of(rule)
+        if screened.blocked:
+            detail = "withheld"
+        elif category == "SECRET":
+            detail = "redacted"
+        else:
+            detail = "marked as data, let through"
+        findings.append(ScreeningFinding(category=category, rule=rule, detail=detail))
+    return findings
+
+
+def category_of(rule: str) -> str:
+    head = rule.split(".", 1)[0].lower()
+    if "secret" in head:
+        return "SECRET"
+    if "jailbreak" in head:
+        return "JAILBREAK"
+    return "PROMPT_INJECTION"
 
 
 class ScreenedTool(BaseTool[BaseModel, Any]):

@@ -22,7 +22,7 @@ from convergio_server.domain.conversations.history import RecentHistory
 from convergio_server.domain.conversations.metering import Meter, MeteredClient, Pricing, free
 from convergio_server.domain.conversations.model import Conversation, Turn
 from convergio_server.domain.conversations.runner import BuiltTeam, TeamRequest
-from convergio_server.domain.conversations.screening import ScreenedTool
+from convergio_server.domain.conversations.screening import Screen, ScreenedTool, findings_of
 from convergio_server.domain.conversations.selection import (
     CurrentPlan,
     Participant,
@@ -422,8 +422,16 @@ class AutogenTeamBuilder:
     async def _with_context(self, team: BuiltTeam, request: TeamRequest) -> BuiltTeam:
         """`team` with the turn's documents, which go into its agents' memories once their
         saved state is restored."""
+        guards = team.kept.guards if isinstance(team.kept, _Kept) else self.guards()
+        scope = TurnScope(
+            request.principal, request.conversation.id, request.turn.id, request.alerts
+        )
+
+        async def screen(content: str) -> ScreenedResult:
+            return await guards.screen_tool_result(scope, content)
+
         context, documents = await self._find_context(
-            request.principal, request.turn, team.features
+            request.principal, request.turn, team.features, screen
         )
         agents = team.kept.agents
 
@@ -435,11 +443,13 @@ class AutogenTeamBuilder:
         return replace(team, context=context, inject_context=inject_context)
 
     async def _find_context(
-        self, principal: Principal, turn: Turn, features: list[str]
+        self, principal: Principal, turn: Turn, features: list[str], screen: Screen
     ) -> tuple[list[ContextDocument], list[LLMMessage]]:
         """The documents given with the message and, with the `rag_in_loop` flag on, the
-        best knowledge-base matches: as reported, and as messages for every agent."""
-        found: list[tuple[ContextDocument, str]] = []
+        best knowledge-base matches: as reported, and as messages for every agent. The
+        message's documents passed the input screening with it; the knowledge base's pass
+        it here, as tool results do (secrets redacted, instructions marked or withheld)."""
+        found: list[tuple[ContextDocument, str | None]] = []
         for index, doc in enumerate(turn.options.documents):
             content = doc.get("content", "")
             found.append(
@@ -461,24 +471,34 @@ class AutogenTeamBuilder:
             for hit in hits:
                 if hit.score < RAG_THRESHOLD:
                     continue
+                screened = await screen(hit.snippet.replace("**", ""))
+                if screened.blocked:
+                    snippet, text = "", None
+                else:
+                    # The search's highlighted snippet, unless screening changed the text.
+                    snippet = (screened.text if screened.rules else hit.snippet)[:500]
+                    text = screened.text
                 found.append(
                     (
                         ContextDocument(
                             document_id=hit.document_id,
                             title=hit.title,
-                            snippet=hit.snippet[:500],
+                            snippet=snippet,
                             score=round(hit.score, 4),
                             source="knowledge_base",
                             score_factors={
                                 "relevance": round(hit.score, 4),
                                 "importance": hit.importance,
                             },
+                            screening_findings=findings_of(screened),
+                            withheld=screened.blocked,
                         ),
-                        hit.snippet.replace("**", ""),
+                        text,
                     )
                 )
         messages: list[LLMMessage] = [
             SystemMessage(content=f"Document: {document.title or document.document_id}\n{text}")
             for document, text in found
+            if text is not None
         ]
         return [document for document, _ in found], messages

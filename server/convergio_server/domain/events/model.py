@@ -93,6 +93,9 @@ class ContextDocument:
     score: float
     source: str
     score_factors: dict[str, float] = field(default_factory=dict)
+    # What input screening found in a knowledge-base document; `withheld`: it was left out.
+    screening_findings: list[ScreeningFinding] = field(default_factory=list)
+    withheld: bool = False
 
 
 @dataclass(frozen=True, slots=True)
