@@ -13,9 +13,17 @@ from convergio import AsyncClient, errors
 from convergio.common.v1 import common_pb2
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
+from convergio_server.domain.conversations.model import MAX_QUEUED_TURNS
 from convergio_server.domain.conversations.service import idle_tick
 
-from tests.conversations.conftest import collect, kinds, new_conversation
+from tests.conversations.conftest import (
+    PACED_TOKENS_PER_SECOND,
+    collect,
+    kinds,
+    member_key,
+    new_conversation,
+)
+from tests.support.server import running_server, server_settings
 
 # An OpenAI-style key as the secret rules know it (built in pieces: it is not a real key).
 SECRET = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z" + "AbCdEfGh"
@@ -160,6 +168,61 @@ async def test_queued_sends_of_one_request_id_at_once_share_one_turn(
     await collect(running)
     turns = await paced_client.conversations.list_turns(conversation_id=cid)
     assert len(turns.turns) == 2
+
+
+async def test_sends_queued_at_once_get_distinct_places_and_respect_the_limit(
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_dsn: str,
+    redis_url: str,
+    redis_prefix: str,
+    streaming: None,
+) -> None:
+    # More turns at once than the queue holds, so a rate limit above them.
+    settings = server_settings(
+        tmp_path_factory.mktemp("queue-limit"), pg_dsn, redis_url, redis_prefix,
+        offline_tokens_per_second=PACED_TOKENS_PER_SECOND, rate_limit_turns_per_minute=100,
+    )  # fmt: skip
+    async with (
+        running_server(settings) as queueing,
+        AsyncClient(queueing.target, api_key=await member_key(queueing)) as client,
+    ):
+        await _queue_at_once(client)
+
+
+async def _queue_at_once(paced_client: AsyncClient) -> None:
+    cid = await new_conversation(paced_client)
+    running = paced_client.conversations.send(conversation_id=cid, content="Tell me a story")
+    first = await running.__anext__()
+    assert first.HasField("turn_started")
+
+    async def queue(i: int) -> tuple[str, int] | str:
+        stream = paced_client.conversations.send(
+            conversation_id=cid, content=f"And then? ({i})", if_busy=pb.BUSY_POLICY_ENQUEUE
+        )
+        try:
+            async for event in stream:
+                return event.turn_id, event.turn_queued.position
+        except errors.FailedPrecondition as exc:
+            return exc.message
+        raise AssertionError("no event")
+
+    outcomes = await asyncio.gather(*(queue(i) for i in range(MAX_QUEUED_TURNS + 3)))
+    places = dict(o for o in outcomes if isinstance(o, tuple))
+    refused = [o for o in outcomes if isinstance(o, str)]
+    # One place each, and no more turns queued than the queue holds.
+    assert sorted(places.values()) == list(range(1, MAX_QUEUED_TURNS + 1))
+    assert len(refused) == 3 and all("already queued" in r for r in refused)
+    # The places are the order in which the queued turns will run.
+    turns = await paced_client.conversations.list_turns(conversation_id=cid)
+    queued = sorted(
+        (t for t in turns.turns if t.status == pb.TURN_STATUS_QUEUED),
+        key=lambda t: (t.create_time.seconds, t.create_time.nanos),
+    )
+    assert [places[t.turn_id] for t in queued] == list(range(1, MAX_QUEUED_TURNS + 1))
+    await paced_client.conversations.cancel_turn(conversation_id=cid, turn_id=first.turn_id)
+    for turn in queued:
+        await paced_client.conversations.cancel_turn(conversation_id=cid, turn_id=turn.turn_id)
+    await collect(running)
 
 
 async def test_a_request_id_reused_for_another_message_is_refused(conv: AsyncClient) -> None:

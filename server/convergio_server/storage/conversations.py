@@ -265,21 +265,18 @@ class PgConversationStore:
         return bool(result.endswith(" 1"))
 
     async def admit_turn(self, turn: Turn, *, enqueue: bool, max_queued: int) -> Admitted:
-        # One statement, one round trip (this is on the way to every turn's first token):
-        # lock the conversation, decide (a repeated request, runs now, queued, busy), and
-        # when admitted add the turn, its user message if it runs now (a queued turn's
-        # enters the transcript when it starts) and the conversation's counters.
+        # One round trip (this is on the way to every turn's first token): lock the
+        # conversation, decide (a repeated request, runs now, queued, busy), and when
+        # admitted add the turn, its user message if it runs now (a queued turn's enters the
+        # transcript when it starts) and the conversation's counters.
         try:
             row: Any = await self._admit(turn, enqueue, max_queued)
         except asyncpg.UniqueViolationError:
             row = None  # a call with the same request_id added its turn meanwhile
-        if row is None or row["outcome"] in ("BUSY", "FULL"):
-            # The statement's snapshot predates a concurrent call with the same request_id
-            # (it waited for that call's lock): its turn is the one to re-attach to.
+        if row is None:
             existing = await self._turn_of_request(turn)
             if existing is not None:
                 return Admitted(existing, existing=True)
-        if row is None:
             raise NotFound(
                 f"conversation {turn.conversation_id} does not exist",
                 metadata={"conversation_id": turn.conversation_id},
@@ -322,46 +319,8 @@ class PgConversationStore:
 
     async def _admit(self, turn: Turn, enqueue: bool, max_queued: int) -> Any:
         return await self.pool.fetchrow(
-            """
-            WITH state AS (
-                SELECT c.active_turn_id,
-                    (SELECT t.id FROM turns t WHERE t.tenant_id = c.tenant_id
-                        AND t.conversation_id = c.id AND t.request_id = $4) AS existing,
-                    (SELECT count(*) FROM turns q WHERE q.tenant_id = c.tenant_id
-                        AND q.conversation_id = c.id AND q.status = 'QUEUED') AS queued
-                FROM conversations c WHERE c.tenant_id = $1 AND c.id = $2
-                FOR NO KEY UPDATE OF c
-            ), decision AS (
-                SELECT existing, queued,
-                    CASE WHEN existing IS NOT NULL THEN 'EXISTING'
-                        WHEN active_turn_id IS NULL THEN 'RUNNING'
-                        WHEN NOT $9 THEN 'BUSY'
-                        WHEN queued >= $10 THEN 'FULL'
-                        ELSE 'QUEUED' END AS outcome
-                FROM state
-            ), added AS (
-                INSERT INTO turns (tenant_id, conversation_id, id, request_id, status, content,
-                    options, user_message_id, created_by, start_time)
-                SELECT $1, $2, $3, $4, d.outcome, $5, $6, $7, $8,
-                    CASE WHEN d.outcome = 'RUNNING' THEN now() END
-                FROM decision d WHERE d.outcome IN ('RUNNING', 'QUEUED')
-                RETURNING status, create_time, start_time
-            ), said AS (
-                INSERT INTO messages (tenant_id, conversation_id, id, turn_id, role, source,
-                    content)
-                SELECT $1, $2, $7::text, $3, 'USER', 'user', $5
-                FROM decision d WHERE d.outcome = 'RUNNING'
-            ), counted AS (
-                UPDATE conversations SET turn_count = turn_count + 1, update_time = now(),
-                    message_count = message_count
-                        + CASE WHEN d.outcome = 'RUNNING' THEN 1 ELSE 0 END,
-                    active_turn_id = COALESCE(active_turn_id, $3)
-                FROM decision d
-                WHERE tenant_id = $1 AND id = $2 AND d.outcome IN ('RUNNING', 'QUEUED')
-            )
-            SELECT d.outcome, d.existing, d.queued, a.create_time, a.start_time
-            FROM decision d LEFT JOIN added a ON true
-            """,
+            "SELECT outcome, existing, queued, create_time, start_time "
+            "FROM convergio_admit_turn($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             turn.tenant_id,
             turn.conversation_id,
             turn.id,
