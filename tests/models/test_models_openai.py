@@ -233,6 +233,33 @@ async def test_endpoint_down_is_unavailable() -> None:
     assert info.value.kind == "unavailable"
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_an_endpoint_down_is_unavailable_even_when_retries_outlast_the_timeout(
+    streaming: bool,
+) -> None:
+    async with openai_stub() as stub:
+        url = stub.base_url
+    # The client library retries refused connections with backoff; the call's timeout ends
+    # those retries first. The request never left: unreachable, not slow, and free.
+    model = client(url, timeout_seconds=0.5, max_retries=8)
+    with pytest.raises(ModelError) as info:
+        if streaming:
+            async for _ in model.create_stream(MESSAGES):
+                pass
+        else:
+            await model.create(MESSAGES)
+    assert info.value.kind == "unavailable" and not info.value.sent
+    assert "cannot be reached" in info.value.message and "did not answer" not in info.value.message
+
+
+async def test_a_slow_endpoint_was_sent_the_request() -> None:
+    async with openai_stub() as stub:
+        stub.then(Action("hang"))
+        with pytest.raises(ModelError) as info:
+            await client(stub.base_url, timeout_seconds=0.3, max_retries=0).create(MESSAGES)
+    assert info.value.kind == "timeout" and info.value.sent
+
+
 async def test_cancellation_aborts_the_call() -> None:
     async with openai_stub() as stub:
         stub.then(Action("hang"))

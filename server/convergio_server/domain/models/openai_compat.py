@@ -18,7 +18,10 @@ It wraps autogen_ext's `OpenAIChatCompletionClient` and adds what a platform nee
   does not report it) gets an estimate, so that it is not billed as free;
 - token counting offline: `count_tokens` uses the local tokenizer of `text.py` instead of
   tiktoken (which downloads its encodings on first use and fails without network);
-- cancellation: the cancellation token aborts the HTTP request at once.
+- cancellation: the cancellation token aborts the HTTP request at once;
+- what a failure cost: each call notes whether any of its HTTP attempts sent its request
+  (`_Sending`), so that one that never left (refused, no such host, no connection before the
+  timeout) is "cannot be reached" and billed nothing, however the retries ended.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, Literal, cast
 
+import httpx2
 import openai
 from autogen_core import CancellationToken
 from autogen_core.models import (
@@ -67,6 +72,49 @@ UNKNOWN_MODEL_INFO: ModelInfo = {
 }
 
 
+class _Sending:
+    """One model call's HTTP attempts: whether one sent its request, and the last failure
+    to connect."""
+
+    __slots__ = ("connect_error", "sent")
+
+    def __init__(self) -> None:
+        self.sent = False
+        self.connect_error: BaseException | None = None
+
+
+# The call being made in this task (set by each call, read by `_WatchedTransport`).
+_sending: ContextVar[_Sending | None] = ContextVar("convergio_model_call", default=None)
+
+
+async def _on_http_event(name: str, info: dict[str, Any]) -> None:
+    if name.endswith("send_request_headers.complete"):
+        sending = _sending.get()
+        if sending is not None:
+            sending.sent = True
+
+
+class _WatchedTransport(httpx2.AsyncBaseTransport):
+    """The HTTP library's transport, telling the call being made whether its request went
+    out (through the library's trace hook) and why a connection failed."""
+
+    def __init__(self) -> None:
+        self._inner = httpx2.AsyncHTTPTransport(limits=openai.DEFAULT_CONNECTION_LIMITS)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        request.extensions = {**request.extensions, "trace": _on_http_event}
+        try:
+            return await self._inner.handle_async_request(request)
+        except (httpx2.ConnectError, httpx2.ConnectTimeout) as exc:
+            sending = _sending.get()
+            if sending is not None:
+                sending.connect_error = exc
+            raise
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 def _never_connected(exc: openai.APIConnectionError) -> bool:
     """Whether the call failed before a connection was made. The HTTP library's connect
     error is told by its name: the library is the openai package's choice, not ours."""
@@ -78,19 +126,28 @@ def _never_connected(exc: openai.APIConnectionError) -> bool:
     return False
 
 
-def model_error(exc: BaseException, *, model: str, base_url: str) -> ModelError:
-    """The ModelError for an exception raised by a call to `model` at `base_url`."""
+def model_error(
+    exc: BaseException, *, model: str, base_url: str, sending: _Sending | None = None
+) -> ModelError:
+    """The ModelError for an exception raised by a call to `model` at `base_url`; with
+    `sending`, what its HTTP attempts did."""
     where = f"model {model!r} at {base_url or 'the default endpoint'}"
     if isinstance(exc, ModelError):
         return exc
     if isinstance(exc, TimeoutError | openai.APITimeoutError):
+        if sending is not None and not sending.sent:
+            # Out of time while connecting, or retrying connections: the request never left.
+            reason = sending.connect_error or "no connection was made in time"
+            return ModelError(
+                f"{where} cannot be reached: {reason}", kind="unavailable", sent=False
+            )
         return ModelError(f"{where} did not answer in time", kind="timeout")
     if isinstance(exc, openai.APIConnectionError):
         return ModelError(
             f"{where} cannot be reached: {exc.__cause__ or exc}",
             kind="unavailable",
             # No connection was made (refused, no such host): the request never left.
-            sent=not _never_connected(exc),
+            sent=sending.sent if sending is not None else not _never_connected(exc),
         )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
@@ -299,6 +356,7 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
             config["model_info"] = model_info
         # Prompts whose count the endpoint did not report (see `create_stream`).
         self._estimated = RequestUsage(prompt_tokens=0, completion_tokens=0)
+        config["http_client"] = openai.DefaultAsyncHttpxClient(transport=_WatchedTransport())
         try:
             self._inner = _CappedOpenAIClient(**config)
         except ValueError:
@@ -310,8 +368,8 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
     def model(self) -> str:
         return self._model
 
-    def _error(self, exc: BaseException) -> ModelError:
-        error = model_error(exc, model=self._model, base_url=self._base_url)
+    def _error(self, exc: BaseException, sending: _Sending | None = None) -> ModelError:
+        error = model_error(exc, model=self._model, base_url=self._base_url, sending=sending)
         log.warning("model call failed: %s (%s)", error.message, error.kind)
         return error
 
@@ -330,6 +388,8 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
     ) -> CreateResult:
+        sending = _Sending()
+        _sending.set(sending)
         try:
             async with asyncio.timeout(self._timeout):
                 return await self._inner.create(
@@ -343,7 +403,7 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            raise self._error(exc) from exc
+            raise self._error(exc, sending) from exc
 
     async def create_stream(
         self,
@@ -368,6 +428,8 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
         )
         iterator = stream.__aiter__()
         began = False
+        sending = _Sending()
+        _sending.set(sending)
         try:
             while True:
                 try:
@@ -379,7 +441,7 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    error = self._error(exc)
+                    error = self._error(exc, sending)
                     if began and error.kind == "unavailable":
                         # The endpoint was reached and answered: the stream was cut off.
                         raise ModelError(
