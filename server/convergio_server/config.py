@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     connect_timeout_seconds: float = Field(
         5.0, gt=0, description="timeout for reaching PostgreSQL or Redis at start-up"
     )
+    db_command_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="longest a PostgreSQL statement may take before the call that made it "
+        "fails with UNAVAILABLE (a hung server does not hold calls for ever)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     log_format: Literal["json", "text"] = Field(
         "text", description="`json` for one JSON object per line, `text` for humans"

@@ -98,6 +98,7 @@ async def open_infrastructure(settings: Settings, *, migrate: bool = True) -> In
                 min_size=settings.db_pool_min,
                 max_size=settings.db_pool_max,
                 connect_timeout=settings.connect_timeout_seconds,
+                command_timeout=settings.db_command_timeout_seconds,
             )
         except Exception as exc:
             raise StartupError(

@@ -17,6 +17,9 @@ from convergio import AsyncClient, errors
 from convergio.common.v1 import common_pb2
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
+from convergio_server.domain.errors import Unavailable
+from convergio_server.domain.events.failures import error_event, outage_failure
+from convergio_server.domain.models.errors import ModelError
 from convergio_server.storage.redis import Keys
 
 from tests.conversations.conftest import TENANT, collect, kinds, member_key, new_conversation
@@ -205,3 +208,17 @@ async def test_a_log_failing_mid_turn_ends_the_turn_with_an_error(
     (error,) = [e.error for e in events if e.HasField("error")]
     assert error.reason == common_pb2.ERROR_REASON_UNAVAILABLE and error.retryable
     assert error.message.startswith("the conversation's event log could not be written")
+
+
+def test_a_store_outage_is_no_failure_of_the_tenants_turns() -> None:
+    # Turns ended by an unreachable store, or refused by a breaker, are neutral for the
+    # tenant's breaker; a model endpoint's failures count on the endpoint's own.
+    socket_gone = FileNotFoundError(2, "No such file or directory", "/srv/x/redis.sock")
+    assert outage_failure(Unavailable("Redis is unreachable; retry shortly"))
+    assert outage_failure(socket_gone)
+    assert not outage_failure(ModelError("model 'm' cannot be reached", kind="unavailable"))
+    assert not outage_failure(ValueError("a bug"))
+    # Said without the internal path the operating system named.
+    event = error_event(socket_gone)
+    assert event.reason == "UNAVAILABLE" and event.retryable
+    assert "/srv" not in event.message and "send the message again" in event.message

@@ -133,6 +133,62 @@ async def test_the_turn_of_a_dead_process_is_ended_by_another(
     assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
 
 
+async def test_the_turn_of_a_dead_process_ends_and_its_queue_runs_with_nobody_asking(
+    other_process: tuple[subprocess.Popen[str], str],
+    server: RunningServer,
+    tmp_path: Path,
+    pg_dsn: str,
+    redis_url: str,
+    redis_prefix: str,
+    streaming: None,
+) -> None:
+    process, target = other_process
+    # A server that sweeps every second (every lease period) for turns whose process died.
+    settings = server_settings(
+        tmp_path / "sweeping", pg_dsn, redis_url, redis_prefix, turn_lease_seconds=1.0
+    )
+    key = await member_key(server)
+    async with (
+        running_server(settings) as sweeping,
+        AsyncClient(target, api_key=key) as there,
+        AsyncClient(sweeping.target, api_key=key) as here,
+    ):
+        await wait_streaming(there)
+        cid = await new_conversation(there)
+        running = there.conversations.send(conversation_id=cid, content=LONG)
+        first = await running.__anext__()
+        queued = there.conversations.send(
+            conversation_id=cid, content="And the risks?", if_busy=pb.BUSY_POLICY_ENQUEUE
+        )
+        waiting = await queued.__anext__()
+        assert waiting.HasField("turn_queued")
+        process.kill()  # no chance to end its turn
+        process.wait()
+        await running.aclose()
+        await queued.aclose()
+        # Nobody sends, follows or cancels anything in the conversation: the sweep ends the
+        # dead process's turn, and the turn queued behind it runs.
+        async with asyncio.timeout(60):
+            while True:
+                got = await here.conversations.get_turn(
+                    conversation_id=cid, turn_id=waiting.turn_id
+                )
+                if got.turn.status == pb.TURN_STATUS_ENDED:
+                    break
+                await asyncio.sleep(0.2)
+        assert got.turn.stop_reason == events_pb2.STOP_REASON_COMPLETED
+        dead = await here.conversations.get_turn(conversation_id=cid, turn_id=first.turn_id)
+        assert dead.turn.stop_reason == events_pb2.STOP_REASON_ERROR
+        logged = [
+            r.event
+            async for r in here.conversations.stream_events(
+                conversation_id=cid, mode=pb.STREAM_EVENTS_MODE_REPLAY
+            )
+        ]
+        ends = [e for e in logged if e.HasField("turn_completed")]
+        assert [e.turn_id for e in ends] == [first.turn_id, waiting.turn_id]
+
+
 async def test_a_conversation_goes_on_after_a_restart(
     tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
 ) -> None:

@@ -153,3 +153,45 @@ async def test_turn_costs_add_up_to_the_ledger_exactly(priced: RunningServer) ->
     assert sum(costs) == billed
     assert sorted(Decimal(t.cost_usd) for t in turns.turns) == sorted(costs)
     assert Decimal(conversation.conversation.cost_usd) == billed
+
+
+async def test_a_cost_update_follows_each_model_call_as_the_ledger_has_it(
+    priced: RunningServer,
+) -> None:
+    async with tenant_client(priced, "updates") as client:
+        team = await client.conversations.create_conversation(
+            team=conversation_pb2.Team(agents=conversation_pb2.AgentNames(names=["luca", "amy"]))
+        )
+        turns = [
+            # Speaker selections and two agents' answers.
+            (team.conversation.conversation_id, "What is the refund policy budget risk?"),
+            # A call that chooses a tool, then the answer with its result.
+            (await amy_conversation(client), "What is the ROI of 100 for 130?"),
+        ]
+        for conversation_id, question in turns:
+            events = [e async for e in client.conversations.send(conversation_id, question)]
+            await priced.server.context.components["guards"].ledger.flush()
+            ledger = await client.costs.list_ledger_entries(conversation_id=conversation_id)
+            updates = [e.cost_update for e in events if e.HasField("cost_update")]
+            done = events[-1].turn_completed
+            assert len(updates) == len(ledger.entries) == done.usage.model_calls > 1
+            # Each update counts one more call, and what it adds is that call's ledger entry.
+            assert [u.turn_usage.model_calls for u in updates] == list(range(1, len(updates) + 1))
+            added, before = [], (0, 0, Decimal(0))
+            for update in updates:
+                now = (
+                    update.turn_usage.prompt_tokens,
+                    update.turn_usage.completion_tokens,
+                    Decimal(update.turn_cost_usd),
+                )
+                added.append((now[0] - before[0], now[1] - before[1], now[2] - before[2]))
+                before = now
+            assert sorted(added) == sorted(
+                (e.prompt_tokens, e.completion_tokens, Decimal(e.cost_usd)) for e in ledger.entries
+            )
+            assert before == (
+                done.usage.prompt_tokens, done.usage.completion_tokens, Decimal(done.cost_usd)
+            )  # fmt: skip
+        kinds = [e.WhichOneof("kind") for e in events]
+        # The tool-choosing call's update comes before the tool runs.
+        assert kinds.index("cost_update") < kinds.index("tool_call")

@@ -477,6 +477,21 @@ def test_model_key_refs_is_a_comma_separated_list(
         settings(tmp_path, model_key_refs="TEAM KEY")
 
 
+def test_the_openai_provider_needs_an_endpoint_or_a_key(tmp_path: Path) -> None:
+    # Without either, every call would go to the provider's own endpoint with no key.
+    bare = settings(tmp_path, model_key_refs="K")
+    with pytest.raises(InvalidArgument) as info:
+        check_selection(ModelSelection(provider="openai", model="gpt-4o-mini"), bare)
+    assert info.value.violations[0].field == "model.endpoint"
+    assert "base_url" in info.value.message and "api_key_ref" in info.value.message
+    check_selection(ModelSelection(provider="openai", base_url="http://h:8/v1"), bare)
+    check_selection(ModelSelection(provider="openai", api_key_ref="K"), bare, environ={"K": "v"})
+    configured = settings(tmp_path, openai_base_url="http://localhost:11434/v1")
+    check_selection(ModelSelection(provider="openai", model="llama3.1:8b"), configured)
+    keyed = settings(tmp_path, openai_api_key="sk-test")
+    check_selection(ModelSelection(provider="openai", model="gpt-4o-mini"), keyed)
+
+
 @pytest.mark.parametrize(
     ("selection", "field"),
     [

@@ -432,6 +432,19 @@ class PgConversationStore:
         )
         return [_turn(row) for row in rows]
 
+    async def long_running(self, older_than_seconds: float, limit: int) -> list[Conversation]:
+        rows = await self.pool.fetch(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c JOIN turns r "
+            "ON r.tenant_id = c.tenant_id AND r.conversation_id = c.id "
+            "AND r.id = c.active_turn_id "
+            "WHERE c.active_turn_id IS NOT NULL AND r.status = 'RUNNING' AND r.started "
+            "AND r.start_time < now() - make_interval(secs => $1) "
+            "ORDER BY r.start_time LIMIT $2",
+            older_than_seconds,
+            limit,
+        )
+        return [_conversation(row) for row in rows]
+
     async def get_turn(self, tenant_id: str, conversation_id: str, turn_id: str) -> Turn | None:
         row = await self.pool.fetchrow(
             f"SELECT {_TURN_COLUMNS} FROM turns "

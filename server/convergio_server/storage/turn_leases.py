@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 from collections.abc import Callable
@@ -104,10 +105,14 @@ class CancelChannel:
         """Call `on_cancel(turn_id, reason, detail)` for every request, until `close`."""
 
         async def run() -> None:
+            failures = 0
             while True:
                 try:
                     pubsub = self.blocking.pubsub(ignore_subscribe_messages=True)
                     await pubsub.subscribe(self.channel)
+                    if failures:
+                        log.info("turn cancel listener: subscribed again")
+                        failures = 0
                     try:
                         async for message in pubsub.listen():
                             if message.get("type") != "message":
@@ -120,10 +125,15 @@ class CancelChannel:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.warning("turn cancel listener: %s", exc)
-                    await asyncio.sleep(0.5)
+                    failures += 1
+                    if failures == 1 or failures % 30 == 0:  # Redis down: not a line a retry
+                        log.warning("turn cancel listener: %s (failure %d)", exc, failures)
+                    await asyncio.sleep(min(5.0, 0.25 * 2**failures))
 
-        self._task = asyncio.create_task(run(), name="turn-cancel-listener")
+        # A context of its own: it outlives the request that started it (and its log ids).
+        self._task = asyncio.create_task(
+            run(), name="turn-cancel-listener", context=contextvars.Context()
+        )
 
     async def close(self) -> None:
         if self._task is not None:

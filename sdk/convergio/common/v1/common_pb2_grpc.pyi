@@ -18,9 +18,11 @@ Conventions that hold across the whole v1 API:
   a token that does not fit is INVALID_ARGUMENT.
 * Calls that create something or act take a `request_id`: a client-chosen
   idempotency key of up to 128 characters, scoped to the tenant and the RPC
-  and remembered for at least 24 hours. A repeat returns the result of the
-  first call (the other fields of the repeat are not compared). Empty means
-  "no idempotency": such a call must not be retried blindly. The SDK always
+  (for SendMessage, to the conversation: it names the turn) and remembered
+  for at least 24 hours. A repeat of the same request returns the result of
+  the first call; the same key with a different request is INVALID_ARGUMENT.
+  Each RPC says which first errors a repeat returns again. Empty means "no
+  idempotency": such a call must not be retried blindly. The SDK always
   fills it in.
 * Every RPC declares `idempotency_level`; clients retry NO_SIDE_EFFECTS and
   IDEMPOTENT calls on UNAVAILABLE, and nothing else.

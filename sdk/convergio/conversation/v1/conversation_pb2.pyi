@@ -311,8 +311,8 @@ class Conversation(_message.Message):
     max_turns_per_message: _builtins.int
     """Most agent replies in one turn (the turn then ends with MAX_TURNS)."""
     speaker_policy: _builtins.str
-    """The speaker policy name, e.g. "simple" or "scoring". Empty = chosen per
-    turn by the `speaker_policy` feature flag.
+    """The speaker policy name: "simple" (built in), or a policy the deployment
+    registered. Empty = chosen per turn by the `speaker_policy` feature flag.
     """
     created_by: _builtins.str
     """The principal that created it."""
@@ -623,7 +623,7 @@ class Agent(_message.Message):
 
     @_builtins.property
     def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Names of the tools it may call, e.g. ["knowledge_search",
+        """Names of the tools it may call, e.g. ["search_knowledge_base",
         "financial_calculator"].
         """
 
@@ -784,8 +784,9 @@ class CreateConversationRequest(_message.Message):
     max_turns_per_message: _builtins.int
     """Most agent replies in one turn, 1 to 50. 0 = default 6."""
     speaker_policy: _builtins.str
-    """Speaker policy name, e.g. "simple" or "scoring". Empty = chosen per turn
-    by the `speaker_policy` feature flag. INVALID_ARGUMENT if unknown.
+    """Speaker policy name: "simple" (built in), or a policy the deployment
+    registered. Empty = chosen per turn by the `speaker_policy` feature flag.
+    INVALID_ARGUMENT if unknown (the message lists the valid names).
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:

@@ -429,9 +429,8 @@ class ScoreFactor(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """The factor: "expertise", "phase", "complexity", "collaboration",
-    "performance", "recency" or "urgency" (the scoring policy), or a
-    policy's own.
+    """The factor, as the policy names it (the "simple" policy scores
+    "expertise").
     """
     value: _builtins.float
     """The candidate's value for the factor, 0 to 1."""
@@ -501,7 +500,7 @@ class SpeakerSelected(_message.Message):
     round: _builtins.int
     """Number of this agent reply within the turn, from 1."""
     policy: _builtins.str
-    """The policy that chose, e.g. "simple" or "scoring"."""
+    """The policy that chose, e.g. "simple"."""
     reason: _builtins.str
     """A short human-readable reason, e.g. "highest expertise match: finance"."""
     @_builtins.property

@@ -35,15 +35,25 @@ class Meter:
     def __init__(self) -> None:
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        # Calls settled (ended, their usage added); one refused before it was sent is none.
         self.calls = 0
         self.cost = Decimal(0)
         self.failure: BaseException | None = None
+        # Told of each call settled (the turn reports its running cost then).
+        self.on_settled: Callable[[], None] | None = None
 
     def add(self, usage: RequestUsage | None, pricing: Pricing = free) -> None:
         if usage is not None:
             self.prompt_tokens += usage.prompt_tokens
             self.completion_tokens += usage.completion_tokens
             self.cost += pricing(usage.prompt_tokens, usage.completion_tokens)
+
+    def settled(self, usage: RequestUsage, pricing: Pricing = free) -> None:
+        """A call ended with `usage`."""
+        self.calls += 1
+        self.add(usage, pricing)
+        if self.on_settled is not None:
+            self.on_settled()
 
     @property
     def usage(self) -> Usage:
@@ -66,8 +76,8 @@ class MeteredClient(DelegatingChatCompletionClient):
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
     ) -> CreateResult:
-        self.meter.calls += 1
         before = self.inner.total_usage()
+        refused = False
         try:
             return await self.inner.create(
                 messages,
@@ -78,10 +88,11 @@ class MeteredClient(DelegatingChatCompletionClient):
                 cancellation_token=cancellation_token,
             )
         except Exception as exc:
-            self._failed(exc, before)
+            refused = self._failed(exc, before)
             raise
         finally:
-            self._settle(before)
+            if not refused:
+                self._settle(before)
 
     async def create_stream(
         self,
@@ -93,8 +104,8 @@ class MeteredClient(DelegatingChatCompletionClient):
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
     ) -> AsyncGenerator[str | CreateResult, None]:
-        self.meter.calls += 1
         before = self.inner.total_usage()
+        refused = False
         try:
             async for item in self.inner.create_stream(
                 messages,
@@ -106,22 +117,22 @@ class MeteredClient(DelegatingChatCompletionClient):
             ):
                 yield item
         except Exception as exc:
-            self._failed(exc, before)
+            refused = self._failed(exc, before)
             raise
         finally:
-            self._settle(before)
+            if not refused:
+                self._settle(before)
 
-    def _failed(self, exc: BaseException, before: RequestUsage) -> None:
+    def _failed(self, exc: BaseException, before: RequestUsage) -> bool:
+        """Note the failure; whether the guards refused the call before it was sent (budget,
+        open breaker): then no call was made, and the ledger has none."""
         if self.meter.failure is None:
             self.meter.failure = exc
-        if _refused(exc) and self.inner.total_usage() == before:
-            # Refused by the guards before it was sent (budget, open breaker): no call was
-            # made, and the ledger has none.
-            self.meter.calls -= 1
+        return _refused(exc) and self.inner.total_usage() == before
 
     def _settle(self, before: RequestUsage) -> None:
         after = self.inner.total_usage()
-        self.meter.add(
+        self.meter.settled(
             RequestUsage(
                 prompt_tokens=max(0, after.prompt_tokens - before.prompt_tokens),
                 completion_tokens=max(0, after.completion_tokens - before.completion_tokens),

@@ -68,7 +68,7 @@ from convergio_server.domain.conversations.selection import Plan
 from convergio_server.domain.conversations.store import ConversationStore
 from convergio_server.domain.conversations.turn_stats import TurnStats
 from convergio_server.domain.errors import Unavailable
-from convergio_server.domain.events.failures import endpoint_failure, error_event
+from convergio_server.domain.events.failures import endpoint_failure, error_event, outage_failure
 from convergio_server.domain.events.log import EventLog
 from convergio_server.domain.events.model import (
     BudgetAlert,
@@ -120,6 +120,7 @@ _END = object()
 _CANCEL = object()
 _FLUSH = object()  # the coalescing window of the pending token chunks has closed
 _SELECTED = object()  # the team's selector chose a speaker
+_SETTLED = object()  # a model call ended: its usage and cost are the turn's
 
 
 @dataclass(slots=True)
@@ -336,6 +337,7 @@ class TurnExecution:
         self.lease_released = False  # renewed by the runner until then
         self.server_stopping = False  # ended because this process is shutting down
         self.endpoint_failed = False  # ended by its model endpoint (see `endpoint_failure`)
+        self.outage = False  # ended because a store was unreachable (see `outage_failure`)
         self._team_reusable = False  # the team holds exactly the state it saved
         self.team_kept = False  # see `kept_teams.py`
         self._in_hand: BuiltTeam | None = None  # the team `_prepare` is making ready
@@ -720,6 +722,7 @@ class TurnExecution:
         self._plan = team.plan
         if team.plan is not None:
             team.plan.on_select = lambda: self.put(_SELECTED)
+        team.meter.on_settled = lambda: self.put(_SETTLED)
 
         async def pump() -> None:
             try:
@@ -778,6 +781,10 @@ class TurnExecution:
                     continue
                 if item is _SELECTED:
                     self._announce_next()
+                    continue
+                if item is _SETTLED:
+                    self._emit_delta()
+                    self.post(self._cost_update())
                     continue
                 if item is _END or item is _CANCEL:
                     break
@@ -867,6 +874,7 @@ class TurnExecution:
             cause = team.meter.failure or failure
             log.warning("turn %s: the team failed: %s", self.turn.id, cause)
             self.endpoint_failed = endpoint_failure(cause)
+            self.outage = outage_failure(cause)
             error = error_event(cause)
             return TurnOutcome(stop_reason=_stop_reason(error), stop_detail=error.message), error
         stop_reason, detail = COMPLETED, ""
@@ -936,12 +944,12 @@ class TurnExecution:
                 cost_usd=money(cost),
             )
         )
-        self.post(
-            CostUpdate(
-                turn_usage=self.meter.usage,
-                turn_cost_usd=money(self.meter.cost),
-                conversation_cost_usd=money(self.conversation.cost_usd + self.meter.cost),
-            )
+
+    def _cost_update(self) -> CostUpdate:
+        return CostUpdate(
+            turn_usage=self.meter.usage,
+            turn_cost_usd=money(self.meter.cost),
+            conversation_cost_usd=money(self.conversation.cost_usd + self.meter.cost),
         )
 
     async def _finish(
@@ -1007,8 +1015,8 @@ class TurnExecution:
                 outcome.stop_reason == ERROR and not self.server_stopping,
                 ordinary=outcome.stop_reason in (COMPLETED, MAX_TURNS),
                 # A failing model endpoint counts on its own breaker: one caller's broken
-                # endpoint must not shut the whole tenant out.
-                neutral=self.endpoint_failed,
+                # endpoint must not shut the whole tenant out; nor must a store's outage.
+                neutral=self.endpoint_failed or self.outage,
             )
         return next_turn
 
@@ -1178,6 +1186,8 @@ class TurnRunner:
         self.stats = TurnStats()  # for the metrics
         self._renewer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # Ends the turns of processes that died (set by the service, which owns the reaper).
+        self.reap_dead: Callable[[], Awaitable[int]] | None = None
         # Cancels of turns that were not running here when asked: (reason, detail, until).
         self._early_cancels: dict[str, tuple[str, str, float]] = {}
         self.stopping = False  # shutting down: promoted turns are left to other servers
@@ -1349,10 +1359,16 @@ class TurnRunner:
                 await self.sweep()
             except Exception as exc:
                 log.warning("looking for promoted turns nobody started failed: %s", exc)
+            if self.reap_dead is not None:
+                try:
+                    await self.reap_dead()
+                except Exception as exc:
+                    log.warning("looking for turns of dead processes failed: %s", exc)
             await asyncio.sleep(self.config.lease_seconds)
 
     async def start_sweeping(self) -> None:
-        """Look for promoted turns that nobody started, at once and then every lease period."""
+        """Look for promoted turns that nobody started, and for running turns whose process
+        died, at once and then every lease period."""
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_now_and_then(), name="turn-sweeper")
 

@@ -42,6 +42,7 @@ from convergio_server.domain.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    Unavailable,
     server_stopping,
 )
 from convergio_server.domain.events.log import EventLog, Subscription
@@ -146,6 +147,7 @@ class ConversationService:
         self.guards = guards
         self.publish_cancel = publish_cancel
         self.config = config
+        runner.reap_dead = self.reap_dead_turns
 
     def drain(self) -> None:
         """The server begins to stop: streams that follow nothing running here end now
@@ -516,11 +518,7 @@ class ConversationService:
         prepared = self.runner.prepare(principal, conversation, turn) if leased is True else None
         try:
             admitted = await self._admit(turn, enqueue, held=leased)
-            if (
-                admitted.busy
-                and not admitted.queue_full
-                and await self._reap_orphans(principal, conversation)
-            ):
+            if admitted.busy and not admitted.queue_full and await self._reap_orphans(conversation):
                 if prepared is not None:  # built before the reaper changed the conversation
                     prepared.discard()
                     prepared = None
@@ -673,7 +671,7 @@ class ConversationService:
                         f"conversation {conversation_id} was deleted",
                         metadata={"conversation_id": conversation_id},
                     )
-                await self._reap_orphans(principal, conversation)
+                await self._reap_orphans(conversation)
                 # (half a tick of slack: a wake-up a little early still sends it on time)
                 if time.monotonic() - quiet_since >= heartbeat - tick / 2:
                     quiet_since = time.monotonic()
@@ -715,7 +713,7 @@ class ConversationService:
         if not self.runner.cancel_local(turn_id, stop_reason, detail):
             holder = await self.leases.holder(principal.tenant_id, conversation_id)
             if holder is None:
-                await self._reap_orphans(principal, conversation)
+                await self._reap_orphans(conversation)
                 # (a promoted turn that nobody had started may have started here meanwhile)
                 self.runner.cancel_local(turn_id, stop_reason, detail)
             else:
@@ -756,7 +754,23 @@ class ConversationService:
             )
         return ended
 
-    async def _reap_orphans(self, principal: Principal, conversation: Conversation) -> bool:
+    async def reap_dead_turns(self) -> int:
+        """End the running turns whose process died (their lease expired), found by the
+        runner's sweep rather than when their conversation is next used: their clients learn
+        how they ended, and the turns queued behind them start. Returns how many ended."""
+        reaped = 0
+        # A turn younger than a lease cannot have lost its lease yet.
+        for conversation in await self.store.long_running(self.runner.config.lease_seconds, 100):
+            try:
+                reaped += await self._reap_orphans(conversation)
+            except Unavailable as exc:  # a store is down: the next sweep tries again
+                log.warning("could not end the turns of dead processes: %s", exc)
+                break
+            except Exception as exc:
+                log.warning("could not end the running turn of %s: %s", conversation.id, exc)
+        return reaped
+
+    async def _reap_orphans(self, conversation: Conversation) -> bool:
         """End the running turn of a process that died (its lease expired) with an Error
         and a TurnCompleted; returns whether one was ended. A promoted turn that its process
         did not start is started here instead."""

@@ -97,6 +97,11 @@ class ConversationStore(Protocol):
         """Promoted turns of every tenant that no server started yet, oldest first."""
         ...
 
+    async def long_running(self, older_than_seconds: float, limit: int) -> list[Conversation]:
+        """Conversations of every tenant whose running turn started more than so long ago,
+        oldest first: where to look for turns whose process died."""
+        ...
+
     async def get_turn(self, tenant_id: str, conversation_id: str, turn_id: str) -> Turn | None: ...
 
     async def list_turns(

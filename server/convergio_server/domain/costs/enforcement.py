@@ -347,6 +347,7 @@ class CostGuards:
                         await scope.alerts(alert)
                     except Exception:
                         log.exception("the turn's alert sink failed")
-        except Unavailable:
+        except Unavailable as exc:
             # The reservation stays counted (the safe side); the ledger has the real cost.
-            log.warning("could not settle a model call's reservation", exc_info=True)
+            # An outage says what it is: no traceback per call.
+            log.warning("could not settle a model call's reservation: %s", exc)

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from convergio_server.domain.costs.prices import ModelPrice
+from convergio_server.domain.errors import Unavailable
 
 log = logging.getLogger(__name__)
 # Entries kept while PostgreSQL is unreachable; beyond this the oldest are dropped (logged).
@@ -92,6 +93,8 @@ class LedgerWriter:
             self._wake.clear()
             try:
                 await self.flush()
+            except (Unavailable, OSError) as exc:  # PostgreSQL down: no traceback each time
+                log.warning("cost ledger write failed; retrying: %s", exc)
             except Exception:
                 log.warning("cost ledger write failed; retrying", exc_info=True)
 

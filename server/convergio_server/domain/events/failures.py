@@ -36,6 +36,24 @@ _DOMAIN_CODES = {
 }
 
 
+def outage_failure(exc: BaseException) -> bool:
+    """Whether a turn ended by `exc` failed because a store it needs (PostgreSQL, Redis) was
+    unreachable, or a breaker refused it: nothing the tenant's turns did, so nothing for the
+    tenant's breaker to count (a short outage must not shut the tenant out after it)."""
+    if isinstance(exc, OSError):
+        return True
+    cause = domain_cause(exc)
+    return (
+        cause is not None
+        and not isinstance(cause, ModelError)
+        and cause.reason
+        in (
+            "UNAVAILABLE",
+            "CIRCUIT_OPEN",
+        )
+    )
+
+
 def endpoint_failure(exc: BaseException) -> bool:
     """Whether a turn ended by `exc` failed because of its model endpoint: a model call that
     failed, or a call refused by the endpoint's open breaker. Such failures count on the
@@ -74,6 +92,16 @@ def error_event(exc: BaseException) -> ErrorOccurred:
             retryable=code == 14 or cause.reason == "RATE_LIMITED",
             retry_delay=float(retry or 0.0),
             metadata=dict(cause.metadata),
+        )
+    if isinstance(exc, OSError):
+        # A store's socket or host (its text names internal paths and addresses: not said).
+        return ErrorOccurred(
+            code=14,
+            reason="UNAVAILABLE",
+            message="the turn could not reach a store it needs (PostgreSQL or Redis); "
+            "send the message again",
+            retryable=True,
+            retry_delay=1.0,
         )
     text = str(exc) or type(exc).__name__
     return ErrorOccurred(

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,14 +26,18 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from convergio_server.domain.background import cancel_and_wait
-from convergio_server.domain.errors import NotFound
+from convergio_server.domain.errors import NotFound, Unavailable
 from convergio_server.domain.events.model import Event, EventBody, decode, encode
 
 log = logging.getLogger(__name__)
 
 _PAGE = 1000
+# A failure that repeats (a store down) is logged the first time, then once in so many.
+_SAY_AGAIN_EVERY = 30
 # How long appended events whose durable write failed (PostgreSQL down) are retried.
 DURABLE_RETRY_SECONDS = 120.0
+# ...and once the process is stopping.
+CLOSING_RETRY_SECONDS = 5.0
 _LOCAL_POLL_SECONDS = 1.0
 # How long a subscription made for a turn about to start here waits for it before it reads
 # Redis instead (the turn was queued, or runs elsewhere).
@@ -94,7 +100,8 @@ class DurableEvents(Protocol):
     async def insert(self, tenant_id: str, event: Event) -> None: ...
 
     async def insert_many(self, rows: list[tuple[str, Event]]) -> None:
-        """Raises NotFound when the events' conversation no longer exists."""
+        """Raises NotFound when the events' conversation no longer exists, Unavailable when
+        PostgreSQL cannot be reached (worth retrying: rows written already are skipped)."""
         ...
 
     async def range(
@@ -217,6 +224,7 @@ class _DurableWriter:
         self.batch = batch
         self.queue: asyncio.Queue[tuple[str, Event, asyncio.Future[None]]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
+        self.give_up_at = math.inf
 
     def put(self, tenant_id: str, event: Event) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -230,17 +238,42 @@ class _DurableWriter:
             items = [self.queue.get_nowait()]
             while len(items) < self.batch and not self.queue.empty():
                 items.append(self.queue.get_nowait())
+            await self._write(items)
+
+    async def _write(self, items: list[tuple[str, Event, asyncio.Future[None]]]) -> None:
+        """Write a batch; while PostgreSQL fails, retried (a row written already is skipped)
+        up to DURABLE_RETRY_SECONDS, or until shortly after `close`: the events are in Redis
+        already, and must not be appended again (that would log them twice)."""
+        rows = [(tenant, event) for tenant, event, _ in items]
+        delay, deadline = 0.1, time.monotonic() + DURABLE_RETRY_SECONDS
+        while True:
             try:
-                await self.durable.insert_many([(tenant, event) for tenant, event, _ in items])
+                await self.durable.insert_many(rows)
+                break
+            except Unavailable as exc:
+                give_up = min(deadline, self.give_up_at)
+                if time.monotonic() + delay > give_up:
+                    log.error(
+                        "%d events (%s...) could not be stored in PostgreSQL: %s",
+                        len(rows), _first_of(rows), exc,
+                    )  # fmt: skip
+                    for _, _, done in items:
+                        if not done.done():
+                            done.set_exception(exc)
+                            done.exception()  # retrieved: the waiter, if any, re-raises
+                    return
+                log.warning("events not stored yet, retrying in %.1f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
             except Exception:
-                # One bad row (e.g. its conversation was just deleted) must not lose the
-                # others of the batch: write them one by one.
+                # A row PostgreSQL refuses (its conversation was just deleted, say): the
+                # others are kept, one by one.
                 for item in items:
                     await self._write_one(*item)
-                continue
-            for _, _, done in items:
-                if not done.done():
-                    done.set_result(None)
+                return
+        for _, _, done in items:
+            if not done.done():
+                done.set_result(None)
 
     async def _write_one(self, tenant_id: str, event: Event, done: asyncio.Future[None]) -> None:
         try:
@@ -260,6 +293,8 @@ class _DurableWriter:
             done.set_result(None)
 
     async def close(self) -> None:
+        # Stopping: what PostgreSQL still refuses is retried a little longer, not minutes.
+        self.give_up_at = time.monotonic() + CLOSING_RETRY_SECONDS
         while self.task is not None and not self.task.done():
             await asyncio.wait({self.task})
             if not self.queue.empty():
@@ -376,43 +411,18 @@ class EventLog:
             if terminal is not None:
                 # Before this process's subscribers see the turn end, so that a client
                 # holding its TurnCompleted can replay the whole turn from PostgreSQL.
-                await self._stored(tenant_id, terminal, events)
+                await self._stored(terminal)
         finally:
             if channel is not None:
                 for queue in channel.subscribers:
                     queue.deliver(events)
         return events
 
-    async def _stored(
-        self, tenant_id: str, written: asyncio.Future[None], events: list[Event]
-    ) -> None:
-        """Wait for the durable write of appended events. They are in Redis already: a
-        failed write is retried here, never by appending them again (that would log them
-        twice, under new sequences), and given up after DURABLE_RETRY_SECONDS."""
-        try:
+    async def _stored(self, written: asyncio.Future[None]) -> None:
+        """Wait for the durable write of appended events (the writer retries it while
+        PostgreSQL fails; what it gave up on, it logged)."""
+        with contextlib.suppress(Exception):
             await written
-            return
-        except Exception as exc:
-            failure: Exception = exc
-        rows = [(tenant_id, e) for e in events if e.body.DURABLE]
-        delay, deadline = 0.1, time.monotonic() + DURABLE_RETRY_SECONDS
-        while time.monotonic() < deadline:
-            log.warning(
-                "events of %s not stored yet, retrying: %s", events[0].conversation_id, failure
-            )
-            await asyncio.sleep(delay)
-            delay = min(2.0, delay * 2)
-            try:
-                await self.durable.insert_many(rows)  # (a row stored already is skipped)
-                return
-            except NotFound:
-                return
-            except Exception as exc:
-                failure = exc
-        log.error(
-            "events %d-%d of %s could not be stored in PostgreSQL: %s",
-            events[0].sequence, events[-1].sequence, events[0].conversation_id, failure,
-        )  # fmt: skip
 
     def wake_readers(self) -> None:
         """Have every live reader of this process look up from its wait (it yields a
@@ -574,8 +584,11 @@ class EventLog:
         channel.subscribers.add(queue)
         if channel.task is None or channel.task.done():
             channel.ready.clear()
+            # A context of its own: it serves every reader, not the request that started it.
             channel.task = asyncio.create_task(
-                self._pump(key, channel), name=f"events:{conversation_id}"
+                self._pump(key, channel),
+                name=f"events:{conversation_id}",
+                context=contextvars.Context(),
             )
         return queue, channel
 
@@ -649,7 +662,10 @@ class EventLog:
                 raise
             except Exception as exc:  # Redis down: retry; subscribers fill gaps later
                 failures += 1
-                log.warning("event follower of %s: %s", conversation_id, exc)
+                if failures == 1 or failures % _SAY_AGAIN_EVERY == 0:  # not a line a retry
+                    log.warning(
+                        "event follower of %s: %s (failure %d)", conversation_id, exc, failures
+                    )
                 await asyncio.sleep(min(2.0, 0.05 * 2**failures))
                 continue
             if not entries:
@@ -675,6 +691,11 @@ class EventLog:
 
 def _nothing() -> None:
     pass
+
+
+def _first_of(rows: list[tuple[str, Event]]) -> str:
+    event = rows[0][1]
+    return f"{event.conversation_id} #{event.sequence}"
 
 
 def _with_sequence(raw: bytes, sequence: int) -> Event:

@@ -208,6 +208,18 @@ def check_selection(
         )
     if selection.timeout_seconds is not None and selection.timeout_seconds <= 0:
         raise InvalidArgument.for_field(f"{field}.endpoint.timeout", "must be positive")
+    if (
+        selection.provider == "openai"
+        and not (selection.base_url or selection.api_key_ref)
+        and not (settings.openai_base_url or _default_key(settings))
+    ):
+        # It would call the provider's own endpoint without a key: every turn would fail.
+        raise InvalidArgument.for_field(
+            f"{field}.endpoint",
+            "is needed: this server has no default OpenAI-compatible endpoint or key "
+            "(CONVERGIO_OPENAI_BASE_URL, CONVERGIO_OPENAI_API_KEY); give a base_url, or an "
+            "api_key_ref for the provider's own endpoint",
+        )
 
 
 def create_model_client(

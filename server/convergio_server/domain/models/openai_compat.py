@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT_TOKENS = 128_000
 # Used when the selection gives no model info and the client library does not know the name.
+# Where a selection without a base URL sends its calls (the client library's default).
+PROVIDER_URL = "https://api.openai.com/v1"
+
 UNKNOWN_MODEL_INFO: ModelInfo = {
     "vision": False,
     "function_calling": True,
@@ -131,7 +134,7 @@ def model_error(
 ) -> ModelError:
     """The ModelError for an exception raised by a call to `model` at `base_url`; with
     `sending`, what its HTTP attempts did."""
-    where = f"model {model!r} at {base_url or 'the default endpoint'}"
+    where = f"model {model!r} at {base_url or PROVIDER_URL}"
     if isinstance(exc, ModelError):
         return exc
     if isinstance(exc, TimeoutError | openai.APITimeoutError):
@@ -446,7 +449,7 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
                         # The endpoint was reached and answered: the stream was cut off.
                         raise ModelError(
                             f"model {self._model!r} at "
-                            f"{self._base_url or 'the default endpoint'} cut its stream off "
+                            f"{self._base_url or PROVIDER_URL} cut its stream off "
                             f"before the end ({exc.__cause__ or exc})",
                             kind="invalid_response",
                         ) from exc
@@ -457,7 +460,7 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
                     # reason; without one the stream was cut or was not that protocol.
                     raise self._error(
                         ModelError(
-                            f"model {self._model!r} at {self._base_url or 'the default endpoint'}"
+                            f"model {self._model!r} at {self._base_url or PROVIDER_URL}"
                             " ended its stream without a finish reason (truncated, or not the "
                             "OpenAI protocol)",
                             kind="invalid_response",
