@@ -326,3 +326,34 @@ async def test_the_first_token_is_not_held_for_a_reader_behind(
     deltas = [e.token_delta.text for e in sent if e.HasField("token_delta")]
     assert len(deltas[0].split()) == 1
     assert max(len(text.split()) for text in deltas[1:]) >= 3
+
+
+async def test_an_append_retried_after_its_answer_was_lost_appends_nothing_twice(
+    conv: AsyncClient, server: RunningServer
+) -> None:
+    # Redis stalled past the client's timeout, then ran the append: the turn does not know,
+    # and sends the same events again (with what it posted since). Its ordinals tell.
+    cid = await new_conversation(conv)
+    events = server.server.context.components["conversations"].events
+    turn_id = "00000000-0000-4000-8000-000000000002"
+    bodies = [
+        SpeakerSelected(agent=f"agent{i}", round=i, policy="single", reason="") for i in range(1, 5)
+    ]
+    first = await events.append_many(
+        TENANT, cid, turn_id, [(b, None) for b in bodies[:3]], range(1, 4)
+    )
+    assert [e.sequence for e in first] == [1, 2, 3]
+    again = await events.append_many(
+        TENANT, cid, turn_id, [(b, None) for b in bodies[1:]], range(2, 5)
+    )
+    # The two already there keep their numbers; only the new one is appended.
+    assert [e.sequence for e in again] == [2, 3, 4]
+    stream = Keys(server.settings.redis_prefix).k("conv", TENANT, cid, "events")
+    assert await server.infra.redis.xlen(stream) == 4
+    # One that left the live window meanwhile is not appended again either.
+    await server.infra.redis.xtrim(stream, maxlen=0)
+    gone = await events.append_many(TENANT, cid, turn_id, [(bodies[3], None)], [4])
+    assert gone == [] and await server.infra.redis.xlen(stream) == 0
+    # Appends without ordinals (other processes' events for the turn) are as before.
+    other = await events.append(TENANT, cid, turn_id, bodies[0])
+    assert other.sequence == 5

@@ -24,12 +24,39 @@ from convergio_server.storage.redis_pipe import PipelinedRedis
 # step: each stream is in sequence order whoever appends, and the batch costs one command.
 # Each event is also noted as the latest of its turn. KEYS: per event, its conversation's
 # counter, stream and turns hash. ARGV: maxlen, window ms, counter ttl ms, then per event:
-# payload, seed ('' = answer -1 when the counter is missing), turn id. Answers per event its
-# sequence, -1, or "ERR <message>" when that event failed (the others still count).
+# payload, seed ('' = answer -1 when the counter is missing), turn id, ordinal. The ordinal
+# (1, 2, ... within the turn; 0 = none) makes the append idempotent: an event whose ordinal
+# the turn already reached was appended by an earlier call whose answer was lost (Redis
+# stalled past the client's timeout, then ran it): it is not appended again, and its
+# sequence is answered, found near the stream's top (-2 when no longer there). Answers per
+# event its sequence, -1, -2, or "ERR <message>" when that event failed (the others still
+# count).
 _APPEND = """
 local maxlen, window, ttl = ARGV[1], ARGV[2], ARGV[3]
 local out, touched = {}, {}
-local function append(counter, stream, turns, payload, seed, turn)
+local function appended_before(stream, mark)
+  local recent = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 2000)
+  for _, entry in ipairs(recent) do
+    local fields = entry[2]
+    for f = 1, #fields - 1, 2 do
+      if fields[f] == 'o' and fields[f + 1] == mark then
+        return tonumber(string.match(entry[1], '^(%d+)'))
+      end
+    end
+  end
+  return -2
+end
+local reached_of = {}  -- per turn: the ordinal it reached (one HGET per turn and call)
+local function append(counter, stream, turns, payload, seed, turn, ordinal)
+  local mark
+  if ordinal ~= '0' then
+    mark = turn .. '#' .. ordinal
+    local reached = reached_of[turns .. turn]
+    if reached == nil then
+      reached = tonumber(redis.call('HGET', turns, turn .. '#') or '0')
+    end
+    if tonumber(ordinal) <= reached then return appended_before(stream, mark) end
+  end
   if redis.call('EXISTS', counter) == 0 then
     if seed == '' then return -1 end
     local start = tonumber(seed)
@@ -41,15 +68,21 @@ local function append(counter, stream, turns, payload, seed, turn)
     redis.call('SET', counter, start)
   end
   local seq = redis.call('INCR', counter)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'e', payload)
-  redis.call('HSET', turns, turn, seq)
+  if mark then
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'e', payload, 'o', mark)
+    redis.call('HSET', turns, turn, seq, turn .. '#', ordinal)
+    reached_of[turns .. turn] = tonumber(ordinal)
+  else
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'e', payload)
+    redis.call('HSET', turns, turn, seq)
+  end
   touched[counter], touched[turns], touched[stream] = ttl, ttl, window
   return seq
 end
 for i = 1, #KEYS / 3 do
-  local k, a = (i - 1) * 3, 3 + (i - 1) * 3
+  local k, a = (i - 1) * 3, 3 + (i - 1) * 4
   local ok, result = pcall(append, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3],
-    ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+    ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
   if ok then
     out[i] = result
   else
@@ -71,6 +104,7 @@ class _Request:
     seed: str  # "" = no seed
     turn_id: str
     payloads: list[bytes]
+    ordinals: Sequence[int] | None  # None = not idempotent
     done: asyncio.Future[list[int]]
 
 
@@ -134,6 +168,7 @@ class RedisLiveEvents:
         turn_id: str,
         payloads: Sequence[bytes],
         seed: int | None,
+        ordinals: Sequence[int] | None = None,
     ) -> list[int | None]:
         # Group commit: one script call in flight per process; the appends that come while
         # it runs (many conversations streaming at once) go together in the next one. One
@@ -144,13 +179,15 @@ class RedisLiveEvents:
             "" if seed is None else str(seed),
             turn_id,
             list(payloads),
+            ordinals,
             asyncio.get_running_loop().create_future(),
         )
         self._pending.append(request)
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_pending(), name="event-appends")
         results: list[int] = await request.done
-        return [None if sequence < 0 else sequence for sequence in results]
+        # -1: the counter is missing (None); -2: appended before, out of the window now (0).
+        return [sequence if sequence > 0 else None if sequence == -1 else 0 for sequence in results]
 
     async def _send_pending(self) -> None:
         while self._pending:
@@ -194,9 +231,10 @@ class RedisLiveEvents:
         keys: list[str] = []
         args: list[Any] = [self.max_entries, self.window_ms, self.counter_ttl_ms]
         for request in batch:
-            for payload in request.payloads:
+            ordinals = request.ordinals or [0] * len(request.payloads)
+            for payload, ordinal in zip(request.payloads, ordinals, strict=True):
                 keys += request.keys
-                args += (payload, request.seed, request.turn_id)
+                args += (payload, request.seed, request.turn_id, ordinal)
         results: list[Any] = await self._append(keys=keys, args=args)
         return results
 

@@ -318,6 +318,11 @@ class TurnExecution:
         # Events posted by the turn and not yet in the log; one writer task appends them in
         # order, in batches, so the team never waits for Redis between tokens.
         self._outbox: list[tuple[EventBody, datetime | None]] = []
+        # The turn's events are numbered 1, 2, ... as posted (the ordinal of the outbox's
+        # first): a retried append whose first attempt Redis ran after all appends nothing
+        # twice. The first `_sealed` items of the outbox are such a retry: none joins them.
+        self._outbox_base = 1
+        self._sealed = 0
         self._outbox_empty = asyncio.Event()
         self._outbox_empty.set()
         self._outbox_writer: asyncio.Task[None] | None = None
@@ -470,7 +475,7 @@ class TurnExecution:
         events that end the turn (`ending`), which must be queued whatever happened."""
         if not ending:
             self._raise_outbox_failure()
-        if type(body) is TokenDelta and self._outbox:
+        if type(body) is TokenDelta and len(self._outbox) > self._sealed:
             # The log is behind (the last append has not returned): the text joins the
             # delta that waits with it rather than making one more event. Under load, deltas
             # grow instead of piling up; no token waits longer than it would have.
@@ -518,9 +523,15 @@ class TurnExecution:
                 ):
                     await self._hold()
                 batch, self._outbox = self._outbox, []
+                base, self._sealed = self._outbox_base, 0
+                self._outbox_base = base + len(batch)
                 try:
                     logged = await self.runner.events.append_many(
-                        self.tenant_id, self.conversation.id, self.turn.id, batch
+                        self.tenant_id,
+                        self.conversation.id,
+                        self.turn.id,
+                        batch,
+                        range(base, base + len(batch)),
                     )
                 except Exception as exc:
                     log.warning("turn %s: events could not be logged: %s", self.turn.id, exc)
@@ -529,9 +540,11 @@ class TurnExecution:
                         self.first_logged.set_exception(exc)
                         self.first_logged.exception()  # retrieved: the starter may be gone
                     # Kept, in order, for the next attempt: the turn's end must be logged.
+                    # (Redis may have run this one after all: the ordinals tell it.)
                     self._outbox[:0] = batch
+                    self._outbox_base, self._sealed = base, len(batch)
                     return
-                if not self.first_logged.done():
+                if logged and not self.first_logged.done():
                     self.first_logged.set_result(logged[0].sequence)
                 if not self._delta_logged:
                     self._delta_logged = any(type(body) is TokenDelta for body, _ in batch)

@@ -58,10 +58,13 @@ class LiveEvents(Protocol):
         turn_id: str,
         payloads: Sequence[bytes],
         seed: int | None,
+        ordinals: Sequence[int] | None = None,
     ) -> list[int | None]:
         """Allocate the next sequences and append, in order; None for each event when the
         counter is missing and no seed was given (the caller then seeds it from the durable
-        log)."""
+        log). With `ordinals` (each event's number within its turn, growing), an event
+        appended before by a call whose answer was lost is not appended again: its sequence
+        is answered, or 0 when it is no longer in the live window."""
         ...
 
     async def start(self, tenant_id: str, conversation_id: str) -> None:
@@ -361,13 +364,17 @@ class EventLog:
         conversation_id: str,
         turn_id: str,
         items: list[tuple[EventBody, datetime | None]],
+        ordinals: Sequence[int] | None = None,
     ) -> list[Event]:
         """Append events of one turn in this order: one Redis round trip for all of them
         (shared with the appends of other conversations made meanwhile), then one hand-over
-        to this process's subscribers."""
+        to this process's subscribers. With `ordinals` (see `LiveEvents.append`), a retry
+        after a failure whose outcome is unknown (a timeout) appends nothing twice."""
         stamped = [(body, event_time or datetime.now(UTC)) for body, event_time in items]
         payloads = [encode(conversation_id, turn_id, 0, now, body) for body, now in stamped]
-        sequences = await self.live.append(tenant_id, conversation_id, turn_id, payloads, None)
+        sequences = await self.live.append(
+            tenant_id, conversation_id, turn_id, payloads, None, ordinals
+        )
         missing = [i for i, sequence in enumerate(sequences) if sequence is None]
         if missing:
             # The counter is missing (Redis lost it, or it expired): seed it from the durable
@@ -378,9 +385,10 @@ class EventLog:
                 self._appended.get((tenant_id, conversation_id), 0),
             )
             again = [payloads[i] for i in missing]
+            numbers = None if ordinals is None else [ordinals[i] for i in missing]
             for i, sequence in zip(
                 missing,
-                await self.live.append(tenant_id, conversation_id, turn_id, again, seed),
+                await self.live.append(tenant_id, conversation_id, turn_id, again, seed, numbers),
                 strict=True,
             ):
                 sequences[i] = sequence
@@ -388,10 +396,12 @@ class EventLog:
             (
                 Event(conversation_id, turn_id, sequence, now, body)
                 for sequence, (body, now) in zip(sequences, stamped, strict=True)
-                if sequence is not None
+                if sequence  # (0: appended before, out of the window: gone)
             ),
             key=lambda event: event.sequence,
         )
+        if not events:
+            return events
         key = (tenant_id, conversation_id)
         if key in self._writers:
             self._appended[key] = max(self._appended.get(key, 0), events[-1].sequence)

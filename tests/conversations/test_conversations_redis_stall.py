@@ -1,0 +1,89 @@
+"""Redis stalling mid-turn (a pause longer than the client's timeout, after which it runs
+what it was sent): the turn ends once, and its events are in the log once each."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from convergio import AsyncClient, RetryPolicy
+from convergio.conversation.v1 import conversation_pb2 as pb
+from convergio_server.storage.embedded import EmbeddedRedis
+
+from tests.conversations.conftest import kinds, member_key, new_conversation, wait_streaming
+from tests.support.server import RunningServer, running_server, server_settings
+
+
+@pytest.fixture
+async def stalling(
+    tmp_path_factory: pytest.TempPathFactory, pg_dsn: str
+) -> AsyncIterator[tuple[RunningServer, int]]:
+    """A paced server on a Redis of its own (and its pid, to pause it), whose client gives up
+    on Redis after one second."""
+    private = EmbeddedRedis(tmp_path_factory.mktemp("stall-redis"))
+    await asyncio.to_thread(private.start)
+    settings = server_settings(
+        tmp_path_factory.mktemp("stall"), pg_dsn, private.url, "cvgtest-stall",
+        offline_tokens_per_second=30.0, connect_timeout_seconds=1.0,
+    )  # fmt: skip
+    try:
+        async with running_server(settings) as running:
+            pid = int((await running.infra.redis.info("server"))["process_id"])
+            yield running, pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await asyncio.to_thread(private.stop)
+
+
+async def test_a_redis_stall_mid_turn_duplicates_no_event(
+    stalling: tuple[RunningServer, int], streaming: None
+) -> None:
+    running, pid = stalling
+    key = await member_key(running)
+    once = RetryPolicy(max_attempts=1, resume_window_seconds=0)
+    async with AsyncClient(running.target, api_key=key, retry=once) as client:
+        await wait_streaming(client)
+        cid = await new_conversation(client)
+        stream = client.conversations.send(
+            conversation_id=cid, content="How do I plan a product launch?"
+        )
+        seen = []
+        async for event in stream:
+            seen.append(event)
+            if kinds(seen).count("token_delta") == 3:
+                break
+        os.kill(pid, signal.SIGSTOP)  # appends time out meanwhile, and are run later
+        await asyncio.sleep(3.0)
+        os.kill(pid, signal.SIGCONT)
+        await stream.aclose()
+        turn_id = seen[0].turn_id
+        async with asyncio.timeout(60):
+            while True:
+                got = await client.conversations.get_turn(conversation_id=cid, turn_id=turn_id)
+                if got.turn.status == pb.TURN_STATUS_ENDED:
+                    break
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)  # an append Redis would still run has run by now
+        logged = [
+            r.event
+            async for r in client.conversations.stream_events(
+                conversation_id=cid, mode=pb.STREAM_EVENTS_MODE_REPLAY
+            )
+        ]
+    names = kinds(logged)
+    assert names.count("turn_completed") == 1 and names[-1] == "turn_completed"
+    assert names.count("error") <= 1
+    sequences = [e.sequence for e in logged]
+    assert sequences == list(range(1, len(sequences) + 1))
+    # Each piece of text once: what was streamed before the stall is not in the log twice.
+    texts = [e.token_delta.text for e in logged if e.HasField("token_delta")]
+    assert texts[:3] == [e.token_delta.text for e in seen if e.HasField("token_delta")]
+    assert all(
+        later.event_time != earlier.event_time
+        for earlier, later in zip(logged, logged[1:], strict=False)
+        if earlier.HasField("token_delta") and later.HasField("token_delta")
+    )
