@@ -4,6 +4,7 @@ what it was sent): the turn ends once, and its events are in the log once each."
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -83,6 +84,6 @@ async def test_a_redis_stall_mid_turn_duplicates_no_event(
     assert texts[:3] == [e.token_delta.text for e in seen if e.HasField("token_delta")]
     assert all(
         later.event_time != earlier.event_time
-        for earlier, later in zip(logged, logged[1:], strict=False)
+        for earlier, later in itertools.pairwise(logged)
         if earlier.HasField("token_delta") and later.HasField("token_delta")
     )
