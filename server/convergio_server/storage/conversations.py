@@ -27,6 +27,7 @@ from convergio_server.domain.conversations.model import (
 from convergio_server.domain.conversations.store import Admitted
 from convergio_server.domain.errors import NotFound
 from convergio_server.domain.events.model import Usage
+from convergio_server.storage import postgres as pg
 
 _CONVERSATION_COLUMNS = """
     c.tenant_id, c.id, c.title, c.team, c.participants, c.model, c.agent_models,
@@ -353,7 +354,12 @@ class PgConversationStore:
     async def add_message(self, message: Message) -> None:
         m = message
         usage = m.usage or Usage()
-        # One statement (one round trip, atomic): the message and both counters.
+        # One statement (one round trip, atomic): the message and both counters. Written
+        # again (a retry after an outage that hid whether it was), it changes nothing.
+        async with pg.outage_as_unavailable():
+            await self._add_message(m, usage)
+
+    async def _add_message(self, m: Message, usage: Usage) -> None:
         await self.pool.execute(
             """
             WITH added AS (
@@ -361,6 +367,7 @@ class PgConversationStore:
                     content, model, prompt_tokens, completion_tokens, cached_tokens,
                     model_calls, cost_usd)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                ON CONFLICT DO NOTHING
                 RETURNING turn_id
             ), counted AS (
                 UPDATE turns SET message_count = message_count + 1
@@ -391,22 +398,23 @@ class PgConversationStore:
         u = outcome.usage
         # One round trip (see migration 0006): the turn, the team state, the conversation's
         # counters, and the next queued turn started.
-        row = await self.pool.fetchrow(
-            "SELECT ended, promoted FROM convergio_finish_turn("
-            "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            tenant_id,
-            conversation_id,
-            turn_id,
-            outcome.stop_reason,
-            outcome.stop_detail,
-            json.dumps(outcome.error) if outcome.error else None,
-            u.prompt_tokens,
-            u.completion_tokens,
-            u.cached_tokens,
-            u.model_calls,
-            outcome.cost_usd,
-            outcome.team_state_json,
-        )
+        async with pg.outage_as_unavailable():
+            row = await self.pool.fetchrow(
+                "SELECT ended, promoted FROM convergio_finish_turn("
+                "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                tenant_id,
+                conversation_id,
+                turn_id,
+                outcome.stop_reason,
+                outcome.stop_detail,
+                json.dumps(outcome.error) if outcome.error else None,
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens,
+                u.model_calls,
+                outcome.cost_usd,
+                outcome.team_state_json,
+            )
         if row is None or not row["ended"]:
             return False, None
         if row["promoted"] is None:

@@ -14,7 +14,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from convergio_server.domain.errors import NotFound, Unavailable
+from convergio_server.domain.errors import NotFound
 from convergio_server.domain.events.model import Event, body_dict, body_from_dict
 from convergio_server.storage import postgres as pg
 from convergio_server.storage.redis import Keys
@@ -290,19 +290,13 @@ class PgDurableEvents:
 
     async def insert_many(self, rows: list[tuple[str, Event]]) -> None:
         try:
-            await self._insert_many(rows)
+            # An outage is worth retrying; a row PostgreSQL refuses is not.
+            async with pg.outage_as_unavailable():
+                await self._insert_many(rows)
         except asyncpg.ForeignKeyViolationError:
             raise NotFound(
                 "the conversation of these events was deleted", reason="CONVERSATION_DELETED"
             ) from None
-        except Exception as exc:
-            # An outage is worth retrying; a row PostgreSQL refuses is not.
-            if pg.is_unavailable_error(exc) and not isinstance(exc, Unavailable):
-                raise Unavailable(
-                    f"PostgreSQL is unreachable: {exc or type(exc).__name__}",
-                    metadata={"dependency": "postgresql"},
-                ) from exc
-            raise
 
     async def _insert_many(self, rows: list[tuple[str, Event]]) -> None:
         # One statement whatever the number of rows (executemany costs a round of the

@@ -9,8 +9,9 @@ that `is_unavailable_error` recognises; the API layer reports those as UNAVAILAB
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
@@ -68,6 +69,18 @@ class PooledConnection(asyncpg.Connection):  # type: ignore[type-arg]
 
     def get_reset_query(self) -> str:
         return ""
+
+
+@contextlib.asynccontextmanager
+async def outage_as_unavailable() -> AsyncIterator[None]:
+    """PostgreSQL out of reach, raised as the domain's Unavailable (worth retrying), so that
+    domain code tells an outage from a statement PostgreSQL refused."""
+    try:
+        yield
+    except Exception as exc:
+        if not isinstance(exc, Unavailable) and is_unavailable_error(exc):
+            raise _unavailable(exc, "is unreachable") from exc
+        raise
 
 
 def _unavailable(exc: BaseException, what: str) -> Unavailable:

@@ -99,6 +99,8 @@ from convergio_server.domain.guards import (
 from convergio_server.domain.models.tap import TextSink
 
 _T = TypeVar("_T")
+# How long a turn retries a write PostgreSQL cannot take (it is unreachable).
+STORE_RETRY_SECONDS = 120.0
 log = logging.getLogger(__name__)
 # One line per turn that ends here: what operators search when a caller asks about a turn.
 turn_log = logging.getLogger("convergio.turns")
@@ -929,20 +931,19 @@ class TurnExecution:
     ) -> None:
         model = team.models.get(agent, "")
         cost = team.pricing.get(agent, _free)(usage.prompt_tokens, usage.completion_tokens)
-        await self.runner.store.add_message(
-            Message(
-                tenant_id=self.tenant_id,
-                conversation_id=self.conversation.id,
-                id=message_id,
-                turn_id=self.turn.id,
-                role=role,
-                source=agent,
-                content=content,
-                model=model,
-                usage=usage,
-                cost_usd=cost,
-            )
+        message = Message(
+            tenant_id=self.tenant_id,
+            conversation_id=self.conversation.id,
+            id=message_id,
+            turn_id=self.turn.id,
+            role=role,
+            source=agent,
+            content=content,
+            model=model,
+            usage=usage,
+            cost_usd=cost,
         )
+        await self._store("its message", lambda: self.runner.store.add_message(message))
         self.message_count += 1
         self.last_message_id = message_id
         self.runner.stats.message(agent)
@@ -957,6 +958,23 @@ class TurnExecution:
                 cost_usd=money(cost),
             )
         )
+
+    async def _store(self, what: str, write: Callable[[], Awaitable[_T]]) -> _T:
+        """`write`, retried while PostgreSQL is unreachable (up to STORE_RETRY_SECONDS): a
+        short outage must not cost the turn its answer. The writes are idempotent."""
+        delay, deadline = 0.1, time.monotonic() + STORE_RETRY_SECONDS
+        while True:
+            try:
+                return await write()
+            except Unavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "turn %s: %s could not be stored yet, retrying in %.1f s: %s",
+                    self.turn.id, what, delay, exc,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     def _cost_update(self) -> CostUpdate:
         return CostUpdate(
@@ -980,8 +998,11 @@ class TurnExecution:
             }
             self.post(error, ending=True)
         runner = self.runner
-        ended, next_turn = await runner.store.finish_turn(
-            self.tenant_id, self.conversation.id, self.turn.id, outcome
+        ended, next_turn = await self._store(
+            "its end",
+            lambda: runner.store.finish_turn(
+                self.tenant_id, self.conversation.id, self.turn.id, outcome
+            ),
         )
         if ended and team is not None and self._team_reusable and outcome.team_state_json:
             # Its state is what was just saved: kept for the next turn, before the client
