@@ -10,7 +10,7 @@ import signal
 from collections.abc import AsyncIterator
 
 import pytest
-from convergio import AsyncClient, RetryPolicy
+from convergio import AsyncClient, RetryPolicy, errors
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio_server.storage.embedded import EmbeddedRedis
 
@@ -87,3 +87,29 @@ async def test_a_redis_stall_mid_turn_duplicates_no_event(
         for earlier, later in itertools.pairwise(logged)
         if earlier.HasField("token_delta") and later.HasField("token_delta")
     )
+
+
+async def test_reads_go_on_and_refusals_say_when_to_retry_while_redis_is_down(
+    stalling: tuple[RunningServer, int], streaming: None
+) -> None:
+    running, pid = stalling
+    key = await member_key(running)
+    once = RetryPolicy(max_attempts=1, resume_window_seconds=0)
+    async with AsyncClient(running.target, api_key=key, retry=once) as client:
+        await wait_streaming(client)
+        cid = await new_conversation(client)
+        done = [e async for e in client.conversations.send(conversation_id=cid, content="Hi")]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # What PostgreSQL holds is served without Redis (its latest sequence included).
+            got = await client.conversations.get_conversation(conversation_id=cid)
+            assert got.conversation.last_sequence == done[-1].sequence
+            turns = await client.conversations.list_turns(conversation_id=cid)
+            assert [t.turn_id for t in turns.turns] == [done[0].turn_id]
+            # What needs Redis is refused as unavailable, with a delay to retry after.
+            with pytest.raises(errors.Unavailable) as refused:
+                async for _ in client.conversations.send(conversation_id=cid, content="Again"):
+                    pass
+            assert refused.value.retry_delay is not None and refused.value.retry_delay > 0
+        finally:
+            os.kill(pid, signal.SIGCONT)

@@ -4,9 +4,11 @@ stream per conversation whose entry ids are `<sequence>-0`) and `PgDurableEvents
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +16,10 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from convergio_server.domain.errors import NotFound
+from convergio_server.domain.errors import NotFound, Unavailable
 from convergio_server.domain.events.model import Event, body_dict, body_from_dict
 from convergio_server.storage import postgres as pg
+from convergio_server.storage import redis as rds
 from convergio_server.storage.redis import Keys
 from convergio_server.storage.redis_pipe import PipelinedRedis
 
@@ -94,6 +97,8 @@ return out
 """
 # At most this many events per script call: a call blocks Redis while it runs.
 _BATCH = 256
+# After Redis was found out of reach, reads that can do without it skip it this long.
+_SKIP_AFTER_OUTAGE_SECONDS = 5.0
 
 
 @dataclass
@@ -138,6 +143,7 @@ class RedisLiveEvents:
         self._pending: deque[_Request] = deque()
         self._sender: asyncio.Task[None] | None = None
         self._keys_of: dict[tuple[str, str], list[str]] = {}
+        self._down_until = 0.0  # see `_optional`
 
     def _stream(self, tenant_id: str, conversation_id: str) -> str:
         return self.keys.k("conv", tenant_id, conversation_id, "events")
@@ -255,14 +261,34 @@ class RedisLiveEvents:
         )
 
     async def last_sequence(self, tenant_id: str, conversation_id: str) -> int | None:
-        value = await self.hot.get(self._counter(tenant_id, conversation_id))
+        value = await self._optional(self.hot.get(self._counter(tenant_id, conversation_id)))
         return None if value is None else int(value)
 
     async def turn_last_sequence(
         self, tenant_id: str, conversation_id: str, turn_id: str
     ) -> int | None:
-        value = await self.redis.hget(self._turns(tenant_id, conversation_id), turn_id)
+        value = await self._optional(
+            self.redis.hget(self._turns(tenant_id, conversation_id), turn_id)
+        )
         return None if value is None else int(value)
+
+    async def _optional(self, read: Awaitable[Any]) -> Any:
+        """A read its callers can do without: Unavailable when Redis is out of reach, at
+        once for a while after it was (a hung Redis costs each read its whole timeout)."""
+        if time.monotonic() < self._down_until:
+            if inspect.iscoroutine(read):
+                read.close()
+            raise Unavailable(
+                "Redis was unreachable a moment ago",
+                metadata={"dependency": "redis"},
+                retry_after_seconds=1.0,
+            )
+        try:
+            async with rds.outage_as_unavailable():
+                return await read
+        except Unavailable:
+            self._down_until = time.monotonic() + _SKIP_AFTER_OUTAGE_SECONDS
+            raise
 
     async def wait_after(
         self, tenant_id: str, conversation_id: str, after: int, block_ms: int

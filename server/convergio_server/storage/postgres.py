@@ -85,7 +85,11 @@ async def outage_as_unavailable() -> AsyncIterator[None]:
 
 def _unavailable(exc: BaseException, what: str) -> Unavailable:
     detail = str(exc) or type(exc).__name__
-    return Unavailable(f"PostgreSQL {what}: {detail}", metadata={"dependency": "postgresql"})
+    return Unavailable(
+        f"PostgreSQL {what}: {detail}",
+        metadata={"dependency": "postgresql"},
+        retry_after_seconds=1.0,
+    )
 
 
 async def create_pool(

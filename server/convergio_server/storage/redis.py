@@ -8,6 +8,8 @@ The client reconnects by itself: a command after Redis comes back opens a new co
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +109,22 @@ def is_unavailable_error(exc: BaseException) -> bool:
             return True
         current = current.__cause__
     return False
+
+
+@contextlib.asynccontextmanager
+async def outage_as_unavailable() -> AsyncIterator[None]:
+    """Redis out of reach, raised as the domain's Unavailable, so that domain code can do
+    without what Redis would have added (and tell an outage from a refusal)."""
+    try:
+        yield
+    except Exception as exc:
+        if not isinstance(exc, Unavailable) and is_unavailable_error(exc):
+            raise Unavailable(
+                f"Redis is unreachable: {exc or type(exc).__name__}",
+                metadata={"dependency": "redis"},
+                retry_after_seconds=1.0,
+            ) from exc
+        raise
 
 
 # A probe owns its deadline, so it takes `timeout` rather than relying on the caller's scope.

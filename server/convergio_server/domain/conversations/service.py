@@ -834,9 +834,12 @@ class ConversationService:
 
     async def _latest(self, turn: Turn) -> None:
         """The turn's latest sequence: the live log knows it before PostgreSQL does."""
-        live = await self.events.live.turn_last_sequence(
-            turn.tenant_id, turn.conversation_id, turn.id
-        )
+        try:
+            live = await self.events.live.turn_last_sequence(
+                turn.tenant_id, turn.conversation_id, turn.id
+            )
+        except Unavailable:  # Redis is down: PostgreSQL's answer, which may lag
+            return
         if live is not None and live > turn.last_sequence:
             turn.last_sequence = live
 

@@ -19,6 +19,7 @@ def counters_unavailable() -> Unavailable:
         "the cost guards cannot reach Redis, so budgets and limits cannot be checked; the "
         "request is refused rather than run without a spending limit. Retry when Redis is back",
         metadata={"dependency": "redis", "guard": "budgets"},
+        retry_after_seconds=1.0,
     )
 
 

@@ -466,7 +466,12 @@ class EventLog:
         await self.live.start(tenant_id, conversation_id)
 
     async def last_sequence(self, tenant_id: str, conversation_id: str) -> int:
-        found = await self.live.last_sequence(tenant_id, conversation_id)
+        """The conversation's latest sequence; while Redis is unreachable, the latest one
+        PostgreSQL has (token deltas are not there: it may lag behind)."""
+        try:
+            found = await self.live.last_sequence(tenant_id, conversation_id)
+        except Unavailable:
+            found = None
         if found is not None:
             return found
         return await self.durable.max_sequence(tenant_id, conversation_id)
