@@ -166,10 +166,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"convergio: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from convergio.errors import ConvergioError
+        from convergio.errors import ConvergioError, Unauthenticated
 
         if isinstance(exc, ConvergioError):  # a server answer: say it, no traceback
             print(f"convergio: {exc}", file=sys.stderr)
+            if isinstance(exc, Unauthenticated) and not getattr(args, "api_key", None):
+                # What the server asks for is a header; here it is an option.
+                print(
+                    "convergio: give an API key with --api-key or CONVERGIO_API_KEY (the "
+                    "development key is read from .convergio/dev-api-key, or "
+                    "$CONVERGIO_DATA_DIR/dev-api-key, when neither is set)",
+                    file=sys.stderr,
+                )
             return 1
         raise
 

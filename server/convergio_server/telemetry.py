@@ -23,7 +23,11 @@ from prometheus_client.core import (
 
 from convergio_server.domain.conversations.kept_teams import TEAM_ORIGINS
 from convergio_server.domain.conversations.runner import TurnRunner
-from convergio_server.domain.conversations.turn_stats import DURATION_BOUNDS, FIRST_TOKEN_BOUNDS
+from convergio_server.domain.conversations.turn_stats import (
+    DURATION_BOUNDS,
+    FIRST_TOKEN_BOUNDS,
+    TurnStats,
+)
 from convergio_server.domain.costs.call_stats import CALL_DURATION_BOUNDS, ModelCallStats
 from convergio_server.domain.histogram import Histogram, merged
 
@@ -139,6 +143,9 @@ class _Turns:
 
     def __init__(self) -> None:
         self.watched: weakref.WeakSet[TurnRunner] = weakref.WeakSet()
+        # Kept after their runner is gone, so that the counters never go down (a process
+        # that ran several servers, as the tests do).
+        self.stats: list[TurnStats] = []
 
     def collect(self) -> Iterator[Metric]:
         runners = list(self.watched)
@@ -152,7 +159,7 @@ class _Turns:
             "New turns refused because the process ran CONVERGIO_MAX_RUNNING_TURNS already.",
             value=sum(runner.refused_busy for runner in runners),
         )
-        stats = [runner.stats for runner in runners]
+        stats = self.stats
         yield _counter(
             "convergio_turns",
             "Turns ended by this process, by stop reason (queued turns cancelled and the "
@@ -232,8 +239,10 @@ REGISTRY.register(_TURNS)  # type: ignore[arg-type]
 
 
 def watch_turns(runner: TurnRunner) -> None:
-    """Report this runner's turns and kept teams in the metrics (until it is collected)."""
+    """Report this runner's turns and kept teams in the metrics (its gauges until it is
+    collected, its counters for good)."""
     _TURNS.watched.add(runner)
+    _TURNS.stats.append(runner.stats)
 
 
 class _ModelCalls:

@@ -60,6 +60,10 @@ def test_unknown_agent_names_the_agent_and_lists_valid_names() -> None:
     assert "'zed'" in str(info.value) and "ali" in str(info.value) and "xavier" in str(info.value)
     with pytest.raises(NotFound, match="valid presets: core"):
         roster.preset("nope")
+    # A very long name is cut: the valid names still fit the message a client gets.
+    with pytest.raises(NotFound) as long:
+        roster.get("x" * 5000)
+    assert len(long.value.message) < 1000 and "xavier" in long.value.message
 
 
 def test_user_dir_adds_agents_overrides_fields_and_adds_presets(tmp_path: Path) -> None:

@@ -322,3 +322,25 @@ async def test_chat_leaves_at_once_on_ctrl_c_at_the_prompt(server: RunningServer
                 await chat.wait()
     finally:
         os.close(main)
+
+
+async def test_commands_say_how_to_give_what_they_lack(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    # No key anywhere (no option, no variable, no development key in the data directory).
+    process = await asyncio.create_subprocess_exec(
+        CONVERGIO, "conversations", "list", "--target", server.target,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "CONVERGIO_API_KEY"}
+        | {"CONVERGIO_DATA_DIR": str(tmp_path)},
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 1 and "--api-key or CONVERGIO_API_KEY" in err.decode()
+    # Nothing running to cancel: the option that names a turn.
+    key = await member_key(server)
+    async with AsyncClient(server.target, api_key=key) as client:
+        cid = await new_conversation(client)
+    code, _, err = await run_cli(
+        "conversations", "cancel", cid, "--target", server.target, "--api-key", key
+    )
+    assert code == 1 and "--turn TURN_ID" in err

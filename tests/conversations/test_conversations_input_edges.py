@@ -317,3 +317,20 @@ async def test_a_label_key_or_id_ending_in_a_newline_is_refused(conv: AsyncClien
     with pytest.raises(errors.InvalidArgument) as bad_id:
         await conv.conversations.get_conversation(conversation_id=cid + "\n")
     assert field_of(bad_id) == "conversation_id"
+
+
+async def test_documents_need_text_and_ids_of_a_sensible_size(conv: AsyncClient) -> None:
+    cid = await new_conversation(conv)
+    bad = [
+        (pb.InputDocument(document_id="empty", content="  "), "documents[0].content"),
+        (pb.InputDocument(document_id="d" * 501, content="text"), "documents[0].document_id"),
+        (pb.InputDocument(content="text", source="s" * 501), "documents[0].source"),
+    ]
+    for document, field in bad:
+        with pytest.raises(errors.InvalidArgument) as refused:
+            await collect(
+                conv.conversations.send(conversation_id=cid, content="Hi", documents=[document])
+            )
+        assert field_of(refused) == field
+    turns = await conv.conversations.list_turns(conversation_id=cid)
+    assert not turns.turns  # nothing was started

@@ -73,6 +73,8 @@ async def run(args: argparse.Namespace) -> int:
     async with client_from_args(args) as client:
         conversation_id = args.conversation or await _create(client, args)
         if args.message is not None:
+            if not args.conversation:
+                print(f"conversation {conversation_id}", file=sys.stderr)
             return await _turn(client, conversation_id, args.message, args, sys.stdout)
         print(f"conversation {conversation_id} (Ctrl-D to leave)", file=sys.stderr)
         lines = LineReader(sys.stdin)
@@ -167,9 +169,7 @@ async def _create(client: AsyncClient, args: argparse.Namespace) -> str:
     else:
         team = pb.Team(preset=args.preset or "core")
     created = await client.conversations.create_conversation(title=args.title, team=team)
-    conversation_id = created.conversation.conversation_id
-    print(f"conversation {conversation_id}", file=sys.stderr)
-    return conversation_id
+    return created.conversation.conversation_id
 
 
 async def _turn(

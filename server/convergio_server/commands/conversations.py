@@ -18,6 +18,7 @@ import json
 import sys
 from typing import Any
 
+from convergio import errors
 from convergio.conversation.v1 import conversation_pb2 as pb
 from convergio.conversation.v1 import events_pb2
 
@@ -257,11 +258,18 @@ async def _follow(args: argparse.Namespace) -> int:
 async def _cancel(args: argparse.Namespace) -> int:
     async with client_from_args(args) as client:
         # Without a turn id the server cancels the running turn (FAILED_PRECONDITION: none).
-        turn = (
-            await client.conversations.cancel_turn(
-                conversation_id=args.conversation_id, turn_id=args.turn, reason=args.reason
-            )
-        ).turn
+        try:
+            turn = (
+                await client.conversations.cancel_turn(
+                    conversation_id=args.conversation_id, turn_id=args.turn, reason=args.reason
+                )
+            ).turn
+        except errors.FailedPrecondition as exc:
+            if args.turn:
+                raise
+            print(f"convergio: {exc.message}", file=sys.stderr)
+            print("convergio: name a turn with --turn TURN_ID", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps(as_dict(turn), indent=2))
         return 0

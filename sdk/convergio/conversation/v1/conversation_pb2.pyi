@@ -698,13 +698,17 @@ class InputDocument(_message.Message):
     CONTENT_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
-    """The caller's id for the document, echoed in ContextInjected. Optional."""
+    """The caller's id for the document, echoed in ContextInjected. Optional,
+    up to 500 characters.
+    """
     title: _builtins.str
     """Title. Optional, up to 500 characters."""
     content: _builtins.str
-    """The text, up to 256 KiB (UTF-8)."""
+    """The text: required, up to 256 KiB (UTF-8)."""
     source: _builtins.str
-    """Where it comes from, e.g. a URL or a file name. Optional."""
+    """Where it comes from, e.g. a URL or a file name. Optional, up to 500
+    characters.
+    """
     def __init__(
         self,
         *,

@@ -186,10 +186,12 @@ class ConversationEvent(_message.Message):
     numbers of other turns' events (only possible when turns are queued).
 
     The events of one turn, in order: TurnQueued (only when enqueued),
-    TurnStarted, then for each agent reply SpeakerSelected, ContextInjected
-    (when RAG found something), TokenDelta..., ToolCall / ApprovalRequired /
-    ApprovalResolved / ToolResult (when the agent uses tools), MessageCompleted
-    and CostUpdate; BudgetAlert, InputFlagged and Error where they apply; and
+    TurnStarted; ContextInjected once, before the first reply, when documents
+    were given or RAG found something (after a single agent's SpeakerSelected,
+    before a team's first); then for each agent reply SpeakerSelected,
+    TokenDelta..., ToolCall / ApprovalRequired / ApprovalResolved / ToolResult
+    (when the agent uses tools) and MessageCompleted; CostUpdate after each
+    model call; BudgetAlert, InputFlagged and Error where they apply; and
     always, last, TurnCompleted.
 
     TokenDelta events are kept in the live log for a limited window (a server
@@ -223,16 +225,16 @@ class ConversationEvent(_message.Message):
     TURN_COMPLETED_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
-    """The conversation."""
+    """The conversation (empty on Heartbeat)."""
     turn_id: _builtins.str
-    """The turn the event belongs to."""
+    """The turn the event belongs to (empty on Heartbeat)."""
     sequence: _builtins.int
     """Position in the conversation's event log: 1 for the first event, one
     more for each event after. 0 on Heartbeat, which is not logged.
     """
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
-        """When the event happened (server clock)."""
+        """When the event happened (server clock; unset on Heartbeat)."""
 
     @_builtins.property
     def turn_queued(self) -> Global___TurnQueued:

@@ -168,9 +168,10 @@ class Roster:
     def get(self, name: str) -> AgentSpec:
         agent = self._agents.get(name)
         if agent is None:
+            shown = _shown(name)
             raise NotFound(
-                f"agent {name!r} is not in the roster; valid agents: {', '.join(self._agents)}",
-                metadata={"agent": name},
+                f"agent {shown!r} is not in the roster; valid agents: {', '.join(self._agents)}",
+                metadata={"agent": shown},
             )
         return agent
 
@@ -187,9 +188,10 @@ class Roster:
     def preset(self, name: str) -> TeamPreset:
         preset = self._presets.get(name)
         if preset is None:
+            shown = _shown(name)
             raise NotFound(
-                f"team preset {name!r} does not exist; valid presets: {', '.join(self._presets)}",
-                metadata={"preset": name},
+                f"team preset {shown!r} does not exist; valid presets: {', '.join(self._presets)}",
+                metadata={"preset": shown},
             )
         return preset
 
@@ -405,3 +407,9 @@ def _preset(name: str, data: Mapping[str, Any], source: str, agents: set[str]) -
     if not isinstance(description, str):
         raise RosterError(source, f"{name}.description", "must be a string")
     return TeamPreset(name=name, description=description, agents=members)
+
+
+def _shown(name: str) -> str:
+    """A name as an error quotes it: cut when long, so that the valid ones listed after it
+    always fit the message."""
+    return name if len(name) <= 64 else name[:63] + "…"

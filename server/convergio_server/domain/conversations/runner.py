@@ -1430,6 +1430,7 @@ class TurnRunner:
 
     async def close(self) -> None:
         """Stop every local turn (the server is shutting down): they end with ERROR."""
+        self.reap_dead = None  # (it refers back to the service: no cycle left behind)
         self.drain()
         if self._sweeper is not None:
             await cancel_and_wait([self._sweeper])

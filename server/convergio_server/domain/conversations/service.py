@@ -390,8 +390,17 @@ class ConversationService:
             total += size
             if size > MAX_DOCUMENT_BYTES:
                 raise _too_large(f"documents[{index}].content", "at most 256 KiB")
+            if not doc.get("content", "").strip():
+                raise InvalidArgument.for_field(
+                    f"documents[{index}].content", "is required (a document with text)"
+                )
             if len(doc.get("title", "")) > 500:
                 raise InvalidArgument.for_field(f"documents[{index}].title", "at most 500 chars")
+            for name in ("document_id", "source"):
+                if len(doc.get(name, "")) > 500:
+                    raise InvalidArgument.for_field(
+                        f"documents[{index}].{name}", "at most 500 chars"
+                    )
         if total > MAX_DOCUMENTS_TOTAL:
             raise _too_large("documents", "at most 1 MiB in total")
         if not 0 <= max_turns <= MAX_TURNS_LIMIT:
