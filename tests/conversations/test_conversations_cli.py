@@ -334,8 +334,8 @@ async def test_commands_say_how_to_give_what_they_lack(
         env={k: v for k, v in os.environ.items() if k != "CONVERGIO_API_KEY"}
         | {"CONVERGIO_DATA_DIR": str(tmp_path)},
     )  # fmt: skip
-    _, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode == 1 and "--api-key or CONVERGIO_API_KEY" in err.decode()
+    _, said = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 1 and "--api-key or CONVERGIO_API_KEY" in said.decode()
     # Nothing running to cancel: the option that names a turn.
     key = await member_key(server)
     async with AsyncClient(server.target, api_key=key) as client:
