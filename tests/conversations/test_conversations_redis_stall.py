@@ -1,5 +1,5 @@
-"""Redis stalling mid-turn (a pause longer than the client's timeout, after which it runs
-what it was sent): the turn ends once, and its events are in the log once each."""
+"""Redis in trouble: stalling mid-turn (a pause longer than the client's timeout, after which
+it runs what it was sent), out of reach for reads, down while the server stops."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import itertools
 import os
 import signal
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from convergio import AsyncClient, RetryPolicy, errors
 from convergio.conversation.v1 import conversation_pb2 as pb
+from convergio.conversation.v1 import events_pb2
 from convergio_server.storage.embedded import EmbeddedRedis
 
 from tests.conversations.conftest import kinds, member_key, new_conversation, wait_streaming
@@ -113,3 +115,48 @@ async def test_reads_go_on_and_refusals_say_when_to_retry_while_redis_is_down(
             assert refused.value.retry_delay is not None and refused.value.retry_delay > 0
         finally:
             os.kill(pid, signal.SIGCONT)
+
+
+async def test_a_turn_stopped_while_redis_is_down_is_ended_once_it_is_back(
+    tmp_path_factory: pytest.TempPathFactory, pg_dsn: str, streaming: None
+) -> None:
+    # The server stops (SIGTERM) while Redis is down and a turn waits for its model: the
+    # turn's end cannot be logged, so it is not ended there; another process ends it, with
+    # events its followers hear.
+    redis = EmbeddedRedis(tmp_path_factory.mktemp("stop-redis"))
+    await asyncio.to_thread(redis.start)
+    try:
+
+        def settings(name: str) -> Any:
+            return server_settings(
+                tmp_path_factory.mktemp(name), pg_dsn, redis.url, "cvgtest-stopdown",
+                offline_tokens_per_second=0.5, turn_lease_seconds=1.0,
+                connect_timeout_seconds=1.0,
+            )  # fmt: skip
+
+        async with running_server(settings("first")) as first:
+            key = await member_key(first)
+            once = RetryPolicy(max_attempts=1, resume_window_seconds=0)
+            async with AsyncClient(first.target, api_key=key, retry=once) as client:
+                await wait_streaming(client)
+                cid = await new_conversation(client)
+                stream = client.conversations.send(conversation_id=cid, content="Hello there")
+                started = await stream.__anext__()
+                await asyncio.to_thread(redis.stop)  # before its next token, 2 s later
+                await stream.aclose()
+            # Leaving the block stops the server, with the turn still running.
+        await asyncio.to_thread(redis.start)
+        async with running_server(settings("second")) as second:
+            async with AsyncClient(second.target, api_key=key) as client:
+                async with asyncio.timeout(60):
+                    ended = [
+                        event
+                        async for event in client.conversations.follow(
+                            cid, turn_id=started.turn_id
+                        )
+                    ]
+    finally:
+        await asyncio.to_thread(redis.stop)
+    assert kinds(ended)[-2:] == ["error", "turn_completed"]
+    assert ended[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_ERROR
+    assert ended[-2].error.retryable

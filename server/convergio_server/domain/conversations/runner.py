@@ -989,6 +989,15 @@ class TurnExecution:
         """Close the turn; returns the queued turn it promoted, to be started here."""
         outcome.usage = self.meter.usage
         outcome.cost_usd = self.meter.cost
+        if self.server_stopping and not await self._log_reachable():
+            # Its end could not reach the log before this process exits: ended here, the
+            # turn would have no end its followers could hear. Left running, it is ended
+            # by another process's sweep once Redis is back and its lease has expired.
+            log.warning(
+                "turn %s: the event log is unreachable; its end is left to another process",
+                self.turn.id,
+            )
+            return None
         if error is not None:
             outcome.error = {
                 "code": error.code,
@@ -1094,6 +1103,25 @@ class TurnExecution:
             extra["detail"] = outcome.stop_detail[:500]
         turn_log.log(level, "turn", extra=extra)
 
+    async def _log_reachable(self) -> bool:
+        """Whether what was posted is logged and the log answers, within a moment."""
+        try:
+            async with asyncio.timeout(2.0):
+                self._resume_writing()
+                await self.flush()
+                await self.runner.events.live.last_sequence(self.tenant_id, self.conversation.id)
+        except Exception:  # unreachable, or too slow to count on
+            return False
+        return True
+
+    def _resume_writing(self) -> None:
+        """Start the writer again for what an append that failed left in the outbox."""
+        if self._outbox and (self._outbox_writer is None or self._outbox_writer.done()):
+            self._outbox_empty.clear()
+            self._outbox_writer = asyncio.create_task(
+                self._write_outbox(), name=f"turn-events:{self.turn.id}"
+            )
+
     async def _flush_until_logged(self) -> None:
         """Flush, retrying while the log is unreachable: a client follows the turn until
         its TurnCompleted, so the end must reach the log once Redis is back."""
@@ -1109,11 +1137,7 @@ class TurnExecution:
                 log.warning("turn %s: retrying its end in %.1f s: %s", self.turn.id, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
-                if self._outbox and (self._outbox_writer is None or self._outbox_writer.done()):
-                    self._outbox_empty.clear()
-                    self._outbox_writer = asyncio.create_task(
-                        self._write_outbox(), name=f"turn-events:{self.turn.id}"
-                    )
+                self._resume_writing()
 
 
 _TOOL_ERROR = re.compile(r"error \((?P<kind>[A-Z_]+)\)")
