@@ -151,9 +151,7 @@ async def test_a_turn_stopped_while_redis_is_down_is_ended_once_it_is_back(
                 async with asyncio.timeout(60):
                     ended = [
                         event
-                        async for event in client.conversations.follow(
-                            cid, turn_id=started.turn_id
-                        )
+                        async for event in client.conversations.follow(cid, turn_id=started.turn_id)
                     ]
     finally:
         await asyncio.to_thread(redis.stop)
