@@ -308,6 +308,12 @@ class Settings(BaseSettings):
         description="lease of a running turn; another process ends the turn of a "
         "process that stopped renewing it for this long",
     )
+    turn_end_retry_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="how long a turn retries logging its end while Redis is out of reach; "
+        "after that (and a lease), another process's sweep logs the end for it",
+    )
     turn_endings_at_once: int = Field(
         2,
         ge=0,

@@ -501,3 +501,45 @@ async def test_a_stopping_server_ends_streams_that_follow_nothing_running_there(
             async with asyncio.timeout(30):
                 events = await collect(client.conversations.follow(cid, turn_id=waiting.turn_id))
     assert events[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+
+
+async def test_a_turn_ended_without_its_end_in_the_log_has_it_logged(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str, streaming: None
+) -> None:
+    # Its process ended it in PostgreSQL, then stopped or died before Redis took its end:
+    # another process's sweep logs the end, so that its followers hear how it ended.
+    settings = server_settings(
+        tmp_path / "ends", pg_dsn, redis_url, redis_prefix, turn_lease_seconds=1.0
+    )
+    async with running_server(settings) as sweeping:
+        async with AsyncClient(sweeping.target, api_key=await member_key(sweeping)) as client:
+            cid = await new_conversation(client)
+            done = await collect(client.conversations.send(conversation_id=cid, content="Hi"))
+            turn_id = done[-1].turn_id
+            pool = sweeping.infra.pool
+            await pool.execute(
+                "DELETE FROM conversation_events WHERE turn_id = $1 AND kind = 'turn_completed'",
+                turn_id,
+            )
+            stream = Keys(redis_prefix).k("conv", TENANT, cid, "events")
+            await sweeping.infra.redis.xdel(stream, f"{done[-1].sequence}-0")
+            # Long enough ago that its own process has given up retrying.
+            await pool.execute(
+                "UPDATE turns SET end_time = now() - interval '10 minutes' WHERE id = $1", turn_id
+            )
+            async with asyncio.timeout(30):
+                while True:
+                    logged = [
+                        r.event
+                        async for r in client.conversations.stream_events(
+                            conversation_id=cid, mode=pb.STREAM_EVENTS_MODE_REPLAY
+                        )
+                    ]
+                    if logged[-1].HasField("turn_completed"):
+                        break
+                    await asyncio.sleep(0.2)
+    again = logged[-1]
+    assert again.turn_id == turn_id
+    assert again.turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+    assert again.turn_completed.usage == done[-1].turn_completed.usage
+    assert [e.turn_id for e in logged if e.HasField("turn_completed")] == [turn_id]

@@ -117,12 +117,20 @@ async def test_reads_go_on_and_refusals_say_when_to_retry_while_redis_is_down(
             os.kill(pid, signal.SIGCONT)
 
 
+@pytest.mark.parametrize(
+    ("pace", "wait"), [(0.5, 0.0), (20.0, 1.0)], ids=["still-running", "ended-already"]
+)
 async def test_a_turn_stopped_while_redis_is_down_is_ended_once_it_is_back(
-    tmp_path_factory: pytest.TempPathFactory, pg_dsn: str, streaming: None
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_dsn: str,
+    streaming: None,
+    pace: float,
+    wait: float,
 ) -> None:
-    # The server stops (SIGTERM) while Redis is down and a turn waits for its model: the
-    # turn's end cannot be logged, so it is not ended there; another process ends it, with
-    # events its followers hear.
+    # The server stops (SIGTERM) while Redis is down: a turn still running is not ended
+    # there (its end cannot be logged) but by another process; one that ended already (its
+    # guards or log failed first) gets its end logged by another process. Either way its
+    # followers hear how it ended.
     redis = EmbeddedRedis(tmp_path_factory.mktemp("stop-redis"))
     await asyncio.to_thread(redis.start)
     try:
@@ -130,8 +138,8 @@ async def test_a_turn_stopped_while_redis_is_down_is_ended_once_it_is_back(
         def settings(name: str) -> Any:
             return server_settings(
                 tmp_path_factory.mktemp(name), pg_dsn, redis.url, "cvgtest-stopdown",
-                offline_tokens_per_second=0.5, turn_lease_seconds=1.0,
-                connect_timeout_seconds=1.0,
+                offline_tokens_per_second=pace, turn_lease_seconds=1.0,
+                connect_timeout_seconds=1.0, turn_end_retry_seconds=2.0,
             )  # fmt: skip
 
         async with running_server(settings("first")) as first:
@@ -142,7 +150,9 @@ async def test_a_turn_stopped_while_redis_is_down_is_ended_once_it_is_back(
                 cid = await new_conversation(client)
                 stream = client.conversations.send(conversation_id=cid, content="Hello there")
                 started = await stream.__anext__()
-                await asyncio.to_thread(redis.stop)  # before its next token, 2 s later
+                # Slow: before its next token, 2 s later; fast: it fails on its own first.
+                await asyncio.to_thread(redis.stop)
+                await asyncio.sleep(wait)
                 await stream.aclose()
             # Leaving the block stops the server, with the turn still running.
         await asyncio.to_thread(redis.start)

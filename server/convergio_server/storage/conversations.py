@@ -440,6 +440,20 @@ class PgConversationStore:
         )
         return [_turn(row) for row in rows]
 
+    async def unlogged_ends(self, ended_before_seconds: float, limit: int) -> list[Turn]:
+        rows = await self.pool.fetch(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE status = 'ENDED' "
+            "AND end_time > now() - interval '1 day' "
+            "AND end_time < now() - make_interval(secs => $1) "
+            "AND NOT EXISTS (SELECT 1 FROM conversation_events e "
+            "WHERE e.tenant_id = turns.tenant_id AND e.conversation_id = turns.conversation_id "
+            "AND e.turn_id = turns.id AND e.kind = 'turn_completed') "
+            "ORDER BY end_time LIMIT $2",
+            ended_before_seconds,
+            limit,
+        )
+        return [_turn(row) for row in rows]
+
     async def long_running(self, older_than_seconds: float, limit: int) -> list[Conversation]:
         rows = await self.pool.fetch(
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c JOIN turns r "

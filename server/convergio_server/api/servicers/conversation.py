@@ -367,6 +367,7 @@ def build(ctx: ServiceContext) -> ConversationServicer:
         config=RunnerConfig(
             coalesce_seconds=settings.token_coalesce_ms / 1000,
             lease_seconds=settings.turn_lease_seconds,
+            end_retry_seconds=settings.turn_end_retry_seconds,
             endings_at_once=settings.turn_endings_at_once,
             teams_kept=settings.teams_kept,
             teams_kept_bytes=settings.teams_kept_mib << 20,

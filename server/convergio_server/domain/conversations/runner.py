@@ -111,7 +111,6 @@ MAX_MISSED_MESSAGES = 50
 # catch up before they are logged (they keep growing meanwhile).
 HOLD_SECONDS = 0.05
 # How long a turn keeps trying to log its end while Redis is unreachable.
-END_RETRY_SECONDS = 120.0
 # Promoted turns that no server started, started per look (`TurnRunner.sweep`).
 SWEEP_BATCH = 50
 # A cancel that arrives while its turn is being started here is applied when it starts.
@@ -224,6 +223,8 @@ class Leases(Protocol):
 class RunnerConfig:
     coalesce_seconds: float
     lease_seconds: float
+    # How long a turn retries logging its end (then another process's sweep logs it).
+    end_retry_seconds: float = 120.0
     # Turn ends run at once while other turns stream (see `endings.py`); 0 = no limit.
     endings_at_once: int = 0
     # Teams kept between turns (see `kept_teams.py`): how many, how much memory they may
@@ -1126,7 +1127,7 @@ class TurnExecution:
         """Flush, retrying while the log is unreachable: a client follows the turn until
         its TurnCompleted, so the end must reach the log once Redis is back."""
         delay = 0.1
-        deadline = time.monotonic() + END_RETRY_SECONDS
+        deadline = time.monotonic() + self.runner.config.end_retry_seconds
         while True:
             try:
                 await self.flush()

@@ -34,7 +34,11 @@ from convergio_server.domain.conversations.model import (
     TurnOutcome,
     money,
 )
-from convergio_server.domain.conversations.runner import SERVER_STOPPED, Leases, TurnRunner
+from convergio_server.domain.conversations.runner import (
+    SERVER_STOPPED,
+    Leases,
+    TurnRunner,
+)
 from convergio_server.domain.conversations.selection import policy_names
 from convergio_server.domain.conversations.store import Admitted, ConversationStore
 from convergio_server.domain.errors import (
@@ -49,6 +53,7 @@ from convergio_server.domain.events.log import EventLog, Subscription
 from convergio_server.domain.events.model import (
     ErrorOccurred,
     Event,
+    EventBody,
     TurnCompleted,
     TurnQueued,
     Usage,
@@ -766,7 +771,8 @@ class ConversationService:
     async def reap_dead_turns(self) -> int:
         """End the running turns whose process died (their lease expired), found by the
         runner's sweep rather than when their conversation is next used: their clients learn
-        how they ended, and the turns queued behind them start. Returns how many ended."""
+        how they ended, and the turns queued behind them start; and log the ends that never
+        reached the log (`log_missing_ends`). Returns how many turns it did either for."""
         reaped = 0
         # A turn younger than a lease cannot have lost its lease yet.
         for conversation in await self.store.long_running(self.runner.config.lease_seconds, 100):
@@ -777,7 +783,7 @@ class ConversationService:
                 break
             except Exception as exc:
                 log.warning("could not end the running turn of %s: %s", conversation.id, exc)
-        return reaped
+        return reaped + await self.log_missing_ends()
 
     async def _reap_orphans(self, conversation: Conversation) -> bool:
         """End the running turn of a process that died (its lease expired) with an Error
@@ -811,24 +817,63 @@ class ConversationService:
         if not ended:
             return False
         self.runner.stats.turn_ended(ERROR, None)
-        await self.events.append(conversation.tenant_id, conversation.id, turn.id, error)
-        await self.events.append(
-            conversation.tenant_id,
-            conversation.id,
-            turn.id,
-            TurnCompleted(
-                stop_reason=ERROR,
-                stop_detail=message,
-                usage=turn.usage,
-                cost_usd=money(turn.cost_usd),
-                message_count=turn.message_count,
-                last_message_id="",
-                duration=0.0,
-            ),
-        )
+        await self._log_end(turn, ERROR, message, error)
         if next_turn is not None:
             await self.runner.start_promoted(next_turn)
         return True
+
+    async def log_missing_ends(self) -> int:
+        """Log the end of turns that ended in PostgreSQL but whose end never reached the log
+        (the process ending them stopped or died while Redis was out of reach, after its
+        retries): their followers hear how they ended. Returns how many were logged."""
+        logged = 0
+        # Past the time their own process retries its end, and its lease.
+        waited = self.runner.config.end_retry_seconds + self.runner.config.lease_seconds
+        for turn in await self.store.unlogged_ends(waited, 100):
+            holder = f"{self.runner.owner}:end:{turn.id}"
+            try:
+                # The conversation's lease, so that one process logs it, and not under a
+                # turn running there now (the next sweep does).
+                if not await self.leases.acquire_if_free(
+                    turn.tenant_id, turn.conversation_id, holder
+                ):
+                    continue
+                try:
+                    error = None
+                    if turn.error:
+                        error = ErrorOccurred(
+                            code=int(turn.error.get("code", 14)),
+                            reason=str(turn.error.get("reason", "UNAVAILABLE")),
+                            message=str(turn.error.get("message", "")),
+                            retryable=bool(turn.error.get("retryable", False)),
+                        )
+                    await self._log_end(turn, turn.stop_reason, turn.stop_detail, error)
+                finally:
+                    await self.leases.release(turn.tenant_id, turn.conversation_id, holder)
+            except Exception as exc:  # a store is down: the next sweep tries again
+                log.warning("could not log the ends of turns: %s", exc)
+                break
+            logged += 1
+        return logged
+
+    async def _log_end(
+        self, turn: Turn, stop_reason: str, stop_detail: str, error: ErrorOccurred | None
+    ) -> None:
+        """Append a turn's Error, if any, and its TurnCompleted, in one append."""
+        items: list[tuple[EventBody, datetime | None]] = []
+        if error is not None:
+            items.append((error, None))
+        completed = TurnCompleted(
+            stop_reason=stop_reason,
+            stop_detail=stop_detail,
+            usage=turn.usage,
+            cost_usd=money(turn.cost_usd),
+            message_count=turn.message_count,
+            last_message_id="",
+            duration=0.0,
+        )
+        items.append((completed, None))
+        await self.events.append_many(turn.tenant_id, turn.conversation_id, turn.id, items)
 
     async def get_turn(self, principal: Principal, conversation_id: str, turn_id: str) -> Turn:
         turn = await self.store.get_turn(principal.tenant_id, conversation_id, turn_id)

@@ -97,6 +97,11 @@ class ConversationStore(Protocol):
         """Promoted turns of every tenant that no server started yet, oldest first."""
         ...
 
+    async def unlogged_ends(self, ended_before_seconds: float, limit: int) -> list[Turn]:
+        """Turns of every tenant that ended more than so long ago (within a day) and whose
+        TurnCompleted is not in the durable log, oldest first."""
+        ...
+
     async def long_running(self, older_than_seconds: float, limit: int) -> list[Conversation]:
         """Conversations of every tenant whose running turn started more than so long ago,
         oldest first: where to look for turns whose process died."""
