@@ -4,6 +4,7 @@ it runs what it was sent), out of reach for reads, down while the server stops."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -41,15 +42,22 @@ async def stalling(
         await asyncio.to_thread(private.stop)
 
 
+@contextlib.asynccontextmanager
+async def _client_and_conversation(
+    running: RunningServer,
+) -> AsyncIterator[tuple[AsyncClient, str]]:
+    """A client that does not retry (what it meets, the test sees) and a new conversation."""
+    once = RetryPolicy(max_attempts=1, resume_window_seconds=0)
+    async with AsyncClient(running.target, api_key=await member_key(running), retry=once) as c:
+        await wait_streaming(c)
+        yield c, await new_conversation(c)
+
+
 async def test_a_redis_stall_mid_turn_duplicates_no_event(
     stalling: tuple[RunningServer, int], streaming: None
 ) -> None:
     running, pid = stalling
-    key = await member_key(running)
-    once = RetryPolicy(max_attempts=1, resume_window_seconds=0)
-    async with AsyncClient(running.target, api_key=key, retry=once) as client:
-        await wait_streaming(client)
-        cid = await new_conversation(client)
+    async with _client_and_conversation(running) as (client, cid):
         stream = client.conversations.send(
             conversation_id=cid, content="How do I plan a product launch?"
         )
@@ -95,11 +103,7 @@ async def test_reads_go_on_and_refusals_say_when_to_retry_while_redis_is_down(
     stalling: tuple[RunningServer, int], streaming: None
 ) -> None:
     running, pid = stalling
-    key = await member_key(running)
-    once = RetryPolicy(max_attempts=1, resume_window_seconds=0)
-    async with AsyncClient(running.target, api_key=key, retry=once) as client:
-        await wait_streaming(client)
-        cid = await new_conversation(client)
+    async with _client_and_conversation(running) as (client, cid):
         done = [e async for e in client.conversations.send(conversation_id=cid, content="Hi")]
         os.kill(pid, signal.SIGSTOP)
         try:
