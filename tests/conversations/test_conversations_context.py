@@ -51,6 +51,22 @@ async def test_documents_given_with_the_message_ground_the_answer(conv: AsyncCli
     assert "2% per week" in answer.content
 
 
+async def test_context_follows_the_first_speaker_in_a_team_as_with_one_agent(
+    conv: AsyncClient,
+) -> None:
+    for team in (
+        pb.Team(single_agent="luca"),
+        pb.Team(agents=pb.AgentNames(names=["luca", "amy"])),
+    ):
+        cid = await new_conversation(conv, team=team)
+        events = await _ask_about_the_contract(conv, cid)
+        names = kinds(events)
+        first = names.index("speaker_selected")
+        assert names.index("context_injected") == first + 1
+        speaker = events[first].speaker_selected.agent
+        assert events[first + 1].context_injected.agent == speaker
+
+
 async def test_documents_given_on_a_later_turn_ground_its_answer(conv: AsyncClient) -> None:
     # From the second turn on, the team's saved state is restored before it answers: the
     # documents of the message must survive that.

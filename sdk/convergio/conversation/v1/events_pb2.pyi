@@ -186,9 +186,8 @@ class ConversationEvent(_message.Message):
     numbers of other turns' events (only possible when turns are queued).
 
     The events of one turn, in order: TurnQueued (only when enqueued),
-    TurnStarted; ContextInjected once, before the first reply, when documents
-    were given or RAG found something (after a single agent's SpeakerSelected,
-    before a team's first); then for each agent reply SpeakerSelected,
+    TurnStarted; then for each agent reply SpeakerSelected (the first followed
+    by ContextInjected, when documents were given or RAG found something),
     TokenDelta..., ToolCall / ApprovalRequired / ApprovalResolved / ToolResult
     (when the agent uses tools) and MessageCompleted; CostUpdate after each
     model call; BudgetAlert, InputFlagged and Error where they apply; and

@@ -18,7 +18,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -342,6 +342,7 @@ class TurnExecution:
         # Messages of earlier turns that the saved team state lacks, replayed to the team.
         self.missed: list[TextMessage] = []
         self.speaker_announced = False  # the single agent's SpeakerSelected went with TurnStarted
+        self._context: ContextInjected | None = None  # a team's, until its first speaker
         self.lease_released = False  # renewed by the runner until then
         self.server_stopping = False  # ended because this process is shutting down
         self.endpoint_failed = False  # ended by its model endpoint (see `endpoint_failure`)
@@ -451,7 +452,7 @@ class TurnExecution:
         while self._announced < len(selections):
             selection = selections[self._announced]
             self._emit_delta()
-            self.post(selection)
+            self._post_selection(selection)
             self._announced += 1
             if selection.agent == source:
                 break
@@ -462,8 +463,16 @@ class TurnExecution:
         selections = self._plan.selections if self._plan is not None else []
         if self._announced < len(selections) and self._announced <= self._spoken:
             self._emit_delta()
-            self.post(selections[self._announced])
+            self._post_selection(selections[self._announced])
             self._announced += 1
+
+    def _post_selection(self, selection: SpeakerSelected) -> None:
+        """Post a team's SpeakerSelected; the first is followed by the turn's context, which
+        went into the context of the agent it names (as a single agent's does)."""
+        self.post(selection)
+        if self._context is not None:
+            context, self._context = self._context, None
+            self.post(replace(context, agent=selection.agent))
 
     def put(self, item: Any) -> None:
         """Queue an item for the turn's loop (`_drive`)."""
@@ -764,14 +773,13 @@ class TurnExecution:
             self.post(_single_speaker(team.participants[0]))
         if team.context:
             first = team.participants[0] if team.plan is None else (team.plan.speakers or [""])[0]
-            self.post(
-                ContextInjected(
-                    agent=first,
-                    query=self.turn.content[:500],
-                    documents=team.context,
-                    threshold=0.0,
-                )
+            context = ContextInjected(
+                agent=first, query=self.turn.content[:500], documents=team.context, threshold=0.0
             )
+            if team.plan is None:
+                self.post(context)  # after the single agent's SpeakerSelected
+            else:
+                self._context = context  # after the first SpeakerSelected (`_post_selection`)
         # Per agent, the id its streamed text went out under, for the message made of it.
         streamed: dict[str, str] = {}
         pending_usage: dict[str, Usage] = {}
@@ -866,6 +874,9 @@ class TurnExecution:
                     self._spoken += 1
                     self._announce_next()
         finally:
+            if self._context is not None:  # no speaker was announced: said all the same
+                context, self._context = self._context, None
+                self.post(context, ending=True)
             self._stopped_streaming()
             if self._timer is not None:
                 self._timer.cancel()
