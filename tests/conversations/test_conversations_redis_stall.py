@@ -105,8 +105,24 @@ async def test_reads_go_on_and_refusals_say_when_to_retry_while_redis_is_down(
     running, pid = stalling
     async with _client_and_conversation(running) as (client, cid):
         done = [e async for e in client.conversations.send(conversation_id=cid, content="Hi")]
+        other = await new_conversation(client)
+        streaming_turn = client.conversations.send(
+            conversation_id=other, content="How do I plan a product launch?"
+        )
+        started = await streaming_turn.__anext__()
         os.kill(pid, signal.SIGSTOP)
         try:
+            # A turn running in the process asked is stopped there, Redis or not (by the
+            # cancel, or by its log failing first).
+            cancelled = await client.conversations.cancel_turn(
+                conversation_id=other, turn_id=started.turn_id
+            )
+            assert cancelled.turn.status == pb.TURN_STATUS_ENDED
+            assert cancelled.turn.stop_reason in (
+                events_pb2.STOP_REASON_CANCELLED,
+                events_pb2.STOP_REASON_ERROR,
+            )
+            await streaming_turn.aclose()
             # What PostgreSQL holds is served without Redis (its latest sequence included).
             got = await client.conversations.get_conversation(conversation_id=cid)
             assert got.conversation.last_sequence == done[-1].sequence
