@@ -133,6 +133,40 @@ async def test_the_turn_of_a_dead_process_is_ended_by_another(
     assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
 
 
+async def test_a_dead_process_and_a_redis_that_lost_its_data_reuse_no_number(
+    other_process: tuple[subprocess.Popen[str], str],
+    sides: Sides,
+    server: RunningServer,
+    redis_prefix: str,
+) -> None:
+    process, _ = other_process
+    cid = sides.conversation_id
+    stream = sides.there.conversations.send_message(conversation_id=cid, content=LONG)
+    seen = []
+    async for response in stream:
+        seen.append(response.event)
+        if kinds(seen).count("token_delta") == 5:
+            break
+    process.kill()  # no chance to end its turn
+    process.wait()
+    stream.cancel()
+    # Redis restarted without its data: the conversation's counter, stream and turns.
+    keys = Keys(redis_prefix)
+    await server.infra.redis.delete(
+        *(keys.k("conv", TENANT, cid, name) for name in ("seq", "events", "turns"))
+    )
+    await asyncio.sleep(1.5)  # the one-second lease expires
+    follower = sides.here.conversations.stream_events(
+        conversation_id=cid, turn_id=seen[0].turn_id, after_sequence=seen[-1].sequence
+    )
+    # Its end comes after every number the client saw (token deltas are not durable).
+    await collect(sides.here.conversations.send(conversation_id=cid, content="Hello"))
+    async with asyncio.timeout(60):  # (numbered below what it saw, the end never comes)
+        ended = [r.event async for r in follower]
+    assert kinds(ended)[-2:] == ["error", "turn_completed"]
+    assert all(e.sequence > seen[-1].sequence for e in ended)
+
+
 async def test_the_turn_of_a_dead_process_ends_and_its_queue_runs_with_nobody_asking(
     other_process: tuple[subprocess.Popen[str], str],
     server: RunningServer,

@@ -69,6 +69,11 @@ from convergio_server.domain.pagination import (
 
 log = logging.getLogger(__name__)
 
+# How far past the durable log the numbering resumes for the end of a dead process's turn
+# when Redis lost the counter: more token deltas than a turn streams between two durable
+# events (the messages it completes), so that no number a client saw is handed out again.
+LOST_NUMBERS_GAP = 1_000_000
+
 MAX_CONTENT_BYTES = 32_768
 MAX_DOCUMENTS = 16
 MAX_DOCUMENT_BYTES = 256 * 1024
@@ -873,7 +878,11 @@ class ConversationService:
             duration=0.0,
         )
         items.append((completed, None))
-        await self.events.append_many(turn.tenant_id, turn.conversation_id, turn.id, items)
+        # Its process is gone: if Redis lost the counter too, the numbers of its token
+        # deltas are known only to the clients that saw them.
+        await self.events.append_many(
+            turn.tenant_id, turn.conversation_id, turn.id, items, gap_if_lost=LOST_NUMBERS_GAP
+        )
 
     async def get_turn(self, principal: Principal, conversation_id: str, turn_id: str) -> Turn:
         turn = await self.store.get_turn(principal.tenant_id, conversation_id, turn_id)

@@ -365,11 +365,16 @@ class EventLog:
         turn_id: str,
         items: list[tuple[EventBody, datetime | None]],
         ordinals: Sequence[int] | None = None,
+        *,
+        gap_if_lost: int = 0,
     ) -> list[Event]:
         """Append events of one turn in this order: one Redis round trip for all of them
         (shared with the appends of other conversations made meanwhile), then one hand-over
         to this process's subscribers. With `ordinals` (see `LiveEvents.append`), a retry
-        after a failure whose outcome is unknown (a timeout) appends nothing twice."""
+        after a failure whose outcome is unknown (a timeout) appends nothing twice. With
+        `gap_if_lost`, a counter Redis lost resumes that far past the durable log: for the
+        end of a turn another process ran, whose token deltas (never durable) had numbers
+        a client may have seen."""
         stamped = [(body, event_time or datetime.now(UTC)) for body, event_time in items]
         payloads = [encode(conversation_id, turn_id, 0, now, body) for body, now in stamped]
         sequences = await self.live.append(
@@ -381,7 +386,7 @@ class EventLog:
             # log, or from what this process appended last if that is higher (token deltas
             # are not durable, and their numbers must not be handed out twice).
             seed = max(
-                await self.durable.max_sequence(tenant_id, conversation_id),
+                await self.durable.max_sequence(tenant_id, conversation_id) + gap_if_lost,
                 self._appended.get((tenant_id, conversation_id), 0),
             )
             again = [payloads[i] for i in missing]
