@@ -547,20 +547,33 @@ async def test_a_turn_ended_without_its_end_in_the_log_has_it_logged(
     )
     async with running_server(settings) as sweeping:
         async with AsyncClient(sweeping.target, api_key=await member_key(sweeping)) as client:
-            cid = await new_conversation(client)
-            done = await collect(client.conversations.send(conversation_id=cid, content="Hi"))
+            pool, redis = sweeping.infra.pool, sweeping.infra.redis
+
+            async def without_end(ago: str) -> tuple[str, list[events_pb2.ConversationEvent]]:
+                cid = await new_conversation(client)
+                done = await collect(client.conversations.send(conversation_id=cid, content="Hi"))
+                await pool.execute(
+                    "DELETE FROM conversation_events WHERE turn_id = $1 "
+                    "AND kind = 'turn_completed'",
+                    done[-1].turn_id,
+                )
+                stream = Keys(redis_prefix).k("conv", TENANT, cid, "events")
+                await redis.xdel(stream, f"{done[-1].sequence}-0")
+                # Long enough ago that its own process has given up retrying.
+                await pool.execute(
+                    f"UPDATE turns SET end_time = now() - interval '{ago}' WHERE id = $1",
+                    done[-1].turn_id,
+                )
+                return cid, done
+
+            # The oldest one's log refuses its end (its stream is broken): the others are
+            # logged all the same.
+            broken, _ = await without_end("20 minutes")
+            broken_stream = Keys(redis_prefix).k("conv", TENANT, broken, "events")
+            await redis.delete(broken_stream)
+            await redis.set(broken_stream, "not a stream")
+            cid, done = await without_end("10 minutes")
             turn_id = done[-1].turn_id
-            pool = sweeping.infra.pool
-            await pool.execute(
-                "DELETE FROM conversation_events WHERE turn_id = $1 AND kind = 'turn_completed'",
-                turn_id,
-            )
-            stream = Keys(redis_prefix).k("conv", TENANT, cid, "events")
-            await sweeping.infra.redis.xdel(stream, f"{done[-1].sequence}-0")
-            # Long enough ago that its own process has given up retrying.
-            await pool.execute(
-                "UPDATE turns SET end_time = now() - interval '10 minutes' WHERE id = $1", turn_id
-            )
             async with asyncio.timeout(30):
                 while True:
                     logged = [
@@ -572,6 +585,7 @@ async def test_a_turn_ended_without_its_end_in_the_log_has_it_logged(
                     if logged[-1].HasField("turn_completed"):
                         break
                     await asyncio.sleep(0.2)
+            await redis.delete(broken_stream)
     again = logged[-1]
     assert again.turn_id == turn_id
     assert again.turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED

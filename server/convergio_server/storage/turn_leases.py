@@ -14,6 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from convergio_server.domain.background import cancel_and_wait
+from convergio_server.storage import redis as rds
 from convergio_server.storage.redis import Keys
 from convergio_server.storage.redis_pipe import PipelinedRedis
 
@@ -59,7 +60,8 @@ class RedisLeases:
 
     async def acquire_if_free(self, tenant_id: str, conversation_id: str, holder: str) -> bool:
         key = self._key(tenant_id, conversation_id)
-        return bool(await self.redis.set(key, holder, px=self.ttl_ms, nx=True))
+        async with rds.outage_as_unavailable():
+            return bool(await self.redis.set(key, holder, px=self.ttl_ms, nx=True))
 
     async def renew_many(self, held: list[tuple[str, str, str]]) -> list[bool]:
         kept: list[int] = await self._renew_many(
@@ -69,10 +71,12 @@ class RedisLeases:
         return [bool(k) for k in kept]
 
     async def release(self, tenant_id: str, conversation_id: str, holder: str) -> None:
-        await self._release(keys=[self._key(tenant_id, conversation_id)], args=[holder])
+        async with rds.outage_as_unavailable():
+            await self._release(keys=[self._key(tenant_id, conversation_id)], args=[holder])
 
     async def holder(self, tenant_id: str, conversation_id: str) -> str | None:
-        value = await self.redis.get(self._key(tenant_id, conversation_id))
+        async with rds.outage_as_unavailable():
+            value = await self.redis.get(self._key(tenant_id, conversation_id))
         if value is None:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)

@@ -855,9 +855,12 @@ class ConversationService:
                     await self._log_end(turn, turn.stop_reason, turn.stop_detail, error)
                 finally:
                     await self.leases.release(turn.tenant_id, turn.conversation_id, holder)
-            except Exception as exc:  # a store is down: the next sweep tries again
+            except Unavailable as exc:  # a store is down: the next sweep tries again
                 log.warning("could not log the ends of turns: %s", exc)
                 break
+            except Exception as exc:  # this one only (its log refuses it): not the others
+                log.warning("could not log the end of turn %s: %s", turn.id, exc)
+                continue
             logged += 1
         return logged
 
