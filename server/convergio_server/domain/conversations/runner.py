@@ -1284,6 +1284,9 @@ class TurnRunner:
                 continue
             for execution, ok in zip(held, kept, strict=True):
                 if not ok and not execution.lease_released:
+                    # Redis lost or expired it (an outage), or another process took it:
+                    # nothing the tenant's turns did, so neutral for its breaker.
+                    execution.outage = True
                     execution.cancel(ERROR, "this server lost the turn's lease")
 
     def reserve_start(self) -> bool:
