@@ -118,27 +118,18 @@ class _WatchedTransport(httpx2.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def _never_connected(exc: openai.APIConnectionError) -> bool:
-    """Whether the call failed before a connection was made. The HTTP library's connect
-    error is told by its name: the library is the openai package's choice, not ours."""
-    cause: BaseException | None = exc.__cause__
-    while cause is not None:
-        if type(cause).__name__ in ("ConnectError", "ConnectionRefusedError", "gaierror"):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
+def _where(model: str, base_url: str) -> str:
+    return f"model {model!r} at {base_url or PROVIDER_URL}"
 
 
-def model_error(
-    exc: BaseException, *, model: str, base_url: str, sending: _Sending | None = None
-) -> ModelError:
-    """The ModelError for an exception raised by a call to `model` at `base_url`; with
-    `sending`, what its HTTP attempts did."""
-    where = f"model {model!r} at {base_url or PROVIDER_URL}"
+def model_error(exc: BaseException, *, model: str, base_url: str, sending: _Sending) -> ModelError:
+    """The ModelError for an exception raised by a call to `model` at `base_url`, whose
+    HTTP attempts did what `sending` says."""
+    where = _where(model, base_url)
     if isinstance(exc, ModelError):
         return exc
     if isinstance(exc, TimeoutError | openai.APITimeoutError):
-        if sending is not None and not sending.sent:
+        if not sending.sent:
             # Out of time while connecting, or retrying connections: the request never left.
             reason = sending.connect_error or "no connection was made in time"
             return ModelError(
@@ -150,7 +141,7 @@ def model_error(
             f"{where} cannot be reached: {exc.__cause__ or exc}",
             kind="unavailable",
             # No connection was made (refused, no such host): the request never left.
-            sent=sending.sent if sending is not None else not _never_connected(exc),
+            sent=sending.sent,
         )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
@@ -371,7 +362,7 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
     def model(self) -> str:
         return self._model
 
-    def _error(self, exc: BaseException, sending: _Sending | None = None) -> ModelError:
+    def _error(self, exc: BaseException, sending: _Sending) -> ModelError:
         error = model_error(exc, model=self._model, base_url=self._base_url, sending=sending)
         log.warning("model call failed: %s (%s)", error.message, error.kind)
         return error
@@ -448,8 +439,7 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
                     if began and error.kind == "unavailable":
                         # The endpoint was reached and answered: the stream was cut off.
                         raise ModelError(
-                            f"model {self._model!r} at "
-                            f"{self._base_url or PROVIDER_URL} cut its stream off "
+                            f"{_where(self._model, self._base_url)} cut its stream off "
                             f"before the end ({exc.__cause__ or exc})",
                             kind="invalid_response",
                         ) from exc
@@ -460,11 +450,11 @@ class OpenAICompatChatCompletionClient(DelegatingChatCompletionClient):
                     # reason; without one the stream was cut or was not that protocol.
                     raise self._error(
                         ModelError(
-                            f"model {self._model!r} at {self._base_url or PROVIDER_URL}"
-                            " ended its stream without a finish reason (truncated, or not the "
-                            "OpenAI protocol)",
+                            f"{_where(self._model, self._base_url)} ended its stream without a "
+                            "finish reason (truncated, or not the OpenAI protocol)",
                             kind="invalid_response",
-                        )
+                        ),
+                        sending,
                     )
                 if isinstance(item, CreateResult) and item.usage.prompt_tokens == 0:
                     # No prompt can be empty: the endpoint did not report this call's usage
