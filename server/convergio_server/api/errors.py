@@ -90,28 +90,16 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-# The retry delay a client is told when a store is unreachable.
-STORE_RETRY_SECONDS = 1.0
-
-
 def translate(exc: BaseException) -> de.DomainError | None:
     """Turn infrastructure failures into the domain error a client can act on."""
     if isinstance(exc, de.DomainError):
         return exc
     if isinstance(exc, redis.exceptions.RedisError) or _from_redis(exc):
         if redis_store.is_unavailable_error(exc):
-            return de.Unavailable(
-                "Redis is unreachable; retry shortly",
-                metadata={"dependency": "redis"},
-                retry_after_seconds=STORE_RETRY_SECONDS,
-            )
+            return de.store_unavailable("Redis is unreachable; retry shortly", "redis")
         return None
     if postgres_store.is_unavailable_error(exc):
-        return de.Unavailable(
-            "PostgreSQL is unreachable; retry shortly",
-            metadata={"dependency": "postgresql"},
-            retry_after_seconds=STORE_RETRY_SECONDS,
-        )
+        return de.store_unavailable("PostgreSQL is unreachable; retry shortly", "postgresql")
     return None
 
 

@@ -1,4 +1,4 @@
-"""Stopping background tasks reliably at shutdown."""
+"""Background tasks: stopping them reliably at shutdown, and logging their retries."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ log = logging.getLogger(__name__)
 
 # How often a task that ignored its cancellation is cancelled again.
 _RECANCEL_SECONDS = 0.2
+# A failure a background loop meets again and again (a store down) is logged the first time,
+# then once in so many: one line per retry would flood the log.
+_SAY_AGAIN_EVERY = 30
+
+
+def worth_logging(failures: int) -> bool:
+    """Whether the `failures`-th failure in a row of a retrying loop is to be logged."""
+    return failures == 1 or failures % _SAY_AGAIN_EVERY == 0
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], limit_seconds: float = 10.0) -> None:

@@ -123,6 +123,18 @@ class PayloadTooLarge(DomainError):
     reason: str = "PAYLOAD_TOO_LARGE"
 
 
+def store_unavailable(message: str, store: str) -> Unavailable:
+    """A store (`store`: "postgresql" or "redis") cannot be reached: worth a retry in a
+    moment, which the client is told."""
+    return Unavailable(
+        message, metadata={"dependency": store}, retry_after_seconds=STORE_RETRY_SECONDS
+    )
+
+
+# What a client is told to wait before retrying a call a store outage refused.
+STORE_RETRY_SECONDS = 1.0
+
+
 def server_stopping() -> Unavailable:
     """What a stream that runs nothing here ends with when the server begins to stop: its
     client goes on with another server (the SDK re-attaches by itself)."""

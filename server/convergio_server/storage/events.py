@@ -4,11 +4,10 @@ stream per conversation whose entry ids are `<sequence>-0`) and `PgDurableEvents
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import time
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from convergio_server.domain.errors import NotFound, Unavailable
+from convergio_server.domain.errors import NotFound, Unavailable, store_unavailable
 from convergio_server.domain.events.model import Event, body_dict, body_from_dict
 from convergio_server.storage import postgres as pg
 from convergio_server.storage import redis as rds
@@ -261,31 +260,25 @@ class RedisLiveEvents:
         )
 
     async def last_sequence(self, tenant_id: str, conversation_id: str) -> int | None:
-        value = await self._optional(self.hot.get(self._counter(tenant_id, conversation_id)))
+        counter = self._counter(tenant_id, conversation_id)
+        value = await self._optional(lambda: self.hot.get(counter))
         return None if value is None else int(value)
 
     async def turn_last_sequence(
         self, tenant_id: str, conversation_id: str, turn_id: str
     ) -> int | None:
-        value = await self._optional(
-            self.redis.hget(self._turns(tenant_id, conversation_id), turn_id)
-        )
+        turns = self._turns(tenant_id, conversation_id)
+        value = await self._optional(lambda: self.redis.hget(turns, turn_id))
         return None if value is None else int(value)
 
-    async def _optional(self, read: Awaitable[Any]) -> Any:
+    async def _optional(self, read: Callable[[], Awaitable[Any]]) -> Any:
         """A read its callers can do without: Unavailable when Redis is out of reach, at
         once for a while after it was (a hung Redis costs each read its whole timeout)."""
         if time.monotonic() < self._down_until:
-            if inspect.iscoroutine(read):
-                read.close()
-            raise Unavailable(
-                "Redis was unreachable a moment ago",
-                metadata={"dependency": "redis"},
-                retry_after_seconds=1.0,
-            )
+            raise store_unavailable("Redis was unreachable a moment ago", "redis")
         try:
             async with rds.outage_as_unavailable():
-                return await read
+                return await read()
         except Unavailable:
             self._down_until = time.monotonic() + _SKIP_AFTER_OUTAGE_SECONDS
             raise

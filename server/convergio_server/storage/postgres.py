@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from convergio_server.domain.errors import Unavailable
+from convergio_server.domain.errors import Unavailable, store_unavailable
 
 # asyncpg's classes are generic only in its stubs, hence the string aliases.
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
@@ -85,11 +85,7 @@ async def outage_as_unavailable() -> AsyncIterator[None]:
 
 def _unavailable(exc: BaseException, what: str) -> Unavailable:
     detail = str(exc) or type(exc).__name__
-    return Unavailable(
-        f"PostgreSQL {what}: {detail}",
-        metadata={"dependency": "postgresql"},
-        retry_after_seconds=1.0,
-    )
+    return store_unavailable(f"PostgreSQL {what}: {detail}", "postgresql")
 
 
 async def create_pool(

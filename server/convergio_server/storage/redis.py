@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from convergio_server import __version__
-from convergio_server.domain.errors import Unavailable
+from convergio_server.domain.errors import Unavailable, store_unavailable
 
 # What `CLIENT LIST` shows as lib-name: redis-py, used by Convergio. Given once: without it
 # every new connection looks redis-py's version up in the installed packages (~0.2 ms).
@@ -119,10 +119,8 @@ async def outage_as_unavailable() -> AsyncIterator[None]:
         yield
     except Exception as exc:
         if not isinstance(exc, Unavailable) and is_unavailable_error(exc):
-            raise Unavailable(
-                f"Redis is unreachable: {exc or type(exc).__name__}",
-                metadata={"dependency": "redis"},
-                retry_after_seconds=1.0,
+            raise store_unavailable(
+                f"Redis is unreachable: {exc or type(exc).__name__}", "redis"
             ) from exc
         raise
 

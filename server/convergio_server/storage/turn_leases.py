@@ -13,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from convergio_server.domain.background import cancel_and_wait
+from convergio_server.domain.background import cancel_and_wait, worth_logging
 from convergio_server.storage import redis as rds
 from convergio_server.storage.redis import Keys
 from convergio_server.storage.redis_pipe import PipelinedRedis
@@ -130,7 +130,7 @@ class CancelChannel:
                     raise
                 except Exception as exc:
                     failures += 1
-                    if failures == 1 or failures % 30 == 0:  # Redis down: not a line a retry
+                    if worth_logging(failures):  # Redis down
                         log.warning("turn cancel listener: %s (failure %d)", exc, failures)
                     await asyncio.sleep(min(5.0, 0.25 * 2**failures))
 

@@ -63,7 +63,7 @@ from convergio_server.domain.conversations.model import (
     TurnOutcome,
     money,
 )
-from convergio_server.domain.conversations.screening import category_of, findings_of
+from convergio_server.domain.conversations.screening import Screen, category_of, findings_of
 from convergio_server.domain.conversations.selection import Plan
 from convergio_server.domain.conversations.store import ConversationStore
 from convergio_server.domain.conversations.turn_stats import TurnStats
@@ -110,7 +110,6 @@ MAX_MISSED_MESSAGES = 50
 # How long token deltas wait, at most, for this process's readers of the conversation to
 # catch up before they are logged (they keep growing meanwhile).
 HOLD_SECONDS = 0.05
-# How long a turn keeps trying to log its end while Redis is unreachable.
 # Promoted turns that no server started, started per look (`TurnRunner.sweep`).
 SWEEP_BATCH = 50
 # A cancel that arrives while its turn is being started here is applied when it starts.
@@ -170,6 +169,8 @@ class BuiltTeam:
     tool_attempts: dict[str, int] = field(default_factory=dict)  # call id -> attempts
     # Call id -> what input screening found in the call's result (when it found anything).
     screened: dict[str, ScreenedResult] = field(default_factory=dict)
+    # Screens what reaches the turn's models from outside (tool results, knowledge).
+    screen: Screen | None = None
     kept: Any = None  # what the builder needs to make the team ready for another turn
 
 

@@ -34,11 +34,7 @@ from convergio_server.domain.conversations.model import (
     TurnOutcome,
     money,
 )
-from convergio_server.domain.conversations.runner import (
-    SERVER_STOPPED,
-    Leases,
-    TurnRunner,
-)
+from convergio_server.domain.conversations.runner import SERVER_STOPPED, Leases, TurnRunner
 from convergio_server.domain.conversations.selection import policy_names
 from convergio_server.domain.conversations.store import Admitted, ConversationStore
 from convergio_server.domain.errors import (

@@ -360,6 +360,7 @@ class AutogenTeamBuilder:
             pricing=bound.pricing,
             tool_attempts=bound.tool_attempts,
             screened=bound.screened,
+            screen=bound.screen,
         )
         return await self._with_context(again, request)
 
@@ -373,9 +374,7 @@ class AutogenTeamBuilder:
         scope = TurnScope(principal, conversation.id, turn.id, request.alerts)
         attempts: dict[str, int] = {}
         screened: dict[str, ScreenedResult] = {}
-
-        async def screen(content: str) -> ScreenedResult:
-            return await guards.screen_tool_result(scope, content)
+        screen = _screening(guards, scope)
 
         # Tools run once the turn is admitted (see `admittance.py`).
         ready = admittance.wait if admittance is not None else None
@@ -416,22 +415,16 @@ class AutogenTeamBuilder:
             pricing=pricing,
             tool_attempts=attempts,
             screened=screened,
+            screen=screen,
             kept=kept,
         )
 
     async def _with_context(self, team: BuiltTeam, request: TeamRequest) -> BuiltTeam:
         """`team` with the turn's documents, which go into its agents' memories once their
         saved state is restored."""
-        guards = team.kept.guards if isinstance(team.kept, _Kept) else self.guards()
-        scope = TurnScope(
-            request.principal, request.conversation.id, request.turn.id, request.alerts
-        )
-
-        async def screen(content: str) -> ScreenedResult:
-            return await guards.screen_tool_result(scope, content)
-
+        assert team.screen is not None  # (set by `_bind`)
         context, documents = await self._find_context(
-            request.principal, request.turn, team.features, screen
+            request.principal, request.turn, team.features, team.screen
         )
         agents = team.kept.agents
 
@@ -502,3 +495,13 @@ class AutogenTeamBuilder:
             if text is not None
         ]
         return [document for document, _ in found], messages
+
+
+def _screening(guards: Guards, scope: TurnScope) -> Screen:
+    """The input screening of what reaches a turn's models from outside it (tool results,
+    knowledge-base documents)."""
+
+    async def screen(content: str) -> ScreenedResult:
+        return await guards.screen_tool_result(scope, content)
+
+    return screen

@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from convergio_server.domain.errors import Unavailable
+from convergio_server.domain.errors import STORE_RETRY_SECONDS, Unavailable
 
 
 def counters_unavailable() -> Unavailable:
@@ -19,7 +19,7 @@ def counters_unavailable() -> Unavailable:
         "the cost guards cannot reach Redis, so budgets and limits cannot be checked; the "
         "request is refused rather than run without a spending limit. Retry when Redis is back",
         metadata={"dependency": "redis", "guard": "budgets"},
-        retry_after_seconds=1.0,
+        retry_after_seconds=STORE_RETRY_SECONDS,
     )
 
 

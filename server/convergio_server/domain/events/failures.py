@@ -5,7 +5,7 @@ cost ledger)."""
 from __future__ import annotations
 
 from convergio_server.domain.costs.breaker import PROVIDER_PREFIX
-from convergio_server.domain.errors import DomainError, domain_cause
+from convergio_server.domain.errors import STORE_RETRY_SECONDS, DomainError, domain_cause
 from convergio_server.domain.events.model import ErrorOccurred
 from convergio_server.domain.models.errors import ModelError
 
@@ -36,6 +36,9 @@ _DOMAIN_CODES = {
 }
 
 
+_OUTAGE_REASONS = frozenset({"UNAVAILABLE", "CIRCUIT_OPEN"})
+
+
 def outage_failure(exc: BaseException) -> bool:
     """Whether a turn ended by `exc` failed because a store it needs (PostgreSQL, Redis) was
     unreachable, or a breaker refused it: nothing the tenant's turns did, so nothing for the
@@ -44,13 +47,7 @@ def outage_failure(exc: BaseException) -> bool:
         return True
     cause = domain_cause(exc)
     return (
-        cause is not None
-        and not isinstance(cause, ModelError)
-        and cause.reason
-        in (
-            "UNAVAILABLE",
-            "CIRCUIT_OPEN",
-        )
+        cause is not None and not isinstance(cause, ModelError) and cause.reason in _OUTAGE_REASONS
     )
 
 
@@ -101,7 +98,7 @@ def error_event(exc: BaseException) -> ErrorOccurred:
             message="the turn could not reach a store it needs (PostgreSQL or Redis); "
             "send the message again",
             retryable=True,
-            retry_delay=1.0,
+            retry_delay=STORE_RETRY_SECONDS,
         )
     text = str(exc) or type(exc).__name__
     return ErrorOccurred(

@@ -25,15 +25,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from convergio_server.domain.background import cancel_and_wait
+from convergio_server.domain.background import cancel_and_wait, worth_logging
 from convergio_server.domain.errors import NotFound, Unavailable
 from convergio_server.domain.events.model import Event, EventBody, decode, encode
 
 log = logging.getLogger(__name__)
 
 _PAGE = 1000
-# A failure that repeats (a store down) is logged the first time, then once in so many.
-_SAY_AGAIN_EVERY = 30
 # How long appended events whose durable write failed (PostgreSQL down) are retried.
 DURABLE_RETRY_SECONDS = 120.0
 # ...and once the process is stopping.
@@ -682,7 +680,7 @@ class EventLog:
                 raise
             except Exception as exc:  # Redis down: retry; subscribers fill gaps later
                 failures += 1
-                if failures == 1 or failures % _SAY_AGAIN_EVERY == 0:  # not a line a retry
+                if worth_logging(failures):
                     log.warning(
                         "event follower of %s: %s (failure %d)", conversation_id, exc, failures
                     )
