@@ -442,12 +442,12 @@ class PgConversationStore:
 
     async def unlogged_ends(self, ended_before_seconds: float, limit: int) -> list[Turn]:
         rows = await self.pool.fetch(
-            f"SELECT {_TURN_COLUMNS} FROM turns WHERE status = 'ENDED' "
+            # end_logged is set when the log's TurnCompleted is stored (a trigger); the
+            # partial index holds only the turns without one. A day on, a turn whose end
+            # the log keeps refusing is left (it no longer holds the others back).
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE status = 'ENDED' AND NOT end_logged "
             "AND end_time > now() - interval '1 day' "
             "AND end_time < now() - make_interval(secs => $1) "
-            "AND NOT EXISTS (SELECT 1 FROM conversation_events e "
-            "WHERE e.tenant_id = turns.tenant_id AND e.conversation_id = turns.conversation_id "
-            "AND e.turn_id = turns.id AND e.kind = 'turn_completed') "
             "ORDER BY end_time LIMIT $2",
             ended_before_seconds,
             limit,
