@@ -559,9 +559,11 @@ async def test_a_turn_ended_without_its_end_in_the_log_has_it_logged(
                 )
                 stream = Keys(redis_prefix).k("conv", TENANT, cid, "events")
                 await redis.xdel(stream, f"{done[-1].sequence}-0")
-                # Long enough ago that its own process has given up retrying.
+                # Long enough ago that its own process has given up retrying (and, as the
+                # log never had its end, not marked as logged).
                 await pool.execute(
-                    f"UPDATE turns SET end_time = now() - interval '{ago}' WHERE id = $1",
+                    f"UPDATE turns SET end_time = now() - interval '{ago}', end_logged = false "
+                    "WHERE id = $1",
                     done[-1].turn_id,
                 )
                 return cid, done

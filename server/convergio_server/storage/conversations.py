@@ -456,10 +456,11 @@ class PgConversationStore:
 
     async def long_running(self, older_than_seconds: float, limit: int) -> list[Conversation]:
         rows = await self.pool.fetch(
-            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c JOIN turns r "
-            "ON r.tenant_id = c.tenant_id AND r.conversation_id = c.id "
-            "AND r.id = c.active_turn_id "
-            "WHERE c.active_turn_id IS NOT NULL AND r.status = 'RUNNING' AND r.started "
+            # From the running turns (a partial index), not from every conversation.
+            f"SELECT {_CONVERSATION_COLUMNS} FROM turns r JOIN conversations c "
+            "ON c.tenant_id = r.tenant_id AND c.id = r.conversation_id "
+            "AND c.active_turn_id = r.id "
+            "WHERE r.status = 'RUNNING' AND r.started "
             "AND r.start_time < now() - make_interval(secs => $1) "
             "ORDER BY r.start_time LIMIT $2",
             older_than_seconds,
