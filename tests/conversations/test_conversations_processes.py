@@ -28,6 +28,7 @@ from tests.conversations.conftest import (
     kinds,
     member_key,
     new_conversation,
+    switch_on,
     wait_streaming,
 )
 from tests.platform.procs import serve_process
@@ -252,22 +253,31 @@ async def test_a_conversation_goes_on_after_a_restart(
 
 
 async def test_a_turn_whose_lease_another_process_took_is_ended(
-    sides: Sides, server: RunningServer, redis_prefix: str
+    other_process: tuple[subprocess.Popen[str], str], server: RunningServer, redis_prefix: str
 ) -> None:
     # The turn's process renews its lease (one second here) while the turn runs; if another
     # holder takes it (the process looked dead to the others), the turn stops rather than
-    # run twice.
-    cid = sides.conversation_id
-    stream = sides.there.conversations.send(conversation_id=cid, content=LONG)
-    first = await stream.__anext__()
-    lease = Keys(redis_prefix).k("conv", TENANT, cid, "lease")
-    holder = await server.infra.redis.get(lease)
-    assert isinstance(holder, bytes) and holder.decode().endswith(first.turn_id)
-    await server.infra.redis.set(lease, "someone-else", px=60_000)
-    rest = [event async for event in stream]
-    done = rest[-1].turn_completed
-    assert done.stop_reason == events_pb2.STOP_REASON_ERROR
-    assert "lost the turn's lease" in done.stop_detail
+    # run twice. Nothing the tenant's turns did: its breaker does not count it.
+    tenant = f"lease-{uuid.uuid4().hex[:8]}"
+    await switch_on(server, "true_streaming", tenant)
+    _, key = await server.server.keys.create(tenant, "lease", ["member", "operator"])
+    async with AsyncClient(other_process[1], api_key=key) as client:
+        await wait_streaming(client)
+        cid = await new_conversation(client)
+        stream = client.conversations.send(conversation_id=cid, content=LONG)
+        first = await stream.__anext__()
+        lease = Keys(redis_prefix).k("conv", tenant, cid, "lease")
+        holder = await server.infra.redis.get(lease)
+        assert isinstance(holder, bytes) and holder.decode().endswith(first.turn_id)
+        await server.infra.redis.set(lease, "someone-else", px=60_000)
+        rest = [event async for event in stream]
+        done = rest[-1].turn_completed
+        assert done.stop_reason == events_pb2.STOP_REASON_ERROR
+        assert "lost the turn's lease" in done.stop_detail
+        breaker = await client.costs.get_circuit_breaker(
+            scope=cost_pb2.CIRCUIT_BREAKER_SCOPE_TENANT
+        )
+        assert breaker.circuit_breaker.consecutive_failures == 0
 
 
 async def test_a_stopping_server_ends_its_turns_on_their_open_streams(
