@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from convergio_server.domain.background import cancel_and_wait
+import pytest
+from convergio_server.domain import background
+from convergio_server.domain.background import Backoff, cancel_and_wait, worth_logging
 
 
 async def _swallows_first_cancel(stopped: list[str]) -> None:
@@ -58,3 +60,24 @@ async def test_finished_and_failed_tasks_are_fine() -> None:
     await asyncio.sleep(0.01)
     await cancel_and_wait([done, failed])
     assert done.done() and failed.done()
+
+
+async def test_a_backoff_waits_longer_each_time_and_gives_up_at_its_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(background.asyncio, "sleep", sleep)
+    backoff = Backoff(3600)
+    for _ in range(6):
+        assert not backoff.exhausted()
+        await backoff.wait()
+    assert slept == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0]
+    # Logged the first time, then once in a while, not at every retry.
+    assert [n for n in range(1, 70) if worth_logging(n)] == [1, 30, 60]
+    # A deadline passed, or an earlier one given (a stopping process), ends the retries.
+    assert Backoff(0).exhausted()
+    assert Backoff(3600).exhausted(give_up_at=0.0)

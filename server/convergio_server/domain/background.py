@@ -1,9 +1,10 @@
-"""Background tasks: stopping them reliably at shutdown, and logging their retries."""
+"""Background work: stopping its tasks reliably at shutdown, and pacing and logging retries."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +20,31 @@ _SAY_AGAIN_EVERY = 30
 def worth_logging(failures: int) -> bool:
     """Whether the `failures`-th failure in a row of a retrying loop is to be logged."""
     return failures == 1 or failures % _SAY_AGAIN_EVERY == 0
+
+
+class Backoff:
+    """The waits of a write retried while its store is unreachable: 0.1 s, doubling up to
+    2 s, for `seconds` in all."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.delay = 0.1
+        self.failures = 0
+
+    def exhausted(self, give_up_at: float | None = None) -> bool:
+        """Count a failure; whether to give up: the next wait would end past the deadline
+        (or past `give_up_at`, when sooner)."""
+        self.failures += 1
+        limit = self.deadline if give_up_at is None else min(self.deadline, give_up_at)
+        return time.monotonic() + self.delay > limit
+
+    @property
+    def worth_logging(self) -> bool:
+        return worth_logging(self.failures)
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.delay = min(2.0, self.delay * 2)
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], limit_seconds: float = 10.0) -> None:

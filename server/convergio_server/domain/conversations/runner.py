@@ -36,7 +36,7 @@ from opentelemetry import trace
 
 from convergio_server.domain import tracing
 from convergio_server.domain.auth import Principal
-from convergio_server.domain.background import cancel_and_wait
+from convergio_server.domain.background import Backoff, cancel_and_wait
 from convergio_server.domain.conversations import state_packing
 from convergio_server.domain.conversations.admittance import Admittance
 from convergio_server.domain.conversations.endings import EndingGate
@@ -975,19 +975,18 @@ class TurnExecution:
     async def _store(self, what: str, write: Callable[[], Awaitable[_T]]) -> _T:
         """`write`, retried while PostgreSQL is unreachable (up to STORE_RETRY_SECONDS): a
         short outage must not cost the turn its answer. The writes are idempotent."""
-        delay, deadline = 0.1, time.monotonic() + STORE_RETRY_SECONDS
+        backoff = Backoff(STORE_RETRY_SECONDS)
         while True:
             try:
                 return await write()
             except Unavailable as exc:
-                if time.monotonic() + delay > deadline:
+                if backoff.exhausted():
                     raise
-                log.warning(
-                    "turn %s: %s could not be stored yet, retrying in %.1f s: %s",
-                    self.turn.id, what, delay, exc,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+                if backoff.worth_logging:
+                    log.warning(
+                        "turn %s: %s could not be stored yet, retrying: %s", self.turn.id, what, exc
+                    )
+                await backoff.wait()
 
     def _cost_update(self) -> CostUpdate:
         return CostUpdate(
@@ -1138,18 +1137,17 @@ class TurnExecution:
     async def _flush_until_logged(self) -> None:
         """Flush, retrying while the log is unreachable: a client follows the turn until
         its TurnCompleted, so the end must reach the log once Redis is back."""
-        delay = 0.1
-        deadline = time.monotonic() + self.runner.config.end_retry_seconds
+        backoff = Backoff(self.runner.config.end_retry_seconds)
         while True:
             try:
                 await self.flush()
                 return
             except Exception as exc:
-                if time.monotonic() >= deadline:
+                if backoff.exhausted():
                     raise
-                log.warning("turn %s: retrying its end in %.1f s: %s", self.turn.id, delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+                if backoff.worth_logging:
+                    log.warning("turn %s: retrying its end: %s", self.turn.id, exc)
+                await backoff.wait()
                 self._resume_writing()
 
 

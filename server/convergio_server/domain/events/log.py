@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from convergio_server.domain.background import cancel_and_wait, worth_logging
+from convergio_server.domain.background import Backoff, cancel_and_wait, worth_logging
 from convergio_server.domain.errors import NotFound, Unavailable
 from convergio_server.domain.events.model import Event, EventBody, decode, encode
 
@@ -246,14 +246,13 @@ class _DurableWriter:
         up to DURABLE_RETRY_SECONDS, or until shortly after `close`: the events are in Redis
         already, and must not be appended again (that would log them twice)."""
         rows = [(tenant, event) for tenant, event, _ in items]
-        delay, deadline = 0.1, time.monotonic() + DURABLE_RETRY_SECONDS
+        backoff = Backoff(DURABLE_RETRY_SECONDS)
         while True:
             try:
                 await self.durable.insert_many(rows)
                 break
             except Unavailable as exc:
-                give_up = min(deadline, self.give_up_at)
-                if time.monotonic() + delay > give_up:
+                if backoff.exhausted(self.give_up_at):
                     log.error(
                         "%d events (%s...) could not be stored in PostgreSQL: %s",
                         len(rows), _first_of(rows), exc,
@@ -263,9 +262,9 @@ class _DurableWriter:
                             done.set_exception(exc)
                             done.exception()  # retrieved: the waiter, if any, re-raises
                     return
-                log.warning("events not stored yet, retrying in %.1f s: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+                if backoff.worth_logging:
+                    log.warning("events not stored yet, retrying: %s", exc)
+                await backoff.wait()
             except Exception:
                 # A row PostgreSQL refuses (its conversation was just deleted, say): the
                 # others are kept, one by one.
