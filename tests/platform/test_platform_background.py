@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from convergio_server.domain import background
 from convergio_server.domain.background import Backoff, cancel_and_wait, worth_logging
 
 
@@ -70,7 +69,7 @@ async def test_a_backoff_waits_longer_each_time_and_gives_up_at_its_deadline(
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr(background.asyncio, "sleep", sleep)
+    monkeypatch.setattr(asyncio, "sleep", sleep)
     backoff = Backoff(3600)
     for _ in range(6):
         assert not backoff.exhausted()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -53,3 +55,20 @@ async def new_database(pg_server_dsn: str) -> AsyncIterator[Callable[[], Awaitab
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+async def stored_conversation(pool: asyncpg.Pool[Any], tenant: str) -> str:
+    """A conversation of `tenant` (made too if need be) written straight to PostgreSQL:
+    what tests of the storage under a conversation need."""
+    conversation = str(uuid.uuid4())
+    await pool.execute(
+        "INSERT INTO tenants (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", tenant
+    )
+    await pool.execute(
+        "INSERT INTO conversations (tenant_id, id, team, participants, "
+        "max_turns_per_message, turn_timeout_seconds, created_by) "
+        "VALUES ($1, $2, '{}', ARRAY['amy'], 6, 600, 'alice')",
+        tenant,
+        conversation,
+    )
+    return conversation

@@ -14,6 +14,8 @@ from convergio_server.storage.embedded import EmbeddedPostgres
 from convergio_server.storage.events import PgDurableEvents
 from convergio_server.storage.migrations import apply_migrations
 
+from tests.storage.conftest import stored_conversation
+
 
 async def test_events_whose_write_fails_are_retried_until_postgres_is_back(
     private_postgres: EmbeddedPostgres,
@@ -21,17 +23,8 @@ async def test_events_whose_write_fails_are_retried_until_postgres_is_back(
     pool = await pg.create_pool(private_postgres.url, min_size=1, max_size=2)
     try:
         await apply_migrations(pool)
-        tenant, conversation, turn = "t-outage", str(uuid.uuid4()), str(uuid.uuid4())
-        await pool.execute(
-            "INSERT INTO tenants (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", tenant
-        )
-        await pool.execute(
-            "INSERT INTO conversations (tenant_id, id, team, participants, "
-            "max_turns_per_message, turn_timeout_seconds, created_by) "
-            "VALUES ($1, $2, '{}', ARRAY['amy'], 6, 600, 'alice')",
-            tenant,
-            conversation,
-        )
+        tenant, turn = "t-outage", str(uuid.uuid4())
+        conversation = await stored_conversation(pool, tenant)
         writer = _DurableWriter(PgDurableEvents(pool))
         now = datetime.now(UTC)
         bodies = [

@@ -13,6 +13,8 @@ from convergio_server.storage.conversations import PgConversationStore
 from convergio_server.storage.events import PgDurableEvents
 from convergio_server.storage.migrations import apply_migrations
 
+from tests.storage.conftest import stored_conversation
+
 
 async def test_a_turn_leaves_the_unlogged_ends_once_its_end_is_stored(
     new_database: Callable[[], Awaitable[str]],
@@ -20,15 +22,8 @@ async def test_a_turn_leaves_the_unlogged_ends_once_its_end_is_stored(
     pool = await pg.create_pool(await new_database(), min_size=1, max_size=2)
     try:
         await apply_migrations(pool)
-        tenant, conversation = "t-ends", str(uuid.uuid4())
-        await pool.execute("INSERT INTO tenants (id, name) VALUES ($1, $1)", tenant)
-        await pool.execute(
-            "INSERT INTO conversations (tenant_id, id, team, participants, "
-            "max_turns_per_message, turn_timeout_seconds, created_by) "
-            "VALUES ($1, $2, '{}', ARRAY['amy'], 6, 600, 'alice')",
-            tenant,
-            conversation,
-        )
+        tenant = "t-ends"
+        conversation = await stored_conversation(pool, tenant)
         turns = [str(uuid.uuid4()) for _ in range(3)]
         for i, turn in enumerate(turns):
             # Ended a minute ago, the third one still running.
