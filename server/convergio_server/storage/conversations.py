@@ -40,18 +40,24 @@ _CONVERSATION_COLUMNS = """
         AND q.conversation_id = c.id AND q.status = 'QUEUED') AS queued
 """
 
-# A turn's first and last sequence come from its durable events (the first and the last
-# event of a turn are always durable); the event writer never locks turn rows.
+# A turn's first and last sequence are of its durable events (its first and its last event
+# are always durable), set on the turn by the log's trigger (0012_turn_log_marks.sql). The
+# latest event of a running turn is looked up from its first on; turns from before the
+# trigger (not `log_marked`) are looked up by turn.
 _TURN_COLUMNS = """
     tenant_id, conversation_id, id, request_id, status, stop_reason, stop_detail, error, content,
     options, user_message_id, message_count, prompt_tokens, completion_tokens, cached_tokens,
     model_calls, cost_usd, created_by, create_time, start_time, end_time, started,
-    COALESCE((SELECT min(e.sequence) FROM conversation_events e
-              WHERE e.tenant_id = turns.tenant_id AND e.conversation_id = turns.conversation_id
-                AND e.turn_id = turns.id), 0) AS first_sequence,
-    COALESCE((SELECT max(e.sequence) FROM conversation_events e
-              WHERE e.tenant_id = turns.tenant_id AND e.conversation_id = turns.conversation_id
-                AND e.turn_id = turns.id), 0) AS last_sequence
+    CASE WHEN log_marked THEN first_sequence
+        ELSE COALESCE((SELECT min(e.sequence) FROM conversation_events e
+            WHERE e.tenant_id = turns.tenant_id AND e.conversation_id = turns.conversation_id
+              AND e.turn_id = turns.id), 0) END AS first_sequence,
+    CASE WHEN last_sequence > 0 THEN last_sequence
+        WHEN log_marked AND first_sequence = 0 THEN 0
+        ELSE COALESCE((SELECT max(e.sequence) FROM conversation_events e
+            WHERE e.tenant_id = turns.tenant_id AND e.conversation_id = turns.conversation_id
+              AND e.sequence >= turns.first_sequence AND e.turn_id = turns.id), 0)
+        END AS last_sequence
 """
 
 
