@@ -47,8 +47,11 @@ local function csv(text)
   return out
 end
 
--- Add deltas (one number, or one per key) to counters from KEYS[first]; a counter created
--- now gets its time to live (ttls may be nil). Returns the new values.
+-- Add deltas (one number, or one per key) to counters from KEYS[first]. ttls (may be nil),
+-- in seconds: a positive one is set on a counter created now, so that a period's counter
+-- ends with its period however busy it was; a negative one (a total's) is renewed on every
+-- use, so that only a counter left unused for that long expires and is seeded again from
+-- the ledger. Returns the new values.
 local function add(first, count, deltas, ttls)
   local out = {}
   for i = 1, count do
@@ -57,7 +60,14 @@ local function add(first, count, deltas, ttls)
     local key = KEYS[first + i - 1]
     local v = redis.call('INCRBY', key, string.format('%d', delta))
     if v < 0 then redis.call('SET', key, 0); v = 0 end
-    if ttls and ttls[i] > 0 and v == delta then redis.call('EXPIRE', key, ttls[i]) end
+    if ttls then
+      local ttl = ttls[i]
+      if ttl < 0 then
+        redis.call('EXPIRE', key, -ttl)
+      elseif ttl > 0 and v == delta then
+        redis.call('EXPIRE', key, ttl)
+      end
+    end
     out[i] = v
   end
   return out
@@ -204,9 +214,9 @@ end
 """
 
 # KEYS: version key, counters...; ARGV: version, amount, limits, ttls (comma-separated, one
-# per counter; limit -1 = none, ttl 0 = no expiry), seed flags. Returns {1}, {0, i, current}
-# (no room), {-1, version} (stale) or {-2, i, j...} (seed counters i, j... from the ledger
-# first).
+# per counter; limit -1 = none, ttl 0 = no expiry, a negative ttl is renewed on every use),
+# seed flags. Returns {1}, {0, i, current} (no room), {-1, version} (stale) or {-2, i, j...}
+# (seed counters i, j... from the ledger first).
 _RESERVE = (
     _LIB
     + """
@@ -295,7 +305,8 @@ return {1, decision}
 
 # Start of a model call: room in every budget?, provider breaker (may take the probe), then
 # reserve. KEYS: version, breaker hash, breaker index, counters... ARGV: version, amount,
-# breaker member, 5 breaker parameters, probe ms, limits, ttls (comma-separated), seed flags.
+# breaker member, 5 breaker parameters, probe ms, limits, ttls (comma-separated, as for
+# _RESERVE), seed flags.
 # Returns {1, decision} | {-1, version} | {-2, i, j...} | {0, 'budget', i, cur} | {0,
 # 'breaker', retry, fields...}.
 _CALL_BEGIN = (
@@ -375,7 +386,8 @@ def _limits(counters: Sequence[Counter]) -> str:
 
 
 def _ttls(counters: Sequence[Counter]) -> str:
-    return ",".join(str(c.ttl_seconds) for c in counters)
+    # A sliding expiry is sent as a negative ttl (see `add`), so it needs no argument of its own.
+    return ",".join(str(-c.ttl_seconds if c.sliding else c.ttl_seconds) for c in counters)
 
 
 def _seeds(counters: Sequence[Counter]) -> str:

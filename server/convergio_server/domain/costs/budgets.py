@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 SCOPES = ("TENANT", "USER", "CONVERSATION")
 DEFAULT_THRESHOLDS = (70, 85)
 _DAY = 86_400
-# A total's counter expires too (or every conversation ever made would keep one): a
-# counter that is needed again is seeded from the ledger.
+# A total's counter expires too (or every conversation ever made would keep one), but only
+# once it has been unused for its whole time to live: each reservation renews it (see
+# `Counter.sliding`). A period's counter expires the same time after its creation, since it
+# is not used again once its period is over.
 _TTL = {"DAILY": 2 * _DAY, "MONTHLY": 33 * _DAY, "TOTAL": 35 * _DAY, "PER_TURN": _DAY}
 _RESERVED_TTL = _DAY
 PERIODS = ("DAILY", "MONTHLY", "TOTAL")
@@ -193,7 +195,8 @@ class Budgets:
         Seeded from the ledger when missing even without a limit: a limit set later must
         find what the period already cost, not what was counted since Redis lost its data."""
         key = self.counters.counter_key(tenant, scope, subject or "-", period, ids[period])
-        return Counter(key, None if limit is None else to_nanos(limit), _TTL[period], seed=True)
+        nanos = None if limit is None else to_nanos(limit)
+        return Counter(key, nanos, _TTL[period], seed=True, sliding=period == "TOTAL")
 
     async def changed(self, tenant: str) -> None:
         """Budgets of `tenant` were set or deleted: every process reloads them."""

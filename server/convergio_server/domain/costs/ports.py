@@ -32,6 +32,10 @@ class Counter:
     ttl_seconds: int
     # A missing counter is first seeded from the ledger (Redis lost its data, or a new period).
     seed: bool = False
+    # The expiry is renewed at every reservation instead of set once, when the counter is
+    # created: a counter without a period (a total) must not expire while it is in use, or
+    # the next call seeds it again from the ledger (for a tenant, a scan of all its rows).
+    sliding: bool = False
 
 
 @dataclass(frozen=True)
