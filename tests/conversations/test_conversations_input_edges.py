@@ -189,6 +189,41 @@ async def test_sends_queued_at_once_get_distinct_places_and_respect_the_limit(
         await _queue_at_once(client)
 
 
+async def test_a_send_refused_as_busy_takes_no_turn_of_the_rate_limit(
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_dsn: str,
+    redis_url: str,
+    redis_prefix: str,
+    streaming: None,
+) -> None:
+    # Only turns count: a message refused because a turn runs (or the queue is full) starts
+    # none, so it gives its place in the window back.
+    settings = server_settings(
+        tmp_path_factory.mktemp("busy-rate"), pg_dsn, redis_url, redis_prefix,
+        offline_tokens_per_second=PACED_TOKENS_PER_SECOND, rate_limit_turns_per_minute=3,
+    )  # fmt: skip
+    async with (
+        running_server(settings) as limited,
+        AsyncClient(limited.target, api_key=await member_key(limited)) as client,
+    ):
+        cid = await new_conversation(client)
+        running = client.conversations.send(conversation_id=cid, content="Tell me a story")
+        first = await running.__anext__()
+        for i in range(3):
+            with pytest.raises(errors.FailedPrecondition):
+                await collect(client.conversations.send(conversation_id=cid, content=f"{i}?"))
+        status = await client.costs.get_rate_limit_status()
+        turns = next(s for s in status.limits if s.window.seconds == 60)
+        assert (turns.used, turns.remaining) == (1, 2)
+        await client.conversations.cancel_turn(conversation_id=cid, turn_id=first.turn_id)
+        await collect(running)
+        for i in range(2):  # the two turns left in the window
+            done = await collect(
+                client.conversations.send(conversation_id=cid, content=f"Short, {i}")
+            )
+            assert done[-1].HasField("turn_completed")
+
+
 async def _queue_at_once(paced_client: AsyncClient) -> None:
     cid = await new_conversation(paced_client)
     running = paced_client.conversations.send(conversation_id=cid, content="Tell me a story")

@@ -512,13 +512,13 @@ class ConversationService:
             await self._not_started(scope, guarded, leased, holder)
             raise self.runner.at_capacity()
         try:
-            return await self._start_new(principal, conversation, turn, guarded, leased, enqueue)
+            return await self._start_new(scope, conversation, turn, guarded, leased, enqueue)
         finally:
             self.runner.end_start()
 
     async def _start_new(
         self,
-        principal: Principal,
+        scope: TurnScope,
         conversation: Conversation,
         turn: Turn,
         admission: Admission,
@@ -527,6 +527,7 @@ class ConversationService:
     ) -> SendResult:
         """Admit a new turn: start it here, queue it, or refuse it (the conversation is
         busy)."""
+        principal = scope.principal
         conversation_id, request_id = conversation.id, turn.request_id
         # The team is built and starts running while the turn is admitted (`admittance.py`);
         # stopped and dropped if the turn does not start now.
@@ -545,6 +546,9 @@ class ConversationService:
         if prepared is not None and (admitted.existing or admitted.busy or admitted.position):
             prepared.discard()
             prepared = None
+        if admitted.existing or admitted.busy:
+            # No turn of this call: its rate-limit slot and breaker probe are given back.
+            await self.guards().turn_not_started(scope, admission)
         if admitted.existing:
             _check_same_message(admitted.turn, turn)
             return await self._attach(principal, admitted.turn)
