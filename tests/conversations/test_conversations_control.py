@@ -325,6 +325,22 @@ async def test_follow_from_beyond_the_end_waits_for_new_events(
     follower.cancel()
 
 
+async def test_following_a_turn_from_beyond_its_end_ends_with_it(
+    paced_client: AsyncClient,
+) -> None:
+    # Its events all come before `after_sequence`: nothing is sent, but the stream ends
+    # when the turn does, as a turn's stream always does.
+    cid = await new_conversation(paced_client)
+    stream = paced_client.conversations.send(conversation_id=cid, content="Hello there")
+    delta = (await first_delta(stream))[-1]
+    follower = paced_client.conversations.stream_events(
+        conversation_id=cid, turn_id=delta.turn_id, after_sequence=10**6
+    )
+    reader = asyncio.ensure_future(collect(follower))
+    await collect(stream)
+    assert await asyncio.wait_for(reader, 30) == []
+
+
 async def test_delete_refuses_a_busy_conversation_unless_forced(
     paced_client: AsyncClient,
 ) -> None:

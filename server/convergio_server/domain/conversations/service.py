@@ -654,6 +654,7 @@ class ConversationService:
         TurnCompleted). Yields None as a heartbeat on an idle stream. `known`: the caller
         has just started or found the turn, no need to look it up. `subscription`: from
         `send`, see `EventLog.read`."""
+        start = after
         if known:
             pass
         elif turn_id:
@@ -665,16 +666,20 @@ class ConversationService:
                 and after >= turn.last_sequence
             ):
                 return
+            if follow and 0 < turn.first_sequence <= after:
+                # Read from its start, to see its TurnCompleted (and end) even when it comes
+                # before `after`; what comes before `after` is not sent.
+                start = turn.first_sequence - 1
         else:
             await self.get(principal, conversation_id)
         # Wake up at least once per lease period to notice a turn whose process died.
         heartbeat = self.config.heartbeat_seconds
         tick = idle_tick(heartbeat, self.config.lease_seconds)
-        quiet_since = time.monotonic()
+        quiet_since, seen = time.monotonic(), after
         async for event in self.events.read(
             principal.tenant_id,
             conversation_id,
-            after,
+            start,
             follow=follow,
             heartbeat_seconds=tick if follow else None,
             subscription=subscription,
@@ -691,17 +696,34 @@ class ConversationService:
                         metadata={"conversation_id": conversation_id},
                     )
                 await self._reap_orphans(conversation)
+                if (
+                    turn_id
+                    and follow
+                    and await self._ended_before(
+                        principal.tenant_id, conversation_id, turn_id, seen
+                    )
+                ):
+                    return  # its TurnCompleted came before `after`: it will not pass here
                 # (half a tick of slack: a wake-up a little early still sends it on time)
                 if time.monotonic() - quiet_since >= heartbeat - tick / 2:
                     quiet_since = time.monotonic()
                     yield None
                 continue
             quiet_since = time.monotonic()
+            seen = max(seen, event.sequence)
             if turn_id and event.turn_id != turn_id:
                 continue
-            yield event
+            if event.sequence > after:
+                yield event
             if turn_id and follow and isinstance(event.body, TurnCompleted):
                 return
+
+    async def _ended_before(
+        self, tenant_id: str, conversation_id: str, turn_id: str, seen: int
+    ) -> bool:
+        """Whether the turn followed has ended with its TurnCompleted at or before `seen`."""
+        turn = await self.store.get_turn(tenant_id, conversation_id, turn_id)
+        return turn is not None and turn.status == ENDED and 0 < turn.last_sequence <= seen
 
     async def cancel(
         self,
