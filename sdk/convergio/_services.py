@@ -962,9 +962,10 @@ class AsyncConversationService:
 
         If the stream breaks (UNAVAILABLE, client gone), the turn goes on unless
         on_disconnect is CANCEL; re-attach with StreamEvents(conversation_id,
-        after_sequence = last sequence seen, turn_id). A repeated request_id does
-        not start a second turn: it streams the first call's turn from its first
-        event (replay, then live); with another message it is INVALID_ARGUMENT.
+        after_sequence = last sequence seen, turn_id, on_disconnect). A repeated
+        request_id does not start a second turn: it streams the first call's turn
+        from its first event (replay, then live), under the disconnect policy the
+        turn was started with; with another message it is INVALID_ARGUMENT.
         Role: member.
         """
         return self._invoker.stream(
@@ -995,6 +996,7 @@ class AsyncConversationService:
         after_sequence: int | None = None,
         turn_id: str | None = None,
         mode: _conversation_pb2.StreamEventsMode.ValueType | None = None,
+        on_disconnect: _conversation_pb2.DisconnectPolicy.ValueType | None = None,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> _runtime.AsyncStream[_conversation_pb2.StreamEventsResponse]:
@@ -1017,6 +1019,7 @@ class AsyncConversationService:
                     "after_sequence": after_sequence,
                     "turn_id": turn_id,
                     "mode": mode,
+                    "on_disconnect": on_disconnect,
                 },
             ),
             timeout=timeout,
@@ -1423,9 +1426,10 @@ class ConversationService:
 
         If the stream breaks (UNAVAILABLE, client gone), the turn goes on unless
         on_disconnect is CANCEL; re-attach with StreamEvents(conversation_id,
-        after_sequence = last sequence seen, turn_id). A repeated request_id does
-        not start a second turn: it streams the first call's turn from its first
-        event (replay, then live); with another message it is INVALID_ARGUMENT.
+        after_sequence = last sequence seen, turn_id, on_disconnect). A repeated
+        request_id does not start a second turn: it streams the first call's turn
+        from its first event (replay, then live), under the disconnect policy the
+        turn was started with; with another message it is INVALID_ARGUMENT.
         Role: member.
         """
         return self._invoker.stream(
@@ -1456,6 +1460,7 @@ class ConversationService:
         after_sequence: int | None = None,
         turn_id: str | None = None,
         mode: _conversation_pb2.StreamEventsMode.ValueType | None = None,
+        on_disconnect: _conversation_pb2.DisconnectPolicy.ValueType | None = None,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> _runtime.Stream[_conversation_pb2.StreamEventsResponse]:
@@ -1478,6 +1483,7 @@ class ConversationService:
                     "after_sequence": after_sequence,
                     "turn_id": turn_id,
                     "mode": mode,
+                    "on_disconnect": on_disconnect,
                 },
             ),
             timeout=timeout,

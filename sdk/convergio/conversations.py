@@ -67,6 +67,9 @@ class _EventResumer:
                 self.turn_id = event.turn_id
 
     def resume(self) -> _runtime.Resumption | None:
+        # The re-attached stream keeps the disconnect policy the turn was sent with (or the
+        # one the followed stream asked for): CANCEL still holds if the caller goes away.
+        on_disconnect: Any = getattr(self.request, "on_disconnect", 0)
         if self.send:
             if not self.turn_id:  # only heartbeats so far: the same request re-attaches
                 return _runtime.Method(
@@ -79,6 +82,7 @@ class _EventResumer:
                 conversation_id=self.conversation_id,
                 after_sequence=self.last,
                 turn_id=self.turn_id,
+                on_disconnect=on_disconnect,
             )
         mode: Any = getattr(self.request, "mode", 0)
         return _STREAM_EVENTS, _pb.StreamEventsRequest(
@@ -86,6 +90,7 @@ class _EventResumer:
             after_sequence=self.last,
             turn_id=self.turn_id,
             mode=mode,
+            on_disconnect=on_disconnect,
         )
 
 
@@ -132,15 +137,18 @@ class AsyncConversations(AsyncConversationService):
         after_sequence: int = 0,
         turn_id: str | None = None,
         replay: bool = False,
+        on_disconnect: _pb.DisconnectPolicy.ValueType = _pb.DISCONNECT_POLICY_UNSPECIFIED,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> AsyncEventStream:
         """Yield the conversation's events after `after_sequence` (heartbeats left out):
         those logged, then new ones as they happen, until the stream is cancelled (or its
         `async with` block left). With `turn_id`, only that turn's, ending after its
-        TurnCompleted; with `replay`, only what is logged now. Re-attaches after a broken
+        TurnCompleted; with `replay`, only what is logged now. `on_disconnect` CANCEL (with
+        `turn_id`): that turn is cancelled if this stream breaks before it ends, as for a
+        turn sent with it (to re-attach to a turn one sent so). Re-attaches after a broken
         connection, as `send` does."""
-        request = _follow_request(conversation_id, after_sequence, turn_id, replay)
+        request = _follow_request(conversation_id, after_sequence, turn_id, replay, on_disconnect)
         return AsyncEventStream(self.stream_events(request, timeout=timeout, metadata=metadata))
 
 
@@ -181,22 +189,28 @@ class Conversations(ConversationService):
         after_sequence: int = 0,
         turn_id: str | None = None,
         replay: bool = False,
+        on_disconnect: _pb.DisconnectPolicy.ValueType = _pb.DISCONNECT_POLICY_UNSPECIFIED,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> EventStream:
         """Yield the conversation's events; see `AsyncConversations.follow`."""
-        request = _follow_request(conversation_id, after_sequence, turn_id, replay)
+        request = _follow_request(conversation_id, after_sequence, turn_id, replay, on_disconnect)
         return EventStream(self.stream_events(request, timeout=timeout, metadata=metadata))
 
 
 def _follow_request(
-    conversation_id: str, after_sequence: int, turn_id: str | None, replay: bool
+    conversation_id: str,
+    after_sequence: int,
+    turn_id: str | None,
+    replay: bool,
+    on_disconnect: _pb.DisconnectPolicy.ValueType,
 ) -> _pb.StreamEventsRequest:
     return _pb.StreamEventsRequest(
         conversation_id=conversation_id,
         after_sequence=after_sequence,
         turn_id=turn_id or "",
         mode=_pb.STREAM_EVENTS_MODE_REPLAY if replay else _pb.STREAM_EVENTS_MODE_FOLLOW,
+        on_disconnect=on_disconnect,
     )
 
 

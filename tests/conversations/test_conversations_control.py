@@ -325,6 +325,50 @@ async def test_follow_from_beyond_the_end_waits_for_new_events(
     follower.cancel()
 
 
+async def test_a_repeated_request_keeps_its_turns_disconnect_policy(
+    paced_client: AsyncClient,
+) -> None:
+    # Sent with CONTINUE; repeated with CANCEL (a retry that re-attaches): the turn's own
+    # policy holds, so the repeat going away does not cancel it, while the first stream
+    # still reads it.
+    cid = await new_conversation(paced_client)
+    first = paced_client.conversations.send(
+        conversation_id=cid, content=LONG, request_id="keep-policy"
+    )
+    started = await first.__anext__()
+    repeat = paced_client.conversations.send_message(
+        conversation_id=cid,
+        content=LONG,
+        request_id="keep-policy",
+        on_disconnect=pb.DISCONNECT_POLICY_CANCEL,
+    )
+    assert (await repeat.__anext__()).event.turn_id == started.turn_id
+    repeat.cancel()
+    rest = await collect(first)
+    assert rest[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_COMPLETED
+
+
+async def test_a_stream_watching_a_turn_cancels_it_only_when_asked(
+    paced_client: AsyncClient,
+) -> None:
+    cid = await new_conversation(paced_client)
+    sender = paced_client.conversations.send(conversation_id=cid, content=LONG)
+    started = await sender.__anext__()
+    with pytest.raises(errors.InvalidArgument) as refused:
+        await collect(
+            paced_client.conversations.follow(cid, on_disconnect=pb.DISCONNECT_POLICY_CANCEL)
+        )
+    assert "turn_id" in refused.value.message
+    for policy in (pb.DISCONNECT_POLICY_UNSPECIFIED, pb.DISCONNECT_POLICY_CANCEL):
+        watcher = paced_client.conversations.stream_events(
+            conversation_id=cid, turn_id=started.turn_id, on_disconnect=policy
+        )
+        await watcher.__anext__()
+        watcher.cancel()
+    rest = await collect(sender)
+    assert rest[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_DISCONNECTED
+
+
 async def test_following_a_turn_from_beyond_its_end_ends_with_it(
     paced_client: AsyncClient,
 ) -> None:
@@ -333,9 +377,7 @@ async def test_following_a_turn_from_beyond_its_end_ends_with_it(
     cid = await new_conversation(paced_client)
     stream = paced_client.conversations.send(conversation_id=cid, content="Hello there")
     delta = (await first_delta(stream))[-1]
-    follower = paced_client.conversations.stream_events(
-        conversation_id=cid, turn_id=delta.turn_id, after_sequence=10**6
-    )
+    follower = paced_client.conversations.follow(cid, turn_id=delta.turn_id, after_sequence=10**6)
     reader = asyncio.ensure_future(collect(follower))
     await collect(stream)
     assert await asyncio.wait_for(reader, 30) == []

@@ -1445,6 +1445,7 @@ class StreamEventsRequest(_message.Message):
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     TURN_ID_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
+    ON_DISCONNECT_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation. Required."""
     after_sequence: _builtins.int
@@ -1457,6 +1458,14 @@ class StreamEventsRequest(_message.Message):
     """
     mode: Global___StreamEventsMode.ValueType
     """Follow live events (default) or only replay the log."""
+    on_disconnect: Global___DisconnectPolicy.ValueType
+    """With turn_id, in FOLLOW mode: what to do with that turn if this stream
+    breaks before its TurnCompleted, as SendMessage's on_disconnect. A client
+    re-attaching to a turn it sent passes the policy it sent it with (the SDK
+    does), so that CANCEL still holds after a re-attach. Unset: the turn goes
+    on (a stream that only watches a turn never cancels it). CANCEL without
+    turn_id, or in REPLAY mode, is INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -1464,10 +1473,11 @@ class StreamEventsRequest(_message.Message):
         after_sequence: _builtins.int = ...,
         turn_id: _builtins.str = ...,
         mode: Global___StreamEventsMode.ValueType = ...,
+        on_disconnect: Global___DisconnectPolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "conversation_id", b"conversation_id", "mode", b"mode", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "conversation_id", b"conversation_id", "mode", b"mode", "on_disconnect", b"on_disconnect", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

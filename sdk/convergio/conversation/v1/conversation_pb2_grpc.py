@@ -236,9 +236,10 @@ class ConversationServiceServicer(object):
 
         If the stream breaks (UNAVAILABLE, client gone), the turn goes on unless
         on_disconnect is CANCEL; re-attach with StreamEvents(conversation_id,
-        after_sequence = last sequence seen, turn_id). A repeated request_id does
-        not start a second turn: it streams the first call's turn from its first
-        event (replay, then live); with another message it is INVALID_ARGUMENT.
+        after_sequence = last sequence seen, turn_id, on_disconnect). A repeated
+        request_id does not start a second turn: it streams the first call's turn
+        from its first event (replay, then live), under the disconnect policy the
+        turn was started with; with another message it is INVALID_ARGUMENT.
         Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

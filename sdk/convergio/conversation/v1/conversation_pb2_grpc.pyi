@@ -114,9 +114,10 @@ class ConversationServiceStub:
 
     If the stream breaks (UNAVAILABLE, client gone), the turn goes on unless
     on_disconnect is CANCEL; re-attach with StreamEvents(conversation_id,
-    after_sequence = last sequence seen, turn_id). A repeated request_id does
-    not start a second turn: it streams the first call's turn from its first
-    event (replay, then live); with another message it is INVALID_ARGUMENT.
+    after_sequence = last sequence seen, turn_id, on_disconnect). A repeated
+    request_id does not start a second turn: it streams the first call's turn
+    from its first event (replay, then live), under the disconnect policy the
+    turn was started with; with another message it is INVALID_ARGUMENT.
     Role: member.
     """
     StreamEvents: _grpc.UnaryStreamMultiCallable[_conversation_pb2.StreamEventsRequest, _conversation_pb2.StreamEventsResponse]
@@ -233,9 +234,10 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
 
     If the stream breaks (UNAVAILABLE, client gone), the turn goes on unless
     on_disconnect is CANCEL; re-attach with StreamEvents(conversation_id,
-    after_sequence = last sequence seen, turn_id). A repeated request_id does
-    not start a second turn: it streams the first call's turn from its first
-    event (replay, then live); with another message it is INVALID_ARGUMENT.
+    after_sequence = last sequence seen, turn_id, on_disconnect). A repeated
+    request_id does not start a second turn: it streams the first call's turn
+    from its first event (replay, then live), under the disconnect policy the
+    turn was started with; with another message it is INVALID_ARGUMENT.
     Role: member.
     """
     StreamEvents: _aio.UnaryStreamMultiCallable[_conversation_pb2.StreamEventsRequest, _conversation_pb2.StreamEventsResponse]  # type: ignore[assignment]
@@ -409,9 +411,10 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
 
         If the stream breaks (UNAVAILABLE, client gone), the turn goes on unless
         on_disconnect is CANCEL; re-attach with StreamEvents(conversation_id,
-        after_sequence = last sequence seen, turn_id). A repeated request_id does
-        not start a second turn: it streams the first call's turn from its first
-        event (replay, then live); with another message it is INVALID_ARGUMENT.
+        after_sequence = last sequence seen, turn_id, on_disconnect). A repeated
+        request_id does not start a second turn: it streams the first call's turn
+        from its first event (replay, then live), under the disconnect policy the
+        turn was started with; with another message it is INVALID_ARGUMENT.
         Role: member.
         """
 

@@ -220,7 +220,6 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self, request: pb.SendMessageRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SendMessageResponse]:
         principal = self._principal()
-        on_disconnect = DISCONNECT_FROM_PB.get(request.on_disconnect, CONTINUE)
         started = await self.service.send(
             principal,
             request.conversation_id,
@@ -235,7 +234,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
                 }
                 for d in request.documents
             ],
-            on_disconnect=on_disconnect,
+            on_disconnect=DISCONNECT_FROM_PB.get(request.on_disconnect, CONTINUE),
             enqueue=request.if_busy == pb.BUSY_POLICY_ENQUEUE,
             max_turns=request.max_turns,
         )
@@ -260,7 +259,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             if started.subscription is not None:
                 started.subscription.close()  # in case the stream ended before it began
             # (A stopping server ends streams itself: that is no client gone.)
-            if not finished and on_disconnect == CANCEL and not self.service.draining:
+            if not finished and started.on_disconnect == CANCEL and not self.service.draining:
                 self.service.cancel_on_disconnect(
                     principal, started.conversation_id, started.turn_id
                 )
@@ -270,17 +269,33 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     ) -> AsyncIterator[pb.StreamEventsResponse]:
         principal = self._principal()
         limit = self.ctx.settings.max_message_bytes
-        async for event in self.service.follow(
-            principal,
-            request.conversation_id,
-            after=request.after_sequence,
-            turn_id=request.turn_id,
-            follow=request.mode != pb.STREAM_EVENTS_MODE_REPLAY,
-        ):
-            if event is None:
-                yield pb.StreamEventsResponse(event=heartbeat_pb())
-            else:
+        follow = request.mode != pb.STREAM_EVENTS_MODE_REPLAY
+        cancel = DISCONNECT_FROM_PB.get(request.on_disconnect, CONTINUE) == CANCEL
+        if cancel and not (request.turn_id and follow):
+            raise InvalidArgument.for_field(
+                "on_disconnect", "CANCEL needs a turn_id and FOLLOW mode (it is for that turn)"
+            )
+        finished = False
+        try:
+            async for event in self.service.follow(
+                principal,
+                request.conversation_id,
+                after=request.after_sequence,
+                turn_id=request.turn_id,
+                follow=follow,
+            ):
+                if event is None:
+                    yield pb.StreamEventsResponse(event=heartbeat_pb())
+                    continue
+                if isinstance(event.body, TurnCompleted):
+                    finished = True
                 yield pb.StreamEventsResponse(event=_fitted(event, limit))
+            finished = True  # (it ended with the turn, whose end came before after_sequence)
+        finally:
+            if cancel and not finished and not self.service.draining:
+                self.service.cancel_on_disconnect(
+                    principal, request.conversation_id, request.turn_id
+                )
 
     async def CancelTurn(
         self, request: pb.CancelTurnRequest, context: grpc.aio.ServicerContext

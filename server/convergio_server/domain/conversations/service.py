@@ -127,6 +127,8 @@ class SendResult:
     attached: bool = False  # to a turn that an earlier call with this request_id started
     subscription: Subscription | None = None
     queued: bool = False  # the turn waits for the running one; it may start elsewhere
+    # The turn's own policy (a repeated request keeps the first call's, whatever it asks).
+    on_disconnect: str = CONTINUE
 
 
 class ConversationService:
@@ -574,7 +576,13 @@ class ConversationService:
                 turn.id,
                 TurnQueued(request_id=request_id, position=admitted.position),
             )
-            return SendResult(conversation_id, turn.id, queued.sequence - 1, queued=True)
+            return SendResult(
+                conversation_id,
+                turn.id,
+                queued.sequence - 1,
+                queued=True,
+                on_disconnect=turn.options.on_disconnect,
+            )
         first = await self.runner.start(
             principal,
             conversation,
@@ -583,7 +591,9 @@ class ConversationService:
             lease_held=admitted.lease_held,
             prepared=prepared,
         )
-        return SendResult(conversation_id, turn.id, first - 1)
+        return SendResult(
+            conversation_id, turn.id, first - 1, on_disconnect=turn.options.on_disconnect
+        )
 
     async def _not_started(
         self, scope: TurnScope, guarded: object, leased: object, holder: str
@@ -636,7 +646,11 @@ class ConversationService:
                 break
             turn = found
         return SendResult(
-            turn.conversation_id, turn.id, max(0, turn.first_sequence - 1), attached=True
+            turn.conversation_id,
+            turn.id,
+            max(0, turn.first_sequence - 1),
+            attached=True,
+            on_disconnect=turn.options.on_disconnect,
         )
 
     async def follow(
@@ -995,7 +1009,8 @@ class ConversationService:
     def cancel_on_disconnect(
         self, principal: Principal, conversation_id: str, turn_id: str
     ) -> None:
-        """The SendMessage stream of a turn started with on_disconnect CANCEL broke."""
+        """The stream of a turn whose disconnect policy is CANCEL broke (its SendMessage, or
+        a StreamEvents that re-attached to it with that policy)."""
 
         async def run() -> None:
             try:
