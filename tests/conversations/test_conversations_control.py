@@ -398,6 +398,40 @@ async def test_delete_refuses_a_busy_conversation_unless_forced(
         await paced_client.conversations.get_conversation(conversation_id=cid)
 
 
+async def test_a_forced_delete_wins_over_clients_that_keep_sending(
+    paced_client: AsyncClient,
+) -> None:
+    # Each sender queues a turn again as soon as it can: without the conversation refusing
+    # new turns while it is deleted, they could keep it alive.
+    cid = await new_conversation(paced_client)
+    running = paced_client.conversations.send(conversation_id=cid, content=LONG)
+    await first_delta(running)
+    refusals: list[str] = []
+
+    async def keep_sending(i: int) -> None:
+        for n in range(1000):
+            stream = paced_client.conversations.send(
+                conversation_id=cid, content=f"{i}.{n}", if_busy=pb.BUSY_POLICY_ENQUEUE
+            )
+            try:
+                await collect(stream)
+            except (errors.NotFound, errors.FailedPrecondition) as exc:
+                if isinstance(exc, errors.NotFound):
+                    refusals.append(exc.message)
+                    return
+
+    senders = [asyncio.ensure_future(keep_sending(i)) for i in range(3)]
+    await asyncio.sleep(0.3)  # turns queued behind the running one
+    await paced_client.conversations.delete_conversation(conversation_id=cid, force=True)
+    await asyncio.wait_for(asyncio.gather(*senders), 60)
+    assert len(refusals) == 3
+    assert all("deleted" in m or "does not exist" in m for m in refusals)
+    with pytest.raises(errors.NotFound):
+        await paced_client.conversations.get_conversation(conversation_id=cid)
+    rest = await collect(running)
+    assert rest[-1].turn_completed.stop_reason == events_pb2.STOP_REASON_CANCELLED
+
+
 async def test_a_broken_follow_stream_resumes_too(paced: RunningServer, streaming: None) -> None:
     proxy = await Proxy(paced.target).start()
     try:

@@ -247,6 +247,13 @@ class PgConversationStore:
         )
         return bool(result.endswith(" 1"))
 
+    async def mark_deleting(self, tenant_id: str, conversation_id: str) -> None:
+        await self.pool.execute(
+            "UPDATE conversations SET deleting = true WHERE tenant_id = $1 AND id = $2",
+            tenant_id,
+            conversation_id,
+        )
+
     async def end_queued(
         self, tenant_id: str, conversation_id: str, turn_id: str, outcome: TurnOutcome
     ) -> bool:
@@ -280,6 +287,11 @@ class PgConversationStore:
             row: Any = await self._admit(turn, enqueue, max_queued)
         except asyncpg.UniqueViolationError:
             row = None  # a call with the same request_id added its turn meanwhile
+        except asyncpg.NoDataFoundError:  # (0015_conversation_deleting.sql)
+            raise NotFound(
+                f"conversation {turn.conversation_id} is being deleted",
+                metadata={"conversation_id": turn.conversation_id},
+            ) from None
         if row is None:
             existing = await self._turn_of_request(turn)
             if existing is not None:

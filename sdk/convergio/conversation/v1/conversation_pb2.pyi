@@ -1096,7 +1096,8 @@ class DeleteConversationRequest(_message.Message):
     """The conversation. Required."""
     force: _builtins.bool
     """Cancel running and queued turns first instead of failing with
-    FAILED_PRECONDITION.
+    FAILED_PRECONDITION. From then on the conversation takes no new turn
+    (SendMessage is NOT_FOUND, "being deleted").
     """
     def __init__(
         self,

@@ -347,6 +347,8 @@ class ConversationService:
                         "a turn is running or queued; cancel it first or delete with force",
                         metadata={"conversation_id": conversation_id},
                     )
+                # No new turn from now on: senders cannot keep it alive.
+                await self.store.mark_deleting(principal.tenant_id, conversation_id)
                 await self._stop_turns(principal, conversation)
             # Only while no turn runs or waits: the end of a turn may have promoted a queued
             # one since (it is then stopped on the next round).
@@ -541,9 +543,11 @@ class ConversationService:
                     prepared.discard()
                     prepared = None
                 admitted = await self._admit(turn, enqueue)
-        except BaseException:
+        except BaseException as exc:
             if prepared is not None:
                 prepared.discard()
+            if isinstance(exc, NotFound):  # (deleted, or being deleted): no turn was added
+                await self.guards().turn_not_started(scope, admission)
             raise
         if prepared is not None and (admitted.existing or admitted.busy or admitted.position):
             prepared.discard()

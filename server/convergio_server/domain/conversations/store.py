@@ -59,6 +59,10 @@ class ConversationStore(Protocol):
         """Whether it was deleted; with `idle_only`, not while a turn runs or waits."""
         ...
 
+    async def mark_deleting(self, tenant_id: str, conversation_id: str) -> None:
+        """From now on the conversation takes no new turn (admitting one is NotFound)."""
+        ...
+
     async def end_queued(
         self, tenant_id: str, conversation_id: str, turn_id: str, outcome: TurnOutcome
     ) -> bool:
