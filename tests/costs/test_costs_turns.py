@@ -195,3 +195,30 @@ async def test_a_cost_update_follows_each_model_call_as_the_ledger_has_it(
         kinds = [e.WhichOneof("kind") for e in events]
         # The tool-choosing call's update comes before the tool runs.
         assert kinds.index("cost_update") < kinds.index("tool_call")
+
+
+async def test_a_call_cut_short_by_a_cancel_has_its_cost_update_too(
+    tmp_path: Path, pg_dsn: str, redis_url: str, redis_prefix: str
+) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text(PRICES)
+    settings = server_settings(
+        tmp_path / "data", pg_dsn, redis_url, redis_prefix,
+        cost_prices_file=prices, offline_tokens_per_second=20.0,
+    )  # fmt: skip
+    async with running_server(settings) as paced, tenant_client(paced, "cut") as client:
+        conversation_id = await amy_conversation(client)
+        stream = client.conversations.send(conversation_id, "Explain next year's plan in detail")
+        events = []
+        async for event in stream:
+            events.append(event)
+            if event.HasField("speaker_selected"):  # its model call is under way
+                break
+        await client.conversations.cancel_turn(conversation_id=conversation_id)
+        events += [event async for event in stream]
+    done = events[-1].turn_completed
+    assert done.stop_reason == events_pb2.STOP_REASON_CANCELLED
+    updates = [e.cost_update for e in events if e.HasField("cost_update")]
+    # The billed part of the call that was cut short, told before the turn's end.
+    assert updates and Decimal(updates[-1].turn_cost_usd) == Decimal(done.cost_usd) > 0
+    assert updates[-1].turn_usage == done.usage

@@ -312,6 +312,7 @@ class TurnExecution:
         self.last_message_id = ""
         self.usage_by_agent: dict[str, Usage] = {}
         self.meter = Meter()
+        self._calls_told = 0  # model calls whose cost a CostUpdate has reported
         self.task: asyncio.Task[None] | None = None
         self.preparing: asyncio.Future[BuiltTeam] | None = None
         # The team runs as soon as it is built, while the turn may still be being admitted;
@@ -887,6 +888,10 @@ class TurnExecution:
             with contextlib.suppress(BaseException):
                 await pumping
         self._emit_delta()
+        if self.meter.calls > self._calls_told:
+            # Settled after the events stopped being read: a call cut short by a cancel is
+            # billed as it stops, and its cost is reported as every call's is.
+            self.post(self._cost_update())
         if self.stop is not None:
             outcome = TurnOutcome(stop_reason=self.stop[0], stop_detail=self.stop[1])
             if self.server_stopping:  # said as the reaper of another process says it
@@ -989,6 +994,7 @@ class TurnExecution:
                 await backoff.wait()
 
     def _cost_update(self) -> CostUpdate:
+        self._calls_told = self.meter.calls
         return CostUpdate(
             turn_usage=self.meter.usage,
             turn_cost_usd=money(self.meter.cost),
