@@ -47,7 +47,7 @@ _CONVERSATION_COLUMNS = """
 _TURN_COLUMNS = """
     tenant_id, conversation_id, id, request_id, status, stop_reason, stop_detail, error, content,
     options, user_message_id, message_count, prompt_tokens, completion_tokens, cached_tokens,
-    model_calls, cost_usd, created_by, create_time, start_time, end_time, started,
+    model_calls, cost_usd, created_by, create_time, start_time, end_time, started, end_logged,
     CASE WHEN log_marked THEN first_sequence
         ELSE COALESCE((SELECT min(e.sequence) FROM conversation_events e
             WHERE e.tenant_id = turns.tenant_id AND e.conversation_id = turns.conversation_id
@@ -116,6 +116,7 @@ def _turn(row: Any) -> Turn:
         started=row["started"],
         first_sequence=row["first_sequence"],
         last_sequence=row["last_sequence"],
+        end_logged=row["end_logged"],
     )
 
 
@@ -213,7 +214,9 @@ class PgConversationStore:
             RUNNING: "c.active_turn_id IS NOT NULL AND EXISTS (SELECT 1 FROM turns t WHERE "
             "t.tenant_id = c.tenant_id AND t.conversation_id = c.id AND t.id = c.active_turn_id "
             "AND t.status = 'RUNNING')",
-            WAITING_FOR_APPROVAL: "EXISTS (SELECT 1 FROM turns t WHERE t.tenant_id = c.tenant_id "
+            # (active_turn_id IS NOT NULL: a partial index holds those conversations alone)
+            WAITING_FOR_APPROVAL: "c.active_turn_id IS NOT NULL AND EXISTS (SELECT 1 FROM turns t "
+            "WHERE t.tenant_id = c.tenant_id "
             "AND t.conversation_id = c.id AND t.id = c.active_turn_id "
             "AND t.status = 'WAITING_FOR_APPROVAL')",
         }[status]
@@ -563,9 +566,12 @@ class PgConversationStore:
                 WHERE tenant_id = $1 AND conversation_id = $2
             ), cut AS (
                 SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM s) THEN 0
-                    ELSE COALESCE((SELECT max(m.position) FROM messages m
+                    -- (the latest first, from the end of the order's index: its turn's
+                    -- messages are near the end; max() read the whole conversation's)
+                    ELSE COALESCE((SELECT m.position FROM messages m
                         WHERE m.tenant_id = $1 AND m.conversation_id = $2
-                            AND m.turn_id = (SELECT turn_id FROM s)),
+                            AND m.turn_id = (SELECT turn_id FROM s)
+                        ORDER BY m.position DESC LIMIT 1),
                         9223372036854775807)
                     END AS position
             )

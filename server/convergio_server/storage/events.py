@@ -264,12 +264,14 @@ class RedisLiveEvents:
         value = await self._optional(lambda: self.hot.get(counter))
         return None if value is None else int(value)
 
-    async def turn_last_sequence(
-        self, tenant_id: str, conversation_id: str, turn_id: str
-    ) -> int | None:
+    async def turn_last_sequences(
+        self, tenant_id: str, conversation_id: str, turn_ids: Sequence[str]
+    ) -> list[int | None]:
+        if not turn_ids:
+            return []
         turns = self._turns(tenant_id, conversation_id)
-        value = await self._optional(lambda: self.redis.hget(turns, turn_id))
-        return None if value is None else int(value)
+        values = await self._optional(lambda: self.redis.hmget(turns, list(turn_ids)))
+        return [None if value is None else int(value) for value in values]
 
     async def _optional(self, read: Callable[[], Awaitable[Any]]) -> Any:
         """A read its callers can do without: Unavailable when Redis is out of reach, at

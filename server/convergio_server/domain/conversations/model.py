@@ -146,6 +146,8 @@ class Turn:
     started: bool = True
     first_sequence: int = 0
     last_sequence: int = 0
+    # Its TurnCompleted is in the durable log (last_sequence is then that event's).
+    end_logged: bool = False
 
 
 @dataclass

@@ -9,7 +9,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -677,12 +677,7 @@ class ConversationService:
             pass
         elif turn_id:
             turn = await self.get_turn(principal, conversation_id, turn_id)
-            if (
-                follow
-                and turn.status == ENDED
-                and turn.last_sequence
-                and after >= turn.last_sequence
-            ):
+            if follow and _logged_end_at_or_before(turn, after):
                 return
             if follow and 0 < turn.first_sequence <= after:
                 # Read from its start, to see its TurnCompleted (and end) even when it comes
@@ -739,9 +734,10 @@ class ConversationService:
     async def _ended_before(
         self, tenant_id: str, conversation_id: str, turn_id: str, seen: int
     ) -> bool:
-        """Whether the turn followed has ended with its TurnCompleted at or before `seen`."""
+        """Whether the turn followed has ended with its TurnCompleted at or before `seen`
+        (an end not logged yet is still to come)."""
         turn = await self.store.get_turn(tenant_id, conversation_id, turn_id)
-        return turn is not None and turn.status == ENDED and 0 < turn.last_sequence <= seen
+        return turn is not None and _logged_end_at_or_before(turn, seen)
 
     async def cancel(
         self,
@@ -935,19 +931,23 @@ class ConversationService:
                 f"turn {turn_id} does not exist in conversation {conversation_id}",
                 metadata={"turn_id": turn_id},
             )
-        await self._latest(turn)
+        await self._latest([turn])
         return turn
 
-    async def _latest(self, turn: Turn) -> None:
-        """The turn's latest sequence: the live log knows it before PostgreSQL does."""
+    async def _latest(self, turns: Sequence[Turn]) -> None:
+        """The turns' (of one conversation) latest sequences: the live log knows them before
+        PostgreSQL does."""
+        if not turns:
+            return
         try:
-            live = await self.events.live.turn_last_sequence(
-                turn.tenant_id, turn.conversation_id, turn.id
+            live = await self.events.live.turn_last_sequences(
+                turns[0].tenant_id, turns[0].conversation_id, [t.id for t in turns]
             )
         except Unavailable:  # Redis is down: PostgreSQL's answer, which may lag
             return
-        if live is not None and live > turn.last_sequence:
-            turn.last_sequence = live
+        for turn, latest in zip(turns, live, strict=True):
+            if latest is not None and latest > turn.last_sequence:
+                turn.last_sequence = latest
 
     async def list_turns(
         self,
@@ -971,8 +971,7 @@ class ConversationService:
         )
         more = len(rows) > limit
         rows = rows[:limit]
-        for row in rows:
-            await self._latest(row)
+        await self._latest(rows)
         rows, cut = keep_fitting(rows, fits)
         next_token = ""
         if more or cut:
@@ -1041,6 +1040,10 @@ def idle_tick(heartbeat: float, lease: float) -> float:
     if heartbeat <= lease:
         return heartbeat
     return heartbeat / math.ceil(heartbeat / lease)
+
+
+def _logged_end_at_or_before(turn: Turn, sequence: int) -> bool:
+    return turn.status == ENDED and turn.end_logged and 0 < turn.last_sequence <= sequence
 
 
 def _check_same_message(earlier: Turn, turn: Turn) -> None:

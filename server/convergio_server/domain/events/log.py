@@ -80,10 +80,11 @@ class LiveEvents(Protocol):
         """The latest allocated sequence, or None when the counter is missing."""
         ...
 
-    async def turn_last_sequence(
-        self, tenant_id: str, conversation_id: str, turn_id: str
-    ) -> int | None:
-        """The latest sequence of a turn's events, while the live window remembers it."""
+    async def turn_last_sequences(
+        self, tenant_id: str, conversation_id: str, turn_ids: Sequence[str]
+    ) -> list[int | None]:
+        """The latest sequence of each turn's events, while the live window remembers it
+        (None where it does not), in one round trip."""
         ...
 
     async def wait_after(
