@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import asyncpg
@@ -20,6 +20,7 @@ from convergio_server.domain.flags.model import (
     ChangeKind,
     Flag,
     FlagChange,
+    FlagDelta,
     FlagSpec,
     HistoryEntry,
     Outcome,
@@ -30,6 +31,12 @@ from convergio_server.domain.flags.ports import UpsertResult
 log = logging.getLogger("convergio.flags")
 
 _FLAG_COLUMNS = "key, spec, version, create_time, update_time, updated_by, change_seq"
+# Flags parsed between two turns of the event loop when reading many (a few milliseconds).
+_BATCH = 500
+# How far below the newest change seq a read looks for seqs it cannot see (writes still
+# committing), and how many such seqs are kept: a flag write takes milliseconds, so a seq
+# taken thousands of changes before a read and still uncommitted is not expected.
+_GAP_WINDOW = 10_000
 # What a page read counts per row besides the spec's JSON, which is at least as long as its
 # protobuf encoding: the server-set fields, tags and the like.
 _ROW_OVERHEAD = 256
@@ -67,6 +74,64 @@ def _conflict(key: str, current_version: int, expected: int) -> Aborted:
         reason="VERSION_CONFLICT",
         metadata={"key": key, "current_version": str(current_version)},
     )
+
+
+def _add_flags(flags: dict[str, list[tuple[Flag, int]]], rows: Sequence[asyncpg.Record]) -> None:
+    for row in rows:
+        try:
+            flag = _flag(row)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("unreadable flag %s/%s skipped: %s", row["tenant_id"], row["key"], exc)
+            continue
+        flags.setdefault(row["tenant_id"], []).append((flag, row["change_seq"]))
+
+
+async def _deletions(conn: Any, ids: list[int]) -> list[FlagChange]:
+    """The flags whose newest change is one of `ids` but which no longer exist, as the
+    deletions that removed them."""
+    rows = await conn.fetch(
+        "SELECT id, tenant_id, key, version, spec, actor, change_time FROM flag_history "
+        "WHERE id = ANY($1::bigint[]) ORDER BY id",
+        ids,
+    )
+    changes: list[FlagChange] = []
+    for row in rows:
+        try:
+            spec = spec_from_dict(row["key"], json.loads(row["spec"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            # Only the key and seq matter to a cache dropping the flag.
+            log.error("unreadable flag %s/%s in history: %s", row["tenant_id"], row["key"], exc)
+            spec = FlagSpec(row["key"])
+        # The history does not keep the creation time; the cache keeps the one it knows.
+        gone = Flag(spec, row["version"], row["change_time"], row["change_time"], row["actor"])
+        changes.append(
+            FlagChange(
+                row["tenant_id"],
+                ChangeKind.DELETED,
+                gone,
+                row["actor"],
+                row["change_time"],
+                row["id"],
+            )
+        )
+    return changes
+
+
+def _missing(
+    since: int, unseen: Collection[int], read: Sequence[int], newest: int
+) -> frozenset[int]:
+    """Ids at or below `newest` still not seen: those of `unseen` not read, and the holes
+    between the ids read after `since` (ascending). At most _GAP_WINDOW, the newest."""
+    seen = set(read)
+    holes = {i for i in unseen if i not in seen}
+    previous = since
+    for i in (*(i for i in read if i > since), newest + 1):
+        if i > previous + 1:
+            holes.update(range(max(previous + 1, i - _GAP_WINDOW), i))
+        previous = max(previous, i)
+    if len(holes) > _GAP_WINDOW:
+        holes = set(sorted(holes)[-_GAP_WINDOW:])
+    return frozenset(holes)
 
 
 class PgFlagStore:
@@ -460,30 +525,90 @@ class PgFlagStore:
         )
 
     async def snapshot(self, tenant_id: str | None = None) -> Snapshot:
-        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            seq = await conn.fetchval("SELECT coalesce(max(id), 0) FROM flag_history")
+        flags: dict[str, list[tuple[Flag, int]]] = {}
+        missing: frozenset[int] = frozenset()
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            seq = int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM flag_history"))
             if tenant_id is None:
-                rows = await conn.fetch(f"SELECT tenant_id, {_FLAG_COLUMNS} FROM flags")
                 seeded = await conn.fetch("SELECT tenant_id FROM flag_tenants")
-            else:
-                rows = await conn.fetch(
-                    f"SELECT tenant_id, {_FLAG_COLUMNS} FROM flags WHERE tenant_id = $1",
-                    tenant_id,
+                missing = frozenset(
+                    await conn.fetchval(
+                        "SELECT ARRAY(SELECT g FROM generate_series($1::bigint, $2::bigint) g "
+                        "WHERE NOT EXISTS (SELECT 1 FROM flag_history WHERE id = g))",
+                        max(seq - _GAP_WINDOW + 1, 1),
+                        seq,
+                    )
                 )
+                cursor = await conn.cursor(f"SELECT tenant_id, {_FLAG_COLUMNS} FROM flags")
+            else:
                 seeded = await conn.fetch(
                     "SELECT tenant_id FROM flag_tenants WHERE tenant_id = $1", tenant_id
                 )
-        flags: dict[str, list[tuple[Flag, int]]] = {}
-        for row in rows:
-            try:
-                flag = _flag(row)
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error("unreadable flag %s/%s skipped: %s", row["tenant_id"], row["key"], exc)
-                continue
-            flags.setdefault(row["tenant_id"], []).append((flag, row["change_seq"]))
-        for items in flags.values():
+                cursor = await conn.cursor(
+                    f"SELECT tenant_id, {_FLAG_COLUMNS} FROM flags WHERE tenant_id = $1",
+                    tenant_id,
+                )
+            # In batches: each fetch lets the event loop serve other work, and parsing tens
+            # of thousands of flags at once would stall it for a second.
+            while True:
+                rows = await cursor.fetch(_BATCH)
+                _add_flags(flags, rows)
+                if len(rows) < _BATCH:
+                    break
+        for n, items in enumerate(flags.values(), 1):
             items.sort(key=lambda item: item[0].key)
-        return Snapshot(int(seq), frozenset(r["tenant_id"] for r in seeded), flags)
+            if n % _BATCH == 0:
+                await asyncio.sleep(0)
+        return Snapshot(seq, frozenset(r["tenant_id"] for r in seeded), flags, missing)
+
+    async def changes_since(
+        self, seq: int, unseen: Collection[int], seeded_count: int
+    ) -> FlagDelta:
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            head = await conn.fetchrow(
+                "SELECT coalesce((SELECT max(id) FROM flag_history), 0) AS newest, "
+                "(SELECT count(*) FROM flag_tenants) AS seeded"
+            )
+            assert head is not None
+            # Refused attempts too: every id read is one that is not missing.
+            entries = await conn.fetch(
+                "SELECT id, tenant_id, key, outcome = 'applied' AS applied FROM flag_history "
+                "WHERE id > $1 OR id = ANY($2::bigint[]) ORDER BY id",
+                seq,
+                list(unseen),
+            )
+            seeded: frozenset[str] | None = None
+            if head["seeded"] != seeded_count:
+                seeded_rows = await conn.fetch("SELECT tenant_id FROM flag_tenants")
+                seeded = frozenset(r["tenant_id"] for r in seeded_rows)
+            # The newest applied change of each flag changed (entries are in seq order).
+            latest = {(e["tenant_id"], e["key"]): e["id"] for e in entries if e["applied"]}
+            flags: dict[str, list[tuple[Flag, int]]] = {}
+            deleted: list[FlagChange] = []
+            if latest:
+                tenants, keys = zip(*latest, strict=True)
+                rows = await conn.fetch(
+                    f"SELECT tenant_id, {_FLAG_COLUMNS} FROM flags "
+                    "WHERE (tenant_id, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+                    list(tenants),
+                    list(keys),
+                )
+                for i in range(0, len(rows), _BATCH):
+                    _add_flags(flags, rows[i : i + _BATCH])
+                    await asyncio.sleep(0)
+                present = {(r["tenant_id"], r["key"]) for r in rows}
+                gone = [last for ident, last in latest.items() if ident not in present]
+                if gone:
+                    deleted = await _deletions(conn, gone)
+        newest = int(head["newest"])
+        read = [int(e["id"]) for e in entries]
+        return FlagDelta(newest, flags, deleted, _missing(seq, unseen, read, newest), seeded)
 
     async def seed(
         self, tenant_id: str, specs: Sequence[FlagSpec], actor: str, comment: str

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -17,11 +18,14 @@ from convergio_server.domain.flags.model import (
     Evaluation,
     Flag,
     FlagChange,
+    FlagDelta,
     Reason,
     Snapshot,
 )
 
 WATCH_QUEUE = 10_000
+# Flags compiled between two turns of the event loop when many are loaded (a few ms).
+REPLACE_BATCH = 250
 
 
 class Watcher:
@@ -129,19 +133,45 @@ class FlagCache:
         """Bring the cache to `snapshot` (of every tenant, or of `tenant_id`), keeping any
         change newer than the snapshot; returns the differences, which watchers also get."""
         changes: list[FlagChange] = []
+        for _ in self._replacing(snapshot, tenant_id, changes, REPLACE_BATCH):
+            pass
+        return changes
+
+    async def replace_gradually(self, snapshot: Snapshot) -> list[FlagChange]:
+        """`replace` for every tenant, letting the event loop run between batches of flags:
+        compiling tens of thousands at once would stall every stream for a second. Changes
+        that arrive meanwhile are ordered by their seq as always."""
+        changes: list[FlagChange] = []
+        for _ in self._replacing(snapshot, None, changes, REPLACE_BATCH):
+            await asyncio.sleep(0)
+        return changes
+
+    def _replacing(
+        self, snapshot: Snapshot, tenant_id: str | None, changes: list[FlagChange], batch: int
+    ) -> Iterator[None]:
+        """`replace`, pausing (yielding) after every `batch` flags applied. A tenant's
+        deletions are decided without a pause, on its flags as they are then."""
         tenants = (
             set(self._tenants) | set(snapshot.flags) | set(snapshot.seeded_tenants)
             if tenant_id is None
             else {tenant_id}
         )
+        applied = 0
         for tenant in tenants:
             fresh = {flag.key: (flag, seq) for flag, seq in snapshot.flags.get(tenant, [])}
-            current = self._tenants.get(tenant, {})
             for key, (flag, seq) in fresh.items():
-                kind = ChangeKind.CREATED if key not in current else ChangeKind.UPDATED
+                kind = (
+                    ChangeKind.CREATED
+                    if key not in self._tenants.get(tenant, {})
+                    else ChangeKind.UPDATED
+                )
                 change = FlagChange(tenant, kind, flag, flag.updated_by, flag.update_time, seq)
                 if self.apply(change):
                     changes.append(change)
+                applied += 1
+                if applied % batch == 0:
+                    yield
+            current = self._tenants.get(tenant, {})
             for key, known in list(current.items()):
                 if key in fresh or self._seqs.get((tenant, key), 0) > snapshot.seq:
                     continue
@@ -156,6 +186,43 @@ class FlagCache:
                 self._tenants.setdefault(tenant, {})
         if tenant_id is None:
             self.loaded = True
+
+    async def merge(self, delta: FlagDelta) -> list[FlagChange]:
+        """Apply what changed after the seq an earlier read ended at (a full `replace`
+        only for the flags and tenants the delta names), letting the event loop run between
+        batches; returns the changes applied, which watchers also get."""
+        changes: list[FlagChange] = []
+        for tenant in delta.seeded_tenants or ():
+            self._tenants.setdefault(tenant, {})
+        applied = 0
+        for tenant, items in delta.flags.items():
+            for flag, seq in items:
+                known = self._tenants.get(tenant, {})
+                kind = ChangeKind.CREATED if flag.key not in known else ChangeKind.UPDATED
+                change = FlagChange(tenant, kind, flag, flag.updated_by, flag.update_time, seq)
+                if self.apply(change):
+                    changes.append(change)
+                applied += 1
+                if applied % REPLACE_BATCH == 0:
+                    await asyncio.sleep(0)
+        for change in delta.deleted:
+            ident = (change.tenant_id, change.flag.key)
+            known_flag = self.compiled(*ident)
+            if known_flag is None:
+                # Created and deleted between two reads, or already dropped: only remember
+                # the deletion, so that a late notification of an older state is ignored.
+                self._seqs[ident] = max(self._seqs.get(ident, 0), change.seq)
+                continue
+            gone = FlagChange(
+                change.tenant_id,
+                change.kind,
+                dataclasses.replace(change.flag, create_time=known_flag.flag.create_time),
+                change.actor,
+                change.change_time,
+                change.seq,
+            )
+            if self.apply(gone):
+                changes.append(gone)
         return changes
 
     # ---- watching --------------------------------------------------------------------

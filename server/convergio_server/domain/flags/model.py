@@ -147,8 +147,33 @@ class HistoryEntry:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Every stored flag, read in one transaction: `seq` is the newest change it includes."""
+    """Every stored flag, read in one transaction: `seq` is the newest change it includes.
+    `missing`: ids of changes at or below `seq` that the transaction could not see (see
+    FlagDelta), to be asked for again."""
 
     seq: int
     seeded_tenants: frozenset[str]
     flags: dict[str, list[tuple[Flag, int]]] = field(default_factory=dict)
+    missing: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class FlagDelta:
+    """What changed after a change seq that an earlier read ended at, read in one
+    transaction. `seq` is the newest change the store holds (below the one asked from only
+    if the history went back, e.g. a restored database). `flags`: the current state of every
+    flag changed since, with the seq of its latest change; `deleted`: the flags changed since
+    that no longer exist. `missing`: ids at or below `seq` that could not be seen: change
+    seqs are taken when a write starts, so a write still committing holds a lower seq than
+    one committed after it (or the write was rolled back). `seeded_tenants`: every tenant
+    that has had its defaults, when their number differs from the one the reader knew."""
+
+    seq: int
+    flags: dict[str, list[tuple[Flag, int]]] = field(default_factory=dict)
+    deleted: list[FlagChange] = field(default_factory=list)
+    missing: frozenset[int] = frozenset()
+    seeded_tenants: frozenset[str] | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.flags and not self.deleted and self.seeded_tenants is None

@@ -1,13 +1,20 @@
 """Flag operations for the API, the CLI and the platform: validated changes that reach the
 local cache at once and every other process through the change bus, the synchronisation
-loop (notifications, a full reload on every (re)connect and periodically), default flags for
-new tenants, and seed import/export."""
+loop, default flags for new tenants, and seed import/export.
+
+Synchronisation: changes arrive as notifications; a full reload on every (re)connect of the
+subscription repairs any notification missed meanwhile. As a safety net against a
+notification lost otherwise, each process also catches up with the store periodically: it
+reads only the flags changed after the change seq it last read (nothing at all when the
+store has not changed, the common case), and everything only when that cannot tell
+(nothing read yet, the history went back, a tenant went away) or once every
+`full_reload_seconds`, which also covers what bypasses the history."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from convergio_server.domain.background import cancel_and_wait
@@ -37,6 +44,19 @@ log = logging.getLogger("convergio.flags")
 SYSTEM_ACTOR = "convergio"
 MAX_COMMENT = 500
 SEED_RETRY_SECONDS = 5.0
+# A change seq not visible yet is asked for again at every periodic reload until it shows
+# up (a write that was still committing) or this long has passed (it was rolled back).
+UNSEEN_PATIENCE_SECONDS = 300.0
+
+
+@dataclass
+class SyncStats:
+    """What the periodic and (re)connect reloads did since the process started."""
+
+    full_reloads: int = 0  # every flag of every tenant read
+    incremental_reloads: int = 0  # only the flags changed since the previous read
+    unchanged_reloads: int = 0  # the store had not changed: no flag read
+    flags_read: int = 0  # by all of them
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,7 @@ class FlagManager:
         bus: ChangeBus,
         *,
         reload_seconds: float = 30.0,
+        full_reload_seconds: float = 3600.0,
         cache: FlagCache | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
@@ -68,6 +89,17 @@ class FlagManager:
         self.bus = bus
         self.cache = cache or FlagCache()
         self._reload_seconds = reload_seconds
+        self._full_reload_seconds = full_reload_seconds
+        self.stats = SyncStats()
+        # Where the last read of the store ended: the newest change seq it saw (None before
+        # any full read), the seqs below it it could not see yet (with when each was first
+        # missed), the tenants seeded then, and when everything was last read.
+        self._seq: int | None = None
+        self._unseen: dict[int, float] = {}
+        self._seeded: frozenset[str] = frozenset()
+        self._full_reload_time = 0.0
+        # Reads of the store one at a time, so that the above describes a single read.
+        self._sync_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._seeding: dict[str, asyncio.Task[None]] = {}
         self._seed_attempts: dict[str, float] = {}
@@ -103,10 +135,61 @@ class FlagManager:
             return False
 
     async def reload(self) -> None:
-        """Give new tenants their defaults, then replace the cache with the store's flags."""
+        """Give new tenants their defaults, then bring the cache to every flag of the
+        store."""
+        async with self._sync_lock:
+            await self._seed_new_tenants()
+            await self._load_everything()
+
+    async def _seed_new_tenants(self) -> None:
         for tenant_id in await self.store.unseeded_tenants():
             await self._seed(tenant_id)
-        self.cache.replace(await self.store.snapshot())
+
+    async def _load_everything(self) -> None:
+        snapshot = await self.store.snapshot()
+        await self.cache.replace_gradually(snapshot)
+        now = asyncio.get_running_loop().time()
+        self._seq = snapshot.seq
+        self._seeded = snapshot.seeded_tenants
+        # Seqs missed by earlier reads may still be below the snapshot's window.
+        self._remember_unseen(snapshot.missing | self._unseen.keys(), now)
+        self._full_reload_time = now
+        self.stats.full_reloads += 1
+        self.stats.flags_read += sum(len(items) for items in snapshot.flags.values())
+
+    def _remember_unseen(self, missing: Iterable[int], now: float) -> None:
+        first_missed = {i: self._unseen.get(i, now) for i in missing}
+        self._unseen = {i: t for i, t in first_missed.items() if now - t < UNSEEN_PATIENCE_SECONDS}
+
+    async def _catch_up(self) -> None:
+        """Read what changed since the last read, or everything when that cannot tell."""
+        async with self._sync_lock:
+            await self._seed_new_tenants()
+            now = asyncio.get_running_loop().time()
+            if self._seq is None or now - self._full_reload_time >= self._full_reload_seconds:
+                await self._load_everything()
+                return
+            delta = await self.store.changes_since(
+                self._seq, self._unseen.keys(), len(self._seeded)
+            )
+            if delta.seq < self._seq or (
+                delta.seeded_tenants is not None and not self._seeded <= delta.seeded_tenants
+            ):
+                # The history went back (a restored database) or a tenant was removed with
+                # its history: what the cache must drop shows only in a full read.
+                await self._load_everything()
+                return
+            if delta.empty:
+                self.stats.unchanged_reloads += 1
+            else:
+                await self.cache.merge(delta)
+                self.stats.incremental_reloads += 1
+                self.stats.flags_read += sum(len(items) for items in delta.flags.values())
+                self.stats.flags_read += len(delta.deleted)
+            self._seq = delta.seq
+            if delta.seeded_tenants is not None:
+                self._seeded = delta.seeded_tenants
+            self._remember_unseen(delta.missing, asyncio.get_running_loop().time())
 
     async def _on_connect(self) -> None:
         # A notification may have been missed while disconnected: reload everything.
@@ -129,10 +212,10 @@ class FlagManager:
             await self.refresh()
 
     async def refresh(self) -> None:
-        """Reload the flags; while the store cannot be reached, keep the last known ones
-        and answer them as STALE."""
+        """Catch up with the store (only what changed since the last read); while the store
+        cannot be reached, keep the last known flags and answer them as STALE."""
         try:
-            await self.reload()
+            await self._catch_up()
         except Exception as exc:
             if not self._store_down:
                 log.warning("flag reload failed: %s; answering from last known flags", exc)
