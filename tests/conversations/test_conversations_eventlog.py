@@ -357,3 +357,22 @@ async def test_an_append_retried_after_its_answer_was_lost_appends_nothing_twice
     # Appends without ordinals (other processes' events for the turn) are as before.
     other = await events.append(TENANT, cid, turn_id, bodies[0])
     assert other.sequence == 5
+
+
+async def test_the_live_log_keeps_the_fields_of_the_latest_turns_only(
+    conv: AsyncClient, server: RunningServer
+) -> None:
+    # A conversation in use for long: its hash of turns does not grow with every turn.
+    cid = await new_conversation(conv)
+    events = server.server.context.components["conversations"].events
+    turns = [f"00000000-0000-4000-8000-{i:012d}" for i in range(200)]
+    body = SpeakerSelected(agent="amy", round=1, policy="single", reason="")
+    for turn_id in turns:
+        await events.append_many(TENANT, cid, turn_id, [(body, None), (body, None)], [1, 2])
+    key = Keys(server.settings.redis_prefix).k("conv", TENANT, cid, "turns")
+    assert await server.infra.redis.hlen(key) <= 4 * 32 + 2
+    latest = await events.live.turn_last_sequences(TENANT, cid, [turns[0], *turns[-32:]])
+    assert latest == [None] + [2 * i for i in range(169, 201)]
+    # The latest turns' appends are still idempotent: a retry appends nothing twice.
+    again = await events.append_many(TENANT, cid, turns[-1], [(body, None)], [2])
+    assert [e.sequence for e in again] == [400]

@@ -49,6 +49,24 @@ local function appended_before(stream, mark)
   return -2
 end
 local reached_of = {}  -- per turn: the ordinal it reached (one HGET per turn and call)
+-- The turns hash keeps the latest turns' fields only: it would otherwise grow with every
+-- turn of a conversation in use (its expiry moves on at each append). A turn's fields serve
+-- its retried appends and its latest sequence while it streams; a conversation has at most
+-- eleven turns appending at once (one running, ten queued).
+local keep_turns = 32
+local function prune(turns)
+  if redis.call('HLEN', turns) <= 4 * keep_turns then return end
+  local fields, latest = redis.call('HGETALL', turns), {}
+  for f = 1, #fields - 1, 2 do
+    if string.sub(fields[f], -1) ~= '#' then
+      latest[#latest + 1] = {fields[f], tonumber(fields[f + 1])}
+    end
+  end
+  table.sort(latest, function(a, b) return a[2] < b[2] end)
+  for i = 1, #latest - keep_turns do
+    redis.call('HDEL', turns, latest[i][1], latest[i][1] .. '#')
+  end
+end
 local function append(counter, stream, turns, payload, seed, turn, ordinal)
   local mark
   if ordinal ~= '0' then
@@ -74,6 +92,7 @@ local function append(counter, stream, turns, payload, seed, turn, ordinal)
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'e', payload, 'o', mark)
     redis.call('HSET', turns, turn, seq, turn .. '#', ordinal)
     reached_of[turns .. turn] = tonumber(ordinal)
+    if ordinal == '1' then prune(turns) end
   else
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'e', payload)
     redis.call('HSET', turns, turn, seq)
