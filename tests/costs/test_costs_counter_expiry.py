@@ -1,7 +1,7 @@
 """Expiry of the budget counters in the real Redis: a total's counter lives as long as it is
 used (each reservation renews its time to live), so that an active tenant's or conversation's
 total is never seeded again from the ledger; a day's or month's counter keeps the expiry it got
-when it was created."""
+when it was created; the record of a counter's alerts expires with the counter."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from decimal import Decimal
 from convergio_server.domain.costs.budgets import Applied, Reservation
 from convergio_server.domain.costs.enforcement import CostGuards
 from convergio_server.domain.costs.money import to_nanos
+from convergio_server.domain.costs.ports import BudgetLimits
 from convergio_server.domain.costs.prices import call_cost
 from convergio_server.domain.guards import CallInfo
 
@@ -77,3 +78,54 @@ async def test_a_total_counter_in_use_gets_its_expiry_renewed_and_a_period_count
     # never saw: none of them was seeded again from the ledger.
     counted = to_nanos(Decimal("0.001") + call_cost(ticket.quote.price, 10, 4))
     assert await budgets.counters.read([a.counter.key for a in totals]) == [counted] * 3
+
+
+async def test_a_totals_alert_is_recorded_for_as_long_as_the_total_is_counted(
+    guards: CostGuards, server: RunningServer, tenant: str
+) -> None:
+    """A total in use keeps its counter; the record that its thresholds alerted lives as long,
+    so that a total still past a threshold does not alert again some weeks later."""
+    scope = new_scope(tenant)
+    budgets = guards.budgets
+    await budgets.ensure_seeded(tenant)
+    limits = BudgetLimits("CONVERSATION", scope.conversation_id, None, None, Decimal("0.40"), None)
+    await budgets.store.upsert(tenant, limits, "test")
+    await budgets.changed(tenant)
+    redis = server.infra.redis
+
+    async def spend(amount: str) -> list[tuple[str, int]]:
+        reservation = await budgets.reserve(scope, Decimal(amount))
+        alerts, _ = await budgets.settle(reservation, Decimal(amount))
+        return [(a.period, a.threshold_percent) for a in alerts if a.scope == "CONVERSATION"]
+
+    assert await spend("0.30") == [("TOTAL", 70)]  # 75%
+    reservation = await budgets.reserve(scope, Decimal("0"))
+    await budgets.settle(reservation, Decimal("0"))
+    total = next(
+        a for a in reservation.applied if a.scope == "CONVERSATION" and a.period == "TOTAL"
+    )
+    record = total.counter.alerts_key
+    assert await redis.pttl(total.counter.key) > 34 * DAY_S * 1000
+    assert await redis.pttl(record) > 34 * DAY_S * 1000
+
+    # Nearly 35 days later, the total having been used all along: its counter is still there
+    # and so is the record, renewed with it by every settled call.
+    await redis.pexpire(record, NEARLY_EXPIRED_MS)
+    assert await spend("0.004") == []
+    assert await redis.pttl(record) > 34 * DAY_S * 1000
+    budgets._alerted.clear()  # as another process, which asks Redis
+    assert await spend("0.004") == []
+    assert await spend("0.04") == [("TOTAL", 85)]  # 87%
+
+    # A day's record ends with the day's counter.
+    daily = next(
+        a for a in reservation.applied if a.scope == "CONVERSATION" and a.period == "DAILY"
+    )
+    await redis.pexpire(daily.counter.key, NEARLY_EXPIRED_MS)
+    daily_only = BudgetLimits(
+        "CONVERSATION", scope.conversation_id, Decimal("0.40"), None, None, None
+    )
+    await budgets.store.upsert(tenant, daily_only, "test")
+    await budgets.changed(tenant)
+    assert await spend("0.004") == [("DAILY", 70), ("DAILY", 85)]  # 88%
+    assert 0 < await redis.pttl(daily.counter.alerts_key) <= NEARLY_EXPIRED_MS

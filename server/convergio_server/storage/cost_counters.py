@@ -23,6 +23,7 @@ from convergio_server.domain.costs.ports import (
     BreakerResult,
     BreakerThresholds,
     Counter,
+    CounterChange,
     RateResult,
     ReserveResult,
     counters_unavailable,
@@ -31,6 +32,11 @@ from convergio_server.storage.redis import Keys
 from convergio_server.storage.redis_pipe import PipelinedRedis
 
 T = TypeVar("T")
+
+# A reservation's marker outlives any model call (a call that outlived it anyway is settled as
+# if Redis had lost the reservation: counted at the reservation plus its cost, the safe side),
+# and does not outlive by long a process that died before settling.
+_HOLD_TTL_SECONDS = 86_400
 
 # Functions shared by the scripts. Breaker parameters `p`: failure threshold, success
 # threshold, cool-down ms, spike threshold, spike factor (as text).
@@ -47,28 +53,56 @@ local function csv(text)
   return out
 end
 
--- Add deltas (one number, or one per key) to counters from KEYS[first]. ttls (may be nil),
--- in seconds: a positive one is set on a counter created now, so that a period's counter
--- ends with its period however busy it was; a negative one (a total's) is renewed on every
--- use, so that only a counter left unused for that long expires and is seeded again from
--- the ledger. Returns the new values.
-local function add(first, count, deltas, ttls)
+-- Reserve `amount` on the counters from KEYS[first] and mark the reservation as held (`hold`,
+-- for `settle`). The only place a counter is created by adding to it: one seeded from the
+-- ledger exists by now (budget_room saw to it); the others (a turn's, what is reserved) start
+-- with their first reservation. ttls, in seconds: a positive one is set on a counter without
+-- an expiry (created now, or left without one by an older version), so that a period's
+-- counter ends with its period however busy it was; a negative one (a total's) is renewed on
+-- every use, so that only a counter left unused for that long expires and is seeded again
+-- from the ledger.
+local function add(first, count, amount, ttls, hold, hold_ttl)
+  for i = 1, count do
+    local key = KEYS[first + i - 1]
+    local v = redis.call('INCRBY', key, string.format('%d', amount))
+    local ttl = ttls[i]
+    if ttl < 0 then
+      redis.call('EXPIRE', key, -ttl)
+    elseif ttl > 0 and (v == amount or redis.call('TTL', key) == -1) then
+      redis.call('EXPIRE', key, ttl)
+    end
+  end
+  redis.call('SET', hold, string.format('%d', amount), 'EX', hold_ttl)
+end
+
+-- Settle a reservation on the counters from KEYS[first]: each gets `held[i]` while the
+-- reservation's marker `hold` is there, else `lost[i]`: Redis lost the reservation with its
+-- data, so a counter that exists again was seeded from the ledger since, without the
+-- reservation and without this call (its ledger entry is queued after this script). A missing
+-- counter is left missing, not recreated from what is added (often negative: it would start
+-- at 0, without expiry, and never be seeded): the next reservation seeds it from the ledger,
+-- which counts this call. `renew`: indexes of counters whose alert record (KEYS after the
+-- counters, in that order) expires with them. Returns the new values, -1 for a missing one.
+local function settle(hold, first, count, held, lost, renew)
+  local deltas = lost
+  if redis.call('DEL', hold) == 1 then deltas = held end
   local out = {}
   for i = 1, count do
-    local delta = deltas
-    if type(deltas) == 'table' then delta = deltas[i] end
     local key = KEYS[first + i - 1]
-    local v = redis.call('INCRBY', key, string.format('%d', delta))
-    if v < 0 then redis.call('SET', key, 0); v = 0 end
-    if ttls then
-      local ttl = ttls[i]
-      if ttl < 0 then
-        redis.call('EXPIRE', key, -ttl)
-      elseif ttl > 0 and v == delta then
-        redis.call('EXPIRE', key, ttl)
+    local v = -1
+    if redis.call('EXISTS', key) == 1 then
+      v = redis.call('INCRBY', key, string.format('%d', deltas[i]))
+      -- Back to 0 by adding, not SET, which would drop the counter's expiry.
+      if v < 0 then
+        redis.call('INCRBY', key, string.format('%d', -v))
+        v = 0
       end
     end
     out[i] = v
+  end
+  for j, i in ipairs(renew) do
+    local ms = redis.call('PTTL', KEYS[first + i - 1])
+    if ms > 0 then redis.call('PEXPIRE', KEYS[first + count + j - 1], ms) end
   end
   return out
 end
@@ -76,14 +110,18 @@ end
 -- Budget counters: index of the first counter without room for `amount`, and its value; or
 -- -1 and the indexes of every counter that must be seeded from the ledger first (`seeds` has
 -- a '1' for those: after Redis lost its data, or at the start of a period), so that all are
--- seeded at once.
+-- seeded at once. A seeded counter without an expiry counts as missing: every counter made
+-- here has one, so it was recreated by an older version's settlement from a delta alone.
 local function budget_room(keys, first, limits, amount, seeds)
   local missing, values = {}, {}
   for i = 1, #limits do
     local seeded = string.sub(seeds, i, i) == '1'
     if limits[i] >= 0 or seeded then
-      local raw = redis.call('GET', keys[first + i - 1])
-      if not raw and seeded then missing[#missing + 1] = i end
+      local key = keys[first + i - 1]
+      local raw = redis.call('GET', key)
+      if seeded and (not raw or redis.call('TTL', key) == -1) then
+        missing[#missing + 1] = i
+      end
       values[i] = tonumber(raw or '0')
     end
   end
@@ -213,29 +251,32 @@ local function breaker_out(out, key, now)
 end
 """
 
-# KEYS: version key, counters...; ARGV: version, amount, limits, ttls (comma-separated, one
-# per counter; limit -1 = none, ttl 0 = no expiry, a negative ttl is renewed on every use),
-# seed flags. Returns {1}, {0, i, current} (no room), {-1, version} (stale) or {-2, i, j...}
-# (seed counters i, j... from the ledger first).
+# KEYS: version key, hold marker, counters...; ARGV: version, amount, limits, ttls
+# (comma-separated, one per counter; limit -1 = none, ttl 0 = no expiry, a negative ttl is
+# renewed on every use), seed flags, the marker's ttl. Returns {1}, {0, i, current} (no room),
+# {-1, version} (stale) or {-2, i, j...} (seed counters i, j... from the ledger first).
 _RESERVE = (
     _LIB
     + """
 local version = redis.call('GET', KEYS[1]) or '0'
 if version ~= ARGV[1] then return {-1, version} end
 local amount = tonumber(ARGV[2])
-local refused, cur = budget_room(KEYS, 2, csv(ARGV[3]), amount, ARGV[5])
+local refused, cur = budget_room(KEYS, 3, csv(ARGV[3]), amount, ARGV[5])
 if refused < 0 then return {-2, unpack(cur)} end
 if refused > 0 then return {0, refused, cur} end
-add(2, #KEYS - 1, amount, csv(ARGV[4]))
+add(3, #KEYS - 2, amount, csv(ARGV[4]), KEYS[2], ARGV[6])
 return {1}
 """
 )
 
-# KEYS: counters...; ARGV[1]: delta per counter. Returns the counters after the change.
+# KEYS: hold marker, counters..., alert records...; ARGV: deltas if the reservation is held,
+# deltas if it was lost (one per counter), indexes of the counters whose alert record follows
+# (all comma-separated). Returns the counters after the change (-1 = missing, left so).
 _SETTLE = (
     _LIB
     + """
-return add(1, #KEYS, csv(ARGV[1]), nil)
+local renew = csv(ARGV[3])
+return settle(KEYS[1], 2, #KEYS - 1 - #renew, csv(ARGV[1]), csv(ARGV[2]), renew)
 """
 )
 
@@ -304,9 +345,9 @@ return {1, decision}
 )
 
 # Start of a model call: room in every budget?, provider breaker (may take the probe), then
-# reserve. KEYS: version, breaker hash, breaker index, counters... ARGV: version, amount,
-# breaker member, 5 breaker parameters, probe ms, limits, ttls (comma-separated, as for
-# _RESERVE), seed flags.
+# reserve. KEYS: version, breaker hash, breaker index, hold marker, counters... ARGV: version,
+# amount, breaker member, 5 breaker parameters, probe ms, limits, ttls (comma-separated, as
+# for _RESERVE), seed flags, the marker's ttl.
 # Returns {1, decision} | {-1, version} | {-2, i, j...} | {0, 'budget', i, cur} | {0,
 # 'breaker', retry, fields...}.
 _CALL_BEGIN = (
@@ -316,21 +357,22 @@ local version = redis.call('GET', KEYS[1]) or '0'
 if version ~= ARGV[1] then return {-1, version} end
 local now = now_ms()
 local amount = tonumber(ARGV[2])
-local refused, cur = budget_room(KEYS, 4, csv(ARGV[10]), amount, ARGV[12])
+local refused, cur = budget_room(KEYS, 5, csv(ARGV[10]), amount, ARGV[12])
 if refused < 0 then return {-2, unpack(cur)} end
 if refused > 0 then return {0, 'budget', refused, cur} end
 local p = {ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]}
 local decision, retry = breaker_step(KEYS[2], KEYS[3], ARGV[3], 'check', p, ARGV[9], '', now)
 if decision == 0 then return breaker_out({0, 'breaker', retry}, KEYS[2], now) end
-add(4, #KEYS - 3, amount, csv(ARGV[11]))
+add(5, #KEYS - 4, amount, csv(ARGV[11]), KEYS[4], ARGV[13])
 return {1, decision}
 """
 )
 
 # End of a model call: settle every counter and tell the provider breaker how it went.
-# KEYS: breaker hash, breaker index, counters... ARGV: breaker op (success, failure, release
-# or none), breaker member, 5 breaker parameters, failure detail, deltas (comma-separated).
-# Returns the counters after the change.
+# KEYS: breaker hash, breaker index, then (when the call had a reservation) the hold marker,
+# counters... and alert records... as for _SETTLE. ARGV: breaker op (success, failure, release
+# or none), breaker member, 5 breaker parameters, failure detail, then _SETTLE's arguments.
+# Returns the counters after the change (-1 = missing, left so).
 _CALL_END = (
     _LIB
     + """
@@ -339,28 +381,52 @@ if ARGV[1] ~= 'none' then
   local p = {ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}
   breaker_step(KEYS[1], KEYS[2], ARGV[2], ARGV[1], p, ARGV[8], '', now)
 end
-return add(3, #KEYS - 2, csv(ARGV[9]), nil)
+if #KEYS == 2 then return {} end
+local renew = csv(ARGV[11])
+return settle(KEYS[3], 4, #KEYS - 3 - #renew, csv(ARGV[9]), csv(ARGV[10]), renew)
 """
 )
 
 
 # KEYS: counters to create; ARGV: their values, their ttls (comma-separated, 0 = no expiry).
-# A counter that exists by now (another process seeded it, or a call counted) is left alone.
+# A counter that exists by now (another process seeded it, or a call counted) is left alone,
+# unless it has no expiry where it should have one: an older version's settlement recreated it
+# from a delta alone, so the ledger's figure replaces it (never lowering it).
 _SEED = (
     _LIB
     + """
 local values, ttls = csv(ARGV[1]), csv(ARGV[2])
 for i = 1, #KEYS do
-  local value = string.format('%d', values[i])
+  local value = values[i]
   if ttls[i] > 0 then
-    redis.call('SET', KEYS[i], value, 'NX', 'EX', ttls[i])
+    if redis.call('TTL', KEYS[i]) == -1 then
+      value = math.max(value, tonumber(redis.call('GET', KEYS[i])))
+      redis.call('SET', KEYS[i], string.format('%d', value), 'EX', ttls[i])
+    else
+      redis.call('SET', KEYS[i], string.format('%d', value), 'NX', 'EX', ttls[i])
+    end
   else
-    redis.call('SET', KEYS[i], value, 'NX')
+    redis.call('SET', KEYS[i], string.format('%d', value), 'NX')
   end
 end
 return #KEYS
 """
 )
+
+# KEYS: a counter's alert record (a hash: one field per alert given), the counter. ARGV: the
+# alert, the counter's ttl. Returns 1 if the alert was not given yet. The record expires with
+# the counter (a total's is renewed with it at each settlement, see `settle`): a threshold
+# alerts once for as long as the counter counts, and the record does not outlive it.
+_FIRST_ALERT = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], '1') == 0 then return 0 end
+local ms = redis.call('PTTL', KEYS[2])
+if ms > 0 then
+  redis.call('PEXPIRE', KEYS[1], ms)
+elseif tonumber(ARGV[2]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""
 
 
 async def _guarded(call: Awaitable[T]) -> T:
@@ -394,6 +460,25 @@ def _seeds(counters: Sequence[Counter]) -> str:
     return "".join("1" if c.seed else "0" for c in counters)
 
 
+def _settle_args(hold: str, changes: Sequence[CounterChange]) -> tuple[list[str], list[int | str]]:
+    """KEYS and ARGV of `settle` (see _SETTLE)."""
+    renew = [
+        i for i, ch in enumerate(changes, start=1) if ch.counter.sliding and ch.counter.alerts_key
+    ]
+    keys = [hold, *(ch.counter.key for ch in changes)]
+    keys += [changes[i - 1].counter.alerts_key for i in renew]
+    args: list[int | str] = [
+        ",".join(str(ch.held) for ch in changes),
+        ",".join(str(ch.lost) for ch in changes),
+        ",".join(map(str, renew)),
+    ]
+    return keys, args
+
+
+def _settled(raw: Sequence[bytes | str | int]) -> list[int | None]:
+    return [None if int(v) < 0 else int(v) for v in raw]
+
+
 def _params(t: BreakerThresholds) -> list[int | str]:
     return [
         t.failure_threshold,
@@ -420,6 +505,7 @@ class RedisCostCounters:
         self._call_begin = hot.register_script(_CALL_BEGIN)
         self._call_end = hot.register_script(_CALL_END)
         self._seed = hot.register_script(_SEED)
+        self._first_alert = hot.register_script(_FIRST_ALERT)
 
     # Keys.
     def budget_version_key(self, tenant: str) -> str:
@@ -427,6 +513,10 @@ class RedisCostCounters:
 
     def counter_key(self, tenant: str, *parts: str) -> str:
         return self.keys.k("cost", tenant, "spent", *parts)
+
+    def hold_key(self, tenant: str) -> str:
+        # Beside the counters, so that whatever loses them loses the marker too.
+        return self.counter_key(tenant, "hold", secrets.token_hex(8))
 
     def rate_key(self, tenant: str, kind: str, user: str) -> str:
         return self.keys.k("cost", tenant, "rate", kind, user)
@@ -446,14 +536,16 @@ class RedisCostCounters:
         await _guarded(self.redis.incr(self.budget_version_key(tenant)))
 
     async def reserve(
-        self, tenant: str, version: str, amount: int, counters: Sequence[Counter]
+        self, tenant: str, version: str, amount: int, counters: Sequence[Counter], hold: str
     ) -> ReserveResult:
         args: list[int | str] = [
             version, amount, _limits(counters), _ttls(counters), _seeds(counters),
+            _HOLD_TTL_SECONDS,
         ]  # fmt: skip
         raw = await _guarded(
             self._reserve(
-                keys=[self.budget_version_key(tenant), *(c.key for c in counters)], args=args
+                keys=[self.budget_version_key(tenant), hold, *(c.key for c in counters)],
+                args=args,
             )
         )
         status = int(raw[0])
@@ -465,13 +557,11 @@ class RedisCostCounters:
             return ReserveResult(False, refused_index=int(raw[1]) - 1, refused_current=int(raw[2]))
         return ReserveResult(True)
 
-    async def settle(self, changes: Sequence[tuple[Counter, int]]) -> list[int]:
-        """Add each delta to its counter; returns the new values."""
+    async def settle(self, hold: str, changes: Sequence[CounterChange]) -> list[int | None]:
         if not changes:
             return []
-        deltas = ",".join(str(d) for _, d in changes)
-        raw = await _guarded(self._settle(keys=[c.key for c, _ in changes], args=[deltas]))
-        return [int(v) for v in raw]
+        keys, args = _settle_args(hold, changes)
+        return _settled(await _guarded(self._settle(keys=keys, args=args)))
 
     async def read(self, keys: Sequence[str]) -> list[int]:
         if not keys:
@@ -500,9 +590,13 @@ class RedisCostCounters:
             )
         )
 
-    async def first_alert(self, key: str, ttl_seconds: int) -> bool:
-        """True for the first caller that reports this alert (across every process)."""
-        return bool(await _guarded(self.redis.set(key, b"1", nx=True, ex=ttl_seconds or None)))
+    async def first_alert(self, counter: Counter, alert: str) -> bool:
+        raw = await _guarded(
+            self._first_alert(
+                keys=[counter.alerts_key, counter.key], args=[alert, counter.ttl_seconds]
+            )
+        )
+        return bool(int(raw))
 
     # Rate limits.
     async def rate(self, key: str, limit: int, window_ms: int, take: bool) -> RateResult:
@@ -580,10 +674,11 @@ class RedisCostCounters:
         breaker: str,
         thresholds: BreakerThresholds,
         probe_ms: int,
+        hold: str,
     ) -> AdmitResult:
         args: list[int | str] = [
             version, amount, breaker, *_params(thresholds), probe_ms, _limits(counters),
-            _ttls(counters), _seeds(counters),
+            _ttls(counters), _seeds(counters), _HOLD_TTL_SECONDS,
         ]  # fmt: skip
         raw = await _guarded(
             self._call_begin(
@@ -591,6 +686,7 @@ class RedisCostCounters:
                     self.budget_version_key(tenant),
                     self.breaker_key(tenant, breaker),
                     self.breaker_index_key(tenant),
+                    hold,
                     *(c.key for c in counters),
                 ],
                 args=args,
@@ -605,21 +701,17 @@ class RedisCostCounters:
         op: str,
         detail: str,
         thresholds: BreakerThresholds,
-        changes: Sequence[tuple[Counter, int]],
-    ) -> list[int]:
-        deltas = ",".join(str(d) for _, d in changes) or "0"
-        args: list[int | str] = [op, breaker, *_params(thresholds), detail, deltas]
-        raw = await _guarded(
-            self._call_end(
-                keys=[
-                    self.breaker_key(tenant, breaker),
-                    self.breaker_index_key(tenant),
-                    *(c.key for c, _ in changes),
-                ],
-                args=args,
-            )
-        )
-        return [int(v) for v in raw]
+        hold: str,
+        changes: Sequence[CounterChange],
+    ) -> list[int | None]:
+        keys = [self.breaker_key(tenant, breaker), self.breaker_index_key(tenant)]
+        args: list[int | str] = [op, breaker, *_params(thresholds), detail]
+        if changes:
+            settle_keys, settle_args = _settle_args(hold, changes)
+            keys += settle_keys
+            args += settle_args
+        raw = await _guarded(self._call_end(keys=keys, args=args))
+        return _settled(raw)
 
 
 def _indexes(raw: Sequence[bytes | str | int]) -> tuple[int, ...]:

@@ -5,6 +5,14 @@ counter of every period of every budget that applies (tenant, user, conversation
 monthly, total) and to the turn's counter (the per-turn cap), or nothing is added and the call
 is refused. After the call the reservation is replaced by the real cost. Concurrent calls can
 therefore never take a budget past its limit together.
+
+Redis may lose the counters while a call is in flight (a restart without persistence, a
+failover). Only a reservation creates counters, a missing period counter being first seeded
+from the ledger: the settlement adds to counters that exist and leaves missing ones missing,
+and a reservation Redis lost (its marker, `Reservation.hold`, is gone) is not taken back from
+counters seeded since, which get the call's real cost instead. A caller that writes the
+ledger adds the call's entry only after the settlement, so a seed that read it had no counter
+to add it to: each call is counted once, by the counters or by the ledger.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from convergio_server.domain.costs.ports import (
     BudgetLimits,
     BudgetStore,
     Counter,
+    CounterChange,
     CounterStore,
 )
 from convergio_server.domain.errors import InvalidArgument, QuotaExceeded, QuotaViolation
@@ -85,6 +94,8 @@ class Reservation:
     applied: list[Applied]
     reserved_counters: list[Counter] = field(default_factory=list)
     scope: TurnScope | None = None
+    # The key that says, at settlement, whether Redis still holds this reservation.
+    hold: str = ""
 
 
 def _effective(rows: list[BudgetLimits], user: str, conversation_id: str) -> list[BudgetLimits]:
@@ -155,8 +166,9 @@ class Budgets:
 
     async def seed(self, tenant: str, applied: Sequence[Applied]) -> None:
         """Create missing counters from the ledger (one query, one Redis call for all): after
-        Redis lost its data a budget is not reset to zero (calls of the last flush interval
-        aside)."""
+        Redis lost its data a budget is not reset to zero. A caller that queues ledger entries
+        writes them first (see `CostGuards._reserve`): calls settled while the counters were
+        missing are counted by the ledger alone."""
         spans: list[tuple[str, str, datetime | None]] = []
         for a in applied:
             if a.period == "DAILY":
@@ -194,9 +206,17 @@ class Budgets:
         """The counter of one period of a budget (`subject` "" = the scope's default).
         Seeded from the ledger when missing even without a limit: a limit set later must
         find what the period already cost, not what was counted since Redis lost its data."""
-        key = self.counters.counter_key(tenant, scope, subject or "-", period, ids[period])
+        parts = (scope, subject or "-", period, ids[period])
+        key = self.counters.counter_key(tenant, *parts)
         nanos = None if limit is None else to_nanos(limit)
-        return Counter(key, nanos, _TTL[period], seed=True, sliding=period == "TOTAL")
+        return Counter(
+            key,
+            nanos,
+            _TTL[period],
+            seed=True,
+            sliding=period == "TOTAL",
+            alerts_key=self.counters.counter_key(tenant, *parts, "alerts"),
+        )
 
     async def changed(self, tenant: str) -> None:
         """Budgets of `tenant` were set or deleted: every process reloads them."""
@@ -220,9 +240,10 @@ class Budgets:
             return list(base)
         limit, b = turn_cap
         key = self.counters.counter_key(tenant, "turn", turn_id)
+        alerts = self.counters.counter_key(tenant, "turn", turn_id, "alerts")
         turn = Applied(
             b.scope, b.subject, "PER_TURN", turn_id, limit, b.thresholds,
-            Counter(key, to_nanos(limit), _TTL["PER_TURN"]),
+            Counter(key, to_nanos(limit), _TTL["PER_TURN"], alerts_key=alerts),
         )  # fmt: skip
         return [*base, turn]
 
@@ -258,13 +279,14 @@ class Budgets:
         cached = self._cache.get(key)
         version, budgets = cached if cached is not None else await self._load(*key)
         nanos = to_nanos(amount)
+        hold = self.counters.hold_key(tenant)
         for _ in range(6):  # seeds every missing counter at once; budgets may change meanwhile
             applied = self.applied(tenant, budgets, scope.turn_id, datetime.now(UTC))
             reserved = self.reserved_counters(tenant, budgets)
             counters = [a.counter for a in applied] + reserved
-            result = await self.counters.reserve(tenant, version, nanos, counters)
+            result = await self.counters.reserve(tenant, version, nanos, counters, hold)
             if result.ok:
-                return Reservation(tenant, nanos, applied, reserved, scope)
+                return Reservation(tenant, nanos, applied, reserved, scope, hold)
             if result.stale_version is not None:
                 version, budgets = await self._load(*key)
                 continue
@@ -282,17 +304,18 @@ class Budgets:
     ) -> tuple[list[BudgetAlertInfo], list[Applied]]:
         """Replace the reservation by the real cost. Returns the alerts crossed for the first
         time and the limits now overspent (a breach: real cost above the reservation)."""
-        values = await self.counters.settle(settle_changes(reservation, actual))
+        values = await self.counters.settle(reservation.hold, settle_changes(reservation, actual))
         return await self.after_settle(reservation, values)
 
     async def after_settle(
-        self, reservation: Reservation, values: list[int]
+        self, reservation: Reservation, values: Sequence[int | None]
     ) -> tuple[list[BudgetAlertInfo], list[Applied]]:
-        """Alerts and breaches from the counters' values after settlement."""
+        """Alerts and breaches from the counters' values after settlement (None: a counter
+        Redis lost, which tells nothing until it is seeded again)."""
         alerts: list[BudgetAlertInfo] = []
         breached: list[Applied] = []
         for applied, value in zip(reservation.applied, values, strict=False):
-            if applied.limit is None or applied.counter.limit_nanos is None:
+            if value is None or applied.limit is None or applied.counter.limit_nanos is None:
                 continue
             limit_nanos = applied.counter.limit_nanos
             if value > limit_nanos:
@@ -308,20 +331,12 @@ class Budgets:
     async def _first_alert(
         self, reservation: Reservation, applied: Applied, threshold: int, value: int
     ) -> BudgetAlertInfo | None:
-        key = self.counters.counter_key(
-            reservation.tenant_id,
-            applied.scope,
-            applied.subject or "-",
-            applied.period,
-            applied.period_id,
-            "alert",
-            str(threshold),
-            # Per limit: a limit raised or lowered alerts again at its own thresholds.
-            str(applied.counter.limit_nanos),
-        )
+        # Per limit: a limit raised or lowered alerts again at its own thresholds.
+        name = f"{threshold}:{applied.counter.limit_nanos}"
+        key = f"{applied.counter.alerts_key}:{name}"
         if key in self._alerted:
             return None
-        first = await self.counters.first_alert(key, applied.counter.ttl_seconds)
+        first = await self.counters.first_alert(applied.counter, name)
         self._alerted.add(key)
         if len(self._alerted) > 100_000:
             self._alerted.clear()
@@ -392,11 +407,13 @@ class Budgets:
         )
 
 
-def settle_changes(reservation: Reservation, actual: Decimal) -> list[tuple[Counter, int]]:
-    """Counter deltas that replace a reservation by the real cost."""
-    delta = to_nanos(actual) - reservation.amount_nanos
-    changes = [(a.counter, delta) for a in reservation.applied]
-    changes += [(c, -reservation.amount_nanos) for c in reservation.reserved_counters]
+def settle_changes(reservation: Reservation, actual: Decimal) -> list[CounterChange]:
+    """Counter changes that replace a reservation by the real cost: while Redis holds the
+    reservation, the difference; once it lost it, the spending counters lack it and get the
+    whole cost, and what is reserved has nothing to give back."""
+    cost, amount = to_nanos(actual), reservation.amount_nanos
+    changes = [CounterChange(a.counter, cost - amount, cost) for a in reservation.applied]
+    changes += [CounterChange(c, -amount, 0) for c in reservation.reserved_counters]
     return changes
 
 

@@ -255,6 +255,7 @@ class CostGuards:
         scope, budgets = call.scope, self.budgets
         tenant = scope.principal.tenant_id
         nanos = to_nanos(amount)
+        hold = budgets.counters.hold_key(tenant)
         reload = False
         for _ in range(6):  # seeds every missing counter at once; budgets may change meanwhile
             version, resolved = await budgets.resolved(scope, reload=reload)
@@ -262,10 +263,13 @@ class CostGuards:
             reserved = budgets.reserved_counters(tenant, resolved)
             result = await budgets.counters.call_begin(
                 tenant, version, nanos, [a.counter for a in applied] + reserved, name,
-                self.breakers.thresholds, self.breakers.probe_ms,
+                self.breakers.thresholds, self.breakers.probe_ms, hold,
             )  # fmt: skip
             reload = result.stale_version is not None
             if result.missing:
+                # Calls this process settled without those counters (Redis lost them) are
+                # counted by the ledger alone: it must have them before it is read.
+                await self.ledger.write_uncounted()
                 await budgets.seed(tenant, [applied[i] for i in result.missing])
             elif not reload:
                 break
@@ -275,7 +279,7 @@ class CostGuards:
             raise self.breakers.refusal(name, result.breaker)
         if not result.ok:
             raise Unavailable("budgets are being changed; retry", retry_after_seconds=1.0)
-        return Reservation(tenant, nanos, applied, reserved, scope)
+        return Reservation(tenant, nanos, applied, reserved, scope, hold)
 
     async def end_call(
         self,
@@ -294,43 +298,50 @@ class CostGuards:
         provider, model = call.provider or "offline", call.model or "offline"
         seconds = time.monotonic() - ticket.started
         self.call_stats.call_ended(provider, model, outcome, seconds, cost)
-        self.ledger.add(
-            LedgerEntry(
-                entry_id=str(uuid.uuid4()),
-                tenant_id=scope.principal.tenant_id,
-                time=datetime.now(UTC),
-                principal=scope.principal.name,
-                conversation_id=scope.conversation_id,
-                turn_id=scope.turn_id,
-                execution_id=scope.execution_id,
-                step_id=scope.step_id,
-                # The speaker selector is no agent (the API reports it as "").
-                agent="" if kind == "SPEAKER_SELECTION" else call.agent,
-                provider=provider,
-                model=model,
-                call_kind=kind,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cached_tokens=cached_tokens,
-                cost_usd=cost,
-                price_source=ticket.quote.source.upper(),
-                price=ticket.quote.price,
-                latency_ms=int(seconds * 1000),
-                outcome=outcome,
-                error_reason=reason,
-            )
+        entry = LedgerEntry(
+            entry_id=str(uuid.uuid4()),
+            tenant_id=scope.principal.tenant_id,
+            time=datetime.now(UTC),
+            principal=scope.principal.name,
+            conversation_id=scope.conversation_id,
+            turn_id=scope.turn_id,
+            execution_id=scope.execution_id,
+            step_id=scope.step_id,
+            # The speaker selector is no agent (the API reports it as "").
+            agent="" if kind == "SPEAKER_SELECTION" else call.agent,
+            provider=provider,
+            model=model,
+            call_kind=kind,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cached_tokens=cached_tokens,
+            cost_usd=cost,
+            price_source=ticket.quote.source.upper(),
+            price=ticket.quote.price,
+            latency_ms=int(seconds * 1000),
+            outcome=outcome,
+            error_reason=reason,
         )
         if not ticket.guarded:
+            self.ledger.add(entry)
             return
         tenant, name = scope.principal.tenant_id, ticket.breaker
         op = _breaker_op(outcome, error)
         detail = f"{type(error).__name__}: {error}"[:200] if op == "failure" else ""
         reservation = ticket.reservation
+        changes = settle_changes(reservation, cost) if reservation is not None else []
+        hold = reservation.hold if reservation is not None else ""
+        values: list[int | None] = []
         try:
-            changes = settle_changes(reservation, cost) if reservation is not None else []
-            values = await self.budgets.counters.call_end(
-                tenant, name, op, detail, self.breakers.thresholds, changes
-            )
+            try:
+                values = await self.budgets.counters.call_end(
+                    tenant, name, op, detail, self.breakers.thresholds, hold, changes
+                )
+            finally:
+                # Queued only once the settlement is done: a seed that reads this call from
+                # the ledger then comes after it, so the counters that seed creates were
+                # missing when the settlement ran, and the call is counted once.
+                self.ledger.add(entry, uncounted=None in values)
             if reservation is None:
                 return
             alerts, breached = await self.budgets.after_settle(reservation, values)

@@ -1,8 +1,10 @@
 """The cost ledger: one entry per model call, written in batches off the streaming path.
 
 `add()` never waits on PostgreSQL: entries are queued and a background task writes them every
-`flush_interval` seconds or as soon as `batch_size` are waiting. `close()` (run at graceful
-shutdown) writes everything still queued. A failed write keeps the entries and retries them.
+`flush_interval` seconds or as soon as `batch_size` are waiting (at once after the entry of a
+call that no budget counter counted, which seeds of the counters must find). `close()` (run at
+graceful shutdown) writes everything still queued. A failed write keeps the entries and
+retries them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from convergio_server.domain.errors import Unavailable
 log = logging.getLogger(__name__)
 # Entries kept while PostgreSQL is unreachable; beyond this the oldest are dropped (logged).
 MAX_PENDING = 200_000
+# A seed waits this long at most for uncounted entries to be written: a PostgreSQL that hangs
+# must not hold a model call for every row of a batch retried one by one. Stopping a write half
+# way loses nothing: rows leave the queue once written, and are written once (by their id).
+_UNCOUNTED_WRITE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -65,26 +71,52 @@ class LedgerWriter:
         self._late: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self.written = 0
+        # Positions in the queue: entries ever queued, entries that left it (written or
+        # dropped), and the last uncounted one.
+        self._queued = 0
+        self._left = 0
+        self._uncounted = 0
 
-    def add(self, entry: LedgerEntry) -> None:
+    def add(self, entry: LedgerEntry, uncounted: bool = False) -> None:
+        """Queue `entry`. `uncounted`: no budget counter counted its call (Redis had lost
+        them), so seeds of those counters must find it in the ledger: it is written at once,
+        and `write_uncounted` waits for it."""
         if self._closed:  # after shutdown began: write it directly rather than lose it
             task = asyncio.get_running_loop().create_task(self._write_now([entry]))
             self._late.add(task)
             task.add_done_callback(self._late.discard)
             return
         self._pending.append(entry)
+        self._queued += 1
+        if uncounted:
+            self._uncounted = self._queued
         if len(self._pending) > MAX_PENDING:
             dropped = len(self._pending) - MAX_PENDING
             del self._pending[:dropped]
+            self._left += dropped
             log.error("cost ledger backlog full: dropped %d oldest entries", dropped)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="cost-ledger")
-        if len(self._pending) >= self.batch_size:
+        if uncounted or len(self._pending) >= self.batch_size:
             self._wake.set()
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    async def write_uncounted(self) -> None:
+        """Before a budget counter is seeded from the ledger: write the queue if it still holds
+        an uncounted entry (see `add`), which the seed must find; otherwise return at once,
+        leaving the queue to its batches. A failure is only logged: the seed reads PostgreSQL
+        next, and fails there if it is down."""
+        if self._left >= self._uncounted:
+            return
+        try:
+            await asyncio.wait_for(self.flush(), _UNCOUNTED_WRITE_TIMEOUT)
+        except (Unavailable, OSError, TimeoutError) as exc:
+            log.warning("cost ledger: uncounted entries not written before a seed: %s", exc)
+        except Exception:
+            log.warning("cost ledger: uncounted entries not written before a seed", exc_info=True)
 
     async def _run(self) -> None:
         while not self._closed:
@@ -113,6 +145,7 @@ class LedgerWriter:
                 else:
                     self.written += len(batch)
                 del self._pending[: len(batch)]
+                self._left += len(batch)
 
     async def _write_one_by_one(self, batch: list[LedgerEntry]) -> None:
         """A refused batch, row by row: one row PostgreSQL will never take (say, of a

@@ -36,6 +36,20 @@ class Counter:
     # created: a counter without a period (a total) must not expire while it is in use, or
     # the next call seeds it again from the ledger (for a tenant, a scan of all its rows).
     sliding: bool = False
+    # The key recording which of its alerts were given ("" = none): it expires with the
+    # counter, so that a threshold alerts once for as long as the counter counts.
+    alerts_key: str = ""
+
+
+@dataclass(frozen=True)
+class CounterChange:
+    """What settling a reservation adds to one counter: `held` while Redis still holds the
+    reservation, `lost` when Redis lost it with its data (the counter, if it exists again, was
+    seeded from the ledger since, without the reservation and without this call's cost)."""
+
+    counter: Counter
+    held: int
+    lost: int
 
 
 @dataclass(frozen=True)
@@ -94,10 +108,20 @@ class CounterStore(Protocol):
     def counter_key(self, tenant: str, *parts: str) -> str: ...
 
     async def reserve(
-        self, tenant: str, version: str, amount: int, counters: Sequence[Counter]
-    ) -> ReserveResult: ...
+        self, tenant: str, version: str, amount: int, counters: Sequence[Counter], hold: str
+    ) -> ReserveResult:
+        """`hold`: a key of this reservation's own (`hold_key`), that says at settlement
+        whether Redis still holds the reservation."""
+        ...
 
-    async def settle(self, changes: Sequence[tuple[Counter, int]]) -> list[int]: ...
+    def hold_key(self, tenant: str) -> str:
+        """A new key for the marker of one reservation."""
+        ...
+
+    async def settle(self, hold: str, changes: Sequence[CounterChange]) -> list[int | None]:
+        """Add each change to its counter if the counter exists; a missing one (Redis lost
+        it) is left to be seeded from the ledger. Returns the new values (None = missing)."""
+        ...
 
     async def read(self, keys: Sequence[str]) -> list[int]: ...
 
@@ -105,7 +129,10 @@ class CounterStore(Protocol):
         self, tenant: str, keys: Sequence[str]
     ) -> tuple[str, list[int]]: ...
 
-    async def first_alert(self, key: str, ttl_seconds: int) -> bool: ...
+    async def first_alert(self, counter: Counter, alert: str) -> bool:
+        """True for the first caller that reports `alert` of `counter` (across every
+        process)."""
+        ...
 
     async def seed(self, values: Sequence[tuple[Counter, int]]) -> None: ...
 
@@ -148,6 +175,7 @@ class CounterStore(Protocol):
         breaker: str,
         thresholds: BreakerThresholds,
         probe_ms: int,
+        hold: str,
     ) -> AdmitResult: ...
 
     async def call_end(
@@ -157,8 +185,11 @@ class CounterStore(Protocol):
         op: str,
         detail: str,
         thresholds: BreakerThresholds,
-        changes: Sequence[tuple[Counter, int]],
-    ) -> list[int]: ...
+        hold: str,
+        changes: Sequence[CounterChange],
+    ) -> list[int | None]:
+        """The provider breaker's feedback and `settle`, in one round trip."""
+        ...
 
 
 @dataclass(frozen=True)
