@@ -6,22 +6,38 @@ The result is the response, or an error that is the request's definitive answer
 (a version conflict, a refused precondition, a missing resource): a repeat gets
 the same error and nothing acts again. A transient error (a dependency
 unavailable, a rate limit, an internal error, a cancelled call) releases the
-request_id, so that a retry acts."""
+request_id, so that a retry acts.
+
+A request_id is remembered for the store's retention (24 hours, as the API promises); then
+it is free again. `ExpiredRequestIds` deletes the expired records in the background."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
+import random
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
 from convergio_server.domain import errors as de
+from convergio_server.domain.background import cancel_and_wait, worth_logging
 from convergio_server.domain.errors import Aborted, InvalidArgument
 from convergio_server.storage.idempotency import PgIdempotencyStore
 
+log = logging.getLogger(__name__)
+
 R = TypeVar("R", bound=Message)
 _WAIT_SECONDS = 10.0
+# Expired records are only dead weight (lookups ignore them), so deleting them every ten
+# minutes or so is enough; the waits are drawn at random so that processes started together
+# do not all delete at once.
+CLEANUP_INTERVAL_SECONDS = 600.0
+# Rows deleted per statement: each statement holds its row locks for milliseconds, and the
+# first run after a long time (or ever) works through the backlog in many such statements.
+CLEANUP_BATCH = 1000
 
 # The errors recorded as a request's answer, by the name stored with the record. Each
 # depends only on the request and the state it met, so a repeat must not act again.
@@ -119,3 +135,73 @@ async def once(
     if replayed is not None:
         await replayed(response)
     return response
+
+
+class ExpiringRecords(Protocol):
+    async def delete_expired(self, limit: int) -> int: ...
+
+
+class ExpiredRequestIds:
+    """Deletes the request-id records past their retention, `batch` rows per statement,
+    every `interval_seconds` or so: each wait is drawn between half and one and a half
+    intervals, the first one (after start) between none and one. Every server process runs
+    one; whichever comes first deletes, the others find little left. While PostgreSQL cannot
+    be reached a run fails, is logged (the first time, then once in a while) and the next
+    one tries again."""
+
+    def __init__(
+        self,
+        store: ExpiringRecords,
+        interval_seconds: float = CLEANUP_INTERVAL_SECONDS,
+        batch: int = CLEANUP_BATCH,
+    ) -> None:
+        self._store = store
+        self._interval = interval_seconds
+        self._batch = batch
+        self._task: asyncio.Task[None] | None = None
+        self.failures = 0  # runs failed in a row
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run_now_and_then(), name="request-id-cleanup")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait([self._task])
+            self._task = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def run(self) -> int:
+        """Delete every expired record, a batch per statement; how many were deleted."""
+        deleted = 0
+        while True:
+            count = await self._store.delete_expired(self._batch)
+            deleted += count
+            if count < self._batch:
+                return deleted
+
+    async def _run_now_and_then(self) -> None:
+        await asyncio.sleep(self._interval * random.random())
+        while True:
+            try:
+                deleted = await self.run()
+            except Exception as exc:
+                self.failures += 1
+                if worth_logging(self.failures):
+                    log.warning(
+                        "deleting expired request ids failed (%d times in a row): %s; "
+                        "trying again in about %.0f s",
+                        self.failures,
+                        exc,
+                        self._interval,
+                    )
+            else:
+                if self.failures:
+                    log.info("deleting expired request ids works again")
+                self.failures = 0
+                if deleted:
+                    log.debug("deleted %d expired request ids", deleted)
+            await asyncio.sleep(self._interval * random.uniform(0.5, 1.5))

@@ -15,6 +15,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
+from convergio_server.api.idempotency import ExpiredRequestIds
 from convergio_server.api.unimplemented import complete
 from convergio_server.config import Settings
 from convergio_server.domain.auth import KeyManager
@@ -32,6 +33,7 @@ class ServiceContext:
     infra: Infrastructure
     keys: KeyManager
     idempotency: PgIdempotencyStore = field(init=False)
+    expired_request_ids: ExpiredRequestIds = field(init=False)
     redis_keys: Keys = field(init=False)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Work to end while the calls still open can carry its last messages (running turns end
@@ -51,6 +53,11 @@ class ServiceContext:
 
     def __post_init__(self) -> None:
         self.idempotency = PgIdempotencyStore(self.infra.pool)
+        # Every process cleans up: there is no leader, and a run finding nothing costs one
+        # index probe.
+        self.expired_request_ids = ExpiredRequestIds(self.idempotency)
+        self.starters.append(self.expired_request_ids.start)
+        self.closers.append(self.expired_request_ids.stop)
         self.redis_keys = Keys(self.settings.redis_prefix)
 
     def drain(self) -> None:

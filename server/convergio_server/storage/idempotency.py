@@ -1,16 +1,29 @@
 """Request-id records in PostgreSQL: a mutation repeated with the same
-`request_id` returns the first result instead of acting twice."""
+`request_id` returns the first result instead of acting twice.
+
+A record lasts `RETENTION` from its first call. Past that it is treated as absent at once,
+whether or not the periodic cleanup (`delete_expired`) has deleted it yet, so that how long a
+request id is remembered does not depend on when the cleanup last ran."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 
+from convergio_server.domain.errors import Aborted
+
 _WAIT_STEP = 0.05
+# A record vanishes between claim and read only when its first call fails (or it expires) at
+# that moment; one more attempt settles that, a few more cover bad luck.
+_CLAIM_ATTEMPTS = 5
+# What the API promises for a repeated request_id (common.proto: "remembered for at least 24
+# hours"), counted from the first call's claim with PostgreSQL's clock.
+RETENTION = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -25,34 +38,51 @@ class Recorded:
 
 
 class PgIdempotencyStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, retention: timedelta = RETENTION) -> None:
         self._pool = pool
+        self.retention = retention
 
     async def claim(
         self, tenant_id: str, method: str, request_id: str, request_hash: bytes
     ) -> Recorded | None:
         """Claim the request id; None if claimed now, else what the first call recorded."""
-        row = await self._pool.fetchrow(
-            """INSERT INTO idempotency_keys (tenant_id, method, request_id, request_hash, status)
-               VALUES ($1, $2, $3, $4, 'pending')
-               ON CONFLICT (tenant_id, method, request_id) DO NOTHING
-               RETURNING 1""",
-            tenant_id,
-            method,
-            request_id,
-            request_hash,
-        )
-        if row is not None:
-            return None
-        return await self.get(tenant_id, method, request_id)
+        for _ in range(_CLAIM_ATTEMPTS):
+            # An expired record is taken over in the same statement as a new claim: the row
+            # lock makes one of two calls racing for it the first call, the other its repeat.
+            row = await self._pool.fetchrow(
+                """INSERT INTO idempotency_keys AS k
+                       (tenant_id, method, request_id, request_hash, status)
+                   VALUES ($1, $2, $3, $4, 'pending')
+                   ON CONFLICT (tenant_id, method, request_id) DO UPDATE
+                   SET request_hash = EXCLUDED.request_hash, response = NULL, error = NULL,
+                       status = 'pending', create_time = now()
+                   WHERE k.create_time <= now() - $5::interval
+                   RETURNING 1""",
+                tenant_id,
+                method,
+                request_id,
+                request_hash,
+                self.retention,
+            )
+            if row is not None:
+                return None
+            recorded = await self.get(tenant_id, method, request_id)
+            # Gone between the two statements (released by its failed first call, or expired
+            # just now): claim again rather than act without a claim.
+            if recorded is not None:
+                return recorded
+        raise Aborted("the record of this request_id kept changing while it was read; retry")
 
     async def get(self, tenant_id: str, method: str, request_id: str) -> Recorded | None:
+        """What the first call recorded; None if there is no record or it has expired."""
         row = await self._pool.fetchrow(
             """SELECT request_hash, response, error, status FROM idempotency_keys
-               WHERE tenant_id = $1 AND method = $2 AND request_id = $3""",
+               WHERE tenant_id = $1 AND method = $2 AND request_id = $3
+                 AND create_time > now() - $4::interval""",
             tenant_id,
             method,
             request_id,
+            self.retention,
         )
         if row is None:
             return None
@@ -104,3 +134,23 @@ class PgIdempotencyStore:
             method,
             request_id,
         )
+
+    async def delete_expired(self, limit: int) -> int:
+        """Delete up to `limit` records past their retention, oldest first; how many went.
+
+        One bounded statement holds its row locks briefly. Rows another process is deleting
+        or taking over are skipped, not waited for."""
+        # By ctid, which cannot change while the subquery holds the row lock: the rows are
+        # then found by their address, not by a join the planner might make a table scan.
+        status = await self._pool.execute(
+            """DELETE FROM idempotency_keys
+               WHERE ctid = ANY(ARRAY(
+                   SELECT ctid FROM idempotency_keys
+                   WHERE create_time <= now() - $1::interval
+                   ORDER BY create_time
+                   LIMIT $2
+                   FOR UPDATE SKIP LOCKED))""",
+            self.retention,
+            limit,
+        )
+        return int(status.rsplit(" ", 1)[-1])
