@@ -6,7 +6,10 @@ followers of a deleted conversation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from convergio import AsyncClient, errors
@@ -178,15 +181,25 @@ async def test_sends_queued_at_once_get_distinct_places_and_respect_the_limit(
     streaming: None,
 ) -> None:
     # More turns at once than the queue holds, so a rate limit above them.
+    stores = (pg_dsn, redis_url, redis_prefix)
+    async with _paced_client(tmp_path_factory.mktemp("queue-limit"), stores, 100) as client:
+        await _queue_at_once(client)
+
+
+@contextlib.asynccontextmanager
+async def _paced_client(
+    data: Path, stores: tuple[str, str, str], turns_per_minute: int
+) -> AsyncIterator[AsyncClient]:
+    """A client of a server of its own, with a paced model and this turn rate limit."""
     settings = server_settings(
-        tmp_path_factory.mktemp("queue-limit"), pg_dsn, redis_url, redis_prefix,
-        offline_tokens_per_second=PACED_TOKENS_PER_SECOND, rate_limit_turns_per_minute=100,
+        data, *stores, offline_tokens_per_second=PACED_TOKENS_PER_SECOND,
+        rate_limit_turns_per_minute=turns_per_minute,
     )  # fmt: skip
     async with (
-        running_server(settings) as queueing,
-        AsyncClient(queueing.target, api_key=await member_key(queueing)) as client,
+        running_server(settings) as running,
+        AsyncClient(running.target, api_key=await member_key(running)) as client,
     ):
-        await _queue_at_once(client)
+        yield client
 
 
 async def test_a_send_refused_as_busy_takes_no_turn_of_the_rate_limit(
@@ -198,14 +211,8 @@ async def test_a_send_refused_as_busy_takes_no_turn_of_the_rate_limit(
 ) -> None:
     # Only turns count: a message refused because a turn runs (or the queue is full) starts
     # none, so it gives its place in the window back.
-    settings = server_settings(
-        tmp_path_factory.mktemp("busy-rate"), pg_dsn, redis_url, redis_prefix,
-        offline_tokens_per_second=PACED_TOKENS_PER_SECOND, rate_limit_turns_per_minute=3,
-    )  # fmt: skip
-    async with (
-        running_server(settings) as limited,
-        AsyncClient(limited.target, api_key=await member_key(limited)) as client,
-    ):
+    stores = (pg_dsn, redis_url, redis_prefix)
+    async with _paced_client(tmp_path_factory.mktemp("busy-rate"), stores, 3) as client:
         cid = await new_conversation(client)
         running = client.conversations.send(conversation_id=cid, content="Tell me a story")
         first = await running.__anext__()

@@ -4,7 +4,7 @@ components (event log, turn runner, leases) of this process."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -238,64 +238,73 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             enqueue=request.if_busy == pb.BUSY_POLICY_ENQUEUE,
             max_turns=request.max_turns,
         )
-        finished = False
-        limit = self.ctx.settings.max_message_bytes
+        events = self.service.follow(
+            principal,
+            started.conversation_id,
+            after=started.after_sequence,
+            turn_id=started.turn_id,
+            known=True,
+            subscription=started.subscription,
+        )
+        cancel = started.on_disconnect == CANCEL
         try:
-            async for event in self.service.follow(
-                principal,
-                started.conversation_id,
-                after=started.after_sequence,
-                turn_id=started.turn_id,
-                known=True,
-                subscription=started.subscription,
-            ):
-                if event is None:
-                    yield pb.SendMessageResponse(event=heartbeat_pb())
-                    continue
-                if isinstance(event.body, TurnCompleted):
-                    finished = True
-                yield pb.SendMessageResponse(event=_fitted(event, limit))
+            async with contextlib.aclosing(
+                self._sent(principal, started.conversation_id, started.turn_id, events, cancel)
+            ) as sent:
+                async for event in sent:
+                    yield pb.SendMessageResponse(event=event)
         finally:
             if started.subscription is not None:
                 started.subscription.close()  # in case the stream ended before it began
-            # (A stopping server ends streams itself: that is no client gone.)
-            if not finished and started.on_disconnect == CANCEL and not self.service.draining:
-                self.service.cancel_on_disconnect(
-                    principal, started.conversation_id, started.turn_id
-                )
 
     async def StreamEvents(
         self, request: pb.StreamEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamEventsResponse]:
         principal = self._principal()
-        limit = self.ctx.settings.max_message_bytes
         follow = request.mode != pb.STREAM_EVENTS_MODE_REPLAY
         cancel = DISCONNECT_FROM_PB.get(request.on_disconnect, CONTINUE) == CANCEL
         if cancel and not (request.turn_id and follow):
             raise InvalidArgument.for_field(
                 "on_disconnect", "CANCEL needs a turn_id and FOLLOW mode (it is for that turn)"
             )
+        events = self.service.follow(
+            principal,
+            request.conversation_id,
+            after=request.after_sequence,
+            turn_id=request.turn_id,
+            follow=follow,
+        )
+        async with contextlib.aclosing(
+            self._sent(principal, request.conversation_id, request.turn_id, events, cancel)
+        ) as sent:
+            async for event in sent:
+                yield pb.StreamEventsResponse(event=event)
+
+    async def _sent(
+        self,
+        principal: Principal,
+        conversation_id: str,
+        turn_id: str,
+        events: AsyncIterator[Event | None],
+        cancel_on_disconnect: bool,
+    ) -> AsyncGenerator[events_pb2.ConversationEvent, None]:
+        """A stream's events as sent (heartbeats for None); with `cancel_on_disconnect`, the
+        turn is cancelled if the stream ends before it does (its client went away)."""
+        limit = self.ctx.settings.max_message_bytes
         finished = False
         try:
-            async for event in self.service.follow(
-                principal,
-                request.conversation_id,
-                after=request.after_sequence,
-                turn_id=request.turn_id,
-                follow=follow,
-            ):
+            async for event in events:
                 if event is None:
-                    yield pb.StreamEventsResponse(event=heartbeat_pb())
+                    yield heartbeat_pb()
                     continue
                 if isinstance(event.body, TurnCompleted):
                     finished = True
-                yield pb.StreamEventsResponse(event=_fitted(event, limit))
-            finished = True  # (it ended with the turn, whose end came before after_sequence)
+                yield _fitted(event, limit)
+            finished = True  # (also when the turn's end came before the stream's start)
         finally:
-            if cancel and not finished and not self.service.draining:
-                self.service.cancel_on_disconnect(
-                    principal, request.conversation_id, request.turn_id
-                )
+            # (A stopping server ends streams itself: that is no client gone.)
+            if cancel_on_disconnect and not finished and not self.service.draining:
+                self.service.cancel_on_disconnect(principal, conversation_id, turn_id)
 
     async def CancelTurn(
         self, request: pb.CancelTurnRequest, context: grpc.aio.ServicerContext
