@@ -24,6 +24,7 @@ from convergio_server.storage.idempotency import RETENTION, PgIdempotencyStore
 
 from tests.flags.support import flag
 from tests.platform.procs import free_port
+from tests.platform.test_platform_request_ids import Counted
 from tests.support.server import RunningServer
 
 Response = workflow_pb2.StartExecutionResponse
@@ -31,23 +32,6 @@ MakeKey = Callable[..., Awaitable[str]]
 METHOD = "test/Expiry"
 YOUNG = RETENTION - timedelta(hours=1)
 OLD = RETENTION + timedelta(hours=1)
-
-
-class Counted:
-    """An action that raises the errors it is given, one per call, then succeeds, each
-    success with a response of its own."""
-
-    def __init__(self, *errors: BaseException) -> None:
-        self.errors = list(errors)
-        self.calls = 0
-
-    async def __call__(self) -> Response:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        response = Response()
-        response.execution.execution_id = f"run-{self.calls}"
-        return response
 
 
 @pytest.fixture
