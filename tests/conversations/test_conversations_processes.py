@@ -134,6 +134,34 @@ async def test_the_turn_of_a_dead_process_is_ended_by_another(
     assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
 
 
+async def test_a_forced_delete_right_after_its_turns_process_died_succeeds(
+    other_process: tuple[subprocess.Popen[str], str],
+    sides: Sides,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The dead process's turn stops only once its lease expires: the delete waits for that,
+    # ends the turn (logged as every turn's end is), and deletes the conversation.
+    caplog.set_level(logging.INFO, logger="convergio.turns")
+    process, _ = other_process
+    cid = sides.conversation_id
+    stream = sides.there.conversations.send_message(conversation_id=cid, content=LONG)
+    first = (await stream.__anext__()).event
+    queued = sides.there.conversations.send_message(
+        conversation_id=cid, content="Then this", if_busy=pb.BUSY_POLICY_ENQUEUE
+    )
+    await queued.__anext__()
+    process.kill()  # no chance to end its turn
+    process.wait()
+    stream.cancel()
+    queued.cancel()
+    await sides.here.conversations.delete_conversation(conversation_id=cid, force=True)
+    with pytest.raises(errors.NotFound):
+        await sides.here.conversations.get_conversation(conversation_id=cid)
+    (record,) = [r for r in caplog.records if getattr(r, "turn", None) == first.turn_id]
+    assert record.levelno == logging.WARNING
+    assert getattr(record, "stop_reason") == "ERROR"  # noqa: B009
+
+
 async def test_a_dead_process_and_a_redis_that_lost_its_data_reuse_no_number(
     other_process: tuple[subprocess.Popen[str], str],
     sides: Sides,

@@ -250,11 +250,14 @@ class PgConversationStore:
         )
         return bool(result.endswith(" 1"))
 
-    async def mark_deleting(self, tenant_id: str, conversation_id: str) -> None:
+    async def mark_deleting(
+        self, tenant_id: str, conversation_id: str, deleting: bool = True
+    ) -> None:
         await self.pool.execute(
-            "UPDATE conversations SET deleting = true WHERE tenant_id = $1 AND id = $2",
+            "UPDATE conversations SET deleting = $3 WHERE tenant_id = $1 AND id = $2",
             tenant_id,
             conversation_id,
+            deleting,
         )
 
     async def end_queued(

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
 from autogen_agentchat.base import TaskResult
@@ -1099,27 +1100,18 @@ class TurnExecution:
             span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.stop_detail[:500]))
 
     def _log_end(self, outcome: TurnOutcome, duration: float) -> None:
-        failed = outcome.stop_reason in (ERROR, TIMEOUT)
-        level = logging.WARNING if failed else logging.INFO
-        if not turn_log.isEnabledFor(level):
-            return
-        first = self.first_token_seconds
-        extra: dict[str, Any] = {
-            "tenant": self.tenant_id,
-            "conversation": self.conversation.id,
-            "turn": self.turn.id,
-            "stop_reason": outcome.stop_reason,
-            "duration_ms": round(duration * 1000, 1),
-            "first_token_ms": None if first is None else round(first * 1000, 1),
-            "messages": self.message_count,
-            "model_calls": outcome.usage.model_calls,
-            "prompt_tokens": outcome.usage.prompt_tokens,
-            "completion_tokens": outcome.usage.completion_tokens,
-            "cost_usd": str(outcome.cost_usd),
-        }
-        if outcome.stop_detail:
-            extra["detail"] = outcome.stop_detail[:500]
-        turn_log.log(level, "turn", extra=extra)
+        log_turn_end(
+            self.tenant_id,
+            self.conversation.id,
+            self.turn.id,
+            outcome.stop_reason,
+            outcome.stop_detail,
+            duration=duration,
+            first_token=self.first_token_seconds,
+            messages=self.message_count,
+            usage=outcome.usage,
+            cost_usd=outcome.cost_usd,
+        )
 
     async def _log_reachable(self) -> bool:
         """Whether what was posted is logged and the log answers, within a moment."""
@@ -1155,6 +1147,43 @@ class TurnExecution:
                     log.warning("turn %s: retrying its end: %s", self.turn.id, exc)
                 await backoff.wait()
                 self._resume_writing()
+
+
+def log_turn_end(
+    tenant_id: str,
+    conversation_id: str,
+    turn_id: str,
+    stop_reason: str,
+    stop_detail: str,
+    *,
+    duration: float | None,
+    first_token: float | None,
+    messages: int,
+    usage: Usage,
+    cost_usd: Decimal,
+) -> None:
+    """The one log line of a turn that ended (here, or ended here for a process that died,
+    or dropped from the queue)."""
+    failed = stop_reason in (ERROR, TIMEOUT)
+    level = logging.WARNING if failed else logging.INFO
+    if not turn_log.isEnabledFor(level):
+        return
+    extra: dict[str, Any] = {
+        "tenant": tenant_id,
+        "conversation": conversation_id,
+        "turn": turn_id,
+        "stop_reason": stop_reason,
+        "duration_ms": None if duration is None else round(duration * 1000, 1),
+        "first_token_ms": None if first_token is None else round(first_token * 1000, 1),
+        "messages": messages,
+        "model_calls": usage.model_calls,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cost_usd": str(cost_usd),
+    }
+    if stop_detail:
+        extra["detail"] = stop_detail[:500]
+    turn_log.log(level, "turn", extra=extra)
 
 
 _TOOL_ERROR = re.compile(r"error \((?P<kind>[A-Z_]+)\)")

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from convergio_server.domain.agents.roster import Roster
@@ -34,7 +34,12 @@ from convergio_server.domain.conversations.model import (
     TurnOutcome,
     money,
 )
-from convergio_server.domain.conversations.runner import SERVER_STOPPED, Leases, TurnRunner
+from convergio_server.domain.conversations.runner import (
+    SERVER_STOPPED,
+    Leases,
+    TurnRunner,
+    log_turn_end,
+)
 from convergio_server.domain.conversations.selection import policy_names
 from convergio_server.domain.conversations.store import Admitted, ConversationStore
 from convergio_server.domain.errors import (
@@ -79,7 +84,6 @@ MAX_LABELS = 64
 MAX_TEAM = 20
 MAX_TURNS_LIMIT = 50
 MAX_TURN_TIMEOUT_SECONDS = 3600.0
-DELETE_ATTEMPTS = 5
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}\Z")
 
 
@@ -339,27 +343,35 @@ class ConversationService:
         return updated
 
     async def delete(self, principal: Principal, conversation_id: str, force: bool) -> None:
-        for _ in range(DELETE_ATTEMPTS):
-            conversation = await self.get(principal, conversation_id)
-            if conversation.active_turn_id or conversation.queued_turn_count:
-                if not force:
-                    raise FailedPrecondition(
-                        "a turn is running or queued; cancel it first or delete with force",
-                        metadata={"conversation_id": conversation_id},
-                    )
-                # No new turn from now on: senders cannot keep it alive.
-                await self.store.mark_deleting(principal.tenant_id, conversation_id)
-                await self._stop_turns(principal, conversation)
+        conversation = await self.get(principal, conversation_id)
+        if conversation.active_turn_id or conversation.queued_turn_count:
+            if not force:
+                raise FailedPrecondition(
+                    "a turn is running or queued; cancel it first or delete with force",
+                    metadata={"conversation_id": conversation_id},
+                )
+            # No new turn from now on: senders cannot keep it alive.
+            await self.store.mark_deleting(principal.tenant_id, conversation_id)
+        # A turn whose process died stops only once its lease expires (then it is reaped).
+        deadline = time.monotonic() + 2 * self.runner.config.lease_seconds + 5.0
+        while True:
             # Only while no turn runs or waits: the end of a turn may have promoted a queued
             # one since (it is then stopped on the next round).
             if await self.store.delete(principal.tenant_id, conversation_id, idle_only=True):
                 self.runner.teams.forget(conversation_id)  # its kept team, if here
                 await self.events.live.delete(principal.tenant_id, conversation_id)
                 return
-        raise FailedPrecondition(
-            "turns kept starting while the conversation was being deleted; retry",
-            metadata={"conversation_id": conversation_id},
-        )
+            if time.monotonic() > deadline:
+                # Usable again, as it was: the caller may retry the delete.
+                await self.store.mark_deleting(principal.tenant_id, conversation_id, False)
+                raise FailedPrecondition(
+                    "its running turn did not stop in time; retry the delete",
+                    metadata={"conversation_id": conversation_id},
+                )
+            conversation = await self.get(principal, conversation_id)
+            await self._stop_turns(principal, conversation)
+            await self._reap_orphans(await self.get(principal, conversation_id))
+            await asyncio.sleep(0.1)
 
     async def _stop_turns(self, principal: Principal, conversation: Conversation) -> None:
         for turn in await self.store.list_turns(
@@ -793,6 +805,7 @@ class ConversationService:
         )
         if ended:
             self.runner.stats.turn_ended(stop, None)
+            _log_ended_here(turn, stop, detail)
             await self.events.append(
                 principal.tenant_id,
                 turn.conversation_id,
@@ -858,6 +871,7 @@ class ConversationService:
         if not ended:
             return False
         self.runner.stats.turn_ended(ERROR, None)
+        _log_ended_here(turn, ERROR, message)
         await self._log_end(turn, ERROR, message, error)
         if next_turn is not None:
             await self.runner.start_promoted(next_turn)
@@ -1040,6 +1054,23 @@ def idle_tick(heartbeat: float, lease: float) -> float:
     if heartbeat <= lease:
         return heartbeat
     return heartbeat / math.ceil(heartbeat / lease)
+
+
+def _log_ended_here(turn: Turn, stop_reason: str, stop_detail: str) -> None:
+    """The log line of a turn ended outside its own run: queued, or its process died."""
+    since = turn.start_time or turn.create_time
+    log_turn_end(
+        turn.tenant_id,
+        turn.conversation_id,
+        turn.id,
+        stop_reason,
+        stop_detail,
+        duration=None if since is None else (datetime.now(UTC) - since).total_seconds(),
+        first_token=None,
+        messages=turn.message_count,
+        usage=turn.usage,
+        cost_usd=turn.cost_usd,
+    )
 
 
 def _logged_end_at_or_before(turn: Turn, sequence: int) -> bool:

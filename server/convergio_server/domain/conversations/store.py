@@ -59,8 +59,11 @@ class ConversationStore(Protocol):
         """Whether it was deleted; with `idle_only`, not while a turn runs or waits."""
         ...
 
-    async def mark_deleting(self, tenant_id: str, conversation_id: str) -> None:
-        """From now on the conversation takes no new turn (admitting one is NotFound)."""
+    async def mark_deleting(
+        self, tenant_id: str, conversation_id: str, deleting: bool = True
+    ) -> None:
+        """From now on the conversation takes no new turn (admitting one is NotFound), or
+        (`deleting` False) takes them again."""
         ...
 
     async def end_queued(
