@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -122,7 +123,14 @@ async def open_infrastructure(settings: Settings, *, migrate: bool = True) -> In
         )
         if migrate:
             try:
+                started = time.monotonic()
                 infra.applied_migrations = await apply_migrations(pool)
+                if infra.applied_migrations:  # (an upgrade: operators want to see it)
+                    log.info(
+                        "database migrations applied in %.1f s: %s",
+                        time.monotonic() - started,
+                        ", ".join(infra.applied_migrations),
+                    )
             except MigrationError as exc:  # said in one line, naming the file
                 await infra.close()
                 raise StartupError(f"database migrations: {exc}") from exc

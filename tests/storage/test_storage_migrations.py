@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
 import pytest
+from convergio_server.infrastructure import open_infrastructure
 from convergio_server.storage.migrations import (
     MigrationError,
     apply_migrations,
@@ -15,6 +17,7 @@ from convergio_server.storage.migrations import (
 from convergio_server.storage.postgres import create_pool
 
 from tests.platform.procs import CONVERGIO, server_env
+from tests.support.server import server_settings
 
 NewDatabase = Callable[[], Awaitable[str]]
 
@@ -188,3 +191,23 @@ async def test_a_changed_migration_stops_migrate_and_serve_with_one_line(
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "0004_flags.sql" in lines[0], done.stderr
+
+
+async def test_a_start_that_migrates_says_which_migrations_it_applied(
+    new_database: NewDatabase,
+    tmp_path: Path,
+    redis_url: str,
+    redis_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="convergio_server.infrastructure")
+    settings = server_settings(tmp_path, await new_database(), redis_url, redis_prefix)
+    said = []
+    for _ in range(2):  # the second start has nothing to apply: it says nothing
+        caplog.clear()
+        infra = await open_infrastructure(settings)
+        await infra.close()
+        said.append([r.getMessage() for r in caplog.records if "migrations" in r.getMessage()])
+    (first,) = said[0]
+    assert "0001_tenancy" in first and list_migrations()[-1].name in first
+    assert said[1] == []
