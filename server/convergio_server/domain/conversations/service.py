@@ -343,17 +343,10 @@ class ConversationService:
         return updated
 
     async def delete(self, principal: Principal, conversation_id: str, force: bool) -> None:
-        conversation = await self.get(principal, conversation_id)
-        if conversation.active_turn_id or conversation.queued_turn_count:
-            if not force:
-                raise FailedPrecondition(
-                    "a turn is running or queued; cancel it first or delete with force",
-                    metadata={"conversation_id": conversation_id},
-                )
-            # No new turn from now on: senders cannot keep it alive.
-            await self.store.mark_deleting(principal.tenant_id, conversation_id)
+        await self.get(principal, conversation_id)
         # A turn whose process died stops only once its lease expires (then it is reaped).
         deadline = time.monotonic() + 2 * self.runner.config.lease_seconds + 5.0
+        marked = False
         while True:
             # Only while no turn runs or waits: the end of a turn may have promoted a queued
             # one since (it is then stopped on the next round).
@@ -361,15 +354,22 @@ class ConversationService:
                 self.runner.teams.forget(conversation_id)  # its kept team, if here
                 await self.events.live.delete(principal.tenant_id, conversation_id)
                 return
-            if time.monotonic() > deadline:
+            if not force:
+                raise FailedPrecondition(
+                    "a turn is running or queued; cancel it first or delete with force",
+                    metadata={"conversation_id": conversation_id},
+                )
+            if not marked:  # no new turn from now on: senders cannot keep it alive
+                await self.store.mark_deleting(principal.tenant_id, conversation_id)
+                marked = True
+            elif time.monotonic() > deadline:
                 # Usable again, as it was: the caller may retry the delete.
                 await self.store.mark_deleting(principal.tenant_id, conversation_id, False)
                 raise FailedPrecondition(
                     "its running turn did not stop in time; retry the delete",
                     metadata={"conversation_id": conversation_id},
                 )
-            conversation = await self.get(principal, conversation_id)
-            await self._stop_turns(principal, conversation)
+            await self._stop_turns(principal, await self.get(principal, conversation_id))
             await self._reap_orphans(await self.get(principal, conversation_id))
             await asyncio.sleep(0.1)
 
