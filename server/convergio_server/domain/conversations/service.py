@@ -343,7 +343,7 @@ class ConversationService:
         return updated
 
     async def delete(self, principal: Principal, conversation_id: str, force: bool) -> None:
-        await self.get(principal, conversation_id)
+        await self._find(principal, conversation_id)
         # A turn whose process died stops only once its lease expires (then it is reaped).
         deadline = time.monotonic() + 2 * self.runner.config.lease_seconds + 5.0
         marked = False
@@ -369,8 +369,9 @@ class ConversationService:
                     "its running turn did not stop in time; retry the delete",
                     metadata={"conversation_id": conversation_id},
                 )
-            await self._stop_turns(principal, await self.get(principal, conversation_id))
-            await self._reap_orphans(await self.get(principal, conversation_id))
+            # (what PostgreSQL holds is all it needs: not the log's latest sequence)
+            await self._stop_turns(principal, await self._find(principal, conversation_id))
+            await self._reap_orphans(await self._find(principal, conversation_id))
             await asyncio.sleep(0.1)
 
     async def _stop_turns(self, principal: Principal, conversation: Conversation) -> None:
@@ -685,6 +686,9 @@ class ConversationService:
         has just started or found the turn, no need to look it up. `subscription`: from
         `send`, see `EventLog.read`."""
         start = after
+        # Whether the turn's TurnCompleted may come before `after`, unseen by the read below:
+        # then the turn is looked up at each idle tick.
+        end_unseen = False
         if known:
             pass
         elif turn_id:
@@ -695,6 +699,8 @@ class ConversationService:
                 # Read from its start, to see its TurnCompleted (and end) even when it comes
                 # before `after`; what comes before `after` is not sent.
                 start = turn.first_sequence - 1
+            # (nothing of it logged yet: where it will begin is unknown)
+            end_unseen = follow and turn.first_sequence == 0 and after > 0
         else:
             await self.get(principal, conversation_id)
         # Wake up at least once per lease period to notice a turn whose process died.
@@ -721,12 +727,8 @@ class ConversationService:
                         metadata={"conversation_id": conversation_id},
                     )
                 await self._reap_orphans(conversation)
-                if (
-                    turn_id
-                    and follow
-                    and await self._ended_before(
-                        principal.tenant_id, conversation_id, turn_id, seen
-                    )
+                if end_unseen and await self._ended_before(
+                    principal.tenant_id, conversation_id, turn_id, seen
                 ):
                     return  # its TurnCompleted came before `after`: it will not pass here
                 # (half a tick of slack: a wake-up a little early still sends it on time)
